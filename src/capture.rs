@@ -1,0 +1,152 @@
+//! Capturing the merge base of every module `require` loads after hotreload is opened: each
+//! entry of `package.searchers` (`package.loaders` on LuaJIT) is wrapped so that the Lua
+//! loaders it returns are wrapped too, and a wrapped loader mirrors the freshly loaded module
+//! (and the globals its top level assigned) before `require` hands it to anyone.
+//!
+//! `require` behaves exactly as before: same results, same errors, same order of searchers.
+
+use std::os::raw::c_int;
+
+use crate::ffi::{self, lua_State};
+use crate::reload::base::Snapshot;
+use crate::reload::{load, plan};
+use crate::state;
+
+/// Wraps every searcher not wrapped yet (searchers added after `require "hotreload"` are
+/// picked up the next time this runs). `state` is the state userdata's index.
+///
+/// # Safety
+/// Inside a protected call (allocates); a few free stack slots.
+pub unsafe fn wrap_searchers(l: *mut lua_State, state: c_int) {
+    // SAFETY: raw reads and writes of the searchers table; stack restored.
+    unsafe {
+        let top = ffi::lua_gettop(l);
+        let state = ffi::lua_absindex(l, state);
+        let searchers = load::push_searchers(l);
+        if searchers != 0 {
+            let mut i = 1;
+            while ffi::lua_rawgeti(l, searchers, i) != ffi::LUA_TNIL {
+                if !is(l, -1, searcher) {
+                    ffi::lua_pushvalue(l, state);
+                    ffi::lua_insert(l, -2);
+                    ffi::lua_pushcclosure(l, searcher, 2);
+                    ffi::lua_rawseti(l, searchers, i);
+                } else {
+                    ffi::lua_pop(l, 1);
+                }
+                i += 1;
+            }
+        }
+        ffi::lua_settop(l, top);
+    }
+}
+
+/// If the value at `idx` is a loader this module wrapped, replaces it with the original.
+///
+/// # Safety
+/// `idx` valid; one free stack slot.
+pub unsafe fn unwrap_loader(l: *mut lua_State, idx: c_int) {
+    // SAFETY: a `loader` closure always has the original loader as upvalue 2.
+    unsafe {
+        let idx = ffi::lua_absindex(l, idx);
+        if is(l, idx, loader) && !ffi::lua_getupvalue(l, idx, 2).is_null()
+        {
+            ffi::lua_replace(l, idx);
+        }
+    }
+}
+
+/// Whether the value at `idx` is a closure of our C function `f`. Both wrappers are plain,
+/// non-generic functions of this crate, so each has one address.
+unsafe fn is(l: *mut lua_State, idx: c_int, f: ffi::lua_CFunction) -> bool {
+    // SAFETY: lua_tocfunction accepts any index and returns None for non-C values.
+    unsafe { ffi::lua_tocfunction(l, idx) }.is_some_and(|g| std::ptr::fn_addr_eq(g, f))
+}
+
+/// Upvalues: state userdata, original searcher.
+unsafe extern "C-unwind" fn searcher(l: *mut lua_State) -> c_int {
+    // SAFETY: errors of the original searcher propagate through this frame, which owns
+    // nothing.
+    unsafe {
+        let n = ffi::lua_gettop(l);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
+        ffi::lua_insert(l, 1);
+        ffi::lua_call(l, n, ffi::LUA_MULTRET);
+        let results = ffi::lua_gettop(l);
+        if results >= 1
+            && ffi::lua_type(l, 1) == ffi::LUA_TFUNCTION
+            && ffi::lua_iscfunction(l, 1) == 0
+        {
+            ffi::luaL_checkstack(l, 3, std::ptr::null());
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+            ffi::lua_pushvalue(l, 1);
+            ffi::lua_pushcclosure(l, loader, 2);
+            ffi::lua_replace(l, 1);
+        }
+        results
+    }
+}
+
+/// Upvalues: state userdata, original loader. Runs it as `require` asked, then records the
+/// base of what it produced.
+unsafe extern "C-unwind" fn loader(l: *mut lua_State) -> c_int {
+    // SAFETY: until `record_base` the frame owns nothing, so the loader's errors may unwind
+    // through it; `record_base` runs protected and drops what it owns before returning.
+    unsafe {
+        let n = ffi::lua_gettop(l);
+        ffi::luaL_checkstack(l, n + 8, std::ptr::null());
+        ffi::push_globals(l);
+        let globals = n + 1;
+        load::copy_table(l, globals);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
+        for i in 1..=n {
+            ffi::lua_pushvalue(l, i);
+        }
+        ffi::lua_call(l, n, 1);
+        let value = n + 3;
+        let delta = load::global_delta(l, globals, n + 2, false);
+        if ffi::lua_type(l, 1) == ffi::LUA_TSTRING {
+            let mut len = 0usize;
+            let name = ffi::lua_tolstring(l, 1, &mut len);
+            let name = std::slice::from_raw_parts(name.cast::<u8>(), len);
+            record_base(l, name, value, delta);
+        }
+        ffi::lua_pushvalue(l, value);
+        1
+    }
+}
+
+/// Mirrors the fresh module at `value` and the globals in `delta` as the base of `name`.
+/// Best effort: a failure only means the next reload has no base.
+unsafe fn record_base(l: *mut lua_State, name: &[u8], value: c_int, delta: c_int) {
+    // SAFETY: the upvalue is the state userdata; the walk runs protected.
+    unsafe {
+        let Some(cell) = state::get(l, ffi::lua_upvalueindex(1)) else { return };
+        ffi::lua_pushvalue(l, value);
+        if ffi::lua_type(l, -1) == ffi::LUA_TNIL {
+            // the chunk stored itself in package.loaded instead of returning
+            ffi::lua_pop(l, 1);
+            ffi::push_loaded(l);
+            ffi::push_bytes(l, name);
+            ffi::lua_rawget(l, -2);
+            ffi::lua_remove(l, -2);
+        }
+        ffi::lua_pushvalue(l, delta);
+        let mut mirror = None;
+        let walked = ffi::protect(l, 2, &mut |l| {
+            let none = Snapshot::default();
+            let stop = plan::stop_set(l, name);
+            let mut planner = plan::Planner::new(l, &none, stop);
+            ffi::lua_pushnil(l);
+            let nothing = ffi::lua_gettop(l);
+            if planner.root(l, nothing, 1).is_ok() {
+                planner.globals(l, None, 2);
+                mirror = Some(planner.finish(l).mirror);
+            }
+            0
+        });
+        if let (Ok(_), Some(mirror), Ok(mut st)) = (walked, mirror, cell.try_borrow_mut()) {
+            st.snapshots.insert(name.into(), mirror);
+        }
+    }
+}

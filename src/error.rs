@@ -1,0 +1,68 @@
+//! The errors a reload answers with. All but `Internal` are expected failures, returned to Lua
+//! as `nil, message`; `Internal` (a bug, or memory exhaustion) is raised.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No searcher found the module.
+    NotFound,
+    /// The new version failed to compile or to run; the message is Lua's own.
+    Load,
+    /// The new version cannot be merged into the running one.
+    Merge,
+    /// A C module: there is no Lua code to merge.
+    Native,
+    /// The module is already being reloaded (its top level called reload on itself).
+    Busy,
+    /// A bug in hotreload or a memory error; the module is left as it was when possible.
+    Internal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub module: String,
+    pub detail: String,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, module: &[u8], detail: impl Into<String>) -> Error {
+        Error { kind, module: String::from_utf8_lossy(module).into_owned(), detail: detail.into() }
+    }
+
+    /// Whether this error is raised rather than returned as `nil, message`.
+    pub fn raises(&self) -> bool {
+        self.kind == ErrorKind::Internal
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let detail = match self.kind {
+            ErrorKind::Native => "it is a C module; only Lua code can be reloaded",
+            ErrorKind::Busy => "it is already being reloaded (its top level reloads itself)",
+            _ => &self.detail,
+        };
+        write!(f, "hotreload: cannot reload '{}': {}", self.module, detail)
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_module_and_keep_lua_text() {
+        let e = Error::new(ErrorKind::Load, b"game.player", "./game/player.lua:3: '=' expected");
+        assert_eq!(
+            e.to_string(),
+            "hotreload: cannot reload 'game.player': ./game/player.lua:3: '=' expected"
+        );
+        assert!(!e.raises());
+        assert!(Error::new(ErrorKind::Native, b"lfs", "").to_string().contains("C module"));
+        assert!(Error::new(ErrorKind::Internal, b"m", "boom").raises());
+    }
+}

@@ -1,0 +1,360 @@
+//! The raw Lua C API the engine needs beyond what mlua wraps, with one signature for Lua 5.x
+//! and LuaJIT: upvalue identity and joining, JIT flushing, GC pausing, reading a stack slot
+//! as plain Rust data, and the protected call every engine entry runs inside.
+//!
+//! Discipline for code that calls into Lua from here on: a Lua error (out of memory, or a
+//! user error) unwinds with `longjmp` on PUC Lua and with a foreign exception on LuaJIT. So
+//! engine code runs inside [`protect`], keeps everything it owns in a context that lives
+//! outside the protected call, and never panics on purpose (a panic is caught in the
+//! trampoline and becomes a Lua error, never unwinding through Lua's C frames).
+
+use std::any::Any;
+use std::os::raw::{c_char, c_int, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+pub use mlua::ffi::*;
+
+#[cfg(all(feature = "lua51", not(feature = "luajit")))]
+compile_error!(
+    "hotreload needs lua_upvaluejoin, which PUC Lua 5.1 lacks: build for Lua 5.2+ or LuaJIT"
+);
+
+// LuaJIT exports these (5.2 extensions and its own API), but mlua-sys's 5.1 bindings do not
+// declare them.
+#[cfg(feature = "luajit")]
+#[cfg_attr(all(windows, feature = "module"), link(name = "lua51", kind = "raw-dylib"))]
+unsafe extern "C-unwind" {
+    pub fn lua_upvalueid(l: *mut lua_State, fidx: c_int, n: c_int) -> *mut c_void;
+    pub fn lua_upvaluejoin(l: *mut lua_State, f1: c_int, n1: c_int, f2: c_int, n2: c_int);
+    fn luaJIT_setmode(l: *mut lua_State, idx: c_int, mode: c_int) -> c_int;
+}
+
+/// `LUA_GCISRUNNING`: Lua 5.2+ and LuaJIT 2.1 answer it; mlua-sys's 5.1 bindings lack the name.
+const GC_ISRUNNING: c_int = 9;
+
+/// Name of the flavour this build was made for, exported as `hotreload.flavor`.
+pub const FLAVOR: &str = if cfg!(feature = "luajit") {
+    "luajit"
+} else if cfg!(feature = "lua55") {
+    "lua55"
+} else if cfg!(feature = "lua54") {
+    "lua54"
+} else if cfg!(feature = "lua53") {
+    "lua53"
+} else {
+    "lua52"
+};
+
+/// A stack slot read as plain data. Strings borrow the Lua string, so a `Val` is only valid
+/// while that value stays on the stack.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Val<'a> {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Num(f64),
+    Str(&'a [u8]),
+    Light(usize),
+    Table(usize),
+    LuaFn(usize),
+    CFn(usize),
+    Userdata(usize),
+    Thread(usize),
+}
+
+impl Val<'_> {
+    /// Tables and Lua functions: the values a merge walks into.
+    pub fn object(self) -> Option<usize> {
+        match self {
+            Val::Table(p) | Val::LuaFn(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the value at `idx` without calling metamethods or converting anything.
+///
+/// # Safety
+/// `idx` must be a valid index of `l`.
+pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Val<'a> {
+    // SAFETY: the caller guarantees a valid index; every accessor below matches the type tag.
+    unsafe {
+        match lua_type(l, idx) {
+            LUA_TBOOLEAN => Val::Bool(lua_toboolean(l, idx) != 0),
+            LUA_TNUMBER => number(l, idx),
+            LUA_TSTRING => {
+                let mut len = 0usize;
+                let p = lua_tolstring(l, idx, &mut len);
+                Val::Str(std::slice::from_raw_parts(p.cast::<u8>(), len))
+            }
+            LUA_TLIGHTUSERDATA => Val::Light(lua_touserdata(l, idx) as usize),
+            LUA_TTABLE => Val::Table(lua_topointer(l, idx) as usize),
+            LUA_TFUNCTION if lua_iscfunction(l, idx) != 0 => Val::CFn(lua_topointer(l, idx) as usize),
+            LUA_TFUNCTION => Val::LuaFn(lua_topointer(l, idx) as usize),
+            LUA_TUSERDATA => Val::Userdata(lua_topointer(l, idx) as usize),
+            LUA_TTHREAD => Val::Thread(lua_topointer(l, idx) as usize),
+            // nil, none, and LuaJIT's cdata (which has no stable identity through the C API)
+            _ => Val::Nil,
+        }
+    }
+}
+
+#[cfg(not(feature = "luajit"))]
+unsafe fn number<'a>(l: *mut lua_State, idx: c_int) -> Val<'a> {
+    // SAFETY: the caller checked that `idx` holds a number.
+    unsafe {
+        if lua_isinteger(l, idx) != 0 {
+            Val::Int(lua_tointeger(l, idx))
+        } else {
+            Val::Num(lua_tonumber(l, idx))
+        }
+    }
+}
+
+#[cfg(feature = "luajit")]
+unsafe fn number<'a>(l: *mut lua_State, idx: c_int) -> Val<'a> {
+    // SAFETY: the caller checked that `idx` holds a number; LuaJIT has no integer subtype.
+    Val::Num(unsafe { lua_tonumber(l, idx) })
+}
+
+/// Pushes the global table (the registry's, not the caller's `_ENV`).
+///
+/// # Safety
+/// One free stack slot.
+pub unsafe fn push_globals(l: *mut lua_State) {
+    // SAFETY: plain push; the compat layer gives 5.1 the same call.
+    unsafe {
+        lua_pushglobaltable(l);
+    }
+}
+
+/// Pushes `registry._LOADED` (what `package.loaded` is, even if a sandbox hid `package`).
+///
+/// # Safety
+/// Two free stack slots.
+pub unsafe fn push_loaded(l: *mut lua_State) {
+    // SAFETY: `_LOADED` always exists once the package library is open; a raw get of a
+    // missing key would push nil, which callers check.
+    unsafe {
+        lua_pushlstring(l, c"_LOADED".as_ptr(), 7);
+        lua_rawget(l, LUA_REGISTRYINDEX);
+    }
+}
+
+/// Name of the upvalue `n` of the function at `f`, or `None` past the last one. Leaves the
+/// value on the stack when it returns `Some`. Stripped functions give `Some(b"")`.
+///
+/// # Safety
+/// `f` must be an absolute index of a function; one free stack slot.
+pub unsafe fn get_upvalue<'a>(l: *mut lua_State, f: c_int, n: c_int) -> Option<&'a [u8]> {
+    // SAFETY: lua_getupvalue checks `n` against the closure's upvalue count.
+    unsafe {
+        let name = lua_getupvalue(l, f, n);
+        if name.is_null() {
+            return None;
+        }
+        let bytes = std::ffi::CStr::from_ptr(name).to_bytes();
+        // 5.4 names a stripped upvalue "(no name)", LuaJIT ""; neither can be matched.
+        Some(if bytes == b"(no name)" { b"" } else { bytes })
+    }
+}
+
+/// Identity of the cell behind upvalue `n` of the Lua function at `f`.
+///
+/// # Safety
+/// `f` must be a Lua function (not C) and `n` one of its upvalue indices.
+pub unsafe fn upvalue_id(l: *mut lua_State, f: c_int, n: c_int) -> usize {
+    // SAFETY: guaranteed by the caller.
+    unsafe { lua_upvalueid(l, f, n) as usize }
+}
+
+/// Makes upvalue `n1` of Lua function `f1` refer to the cell of upvalue `n2` of `f2`.
+///
+/// # Safety
+/// Both must be Lua functions with those upvalue indices (the API does not check them).
+pub unsafe fn join_upvalue(l: *mut lua_State, f1: c_int, n1: c_int, f2: c_int, n2: c_int) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { lua_upvaluejoin(l, f1, n1, f2, n2) }
+}
+
+/// Throws away all JIT-compiled code: traces may have inlined an old function or kept an old
+/// upvalue cell, and would go on running it after a reload. A no-op for PUC Lua.
+///
+/// # Safety
+/// A valid state.
+pub unsafe fn flush_jit(l: *mut lua_State) {
+    #[cfg(feature = "luajit")]
+    // SAFETY: LUAJIT_MODE_ENGINE (0) | LUAJIT_MODE_FLUSH (0x0200) on the whole engine.
+    unsafe {
+        luaJIT_setmode(l, 0, 0x0200);
+    }
+    let _ = l;
+}
+
+/// Stops the collector for the lifetime of the guard, so that no finalizer runs user code
+/// while a merge is half planned or half applied. Restarts it only if it was running.
+pub struct GcPause {
+    l: *mut lua_State,
+    was_running: bool,
+}
+
+impl GcPause {
+    /// # Safety
+    /// The guard must be dropped while `l` is still open, outside any protected call that
+    /// could be unwound past it.
+    pub unsafe fn new(l: *mut lua_State) -> GcPause {
+        // SAFETY: lua_gc with these options neither raises nor allocates.
+        let was_running = unsafe { gc(l, GC_ISRUNNING) } != 0;
+        if was_running {
+            // SAFETY: as above.
+            unsafe { gc(l, LUA_GCSTOP) };
+        }
+        GcPause { l, was_running }
+    }
+}
+
+impl Drop for GcPause {
+    fn drop(&mut self) {
+        if self.was_running {
+            // SAFETY: `new`'s contract keeps the state open; RESTART does not raise.
+            unsafe { gc(self.l, LUA_GCRESTART) };
+        }
+    }
+}
+
+#[cfg(any(feature = "lua54", feature = "lua55"))]
+unsafe fn gc(l: *mut lua_State, what: c_int) -> c_int {
+    // SAFETY: forwarded.
+    unsafe { lua_gc(l, what) }
+}
+
+#[cfg(not(any(feature = "lua54", feature = "lua55")))]
+unsafe fn gc(l: *mut lua_State, what: c_int) -> c_int {
+    // SAFETY: forwarded.
+    unsafe { lua_gc(l, what, 0) }
+}
+
+/// Pushes a Rust string as a Lua string.
+///
+/// # Safety
+/// One free stack slot; may raise on memory errors.
+pub unsafe fn push_bytes(l: *mut lua_State, s: &[u8]) {
+    // SAFETY: the pointer and length describe `s`.
+    unsafe {
+        lua_pushlstring(l, s.as_ptr().cast::<c_char>(), s.len());
+    }
+}
+
+/// Lua's name for the type of the value at `idx` (`"nil"`, `"table"`, ...).
+///
+/// # Safety
+/// `idx` must be acceptable to `lua_type`.
+pub unsafe fn type_name(l: *mut lua_State, idx: c_int) -> &'static str {
+    // SAFETY: lua_typename returns static strings.
+    unsafe {
+        let t = lua_type(l, idx);
+        std::ffi::CStr::from_ptr(lua_typename(l, t)).to_str().unwrap_or("?")
+    }
+}
+
+/// Converts the value at `idx` to bytes for a message, as `lua.c` reports an error object:
+/// strings and numbers as they are, a value with `__tostring` through it (protected), anything
+/// else as "(error object is a X value)".
+///
+/// # Safety
+/// `idx` valid; three free stack slots. Runs user code (`__tostring`) under protection.
+pub unsafe fn describe(l: *mut lua_State, idx: c_int) -> String {
+    // SAFETY: every call is a plain stack operation; the metamethod runs under lua_pcall.
+    unsafe {
+        let idx = lua_absindex(l, idx);
+        match lua_type(l, idx) {
+            LUA_TSTRING | LUA_TNUMBER => {
+                lua_pushvalue(l, idx);
+                let mut len = 0usize;
+                let p = lua_tolstring(l, -1, &mut len);
+                let s = String::from_utf8_lossy(std::slice::from_raw_parts(p.cast::<u8>(), len))
+                    .into_owned();
+                lua_pop(l, 1);
+                s
+            }
+            _ => {
+                let has_tostring = luaL_getmetafield(l, idx, c"__tostring".as_ptr()) != LUA_TNIL;
+                if has_tostring {
+                    lua_pushvalue(l, idx);
+                    if lua_pcall(l, 1, 1, 0) == LUA_OK && lua_type(l, -1) == LUA_TSTRING {
+                        let s = describe(l, -1);
+                        lua_pop(l, 1);
+                        return s;
+                    }
+                    lua_pop(l, 1);
+                }
+                format!("(error object is a {} value)", type_name(l, idx))
+            }
+        }
+    }
+}
+
+/// Runs `f` inside `lua_pcall`, with the `nargs` values on top of the stack as its stack
+/// indices `1..=nargs` (the protected frame cannot see the caller's stack otherwise).
+/// `Ok(n)`: `f` returned normally and left `n` results, which replace the arguments.
+/// `Err(message)`: a Lua error (memory) or a Rust panic inside `f`; arguments popped.
+///
+/// # Safety
+/// Three free stack slots. `f` must keep anything it owns outside itself (see the module doc).
+pub unsafe fn protect(
+    l: *mut lua_State,
+    nargs: c_int,
+    f: &mut dyn FnMut(*mut lua_State) -> c_int,
+) -> Result<c_int, String> {
+    struct Payload<'a> {
+        f: &'a mut dyn FnMut(*mut lua_State) -> c_int,
+    }
+
+    unsafe extern "C-unwind" fn trampoline(l: *mut lua_State) -> c_int {
+        // SAFETY: `protect` passed a light userdata pointing at a live Payload first.
+        let payload = unsafe {
+            let p = lua_touserdata(l, 1).cast::<Payload>();
+            lua_remove(l, 1);
+            &mut *p
+        };
+        match catch_unwind(AssertUnwindSafe(|| (payload.f)(l))) {
+            Ok(n) => n,
+            Err(panic) => {
+                let message = format!("hotreload: internal error: {}", panic_text(&*panic));
+                drop(panic);
+                // SAFETY: the message is copied into Lua before it is dropped; nothing owned
+                // is alive when lua_error unwinds out of this frame.
+                unsafe {
+                    push_bytes(l, message.as_bytes());
+                    drop(message);
+                    lua_error(l)
+                }
+            }
+        }
+    }
+
+    let mut payload = Payload { f };
+    // SAFETY: the payload outlives the call; the trampoline only runs inside lua_pcall.
+    unsafe {
+        let base = lua_gettop(l) - nargs;
+        lua_pushcfunction(l, trampoline);
+        lua_insert(l, base + 1);
+        lua_pushlightuserdata(l, (&mut payload as *mut Payload).cast::<c_void>());
+        lua_insert(l, base + 2);
+        if lua_pcall(l, nargs + 1, LUA_MULTRET, 0) == LUA_OK {
+            Ok(lua_gettop(l) - base)
+        } else {
+            let message = describe(l, -1);
+            lua_settop(l, base);
+            Err(message)
+        }
+    }
+}
+
+fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("panic")
+}

@@ -1,0 +1,42 @@
+//! hotreload: pick up edited Lua code in a running program without losing its state.
+//!
+//! A native Lua module for Lua 5.4 and LuaJIT (5.2/5.3 build too). `require "hotreload"`
+//! gives:
+//!
+//! ```lua
+//! local hotreload = require "hotreload"
+//! local game = require "game"          -- loaded as usual
+//! -- ... edit game.lua ...
+//! assert(hotreload.reload("game"))     -- same table, new functions, state kept
+//! ```
+//!
+//! How a reload flows: [`api`] checks arguments, [`reload`] loads the new version in
+//! isolation (`reload::load`), plans the merge against the base the previous version left
+//! (`reload::plan`, `reload::base`), applies it (`reload::apply`), and keeps the new base.
+//! [`capture`] records the base of every module `require` loads.
+
+pub mod api;
+pub mod capture;
+pub mod error;
+pub mod ffi;
+pub mod ptrmap;
+pub mod reload;
+pub mod state;
+
+use std::ffi::CStr;
+
+use mlua::{Lua, Result as LuaResult, Table};
+
+/// The exported functions, by their Lua name.
+pub const EXPORTS: &[(&CStr, ffi::lua_CFunction)] = &[(c"reload", api::reload)];
+
+/// `luaopen_hotreload`: the module table.
+#[cfg_attr(feature = "module", mlua::lua_module)]
+pub fn hotreload(lua: &Lua) -> LuaResult<Table> {
+    // SAFETY: `open` only builds a table; exec_raw runs it protected and takes the result.
+    unsafe {
+        lua.exec_raw((), |l| {
+            api::open(l, EXPORTS);
+        })
+    }
+}

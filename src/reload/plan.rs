@@ -1,0 +1,869 @@
+//! Planning a merge: walk the new version and the running one in lockstep, pair their tables,
+//! functions and upvalue cells, decide every slot, and record what to change. Nothing in the
+//! running program is written here (rule 10, all or nothing): `apply` does that, and only
+//! once the whole plan exists.
+//!
+//! Objects the plan refers to are kept in an anchor table on the Lua stack, so the collector
+//! cannot free them between planning and applying; the maps below are keyed by addresses of
+//! anchored objects only.
+
+use std::os::raw::c_int;
+
+use super::base::{Base, Builder, Decision, KeyRef, Kind, NodeId, Prior, Snapshot, decide};
+use crate::ffi::{self, Val, lua_State, read};
+use crate::ptrmap::{PtrMap, PtrSet};
+
+/// A value an action writes: inline data, or a slot of the anchor table.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pv {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Num(f64),
+    Slot(u32),
+}
+
+/// One write of the plan. Values of the new version that are tables merged into a running
+/// table are written as that running table (see `apply`).
+#[derive(Debug)]
+pub enum Act {
+    Set { t: u32, k: Pv, v: Pv },
+    /// `t[k] = nil` with `k` taken as is: an old function key being renamed to its new version.
+    Unset { t: u32, k: Pv },
+    Meta { t: u32, mt: Pv },
+    Up { f: u32, n: c_int, v: Pv },
+    #[cfg_attr(not(feature = "luajit"), allow(dead_code))]
+    Fenv { f: u32, env: Pv },
+}
+
+/// Upvalue `n` of new function `new_fn` is made to share cell `old_n` of `old_fn` (rule 3).
+#[derive(Debug)]
+pub struct Join {
+    pub new_fn: u32,
+    pub n: c_int,
+    pub old_fn: u32,
+    pub old_n: c_int,
+}
+
+/// What a reload did, for the report and for tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub functions_replaced: u32,
+    pub functions_added: u32,
+    pub keys_removed: u32,
+    pub upvalues_joined: u32,
+    pub values_taken: u32,
+    pub values_kept: u32,
+}
+
+/// A planned merge, ready for `apply`.
+pub struct Plan {
+    pub anchors: c_int,
+    pub acts: Vec<Act>,
+    pub joins: Vec<Join>,
+    /// New table address -> (anchor slot, address) of the running table it merges into.
+    pub tmap: PtrMap<(u32, usize)>,
+    /// (old function, new function) anchor slots, for replacing references elsewhere.
+    pub fpairs: Vec<(u32, u32)>,
+    /// What `package.loaded[name]` holds afterwards.
+    pub root: Pv,
+    pub counts: Counts,
+    pub mirror: Snapshot,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Scope {
+    /// A table of the module: deleted keys go, metatables merge.
+    Module,
+    /// The globals a chunk assigned: only those keys, nothing deleted.
+    Globals,
+}
+
+#[derive(Debug)]
+enum Item {
+    Tables { live: u32, new: u32, base: Option<NodeId>, node: NodeId, scope: Scope },
+    Fns { live: u32, new: u32, base: Option<NodeId>, node: NodeId },
+    AdoptTable { new: u32, node: NodeId },
+    AdoptFn { new: u32, node: NodeId },
+    Cell { f: u32, n: c_int },
+}
+
+/// An entry of a paired table whose key is a table or a function: its running counterpart
+/// is only known once all pairs are found.
+#[derive(Debug)]
+struct Deferred {
+    t: u32,
+    k: u32,
+    v: u32,
+}
+
+pub struct Planner<'o> {
+    old: &'o Snapshot,
+    anchors: c_int,
+    n_anchors: u32,
+    anchored: PtrMap<u32>,
+    stop: PtrSet,
+    mirror: Builder,
+    root: Option<Pv>,
+    root_base: Base,
+    globals_node: Option<NodeId>,
+    /// new table -> running table it merges into
+    tmap: PtrMap<(u32, usize)>,
+    claimed_tables: PtrSet,
+    /// new function -> old function slot
+    fmap: PtrMap<u32>,
+    claimed_fns: PtrSet,
+    /// new cell -> (old function slot, upvalue index) whose cell it joins
+    cells: PtrMap<(u32, c_int)>,
+    claimed_cells: PtrSet,
+    adopted_cells: PtrSet,
+    queued: PtrSet,
+    paired: Vec<Item>,
+    adopt: Vec<Item>,
+    deferred: Vec<Deferred>,
+    /// every upvalue of every new function walked: (function slot, index, cell id)
+    upv: Vec<(u32, c_int, usize)>,
+    new_fns: Vec<u32>,
+    /// scratch: upvalue names of the old function being paired (pointer, length, index)
+    old_names: Vec<(*const u8, usize, c_int)>,
+    new_names: Vec<(*const u8, usize)>,
+    fpairs: Vec<(u32, u32)>,
+    acts: Vec<Act>,
+    counts: Counts,
+}
+
+/// Stack slots a planning step uses at most.
+const STACK_NEEDED: c_int = 24;
+
+impl<'o> Planner<'o> {
+    /// Pushes the anchor table. `stop` holds objects that belong to others (`_G`, other
+    /// modules): the merge never walks into them.
+    ///
+    /// # Safety
+    /// Inside `protect`.
+    pub unsafe fn new(l: *mut lua_State, old: &'o Snapshot, stop: PtrSet) -> Planner<'o> {
+        // SAFETY: plain pushes; a memory error unwinds to `protect`.
+        let anchors = unsafe {
+            ffi::luaL_checkstack(l, STACK_NEEDED, c"hotreload: Lua stack exhausted".as_ptr());
+            ffi::lua_createtable(l, 64, 0);
+            ffi::lua_gettop(l)
+        };
+        Planner {
+            old,
+            anchors,
+            n_anchors: 0,
+            anchored: PtrMap::default(),
+            stop,
+            mirror: Builder::default(),
+            root: None,
+            root_base: Base::Nil,
+            globals_node: None,
+            tmap: PtrMap::default(),
+            claimed_tables: PtrSet::default(),
+            fmap: PtrMap::default(),
+            claimed_fns: PtrSet::default(),
+            cells: PtrMap::default(),
+            claimed_cells: PtrSet::default(),
+            adopted_cells: PtrSet::default(),
+            queued: PtrSet::default(),
+            paired: Vec::new(),
+            adopt: Vec::new(),
+            deferred: Vec::new(),
+            upv: Vec::new(),
+            new_fns: Vec::new(),
+            old_names: Vec::new(),
+            new_names: Vec::new(),
+            fpairs: Vec::new(),
+            acts: Vec::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    /// Plans `package.loaded[name]`: `live` is the running value (nil if not loaded), `new`
+    /// the value the new version produced. A running table can only merge with a table.
+    ///
+    /// # Safety
+    /// Absolute indices; inside `protect`.
+    pub unsafe fn root(&mut self, l: *mut lua_State, live: c_int, new: c_int) -> Result<(), String> {
+        // SAFETY: the caller's indices are valid; helpers keep the stack balanced.
+        unsafe {
+            let (lv, nv) = (read(l, live), read(l, new));
+            if matches!(lv, Val::Table(_)) && !matches!(nv, Val::Table(_)) {
+                return Err(format!(
+                    "the new version returns a {}, but the loaded module is a table; \
+                     a reload cannot turn one into the other without breaking references to it",
+                    ffi::type_name(l, new)
+                ));
+            }
+            let root = if nv.object().is_some() {
+                let old = self.old;
+                let (d, b) = self.merge_slot(l, live, new, Prior::Was(&old.root));
+                self.root_base = b;
+                if d == Decision::Keep { self.capture(l, live) } else { self.capture(l, new) }
+            } else {
+                self.root_base = Base::of(nv);
+                self.capture(l, new)
+            };
+            self.root = Some(root);
+            Ok(())
+        }
+    }
+
+    /// Plans the globals the chunk assigned (`delta`: key -> new value). With `globals` (the
+    /// running global table) they merge into it; without, they are only mirrored.
+    ///
+    /// # Safety
+    /// Absolute indices; inside `protect`.
+    pub unsafe fn globals(&mut self, l: *mut lua_State, globals: Option<c_int>, delta: c_int) {
+        // SAFETY: the caller's indices are valid.
+        unsafe {
+            let Val::Table(p) = read(l, delta) else { return };
+            let node = self.mirror.node_for(p);
+            self.globals_node = Some(node);
+            let new = self.anchor(l, delta);
+            match globals {
+                Some(g) => {
+                    let live = self.anchor(l, g);
+                    let base = self.old.globals;
+                    self.paired.push(Item::Tables { live, new, base, node, scope: Scope::Globals });
+                }
+                None => self.adopt.push(Item::AdoptTable { new, node }),
+            }
+        }
+    }
+
+    /// Walks everything reachable and returns the plan. Pairs are all found before anything
+    /// is adopted, so a cell shared with a paired function is joined wherever it appears.
+    ///
+    /// # Safety
+    /// Inside `protect`, after `root`.
+    pub unsafe fn finish(mut self, l: *mut lua_State) -> Plan {
+        // SAFETY: every step keeps the stack balanced and only touches anchored objects.
+        unsafe {
+            loop {
+                if let Some(item) = self.paired.pop() {
+                    self.process(l, item);
+                } else if let Some(d) = self.deferred.pop() {
+                    self.deferred_entry(l, d);
+                } else {
+                    break;
+                }
+            }
+            while let Some(item) = self.adopt.pop() {
+                self.process(l, item);
+            }
+            let mut joins = Vec::new();
+            for &(new_fn, n, id) in &self.upv {
+                if let Some(&(old_fn, old_n)) = self.cells.get(&id) {
+                    joins.push(Join { new_fn, n, old_fn, old_n });
+                }
+            }
+            self.counts.upvalues_joined = joins.len() as u32;
+            #[cfg(feature = "luajit")]
+            self.plan_fenvs(l);
+            let root = self.root.unwrap_or(Pv::Nil);
+            Plan {
+                anchors: self.anchors,
+                acts: self.acts,
+                joins,
+                tmap: self.tmap,
+                fpairs: self.fpairs,
+                root,
+                counts: self.counts,
+                mirror: self.mirror.finish(self.root_base, self.globals_node),
+            }
+        }
+    }
+
+    unsafe fn process(&mut self, l: *mut lua_State, item: Item) {
+        // SAFETY: items only name anchored objects.
+        unsafe {
+            match item {
+                Item::Tables { live, new, base, node, scope } => {
+                    self.pair_tables(l, live, new, base, node, scope)
+                }
+                Item::Fns { live, new, base, node } => self.pair_fns(l, live, new, base, node),
+                Item::AdoptTable { new, node } => self.adopt_table(l, new, node),
+                Item::AdoptFn { new, node } => self.adopt_fn(l, new, node),
+                Item::Cell { f, n } => {
+                    self.push(l, f);
+                    let fi = ffi::lua_gettop(l);
+                    if ffi::get_upvalue(l, fi, n).is_some() {
+                        let id = ffi::upvalue_id(l, fi, n);
+                        self.adopt_cell(l, f, n, id, fi + 1);
+                    }
+                    ffi::lua_settop(l, fi - 1);
+                }
+            }
+        }
+    }
+
+    /// Decides one slot (a field, a metatable, an upvalue cell) whose running value is at
+    /// `live` and new value at `new`, queueing the walks it implies. Returns the decision and
+    /// the base to record for the new value.
+    unsafe fn merge_slot(
+        &mut self,
+        l: *mut lua_State,
+        live: c_int,
+        new: c_int,
+        prior: Prior,
+    ) -> (Decision, Base) {
+        // SAFETY: valid absolute indices from the caller; anchoring keeps objects alive.
+        unsafe {
+            let (lv, nv) = (read(l, live), read(l, new));
+            match nv {
+                Val::Table(p) => {
+                    if lv == nv || self.stop.contains(&p) {
+                        // Not the new version's own table (a shared or foreign one).
+                        let d = if lv == nv { Decision::Keep } else { Decision::TakeNew };
+                        return (d, Base::Opaque);
+                    }
+                    let node = self.mirror.node_for(p);
+                    if let Some(&(_, into)) = self.tmap.get(&p) {
+                        let d = if lv == Val::Table(into) { Decision::Keep } else { Decision::TakeNew };
+                        return (d, Base::Node(node));
+                    }
+                    if let Val::Table(q) = lv {
+                        if !self.stop.contains(&q) && self.claimed_tables.insert(q) {
+                            let live_slot = self.anchor(l, live);
+                            let new_slot = self.anchor(l, new);
+                            self.tmap.insert(p, (live_slot, q));
+                            self.queued.insert(p);
+                            let base = self.old.child(prior, Kind::Table);
+                            self.paired.push(Item::Tables {
+                                live: live_slot,
+                                new: new_slot,
+                                base,
+                                node,
+                                scope: Scope::Module,
+                            });
+                            return (Decision::Keep, Base::Node(node));
+                        }
+                    }
+                    self.reach(l, new);
+                    (Decision::TakeNew, Base::Node(node))
+                }
+                Val::LuaFn(p) => {
+                    if lv == nv {
+                        return (Decision::Keep, Base::Opaque);
+                    }
+                    let node = self.mirror.node_for(p);
+                    if let Val::LuaFn(q) = lv {
+                        if !self.fmap.contains_key(&p) && self.claimed_fns.insert(q) {
+                            let live_slot = self.anchor(l, live);
+                            let new_slot = self.anchor(l, new);
+                            self.fmap.insert(p, live_slot);
+                            self.queued.insert(p);
+                            let base = self.old.child(prior, Kind::Func);
+                            self.paired.push(Item::Fns { live: live_slot, new: new_slot, base, node });
+                            return (Decision::TakeNew, Base::Node(node));
+                        }
+                    }
+                    self.reach(l, new);
+                    (Decision::TakeNew, Base::Node(node))
+                }
+                // Code, even native: the new version's wins unless it is the very same one.
+                Val::CFn(_) => {
+                    let d = if lv == nv { Decision::Keep } else { Decision::TakeNew };
+                    (d, Base::Opaque)
+                }
+                _ => (decide(prior, lv, nv), Base::of(nv)),
+            }
+        }
+    }
+
+    /// Queues a new object with no running counterpart (yet) for adoption.
+    unsafe fn reach(&mut self, l: *mut lua_State, idx: c_int) {
+        // SAFETY: valid index from the caller.
+        unsafe {
+            match read(l, idx) {
+                Val::Table(p) if !self.stop.contains(&p) && !self.tmap.contains_key(&p) => {
+                    if self.queued.insert(p) {
+                        let node = self.mirror.node_for(p);
+                        let new = self.anchor(l, idx);
+                        self.adopt.push(Item::AdoptTable { new, node });
+                    }
+                }
+                Val::LuaFn(p) if !self.fmap.contains_key(&p) => {
+                    if self.queued.insert(p) {
+                        let node = self.mirror.node_for(p);
+                        let new = self.anchor(l, idx);
+                        self.adopt.push(Item::AdoptFn { new, node });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    unsafe fn pair_tables(
+        &mut self,
+        l: *mut lua_State,
+        live: u32,
+        new: u32,
+        base: Option<NodeId>,
+        node: NodeId,
+        scope: Scope,
+    ) {
+        let old = self.old;
+        // SAFETY: both tables are anchored; the traversal only reads `new` and `live`, so
+        // `lua_next` stays valid; every branch restores the stack to `top + 3` (the key).
+        unsafe {
+            let top = ffi::lua_gettop(l);
+            self.push(l, live);
+            self.push(l, new);
+            let (ti, ni) = (top + 1, top + 2);
+            self.mirror.set_kind(node, Kind::Table);
+            let mut seen_in_base = 0usize;
+            ffi::lua_pushnil(l);
+            while ffi::lua_next(l, ni) != 0 {
+                let (k, v) = (top + 3, top + 4);
+                match KeyRef::of(read(l, k)) {
+                    Some(key) => {
+                        let prior = old.field(base, key);
+                        if matches!(prior, Prior::Was(_)) {
+                            seen_in_base += 1;
+                        }
+                        ffi::lua_pushvalue(l, k);
+                        ffi::lua_rawget(l, ti);
+                        let (d, b) = self.merge_slot(l, top + 5, v, prior);
+                        self.mirror.field(node, key, b);
+                        self.record_set(l, live, k, top + 5, v, d);
+                    }
+                    None if read(l, k).object().is_some() => {
+                        let (k, v) = (self.anchor(l, k), self.anchor(l, v));
+                        self.deferred.push(Deferred { t: live, k, v });
+                    }
+                    None => {
+                        // userdata or coroutine keys: the same object in both versions
+                        ffi::lua_pushvalue(l, k);
+                        ffi::lua_rawget(l, ti);
+                        let (d, _) = self.merge_slot(l, top + 5, v, Prior::Unknown);
+                        self.record_set(l, live, k, top + 5, v, d);
+                    }
+                }
+                ffi::lua_settop(l, top + 3);
+            }
+            if scope == Scope::Module {
+                if seen_in_base < old.len(base) {
+                    self.plan_deletions(l, live, ti, ni, base);
+                }
+                self.pair_metatables(l, live, ti, ni, base, node);
+            }
+            ffi::lua_settop(l, top);
+        }
+    }
+
+    /// Records `t[k] = new` if the decision takes the new value and it differs.
+    unsafe fn record_set(&mut self, l: *mut lua_State, t: u32, k: c_int, live: c_int, new: c_int, d: Decision) {
+        // SAFETY: valid indices from the caller.
+        unsafe {
+            if d == Decision::Keep {
+                self.counts.values_kept += 1;
+            } else if ffi::lua_rawequal(l, live, new) == 0 {
+                self.counts.values_taken += 1;
+                let (k, v) = (self.capture(l, k), self.capture(l, new));
+                self.acts.push(Act::Set { t, k, v });
+            }
+        }
+    }
+
+    /// Rule 5: a key the base had and the new source no longer has is removed.
+    unsafe fn plan_deletions(&mut self, l: *mut lua_State, live: u32, ti: c_int, ni: c_int, base: Option<NodeId>) {
+        let old = self.old;
+        // SAFETY: `ti`/`ni` are the anchored tables; each key is pushed and popped here.
+        unsafe {
+            let top = ffi::lua_gettop(l);
+            for key in old.keys(base) {
+                push_key(l, key);
+                ffi::lua_pushvalue(l, -1);
+                let in_new = ffi::lua_rawget(l, ni) != ffi::LUA_TNIL;
+                ffi::lua_pop(l, 1);
+                if !in_new {
+                    ffi::lua_pushvalue(l, -1);
+                    if ffi::lua_rawget(l, ti) != ffi::LUA_TNIL {
+                        let k = self.capture(l, top + 1);
+                        self.acts.push(Act::Set { t: live, k, v: Pv::Nil });
+                        self.counts.keys_removed += 1;
+                    }
+                }
+                ffi::lua_settop(l, top);
+            }
+        }
+    }
+
+    /// Rule 6: metatables merge like tables (read raw: `__metatable` does not hide them).
+    unsafe fn pair_metatables(&mut self, l: *mut lua_State, live: u32, ti: c_int, ni: c_int, base: Option<NodeId>, node: NodeId) {
+        let old = self.old;
+        // SAFETY: two pushes (metatable or nil each), popped by the caller's settop.
+        unsafe {
+            let top = ffi::lua_gettop(l);
+            if ffi::lua_getmetatable(l, ti) == 0 {
+                ffi::lua_pushnil(l);
+            }
+            let has_new = ffi::lua_getmetatable(l, ni) != 0;
+            if !has_new {
+                ffi::lua_pushnil(l);
+            }
+            let prior = old.meta(base);
+            if has_new {
+                let (d, b) = self.merge_slot(l, top + 1, top + 2, prior);
+                self.mirror.meta(node, b);
+                if d == Decision::TakeNew && ffi::lua_rawequal(l, top + 1, top + 2) == 0 {
+                    let mt = self.capture(l, top + 2);
+                    self.acts.push(Act::Meta { t: live, mt });
+                }
+            } else if ffi::lua_type(l, top + 1) != ffi::LUA_TNIL && matches!(prior, Prior::Was(_)) {
+                // The source dropped its setmetatable.
+                self.acts.push(Act::Meta { t: live, mt: Pv::Nil });
+            }
+            ffi::lua_settop(l, top);
+        }
+    }
+
+    unsafe fn pair_fns(&mut self, l: *mut lua_State, live: u32, new: u32, base: Option<NodeId>, node: NodeId) {
+        let old = self.old;
+        // SAFETY: both functions are anchored Lua functions; upvalue indices come from
+        // lua_getupvalue, which stops at the last one; each loop turn restores `top + 2`.
+        unsafe {
+            let top = ffi::lua_gettop(l);
+            self.push(l, live);
+            self.push(l, new);
+            let (fi, ni) = (top + 1, top + 2);
+            self.mirror.set_kind(node, Kind::Func);
+            self.fpairs.push((live, new));
+            self.new_fns.push(new);
+            self.counts.functions_replaced += 1;
+
+            self.old_names.clear();
+            let mut j = 1;
+            while let Some(name) = ffi::get_upvalue(l, fi, j) {
+                self.old_names.push((name.as_ptr(), name.len(), j));
+                ffi::lua_pop(l, 1);
+                j += 1;
+            }
+            self.new_names.clear();
+            let mut i = 1;
+            while let Some(name) = ffi::get_upvalue(l, ni, i) {
+                let value = top + 3;
+                let id = ffi::upvalue_id(l, ni, i);
+                self.upv.push((new, i, id));
+                let occurrence = self.new_names.iter().filter(|&&(p, n)| bytes(p, n) == name).count();
+                self.new_names.push((name.as_ptr(), name.len()));
+                let prior = old.upvalue(base, name, occurrence);
+                let matched = if name.is_empty() || self.cells.contains_key(&id) {
+                    None
+                } else {
+                    self.old_upvalue(name, occurrence)
+                };
+                let mut joined = false;
+                if let Some(j) = matched {
+                    let old_id = ffi::upvalue_id(l, fi, j);
+                    if self.claimed_cells.insert(old_id) {
+                        // Rule 3: the new cell joins the old one; its value is decided like
+                        // any data slot (rule 5), a table merges (rule 4), a function is new.
+                        self.cells.insert(id, (live, j));
+                        ffi::get_upvalue(l, fi, j);
+                        let (d, b) = self.merge_slot(l, top + 4, value, prior);
+                        self.mirror.upvalue(node, name, b);
+                        if d == Decision::Keep {
+                            self.counts.values_kept += 1;
+                        } else if ffi::lua_rawequal(l, top + 4, value) == 0 {
+                            self.counts.values_taken += 1;
+                            let v = self.capture(l, value);
+                            self.acts.push(Act::Up { f: live, n: j, v });
+                        }
+                        joined = true;
+                    }
+                }
+                if !joined {
+                    let b = self.mirror.base_of(read(l, value));
+                    self.mirror.upvalue(node, name, b);
+                    if !self.cells.contains_key(&id) {
+                        self.adopt.push(Item::Cell { f: new, n: i });
+                    }
+                }
+                ffi::lua_settop(l, top + 2);
+                i += 1;
+            }
+            ffi::lua_settop(l, top);
+        }
+    }
+
+    /// Index of the old function's `occurrence`-th upvalue called `name`.
+    fn old_upvalue(&self, name: &[u8], occurrence: usize) -> Option<c_int> {
+        self.old_names
+            .iter()
+            // SAFETY: the names belong to the anchored old function's prototype.
+            .filter(|&&(p, n, _)| unsafe { bytes(p, n) } == name)
+            .nth(occurrence)
+            .map(|&(_, _, j)| j)
+    }
+
+    unsafe fn adopt_table(&mut self, l: *mut lua_State, new: u32, node: NodeId) {
+        // SAFETY: the table is anchored; the traversal only writes through planned actions.
+        unsafe {
+            let top = ffi::lua_gettop(l);
+            self.push(l, new);
+            let ni = top + 1;
+            if let Val::Table(p) = read(l, ni) {
+                if self.tmap.contains_key(&p) {
+                    ffi::lua_settop(l, top);
+                    return; // paired after all
+                }
+            }
+            self.mirror.set_kind(node, Kind::Table);
+            ffi::lua_pushnil(l);
+            while ffi::lua_next(l, ni) != 0 {
+                let (k, v) = (top + 2, top + 3);
+                let (kv, vv) = (read(l, k), read(l, v));
+                if let Some(key) = KeyRef::of(kv) {
+                    let b = self.mirror.base_of(vv);
+                    self.mirror.field(node, key, b);
+                }
+                self.reach(l, k);
+                self.reach(l, v);
+                // References to a new table that merged into a running one are redirected.
+                let remap_key = matches!(kv, Val::Table(p) if self.tmap.contains_key(&p));
+                let remap_value = matches!(vv, Val::Table(p) if self.tmap.contains_key(&p));
+                if remap_key || remap_value {
+                    let (kp, vp) = (self.capture(l, k), self.capture(l, v));
+                    if remap_key {
+                        self.acts.push(Act::Unset { t: new, k: kp });
+                    }
+                    self.acts.push(Act::Set { t: new, k: kp, v: vp });
+                }
+                ffi::lua_settop(l, top + 2);
+            }
+            if ffi::lua_getmetatable(l, ni) != 0 {
+                let mv = read(l, top + 2);
+                let b = self.mirror.base_of(mv);
+                self.mirror.meta(node, b);
+                self.reach(l, top + 2);
+                if matches!(mv, Val::Table(p) if self.tmap.contains_key(&p)) {
+                    let mt = self.capture(l, top + 2);
+                    self.acts.push(Act::Meta { t: new, mt });
+                }
+            }
+            ffi::lua_settop(l, top);
+        }
+    }
+
+    unsafe fn adopt_fn(&mut self, l: *mut lua_State, new: u32, node: NodeId) {
+        // SAFETY: the function is anchored and a Lua function (`reach` checked).
+        unsafe {
+            let top = ffi::lua_gettop(l);
+            self.push(l, new);
+            let fi = top + 1;
+            if let Val::LuaFn(p) = read(l, fi) {
+                if self.fmap.contains_key(&p) {
+                    ffi::lua_settop(l, top);
+                    return;
+                }
+            }
+            self.mirror.set_kind(node, Kind::Func);
+            self.new_fns.push(new);
+            self.counts.functions_added += 1;
+            let mut i = 1;
+            while let Some(name) = ffi::get_upvalue(l, fi, i) {
+                let id = ffi::upvalue_id(l, fi, i);
+                self.upv.push((new, i, id));
+                let b = self.mirror.base_of(read(l, top + 2));
+                self.mirror.upvalue(node, name, b);
+                self.adopt_cell(l, new, i, id, top + 2);
+                ffi::lua_settop(l, fi);
+                i += 1;
+            }
+            ffi::lua_settop(l, top);
+        }
+    }
+
+    /// A new cell that joins no old one: its value stays, but a table in it that merged into
+    /// a running table is replaced by that table.
+    unsafe fn adopt_cell(&mut self, l: *mut lua_State, f: u32, n: c_int, id: usize, value: c_int) {
+        if self.cells.contains_key(&id) || !self.adopted_cells.insert(id) {
+            return;
+        }
+        // SAFETY: `value` is the cell's value on the stack.
+        unsafe {
+            if matches!(read(l, value), Val::Table(p) if self.tmap.contains_key(&p)) {
+                let v = self.capture(l, value);
+                self.acts.push(Act::Up { f, n, v });
+            }
+            self.reach(l, value);
+        }
+    }
+
+    /// An entry of a paired table keyed by a table or a function (see [`Deferred`]).
+    unsafe fn deferred_entry(&mut self, l: *mut lua_State, d: Deferred) {
+        // SAFETY: all three are anchored; pushes are undone by the final settop.
+        unsafe {
+            let top = ffi::lua_gettop(l);
+            self.push(l, d.t);
+            self.push(l, d.k);
+            self.push(l, d.v);
+            let (ti, ki, vi, live) = (top + 1, top + 2, top + 3, top + 4);
+            let live_key = match read(l, ki) {
+                Val::Table(p) => self.tmap.get(&p).map(|&(s, _)| s),
+                Val::LuaFn(p) => self.fmap.get(&p).copied(),
+                _ => None,
+            };
+            match live_key {
+                Some(lk) => {
+                    self.push(l, lk);
+                    ffi::lua_rawget(l, ti);
+                }
+                None => ffi::lua_pushnil(l),
+            }
+            let (dec, _) = self.merge_slot(l, live, vi, Prior::Unknown);
+            let renamed = matches!(read(l, ki), Val::LuaFn(_)) && live_key.is_some();
+            let value = if dec == Decision::Keep { live } else { vi };
+            if renamed && ffi::lua_type(l, live) != ffi::LUA_TNIL {
+                // old_function -> v becomes new_function -> v
+                self.acts.push(Act::Unset { t: d.t, k: Pv::Slot(live_key.unwrap_or(d.k)) });
+                let v = self.capture(l, value);
+                self.acts.push(Act::Set { t: d.t, k: Pv::Slot(d.k), v });
+            } else if dec == Decision::TakeNew && ffi::lua_rawequal(l, live, vi) == 0 {
+                let k = match live_key {
+                    Some(lk) if !renamed => Pv::Slot(lk),
+                    _ => {
+                        self.reach(l, ki);
+                        Pv::Slot(d.k)
+                    }
+                };
+                let v = self.capture(l, vi);
+                self.acts.push(Act::Set { t: d.t, k, v });
+            }
+            ffi::lua_settop(l, top);
+        }
+    }
+
+    /// LuaJIT: a new function whose environment is a new table that merged into a running
+    /// one (a `module()`-style module, or `setfenv`) gets the running table as environment.
+    #[cfg(feature = "luajit")]
+    unsafe fn plan_fenvs(&mut self, l: *mut lua_State) {
+        // SAFETY: anchored functions; lua_getfenv pushes one value.
+        unsafe {
+            for i in 0..self.new_fns.len() {
+                let Some(&f) = self.new_fns.get(i) else { break };
+                self.push(l, f);
+                ffi::lua_getfenv(l, -1);
+                if matches!(read(l, -1), Val::Table(p) if self.tmap.contains_key(&p)) {
+                    let env = self.capture(l, ffi::lua_gettop(l));
+                    self.acts.push(Act::Fenv { f, env });
+                }
+                ffi::lua_pop(l, 2);
+            }
+        }
+    }
+
+    /// Keeps the value at `idx` alive until the plan is applied; returns its slot. Objects
+    /// get one slot each however often they are anchored.
+    unsafe fn anchor(&mut self, l: *mut lua_State, idx: c_int) -> u32 {
+        // SAFETY: valid index; the anchor table is at `self.anchors`.
+        unsafe {
+            let v = read(l, idx);
+            let identity = match v {
+                Val::Table(p) | Val::LuaFn(p) | Val::CFn(p) | Val::Userdata(p) | Val::Thread(p) => Some(p),
+                _ => None,
+            };
+            if let Some(slot) = identity.and_then(|p| self.anchored.get(&p)) {
+                return *slot;
+            }
+            self.n_anchors += 1;
+            ffi::lua_pushvalue(l, idx);
+            ffi::lua_rawseti(l, self.anchors, ffi::lua_Integer::from(self.n_anchors));
+            if let Some(p) = identity {
+                self.anchored.insert(p, self.n_anchors);
+            }
+            self.n_anchors
+        }
+    }
+
+    /// The value at `idx` as an action operand.
+    unsafe fn capture(&mut self, l: *mut lua_State, idx: c_int) -> Pv {
+        // SAFETY: valid index.
+        unsafe {
+            match read(l, idx) {
+                Val::Nil => Pv::Nil,
+                Val::Bool(b) => Pv::Bool(b),
+                Val::Int(i) => Pv::Int(i),
+                Val::Num(n) => Pv::Num(n),
+                _ => Pv::Slot(self.anchor(l, idx)),
+            }
+        }
+    }
+
+    unsafe fn push(&self, l: *mut lua_State, slot: u32) {
+        // SAFETY: the anchor table is at `self.anchors`.
+        unsafe {
+            ffi::lua_rawgeti(l, self.anchors, ffi::lua_Integer::from(slot));
+        }
+    }
+}
+
+unsafe fn bytes<'a>(p: *const u8, n: usize) -> &'a [u8] {
+    // SAFETY: callers pass a pointer/length pair taken from a live Lua string.
+    unsafe { std::slice::from_raw_parts(p, n) }
+}
+
+/// Pushes a key of the base mirror as a Lua value.
+unsafe fn push_key(l: *mut lua_State, key: KeyRef) {
+    use super::base::Key;
+    // SAFETY: one push each.
+    unsafe {
+        match key {
+            KeyRef::Str(s) => ffi::push_bytes(l, s),
+            KeyRef::Other(Key::Bool(b)) => ffi::lua_pushboolean(l, c_int::from(b)),
+            KeyRef::Other(Key::Int(i)) => push_int(l, i),
+            KeyRef::Other(Key::Num(bits)) => ffi::lua_pushnumber(l, f64::from_bits(bits)),
+            KeyRef::Other(Key::Light(p)) => ffi::lua_pushlightuserdata(l, p as *mut _),
+        }
+    }
+}
+
+/// Pushes an integer as Lua's integer subtype where there is one.
+pub unsafe fn push_int(l: *mut lua_State, i: i64) {
+    // SAFETY: one push.
+    unsafe {
+        #[cfg(not(feature = "luajit"))]
+        ffi::lua_pushinteger(l, i);
+        #[cfg(feature = "luajit")]
+        ffi::lua_pushnumber(l, i as f64);
+    }
+}
+
+/// The objects a merge must never walk into: the global table, the registry, and every
+/// other module's value (each reloads on its own).
+///
+/// # Safety
+/// Inside `protect`; a few free stack slots.
+pub unsafe fn stop_set(l: *mut lua_State, name: &[u8]) -> PtrSet {
+    let mut stop = PtrSet::default();
+    // SAFETY: plain reads of the registry, `_LOADED` and the globals; stack restored.
+    unsafe {
+        let top = ffi::lua_gettop(l);
+        stop.insert(ffi::lua_topointer(l, ffi::LUA_REGISTRYINDEX) as usize);
+        ffi::push_globals(l);
+        stop.insert(ffi::lua_topointer(l, -1) as usize);
+        ffi::push_loaded(l);
+        let loaded = ffi::lua_gettop(l);
+        if ffi::lua_type(l, loaded) == ffi::LUA_TTABLE {
+            stop.insert(ffi::lua_topointer(l, loaded) as usize);
+            ffi::lua_pushnil(l);
+            while ffi::lua_next(l, loaded) != 0 {
+                let own = matches!(read(l, -2), Val::Str(s) if s == name);
+                if let (false, Some(p)) = (own, read(l, -1).object()) {
+                    stop.insert(p);
+                }
+                ffi::lua_pop(l, 1);
+            }
+        }
+        ffi::push_bytes(l, b"");
+        if ffi::lua_getmetatable(l, -1) != 0 {
+            stop.insert(ffi::lua_topointer(l, -1) as usize);
+        }
+        ffi::lua_settop(l, top);
+    }
+    stop
+}

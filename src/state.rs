@@ -1,0 +1,66 @@
+//! Per-`lua_State` data: what hotreload remembers about the modules of one Lua state. It lives
+//! in a userdata that every exported function holds as upvalue 1, so two states in one
+//! process share nothing, and the state's `__gc` (at `lua_close`) frees it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::raw::c_int;
+
+use crate::ffi::{self, lua_State};
+use crate::reload::base::Snapshot;
+
+#[derive(Default)]
+pub struct State {
+    /// Base of the three-way merge, per module name: its last freshly loaded version.
+    pub snapshots: HashMap<Box<[u8]>, Snapshot>,
+    /// Modules being reloaded right now (a top level that reloads itself is refused).
+    pub busy: Vec<Box<[u8]>>,
+}
+
+pub type StateCell = RefCell<State>;
+
+/// Pushes a new state userdata.
+///
+/// # Safety
+/// Inside a protected call (allocates); three free stack slots.
+pub unsafe fn push_new(l: *mut lua_State) {
+    // SAFETY: the userdata is sized for one pointer and initialised before anything else can
+    // run; its metatable's `__gc` is the only place the box is freed.
+    unsafe {
+        let ud = ffi::lua_newuserdata(l, size_of::<*mut StateCell>()).cast::<*mut StateCell>();
+        ud.write(std::ptr::null_mut());
+        ffi::lua_createtable(l, 0, 2);
+        ffi::lua_pushcfunction(l, gc);
+        ffi::lua_setfield(l, -2, c"__gc".as_ptr());
+        ffi::lua_pushlstring(l, c"hotreload.state".as_ptr(), 15);
+        ffi::lua_setfield(l, -2, c"__name".as_ptr());
+        ffi::lua_setmetatable(l, -2);
+        ud.write(Box::into_raw(Box::default()));
+    }
+}
+
+unsafe extern "C-unwind" fn gc(l: *mut lua_State) -> c_int {
+    // SAFETY: only ever set as `__gc` of a state userdata, which holds a box pointer or null.
+    unsafe {
+        let ud = ffi::lua_touserdata(l, 1).cast::<*mut StateCell>();
+        if !ud.is_null() && !(*ud).is_null() {
+            let boxed = Box::from_raw(*ud);
+            *ud = std::ptr::null_mut();
+            drop(boxed);
+        }
+    }
+    0
+}
+
+/// The state behind the userdata at `idx`; `None` once it has been collected (a function
+/// called from a finalizer during `lua_close`).
+///
+/// # Safety
+/// `idx` must hold a state userdata made by `push_new`.
+pub unsafe fn get<'a>(l: *mut lua_State, idx: c_int) -> Option<&'a StateCell> {
+    // SAFETY: the box lives until `gc` nulls the pointer.
+    unsafe {
+        let ud = ffi::lua_touserdata(l, idx).cast::<*mut StateCell>();
+        if ud.is_null() { None } else { (*ud).as_ref() }
+    }
+}
