@@ -49,8 +49,7 @@ pub unsafe fn unwrap_loader(l: *mut lua_State, idx: c_int) {
     // SAFETY: a `loader` closure always has the original loader as upvalue 2.
     unsafe {
         let idx = ffi::lua_absindex(l, idx);
-        if is(l, idx, loader) && !ffi::lua_getupvalue(l, idx, 2).is_null()
-        {
+        if is(l, idx, loader) && !ffi::lua_getupvalue(l, idx, 2).is_null() {
             ffi::lua_replace(l, idx);
         }
     }

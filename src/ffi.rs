@@ -89,7 +89,9 @@ pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Val<'a> {
             }
             LUA_TLIGHTUSERDATA => Val::Light(lua_touserdata(l, idx) as usize),
             LUA_TTABLE => Val::Table(lua_topointer(l, idx) as usize),
-            LUA_TFUNCTION if lua_iscfunction(l, idx) != 0 => Val::CFn(lua_topointer(l, idx) as usize),
+            LUA_TFUNCTION if lua_iscfunction(l, idx) != 0 => {
+                Val::CFn(lua_topointer(l, idx) as usize)
+            }
             LUA_TFUNCTION => Val::LuaFn(lua_topointer(l, idx) as usize),
             LUA_TUSERDATA => Val::Userdata(lua_topointer(l, idx) as usize),
             LUA_TTHREAD => Val::Thread(lua_topointer(l, idx) as usize),

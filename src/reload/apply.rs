@@ -76,13 +76,12 @@ pub unsafe fn push(l: *mut lua_State, plan: &Plan, v: Pv, resolve: bool) {
             Pv::Num(n) => ffi::lua_pushnumber(l, n),
             Pv::Slot(s) => {
                 push_slot(l, plan, s);
-                if resolve {
-                    if let Val::Table(p) = read(l, -1) {
-                        if let Some(&(live, _)) = plan.tmap.get(&p) {
-                            ffi::lua_pop(l, 1);
-                            push_slot(l, plan, live);
-                        }
-                    }
+                if resolve
+                    && let Val::Table(p) = read(l, -1)
+                    && let Some(&(live, _)) = plan.tmap.get(&p)
+                {
+                    ffi::lua_pop(l, 1);
+                    push_slot(l, plan, live);
                 }
             }
         }

@@ -85,7 +85,11 @@ pub unsafe fn find_loader(l: *mut lua_State, name: &[u8]) -> Result<(), LoadErro
     }
 }
 
-/// Pushes `package.searchers` (or `package.loaders`) and returns its index, 0 if missing.
+/// Pushes `package.searchers` (or `package.loaders`) and returns its index, 0 if missing
+/// (then nothing is pushed).
+///
+/// # Safety
+/// Three free stack slots.
 pub unsafe fn push_searchers(l: *mut lua_State) -> c_int {
     // SAFETY: raw reads from `_LOADED.package`.
     unsafe {
@@ -190,7 +194,12 @@ pub unsafe fn copy_table(l: *mut lua_State, t: c_int) {
 ///
 /// # Safety
 /// Inside `protect` (allocates); absolute indices.
-pub unsafe fn global_delta(l: *mut lua_State, globals: c_int, before: c_int, restore: bool) -> c_int {
+pub unsafe fn global_delta(
+    l: *mut lua_State,
+    globals: c_int,
+    before: c_int,
+    restore: bool,
+) -> c_int {
     // SAFETY: each traversal writes only to a table other than the one it walks.
     unsafe {
         ffi::lua_createtable(l, 0, 4);

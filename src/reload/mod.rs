@@ -29,7 +29,12 @@ use plan::Planner;
 ///
 /// # Safety
 /// `state` is the absolute index of the state userdata behind `cell`; a few free stack slots.
-pub unsafe fn reload(l: *mut lua_State, cell: &StateCell, state: c_int, name: &[u8]) -> Result<Counts, Error> {
+pub unsafe fn reload(
+    l: *mut lua_State,
+    cell: &StateCell,
+    state: c_int,
+    name: &[u8],
+) -> Result<Counts, Error> {
     {
         let Ok(mut st) = cell.try_borrow_mut() else {
             return Err(Error::new(ErrorKind::Internal, name, "state in use"));

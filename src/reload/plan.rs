@@ -27,13 +27,30 @@ pub enum Pv {
 /// table are written as that running table (see `apply`).
 #[derive(Debug)]
 pub enum Act {
-    Set { t: u32, k: Pv, v: Pv },
+    Set {
+        t: u32,
+        k: Pv,
+        v: Pv,
+    },
     /// `t[k] = nil` with `k` taken as is: an old function key being renamed to its new version.
-    Unset { t: u32, k: Pv },
-    Meta { t: u32, mt: Pv },
-    Up { f: u32, n: c_int, v: Pv },
+    Unset {
+        t: u32,
+        k: Pv,
+    },
+    Meta {
+        t: u32,
+        mt: Pv,
+    },
+    Up {
+        f: u32,
+        n: c_int,
+        v: Pv,
+    },
     #[cfg_attr(not(feature = "luajit"), allow(dead_code))]
-    Fenv { f: u32, env: Pv },
+    Fenv {
+        f: u32,
+        env: Pv,
+    },
 }
 
 /// Upvalue `n` of new function `new_fn` is made to share cell `old_n` of `old_fn` (rule 3).
@@ -184,7 +201,12 @@ impl<'o> Planner<'o> {
     ///
     /// # Safety
     /// Absolute indices; inside `protect`.
-    pub unsafe fn root(&mut self, l: *mut lua_State, live: c_int, new: c_int) -> Result<(), String> {
+    pub unsafe fn root(
+        &mut self,
+        l: *mut lua_State,
+        live: c_int,
+        new: c_int,
+    ) -> Result<(), String> {
         // SAFETY: the caller's indices are valid; helpers keep the stack balanced.
         unsafe {
             let (lv, nv) = (read(l, live), read(l, new));
@@ -320,25 +342,27 @@ impl<'o> Planner<'o> {
                     }
                     let node = self.mirror.node_for(p);
                     if let Some(&(_, into)) = self.tmap.get(&p) {
-                        let d = if lv == Val::Table(into) { Decision::Keep } else { Decision::TakeNew };
+                        let d =
+                            if lv == Val::Table(into) { Decision::Keep } else { Decision::TakeNew };
                         return (d, Base::Node(node));
                     }
-                    if let Val::Table(q) = lv {
-                        if !self.stop.contains(&q) && self.claimed_tables.insert(q) {
-                            let live_slot = self.anchor(l, live);
-                            let new_slot = self.anchor(l, new);
-                            self.tmap.insert(p, (live_slot, q));
-                            self.queued.insert(p);
-                            let base = self.old.child(prior, Kind::Table);
-                            self.paired.push(Item::Tables {
-                                live: live_slot,
-                                new: new_slot,
-                                base,
-                                node,
-                                scope: Scope::Module,
-                            });
-                            return (Decision::Keep, Base::Node(node));
-                        }
+                    if let Val::Table(q) = lv
+                        && !self.stop.contains(&q)
+                        && self.claimed_tables.insert(q)
+                    {
+                        let live_slot = self.anchor(l, live);
+                        let new_slot = self.anchor(l, new);
+                        self.tmap.insert(p, (live_slot, q));
+                        self.queued.insert(p);
+                        let base = self.old.child(prior, Kind::Table);
+                        self.paired.push(Item::Tables {
+                            live: live_slot,
+                            new: new_slot,
+                            base,
+                            node,
+                            scope: Scope::Module,
+                        });
+                        return (Decision::Keep, Base::Node(node));
                     }
                     self.reach(l, new);
                     (Decision::TakeNew, Base::Node(node))
@@ -348,16 +372,17 @@ impl<'o> Planner<'o> {
                         return (Decision::Keep, Base::Opaque);
                     }
                     let node = self.mirror.node_for(p);
-                    if let Val::LuaFn(q) = lv {
-                        if !self.fmap.contains_key(&p) && self.claimed_fns.insert(q) {
-                            let live_slot = self.anchor(l, live);
-                            let new_slot = self.anchor(l, new);
-                            self.fmap.insert(p, live_slot);
-                            self.queued.insert(p);
-                            let base = self.old.child(prior, Kind::Func);
-                            self.paired.push(Item::Fns { live: live_slot, new: new_slot, base, node });
-                            return (Decision::TakeNew, Base::Node(node));
-                        }
+                    if let Val::LuaFn(q) = lv
+                        && !self.fmap.contains_key(&p)
+                        && self.claimed_fns.insert(q)
+                    {
+                        let live_slot = self.anchor(l, live);
+                        let new_slot = self.anchor(l, new);
+                        self.fmap.insert(p, live_slot);
+                        self.queued.insert(p);
+                        let base = self.old.child(prior, Kind::Func);
+                        self.paired.push(Item::Fns { live: live_slot, new: new_slot, base, node });
+                        return (Decision::TakeNew, Base::Node(node));
                     }
                     self.reach(l, new);
                     (Decision::TakeNew, Base::Node(node))
@@ -377,19 +402,19 @@ impl<'o> Planner<'o> {
         // SAFETY: valid index from the caller.
         unsafe {
             match read(l, idx) {
-                Val::Table(p) if !self.stop.contains(&p) && !self.tmap.contains_key(&p) => {
-                    if self.queued.insert(p) {
-                        let node = self.mirror.node_for(p);
-                        let new = self.anchor(l, idx);
-                        self.adopt.push(Item::AdoptTable { new, node });
-                    }
+                Val::Table(p)
+                    if !self.stop.contains(&p)
+                        && !self.tmap.contains_key(&p)
+                        && self.queued.insert(p) =>
+                {
+                    let node = self.mirror.node_for(p);
+                    let new = self.anchor(l, idx);
+                    self.adopt.push(Item::AdoptTable { new, node });
                 }
-                Val::LuaFn(p) if !self.fmap.contains_key(&p) => {
-                    if self.queued.insert(p) {
-                        let node = self.mirror.node_for(p);
-                        let new = self.anchor(l, idx);
-                        self.adopt.push(Item::AdoptFn { new, node });
-                    }
+                Val::LuaFn(p) if !self.fmap.contains_key(&p) && self.queued.insert(p) => {
+                    let node = self.mirror.node_for(p);
+                    let new = self.anchor(l, idx);
+                    self.adopt.push(Item::AdoptFn { new, node });
                 }
                 _ => {}
             }
@@ -455,7 +480,15 @@ impl<'o> Planner<'o> {
     }
 
     /// Records `t[k] = new` if the decision takes the new value and it differs.
-    unsafe fn record_set(&mut self, l: *mut lua_State, t: u32, k: c_int, live: c_int, new: c_int, d: Decision) {
+    unsafe fn record_set(
+        &mut self,
+        l: *mut lua_State,
+        t: u32,
+        k: c_int,
+        live: c_int,
+        new: c_int,
+        d: Decision,
+    ) {
         // SAFETY: valid indices from the caller.
         unsafe {
             if d == Decision::Keep {
@@ -469,7 +502,14 @@ impl<'o> Planner<'o> {
     }
 
     /// Rule 5: a key the base had and the new source no longer has is removed.
-    unsafe fn plan_deletions(&mut self, l: *mut lua_State, live: u32, ti: c_int, ni: c_int, base: Option<NodeId>) {
+    unsafe fn plan_deletions(
+        &mut self,
+        l: *mut lua_State,
+        live: u32,
+        ti: c_int,
+        ni: c_int,
+        base: Option<NodeId>,
+    ) {
         let old = self.old;
         // SAFETY: `ti`/`ni` are the anchored tables; each key is pushed and popped here.
         unsafe {
@@ -493,7 +533,15 @@ impl<'o> Planner<'o> {
     }
 
     /// Rule 6: metatables merge like tables (read raw: `__metatable` does not hide them).
-    unsafe fn pair_metatables(&mut self, l: *mut lua_State, live: u32, ti: c_int, ni: c_int, base: Option<NodeId>, node: NodeId) {
+    unsafe fn pair_metatables(
+        &mut self,
+        l: *mut lua_State,
+        live: u32,
+        ti: c_int,
+        ni: c_int,
+        base: Option<NodeId>,
+        node: NodeId,
+    ) {
         let old = self.old;
         // SAFETY: two pushes (metatable or nil each), popped by the caller's settop.
         unsafe {
@@ -521,7 +569,14 @@ impl<'o> Planner<'o> {
         }
     }
 
-    unsafe fn pair_fns(&mut self, l: *mut lua_State, live: u32, new: u32, base: Option<NodeId>, node: NodeId) {
+    unsafe fn pair_fns(
+        &mut self,
+        l: *mut lua_State,
+        live: u32,
+        new: u32,
+        base: Option<NodeId>,
+        node: NodeId,
+    ) {
         let old = self.old;
         // SAFETY: both functions are anchored Lua functions; upvalue indices come from
         // lua_getupvalue, which stops at the last one; each loop turn restores `top + 2`.
@@ -548,7 +603,8 @@ impl<'o> Planner<'o> {
                 let value = top + 3;
                 let id = ffi::upvalue_id(l, ni, i);
                 self.upv.push((new, i, id));
-                let occurrence = self.new_names.iter().filter(|&&(p, n)| bytes(p, n) == name).count();
+                let occurrence =
+                    self.new_names.iter().filter(|&&(p, n)| bytes(p, n) == name).count();
                 self.new_names.push((name.as_ptr(), name.len()));
                 let prior = old.upvalue(base, name, occurrence);
                 let matched = if name.is_empty() || self.cells.contains_key(&id) {
@@ -606,11 +662,11 @@ impl<'o> Planner<'o> {
             let top = ffi::lua_gettop(l);
             self.push(l, new);
             let ni = top + 1;
-            if let Val::Table(p) = read(l, ni) {
-                if self.tmap.contains_key(&p) {
-                    ffi::lua_settop(l, top);
-                    return; // paired after all
-                }
+            if let Val::Table(p) = read(l, ni)
+                && self.tmap.contains_key(&p)
+            {
+                ffi::lua_settop(l, top);
+                return; // paired after all
             }
             self.mirror.set_kind(node, Kind::Table);
             ffi::lua_pushnil(l);
@@ -655,11 +711,11 @@ impl<'o> Planner<'o> {
             let top = ffi::lua_gettop(l);
             self.push(l, new);
             let fi = top + 1;
-            if let Val::LuaFn(p) = read(l, fi) {
-                if self.fmap.contains_key(&p) {
-                    ffi::lua_settop(l, top);
-                    return;
-                }
+            if let Val::LuaFn(p) = read(l, fi)
+                && self.fmap.contains_key(&p)
+            {
+                ffi::lua_settop(l, top);
+                return; // paired after all
             }
             self.mirror.set_kind(node, Kind::Func);
             self.new_fns.push(new);
@@ -764,7 +820,9 @@ impl<'o> Planner<'o> {
         unsafe {
             let v = read(l, idx);
             let identity = match v {
-                Val::Table(p) | Val::LuaFn(p) | Val::CFn(p) | Val::Userdata(p) | Val::Thread(p) => Some(p),
+                Val::Table(p) | Val::LuaFn(p) | Val::CFn(p) | Val::Userdata(p) | Val::Thread(p) => {
+                    Some(p)
+                }
                 _ => None,
             };
             if let Some(slot) = identity.and_then(|p| self.anchored.get(&p)) {
@@ -823,6 +881,9 @@ unsafe fn push_key(l: *mut lua_State, key: KeyRef) {
 }
 
 /// Pushes an integer as Lua's integer subtype where there is one.
+///
+/// # Safety
+/// One free stack slot.
 pub unsafe fn push_int(l: *mut lua_State, i: i64) {
     // SAFETY: one push.
     unsafe {

@@ -1,0 +1,51 @@
+# hotreload: build the module for Lua 5.4 and LuaJIT, test it, lint it.
+# `make test` is the one command that runs everything (CI runs it too).
+
+CARGO  ?= cargo
+LUA54  ?= lua5.4
+LUAJIT ?= luajit
+BUSTED ?= /usr/bin/busted
+SPECS  ?= $(sort $(wildcard spec/*_spec.lua))
+
+FLAVOURS = lua54 luajit
+MODULES  = $(FLAVOURS:%=build/%/hotreload.so)
+
+.PHONY: all deps build test test-rust test-lua54 test-luajit check-specs lint clean FORCE
+
+all: build
+
+deps:
+	@sh .ci/deps
+
+build: $(MODULES)
+
+# One target dir per flavour: the module feature set differs, and both stay cached.
+build/%/hotreload.so: FORCE
+	$(CARGO) build --release --locked --no-default-features --features $*,module --target-dir target/$*
+	@mkdir -p $(@D)
+	cp target/$*/release/libhotreload.so $@
+
+test: deps build test-rust check-specs test-lua54 test-luajit
+
+test-rust:
+	$(CARGO) test --locked
+
+test-lua54: build/lua54/hotreload.so
+	prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(SPECS)
+
+test-luajit: build/luajit/hotreload.so
+	prove --exec '$(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP' $(SPECS)
+
+# The rule specs must fail against the seed document's naive reloader.
+check-specs: $(MODULES)
+	HOTRELOAD_SPEC_NAIVE=1 $(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP spec/reload_spec.lua | $(LUA54) spec/naive_expect.lua
+	HOTRELOAD_SPEC_NAIVE=1 $(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP spec/reload_spec.lua | $(LUAJIT) spec/naive_expect.lua
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --no-default-features --features luajit,module --target-dir target/luajit -- -D warnings
+	luacheck spec
+
+clean:
+	rm -rf build target

@@ -1,0 +1,77 @@
+-- Shared spec helpers: a scratch directory on package.path, module files written into it,
+-- and small waits with deadlines.
+local lfs = require "lfs"
+
+local helpers = {}
+
+local sep = package.config:sub(1, 1)
+local root = (os.getenv("TMPDIR") or "/tmp") .. sep .. "hotreload-spec-" .. tostring(os.time())
+  .. "-" .. tostring(math.random(1, 1e9))
+helpers.root = root
+assert(lfs.mkdir(root))
+package.path = root .. sep .. "?.lua;" .. root .. sep .. "?" .. sep .. "init.lua;" .. package.path
+
+local function mkdirs(path)
+  local acc = ""
+  for part in path:gmatch("[^/]+") do
+    acc = acc == "" and (path:sub(1, 1) == "/" and "/" .. part or part) or acc .. "/" .. part
+    if not lfs.attributes(acc) then assert(lfs.mkdir(acc)) end
+  end
+end
+helpers.mkdirs = mkdirs
+
+--- Writes `source` to `relpath` under the scratch directory (creating directories).
+function helpers.write(relpath, source)
+  local path = root .. "/" .. relpath
+  mkdirs(path:match("^(.*)/[^/]*$"))
+  local f = assert(io.open(path, "wb"))
+  assert(f:write(source))
+  assert(f:close())
+  return path
+end
+
+local counter = 0
+--- A fresh module name (so specs never share a module) whose file holds `source`.
+function helpers.module(source)
+  counter = counter + 1
+  local name = "mod" .. counter
+  helpers.write(name .. ".lua", source)
+  return name
+end
+
+--- Replaces the source of module `name` (a plain `a.b` name, one file).
+function helpers.rewrite(name, source)
+  return helpers.write(name:gsub("%.", "/") .. ".lua", source)
+end
+
+--- Deletes the scratch directory (registered with busted's teardown by the spec files).
+function helpers.cleanup()
+  local function rm(path)
+    local mode = lfs.symlinkattributes(path, "mode")
+    if mode == "directory" then
+      for entry in lfs.dir(path) do
+        if entry ~= "." and entry ~= ".." then rm(path .. "/" .. entry) end
+      end
+      lfs.rmdir(path)
+    elseif mode then
+      os.remove(path)
+    end
+  end
+  rm(root)
+end
+
+--- Full collections until the heap settles.
+function helpers.collect()
+  for _ = 1, 4 do collectgarbage("collect") end
+end
+
+helpers.jit = rawget(_G, "jit")
+
+--- The module under test: hotreload, or the seed's naive reloader when
+--- HOTRELOAD_SPEC_NAIVE is set (to show the rule specs fail without the rules).
+function helpers.hotreload()
+  if os.getenv("HOTRELOAD_SPEC_NAIVE") then return require "spec.naive" end
+  return require "hotreload"
+end
+
+return helpers
