@@ -4,13 +4,14 @@
 CARGO  ?= cargo
 LUA54  ?= lua5.4
 LUAJIT ?= luajit
+LUA53  ?= lua5.3
 BUSTED ?= /usr/bin/busted
 SPECS  ?= $(sort $(wildcard spec/*_spec.lua))
 
-FLAVOURS = lua54 luajit
+FLAVOURS = lua54 luajit lua53
 MODULES  = $(FLAVOURS:%=build/%/hotreload.so)
 
-.PHONY: all deps build test test-rust test-lua54 test-luajit check-specs lint clean FORCE
+.PHONY: all deps build test test-rust test-lua54 test-luajit test-lua53 check-specs lint clean FORCE
 
 all: build
 
@@ -25,13 +26,16 @@ build/%/hotreload.so: FORCE
 	@mkdir -p $(@D)
 	cp target/$*/release/libhotreload.so $@
 
-test: deps build test-rust check-specs test-lua54 test-luajit
+test: deps build test-rust check-specs test-lua53 test-lua54 test-luajit
 
 test-rust:
 	$(CARGO) test --locked
 
 test-lua54: build/lua54/hotreload.so
 	prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(SPECS)
+
+test-lua53: build/lua53/hotreload.so
+	prove --exec '$(LUA53) $(BUSTED) --cpath=build/lua53/?.so -o TAP' $(SPECS)
 
 test-luajit: build/luajit/hotreload.so
 	prove --exec '$(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP' $(SPECS)

@@ -14,7 +14,8 @@ end
 describe("hotreload module", function()
   it("has a version and a flavour", function()
     assert.is_string(hotreload._VERSION)
-    assert.equal(h.jit and "luajit" or "lua54", hotreload.flavor)
+    local expected = h.jit and "luajit" or ("lua" .. _VERSION:gsub("Lua 5%.", "5"))
+    assert.equal(expected, hotreload.flavor)
   end)
 
   it("raises on a name that is not a string", function()
