@@ -78,7 +78,7 @@ pub unsafe fn push(l: *mut lua_State, plan: &Plan, v: Pv, resolve: bool) {
                 push_slot(l, plan, s);
                 if resolve
                     && let Val::Table(p) = read(l, -1)
-                    && let Some(&(live, _)) = plan.tmap.get(&p)
+                    && let Some(live) = plan.merged_into(p)
                 {
                     ffi::lua_pop(l, 1);
                     push_slot(l, plan, live);

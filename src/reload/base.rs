@@ -2,25 +2,29 @@
 //! freshly loaded (data by key path, upvalue values by function path and name), and the rule
 //! that decides, for one data slot, whether the running value or the new source's value wins.
 //!
-//! The mirror holds no Lua references, so it never keeps an old version alive (rule 11).
+//! The mirror holds no Lua references, so it never keeps an old version alive (rule 11). It
+//! is flat (one entry vector, one byte arena, one hash index) because a reload builds a new
+//! one of every table and function of the module.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 use crate::ffi::Val;
-use crate::ptrmap::PtrMap;
+use crate::ptrmap::PtrHasher;
 
 pub type NodeId = u32;
 
-/// What a slot held in the freshly loaded version.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub enum Base {
+/// What a slot held in the freshly loaded version (strings borrowed from the mirror or from
+/// the Lua stack).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Was<'a> {
     #[default]
     Nil,
     Bool(bool),
     Int(i64),
     /// A float, by its bits: an unchanged `0/0` constant is unchanged.
     Num(u64),
-    Str(Box<[u8]>),
+    Str(&'a [u8]),
     Light(usize),
     /// A table or Lua function of the module, mirrored in that node.
     Node(NodeId),
@@ -29,35 +33,35 @@ pub enum Base {
     Opaque,
 }
 
-impl Base {
-    /// The base of a value that the merge does not walk into.
-    pub fn of(v: Val) -> Base {
+impl<'a> Was<'a> {
+    /// The base of a value the merge does not walk into.
+    pub fn of(v: Val<'a>) -> Was<'a> {
         match v {
-            Val::Nil => Base::Nil,
-            Val::Bool(b) => Base::Bool(b),
-            Val::Int(i) => Base::Int(i),
-            Val::Num(n) => Base::Num(n.to_bits()),
-            Val::Str(s) => Base::Str(s.into()),
-            Val::Light(p) => Base::Light(p),
+            Val::Nil => Was::Nil,
+            Val::Bool(b) => Was::Bool(b),
+            Val::Int(i) => Was::Int(i),
+            Val::Num(n) => Was::Num(n.to_bits()),
+            Val::Str(s) => Was::Str(s),
+            Val::Light(p) => Was::Light(p),
             Val::Table(_) | Val::LuaFn(_) | Val::CFn(_) | Val::Userdata(_) | Val::Thread(_) => {
-                Base::Opaque
+                Was::Opaque
             }
         }
     }
 
     /// Did the source leave this slot as it was? Tables and functions never compare equal
     /// here: the merge walks into them instead.
-    fn unchanged(&self, new: Val) -> bool {
+    fn unchanged(self, new: Val) -> bool {
         match (self, new) {
-            (Base::Nil, Val::Nil) => true,
-            (Base::Bool(a), Val::Bool(b)) => *a == b,
-            (Base::Int(a), Val::Int(b)) => *a == b,
-            (Base::Num(a), Val::Num(b)) => *a == b.to_bits(),
-            (Base::Str(a), Val::Str(b)) => **a == *b,
-            (Base::Light(a), Val::Light(b)) => *a == b,
+            (Was::Nil, Val::Nil) => true,
+            (Was::Bool(a), Val::Bool(b)) => a == b,
+            (Was::Int(a), Val::Int(b)) => a == b,
+            (Was::Num(a), Val::Num(b)) => a == b.to_bits(),
+            (Was::Str(a), Val::Str(b)) => a == b,
+            (Was::Light(a), Val::Light(b)) => a == b,
             // Each load makes a fresh userdata or coroutine: if the source made one at this
             // slot before too, it is the same declaration and the running one is the state.
-            (Base::Opaque, Val::Userdata(_) | Val::Thread(_)) => true,
+            (Was::Opaque, Val::Userdata(_) | Val::Thread(_)) => true,
             _ => false,
         }
     }
@@ -102,15 +106,6 @@ pub enum Kind {
     Func,
 }
 
-#[derive(Debug, Default)]
-struct Node {
-    kind: Kind,
-    strs: HashMap<Box<[u8]>, Base>,
-    others: HashMap<Key, Base>,
-    meta: Option<Base>,
-    upvals: Vec<(Box<[u8]>, Base)>,
-}
-
 /// What the base knows about one slot.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Prior<'a> {
@@ -118,7 +113,7 @@ pub enum Prior<'a> {
     Unknown,
     /// The base has the container but not this slot: the new source added it.
     Absent,
-    Was(&'a Base),
+    Was(Was<'a>),
 }
 
 /// Whether a data slot keeps the running value or takes the new source's.
@@ -140,137 +135,286 @@ pub fn decide(prior: Prior, live: Val, new: Val) -> Decision {
     if keep { Decision::Keep } else { Decision::TakeNew }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    off: u32,
+    len: u32,
+}
+
+/// `Was` as stored: strings live in the arena.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+enum Stored {
+    #[default]
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Num(u64),
+    Str(Span),
+    Light(usize),
+    Node(NodeId),
+    Opaque,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum EKey {
+    Str(Span),
+    Other(Key),
+    Meta,
+    Up(Span),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    node: NodeId,
+    key: EKey,
+    base: Stored,
+    /// Next entry with the same index hash.
+    next: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct NodeRec {
+    kind: Kind,
+    /// The node's entries are `entries[start..end]` (a node is mirrored in one go).
+    start: u32,
+    end: u32,
+    fields: u32,
+}
+
+const NONE: u32 = u32::MAX;
+
+type Index = HashMap<u64, u32, BuildHasherDefault<PtrHasher>>;
+
 /// The mirror of one loaded version of a module.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    nodes: Vec<Node>,
-    /// The module value itself (`package.loaded[name]`).
-    pub root: Base,
+    nodes: Vec<NodeRec>,
+    entries: Vec<Entry>,
+    index: Index,
+    bytes: Vec<u8>,
+    root: Stored,
     /// The globals its top level assigned.
     pub globals: Option<NodeId>,
 }
 
+/// FxHash-style mixing of a node id and a field key.
+fn key_hash(node: NodeId, key: KeyRef) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(K);
+    let mut h = mix(0, u64::from(node));
+    match key {
+        KeyRef::Str(s) => {
+            let mut chunks = s.chunks_exact(8);
+            for c in &mut chunks {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(c);
+                h = mix(h, u64::from_le_bytes(w));
+            }
+            for &b in chunks.remainder() {
+                h = mix(h, u64::from(b));
+            }
+            mix(h, s.len() as u64)
+        }
+        KeyRef::Other(Key::Bool(b)) => mix(mix(h, 1), u64::from(b)),
+        KeyRef::Other(Key::Int(i)) => mix(mix(h, 2), i as u64),
+        KeyRef::Other(Key::Num(n)) => mix(mix(h, 3), n),
+        KeyRef::Other(Key::Light(p)) => mix(mix(h, 4), p as u64),
+    }
+}
+
 impl Snapshot {
-    fn node(&self, id: NodeId, kind: Kind) -> Option<&Node> {
-        self.nodes.get(id as usize).filter(|n| n.kind == kind && kind != Kind::Unvisited)
+    fn bytes(&self, s: Span) -> &[u8] {
+        self.bytes.get(s.off as usize..(s.off as usize + s.len as usize)).unwrap_or_default()
+    }
+
+    fn view(&self, b: Stored) -> Was<'_> {
+        match b {
+            Stored::Nil => Was::Nil,
+            Stored::Bool(b) => Was::Bool(b),
+            Stored::Int(i) => Was::Int(i),
+            Stored::Num(n) => Was::Num(n),
+            Stored::Str(s) => Was::Str(self.bytes(s)),
+            Stored::Light(p) => Was::Light(p),
+            Stored::Node(n) => Was::Node(n),
+            Stored::Opaque => Was::Opaque,
+        }
+    }
+
+    fn node(&self, id: Option<NodeId>, kind: Kind) -> Option<&NodeRec> {
+        self.nodes.get(id? as usize).filter(|n| n.kind == kind && kind != Kind::Unvisited)
+    }
+
+    fn range(&self, n: &NodeRec) -> &[Entry] {
+        self.entries.get(n.start as usize..n.end as usize).unwrap_or_default()
+    }
+
+    /// The base of the module value itself.
+    pub fn root(&self) -> Prior<'_> {
+        Prior::Was(self.view(self.root))
+    }
+
+    /// Number of walked tables and functions (a capacity hint for the next mirror).
+    pub fn size(&self) -> (usize, usize) {
+        (self.nodes.len(), self.entries.len())
     }
 
     /// The node a slot's base points to, if it is a walked object of this kind.
     pub fn child(&self, prior: Prior, kind: Kind) -> Option<NodeId> {
         match prior {
-            Prior::Was(Base::Node(id)) => self.node(*id, kind).map(|_| *id),
+            Prior::Was(Was::Node(id)) => self.node(Some(id), kind).map(|_| id),
             _ => None,
         }
     }
 
     pub fn field(&self, table: Option<NodeId>, key: KeyRef) -> Prior<'_> {
-        let Some(n) = table.and_then(|t| self.node(t, Kind::Table)) else {
+        let Some(id) = table.filter(|_| self.node(table, Kind::Table).is_some()) else {
             return Prior::Unknown;
         };
-        let found = match key {
-            KeyRef::Str(s) => n.strs.get(s),
-            KeyRef::Other(k) => n.others.get(&k),
-        };
-        found.map_or(Prior::Absent, Prior::Was)
+        let mut at = self.index.get(&key_hash(id, key)).copied().unwrap_or(NONE);
+        while let Some(e) = self.entries.get(at as usize) {
+            let same = e.node == id
+                && match (e.key, key) {
+                    (EKey::Str(s), KeyRef::Str(k)) => self.bytes(s) == k,
+                    (EKey::Other(a), KeyRef::Other(b)) => a == b,
+                    _ => false,
+                };
+            if same {
+                return Prior::Was(self.view(e.base));
+            }
+            at = e.next;
+        }
+        Prior::Absent
     }
 
     pub fn meta(&self, table: Option<NodeId>) -> Prior<'_> {
-        match table.and_then(|t| self.node(t, Kind::Table)) {
-            None => Prior::Unknown,
-            Some(n) => n.meta.as_ref().map_or(Prior::Absent, Prior::Was),
-        }
+        let Some(n) = self.node(table, Kind::Table) else { return Prior::Unknown };
+        let found = self.range(n).iter().rev().find(|e| e.key == EKey::Meta);
+        found.map_or(Prior::Absent, |e| Prior::Was(self.view(e.base)))
     }
 
-    /// The base of the `occurrence`-th upvalue called `name` (names repeat only in odd code;
-    /// unnamed upvalues of stripped functions are never matched).
-    pub fn upvalue(&self, func: Option<NodeId>, name: &[u8], occurrence: usize) -> Prior<'_> {
-        let Some(n) = func.and_then(|f| self.node(f, Kind::Func)) else {
-            return Prior::Unknown;
-        };
+    /// The base of the upvalue called `name` (a function has at most one per name; unnamed
+    /// upvalues of stripped functions are never matched).
+    pub fn upvalue(&self, func: Option<NodeId>, name: &[u8]) -> Prior<'_> {
+        let Some(n) = self.node(func, Kind::Func) else { return Prior::Unknown };
         if name.is_empty() {
             return Prior::Unknown;
         }
-        n.upvals
-            .iter()
-            .filter(|(k, _)| **k == *name)
-            .nth(occurrence)
-            .map_or(Prior::Absent, |(_, b)| Prior::Was(b))
+        let found =
+            self.range(n).iter().find(|e| matches!(e.key, EKey::Up(s) if self.bytes(s) == name));
+        found.map_or(Prior::Absent, |e| Prior::Was(self.view(e.base)))
     }
 
     /// Number of addressable keys the base table had.
     pub fn len(&self, table: Option<NodeId>) -> usize {
-        table.and_then(|t| self.node(t, Kind::Table)).map_or(0, |n| n.strs.len() + n.others.len())
+        self.node(table, Kind::Table).map_or(0, |n| n.fields as usize)
     }
 
     /// Keys of a base table (for finding the ones the new source deleted).
     pub fn keys(&self, table: Option<NodeId>) -> impl Iterator<Item = KeyRef<'_>> {
-        let n = table.and_then(|t| self.node(t, Kind::Table));
-        let strs = n.into_iter().flat_map(|n| n.strs.keys().map(|k| KeyRef::Str(k)));
-        let others = n.into_iter().flat_map(|n| n.others.keys().map(|k| KeyRef::Other(*k)));
-        strs.chain(others)
+        let entries = self.node(table, Kind::Table).map_or(&[][..], |n| self.range(n));
+        entries.iter().filter_map(|e| match e.key {
+            EKey::Str(s) => Some(KeyRef::Str(self.bytes(s))),
+            EKey::Other(k) => Some(KeyRef::Other(k)),
+            _ => None,
+        })
     }
 }
 
-/// Builds the mirror of a new version while the merge walks it.
+/// Builds the mirror of a new version while the merge walks it. Each node must be filled in
+/// one go, between `begin` and the next `begin`.
 #[derive(Default)]
 pub struct Builder {
-    nodes: Vec<Node>,
-    memo: PtrMap<NodeId>,
+    s: Snapshot,
 }
 
 impl Builder {
-    /// The node for the object at address `ptr`, created on first use.
-    pub fn node_for(&mut self, ptr: usize) -> NodeId {
-        if let Some(id) = self.memo.get(&ptr) {
-            return *id;
-        }
-        let id = self.nodes.len() as NodeId;
-        self.nodes.push(Node::default());
-        self.memo.insert(ptr, id);
-        id
+    /// A builder sized like `like` (the previous version: the new one is usually similar).
+    pub fn sized_like(like: &Snapshot) -> Builder {
+        let mut s = Snapshot::default();
+        s.nodes.reserve(like.nodes.len());
+        s.entries.reserve(like.entries.len());
+        s.index.reserve(like.index.len());
+        s.bytes.reserve(like.bytes.len());
+        Builder { s }
     }
 
-    /// The base to record for a value: a node for objects the merge walks, else its data.
-    pub fn base_of(&mut self, v: Val) -> Base {
-        match v.object() {
-            Some(p) => Base::Node(self.node_for(p)),
-            None => Base::of(v),
-        }
+    pub fn new_node(&mut self) -> NodeId {
+        self.s.nodes.push(NodeRec::default());
+        (self.s.nodes.len() - 1) as NodeId
     }
 
-    fn get(&mut self, id: NodeId) -> Option<&mut Node> {
-        self.nodes.get_mut(id as usize)
-    }
-
-    pub fn set_kind(&mut self, id: NodeId, kind: Kind) {
-        if let Some(n) = self.get(id) {
-            n.kind = kind;
+    pub fn begin(&mut self, id: NodeId, kind: Kind) {
+        let at = self.s.entries.len() as u32;
+        if let Some(n) = self.s.nodes.get_mut(id as usize) {
+            *n = NodeRec { kind, start: at, end: at, fields: 0 };
         }
     }
 
-    pub fn field(&mut self, id: NodeId, key: KeyRef, b: Base) {
-        if let Some(n) = self.get(id) {
-            match key {
-                KeyRef::Str(s) => n.strs.insert(s.into(), b),
-                KeyRef::Other(k) => n.others.insert(k, b),
-            };
+    fn span(&mut self, b: &[u8]) -> Span {
+        let off = self.s.bytes.len() as u32;
+        self.s.bytes.extend_from_slice(b);
+        Span { off, len: b.len() as u32 }
+    }
+
+    fn store(&mut self, w: Was) -> Stored {
+        match w {
+            Was::Nil => Stored::Nil,
+            Was::Bool(b) => Stored::Bool(b),
+            Was::Int(i) => Stored::Int(i),
+            Was::Num(n) => Stored::Num(n),
+            Was::Str(s) => Stored::Str(self.span(s)),
+            Was::Light(p) => Stored::Light(p),
+            Was::Node(n) => Stored::Node(n),
+            Was::Opaque => Stored::Opaque,
         }
     }
 
-    pub fn meta(&mut self, id: NodeId, b: Base) {
-        if let Some(n) = self.get(id) {
-            n.meta = Some(b);
+    fn push(&mut self, id: NodeId, key: EKey, base: Stored, next: u32) -> bool {
+        let at = self.s.entries.len() as u32;
+        let Some(n) = self.s.nodes.get_mut(id as usize) else { return false };
+        if n.end != at {
+            // Not filled in one go: forget the node rather than give a wrong base.
+            n.kind = Kind::Unvisited;
+            return false;
+        }
+        n.end = at + 1;
+        n.fields += u32::from(matches!(key, EKey::Str(_) | EKey::Other(_)));
+        self.s.entries.push(Entry { node: id, key, base, next });
+        true
+    }
+
+    pub fn field(&mut self, id: NodeId, key: KeyRef, w: Was) {
+        let h = key_hash(id, key);
+        let next = self.s.index.get(&h).copied().unwrap_or(NONE);
+        let ekey = match key {
+            KeyRef::Str(s) => EKey::Str(self.span(s)),
+            KeyRef::Other(k) => EKey::Other(k),
+        };
+        let base = self.store(w);
+        let at = self.s.entries.len() as u32;
+        if self.push(id, ekey, base, next) {
+            self.s.index.insert(h, at);
         }
     }
 
-    pub fn upvalue(&mut self, id: NodeId, name: &[u8], b: Base) {
-        if let Some(n) = self.get(id) {
-            n.upvals.push((name.into(), b));
-        }
+    pub fn meta(&mut self, id: NodeId, w: Was) {
+        let base = self.store(w);
+        self.push(id, EKey::Meta, base, NONE);
     }
 
-    pub fn finish(self, root: Base, globals: Option<NodeId>) -> Snapshot {
-        Snapshot { nodes: self.nodes, root, globals }
+    pub fn upvalue(&mut self, id: NodeId, name: &[u8], w: Was) {
+        let (name, base) = (self.span(name), self.store(w));
+        self.push(id, EKey::Up(name), base, NONE);
+    }
+
+    /// Records the base of the module value itself.
+    pub fn set_root(&mut self, root: Was) {
+        self.s.root = self.store(root);
+    }
+
+    pub fn finish(mut self, globals: Option<NodeId>) -> Snapshot {
+        self.s.globals = globals;
+        self.s
     }
 }
 
@@ -281,23 +425,27 @@ mod tests {
 
     #[test]
     fn rule5_three_way_table() {
-        let zero = Base::Int(0);
-        let ten = Base::Int(10);
-        let name = Base::Str(b"hero".as_slice().into());
         let cases: &[(Prior, Val, Val, Decision, &str)] = &[
-            (Prior::Was(&zero), Val::Int(7), Val::Int(0), Keep, "state survives"),
-            (Prior::Was(&zero), Val::Int(7), Val::Int(5), TakeNew, "edited constant applies"),
-            (Prior::Was(&ten), Val::Int(10), Val::Int(10), Keep, "unchanged, untouched"),
-            (Prior::Was(&zero), Val::Int(7), Val::Num(0.0), TakeNew, "0 -> 0.0 is an edit"),
-            (Prior::Was(&name), Val::Str(b"x"), Val::Str(b"hero"), Keep, "string state"),
-            (Prior::Was(&name), Val::Str(b"x"), Val::Str(b"villain"), TakeNew, "string edit"),
+            (Prior::Was(Was::Int(0)), Val::Int(7), Val::Int(0), Keep, "state survives"),
+            (Prior::Was(Was::Int(0)), Val::Int(7), Val::Int(5), TakeNew, "edited constant applies"),
+            (Prior::Was(Was::Int(10)), Val::Int(10), Val::Int(10), Keep, "unchanged, untouched"),
+            (Prior::Was(Was::Int(0)), Val::Int(7), Val::Num(0.0), TakeNew, "0 -> 0.0 is an edit"),
+            (
+                Prior::Was(Was::Str(b"hero")),
+                Val::Str(b"x"),
+                Val::Str(b"hero"),
+                Keep,
+                "string state",
+            ),
+            (Prior::Was(Was::Str(b"hero")), Val::Str(b"x"), Val::Str(b"vil"), TakeNew, "edit"),
             (Prior::Absent, Val::Nil, Val::Int(1), TakeNew, "new key added"),
             (Prior::Absent, Val::Int(3), Val::Int(1), TakeNew, "added by source too"),
             (Prior::Unknown, Val::Int(3), Val::Int(1), Keep, "no base keeps live"),
             (Prior::Unknown, Val::Nil, Val::Int(1), TakeNew, "no base fills holes"),
-            (Prior::Was(&Base::Nil), Val::Int(4), Val::Nil, Keep, "nil local kept"),
-            (Prior::Was(&Base::Opaque), Val::Userdata(1), Val::Userdata(2), Keep, "userdata"),
-            (Prior::Was(&Base::Opaque), Val::Int(1), Val::Int(1), TakeNew, "kind changed"),
+            (Prior::Was(Was::Nil), Val::Int(4), Val::Nil, Keep, "nil local kept"),
+            (Prior::Was(Was::Opaque), Val::Userdata(1), Val::Userdata(2), Keep, "userdata"),
+            (Prior::Was(Was::Opaque), Val::Int(1), Val::Int(1), TakeNew, "kind changed"),
+            (Prior::Was(Was::Node(3)), Val::Int(1), Val::Int(1), TakeNew, "table became data"),
         ];
         for (prior, live, new, want, why) in cases {
             assert_eq!(decide(*prior, *live, *new), *want, "{why}");
@@ -306,50 +454,88 @@ mod tests {
 
     #[test]
     fn nan_constant_is_unchanged() {
-        let nan = Base::of(Val::Num(f64::NAN));
-        assert_eq!(decide(Prior::Was(&nan), Val::Num(1.0), Val::Num(f64::NAN)), Keep);
+        let nan = Was::of(Val::Num(f64::NAN));
+        assert_eq!(decide(Prior::Was(nan), Val::Num(1.0), Val::Num(f64::NAN)), Keep);
+    }
+
+    fn sample() -> (Snapshot, NodeId, NodeId) {
+        let mut b = Builder::default();
+        let t = b.new_node();
+        let f = b.new_node();
+        b.begin(t, Kind::Table);
+        b.field(t, KeyRef::Str(b"count"), Was::Int(0));
+        b.field(t, KeyRef::Other(Key::Int(1)), Was::Bool(true));
+        b.field(t, KeyRef::Str(b"f"), Was::Node(f));
+        b.field(t, KeyRef::Str(b"name"), Was::Str(b"hero"));
+        b.meta(t, Was::Opaque);
+        b.begin(f, Kind::Func);
+        b.upvalue(f, b"n", Was::Int(1));
+        b.upvalue(f, b"_ENV", Was::Opaque);
+        {
+            b.set_root(Was::Node(t));
+            (b.finish(None), t, f)
+        }
     }
 
     #[test]
     fn mirror_lookups() {
-        let mut b = Builder::default();
-        let t = b.node_for(0x1000);
-        let f = b.node_for(0x2000);
-        assert_eq!(b.node_for(0x1000), t, "memoised by address");
-        b.set_kind(t, Kind::Table);
-        b.set_kind(f, Kind::Func);
-        b.field(t, KeyRef::Str(b"count"), Base::Int(0));
-        b.field(t, KeyRef::Other(Key::Int(1)), Base::Bool(true));
-        b.field(t, KeyRef::Str(b"f"), Base::Node(f));
-        b.upvalue(f, b"n", Base::Int(1));
-        b.upvalue(f, b"n", Base::Int(2));
-        let s = b.finish(Base::Node(t), None);
-
-        let root = s.child(Prior::Was(&s.root), Kind::Table);
+        let (s, t, f) = sample();
+        let root = s.child(s.root(), Kind::Table);
         assert_eq!(root, Some(t));
-        assert_eq!(s.field(root, KeyRef::Str(b"count")), Prior::Was(&Base::Int(0)));
-        assert_eq!(s.field(root, KeyRef::Other(Key::Int(1))), Prior::Was(&Base::Bool(true)));
+        assert_eq!(s.field(root, KeyRef::Str(b"count")), Prior::Was(Was::Int(0)));
+        assert_eq!(s.field(root, KeyRef::Other(Key::Int(1))), Prior::Was(Was::Bool(true)));
+        assert_eq!(s.field(root, KeyRef::Str(b"name")), Prior::Was(Was::Str(b"hero")));
         assert_eq!(s.field(root, KeyRef::Str(b"gone")), Prior::Absent);
         assert_eq!(s.field(None, KeyRef::Str(b"count")), Prior::Unknown);
-        assert_eq!(s.len(root), 3);
-        assert_eq!(s.keys(root).count(), 3);
-        assert_eq!(s.meta(root), Prior::Absent);
+        assert_eq!(s.field(Some(f), KeyRef::Str(b"count")), Prior::Unknown, "kind checked");
+        assert_eq!(s.len(root), 4);
+        assert_eq!(s.keys(root).count(), 4);
+        assert_eq!(s.meta(root), Prior::Was(Was::Opaque));
 
         let fnode = s.child(s.field(root, KeyRef::Str(b"f")), Kind::Func);
         assert_eq!(fnode, Some(f));
         assert_eq!(s.child(s.field(root, KeyRef::Str(b"f")), Kind::Table), None, "kind checked");
-        assert_eq!(s.upvalue(fnode, b"n", 1), Prior::Was(&Base::Int(2)), "second same-named");
-        assert_eq!(s.upvalue(fnode, b"m", 0), Prior::Absent);
-        assert_eq!(s.upvalue(fnode, b"", 0), Prior::Unknown, "unnamed never matches");
+        assert_eq!(s.upvalue(fnode, b"n"), Prior::Was(Was::Int(1)));
+        assert_eq!(s.upvalue(fnode, b"m"), Prior::Absent);
+        assert_eq!(s.upvalue(fnode, b""), Prior::Unknown, "unnamed never matches");
+        assert_eq!(s.meta(fnode), Prior::Unknown);
     }
 
     #[test]
-    fn unvisited_nodes_give_no_information() {
+    fn many_keys_with_colliding_prefixes() {
         let mut b = Builder::default();
-        let t = b.node_for(1);
-        let s = b.finish(Base::Node(t), None);
-        assert_eq!(s.field(Some(t), KeyRef::Str(b"x")), Prior::Unknown);
-        assert_eq!(s.child(Prior::Was(&s.root), Kind::Table), None);
+        let t = b.new_node();
+        b.begin(t, Kind::Table);
+        for i in 0..5000i64 {
+            let k = format!("key_with_a_long_common_prefix_{i}");
+            b.field(t, KeyRef::Str(k.as_bytes()), Was::Int(i));
+            b.field(t, KeyRef::Other(Key::Int(i)), Was::Int(-i));
+        }
+        b.set_root(Was::Node(t));
+        let s = b.finish(None);
+        for i in (0..5000i64).step_by(97) {
+            let k = format!("key_with_a_long_common_prefix_{i}");
+            assert_eq!(s.field(Some(t), KeyRef::Str(k.as_bytes())), Prior::Was(Was::Int(i)));
+            assert_eq!(s.field(Some(t), KeyRef::Other(Key::Int(i))), Prior::Was(Was::Int(-i)));
+        }
+        assert_eq!(s.len(Some(t)), 10000);
+    }
+
+    #[test]
+    fn unvisited_or_interleaved_nodes_give_no_information() {
+        let mut b = Builder::default();
+        let t = b.new_node();
+        let u = b.new_node();
+        b.begin(t, Kind::Table);
+        b.field(t, KeyRef::Str(b"a"), Was::Int(1));
+        b.begin(u, Kind::Table);
+        b.field(u, KeyRef::Str(b"b"), Was::Int(2));
+        b.field(t, KeyRef::Str(b"late"), Was::Int(3)); // t is no longer the open node
+        let v = b.new_node();
+        let s = b.finish(None);
+        assert_eq!(s.field(Some(t), KeyRef::Str(b"a")), Prior::Unknown);
+        assert_eq!(s.field(Some(u), KeyRef::Str(b"b")), Prior::Was(Was::Int(2)));
+        assert_eq!(s.field(Some(v), KeyRef::Str(b"x")), Prior::Unknown);
     }
 
     #[test]

@@ -4,12 +4,13 @@
 //! once the whole plan exists.
 //!
 //! Objects the plan refers to are kept in an anchor table on the Lua stack, so the collector
-//! cannot free them between planning and applying; the maps below are keyed by addresses of
-//! anchored objects only.
+//! cannot free them between planning and applying; the identity maps are keyed by addresses
+//! of objects that are anchored or reachable from the two versions, which the plan does not
+//! change.
 
 use std::os::raw::c_int;
 
-use super::base::{Base, Builder, Decision, KeyRef, Kind, NodeId, Prior, Snapshot, decide};
+use super::base::{Builder, Decision, KeyRef, Kind, NodeId, Prior, Snapshot, Was, decide};
 use crate::ffi::{self, Val, lua_State, read};
 use crate::ptrmap::{PtrMap, PtrSet};
 
@@ -32,7 +33,7 @@ pub enum Act {
         k: Pv,
         v: Pv,
     },
-    /// `t[k] = nil` with `k` taken as is: an old function key being renamed to its new version.
+    /// `t[k] = nil` with `k` taken as is: an old key being renamed or redirected.
     Unset {
         t: u32,
         k: Pv,
@@ -73,19 +74,62 @@ pub struct Counts {
     pub values_kept: u32,
 }
 
+/// What the planner knows about one table or function, of either version.
+#[derive(Clone, Copy, Debug)]
+struct Obj {
+    /// Anchor slot, 0 if not anchored.
+    slot: u32,
+    /// Mirror node of a new object, `NO_NODE` if none yet.
+    node: NodeId,
+    /// For a new object: slot of the running object it pairs with, 0 if none.
+    pair: u32,
+    flags: u8,
+}
+
+const NO_NODE: NodeId = NodeId::MAX;
+/// A new object queued for a walk (paired or adopted).
+const QUEUED: u8 = 1;
+/// A running object already paired with a new one.
+const CLAIMED: u8 = 2;
+/// A new table merged into `pair`: references to it are redirected there.
+const MERGED: u8 = 4;
+
+impl Default for Obj {
+    fn default() -> Obj {
+        Obj { slot: 0, node: NO_NODE, pair: 0, flags: 0 }
+    }
+}
+
+/// What the planner knows about one upvalue cell.
+#[derive(Clone, Copy, Debug)]
+enum Cell {
+    /// A new cell that joins upvalue `.1` of old function `.0`.
+    Joined(u32, c_int),
+    /// An old cell some new cell joins.
+    Claimed,
+    /// A new cell that stays new.
+    Adopted,
+}
+
 /// A planned merge, ready for `apply`.
 pub struct Plan {
     pub anchors: c_int,
     pub acts: Vec<Act>,
     pub joins: Vec<Join>,
-    /// New table address -> (anchor slot, address) of the running table it merges into.
-    pub tmap: PtrMap<(u32, usize)>,
+    objs: PtrMap<Obj>,
     /// (old function, new function) anchor slots, for replacing references elsewhere.
     pub fpairs: Vec<(u32, u32)>,
     /// What `package.loaded[name]` holds afterwards.
     pub root: Pv,
     pub counts: Counts,
     pub mirror: Snapshot,
+}
+
+impl Plan {
+    /// The anchor slot of the running table that the new table at address `p` merged into.
+    pub fn merged_into(&self, p: usize) -> Option<u32> {
+        self.objs.get(&p).filter(|o| o.flags & MERGED != 0).map(|o| o.pair)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -118,32 +162,18 @@ pub struct Planner<'o> {
     old: &'o Snapshot,
     anchors: c_int,
     n_anchors: u32,
-    anchored: PtrMap<u32>,
+    objs: PtrMap<Obj>,
+    cells: PtrMap<Cell>,
     stop: PtrSet,
     mirror: Builder,
     root: Option<Pv>,
-    root_base: Base,
     globals_node: Option<NodeId>,
-    /// new table -> running table it merges into
-    tmap: PtrMap<(u32, usize)>,
-    claimed_tables: PtrSet,
-    /// new function -> old function slot
-    fmap: PtrMap<u32>,
-    claimed_fns: PtrSet,
-    /// new cell -> (old function slot, upvalue index) whose cell it joins
-    cells: PtrMap<(u32, c_int)>,
-    claimed_cells: PtrSet,
-    adopted_cells: PtrSet,
-    queued: PtrSet,
     paired: Vec<Item>,
     adopt: Vec<Item>,
     deferred: Vec<Deferred>,
     /// every upvalue of every new function walked: (function slot, index, cell id)
     upv: Vec<(u32, c_int, usize)>,
     new_fns: Vec<u32>,
-    /// scratch: upvalue names of the old function being paired (pointer, length, index)
-    old_names: Vec<(*const u8, usize, c_int)>,
-    new_names: Vec<(*const u8, usize)>,
     fpairs: Vec<(u32, u32)>,
     acts: Vec<Act>,
     counts: Counts,
@@ -159,37 +189,33 @@ impl<'o> Planner<'o> {
     /// # Safety
     /// Inside `protect`.
     pub unsafe fn new(l: *mut lua_State, old: &'o Snapshot, stop: PtrSet) -> Planner<'o> {
+        // The new version is usually the size of the old one: size everything after it.
+        let (nodes, entries) = old.size();
         // SAFETY: plain pushes; a memory error unwinds to `protect`.
         let anchors = unsafe {
             ffi::luaL_checkstack(l, STACK_NEEDED, c"hotreload: Lua stack exhausted".as_ptr());
-            ffi::lua_createtable(l, 64, 0);
+            ffi::lua_createtable(l, c_int::try_from(nodes * 2).unwrap_or(0).max(64), 0);
             ffi::lua_gettop(l)
         };
+        let mut objs = PtrMap::default();
+        objs.reserve(nodes * 2);
+        let mut cells = PtrMap::default();
+        cells.reserve(entries / 2);
         Planner {
             old,
             anchors,
             n_anchors: 0,
-            anchored: PtrMap::default(),
+            objs,
+            cells,
             stop,
-            mirror: Builder::default(),
+            mirror: Builder::sized_like(old),
             root: None,
-            root_base: Base::Nil,
             globals_node: None,
-            tmap: PtrMap::default(),
-            claimed_tables: PtrSet::default(),
-            fmap: PtrMap::default(),
-            claimed_fns: PtrSet::default(),
-            cells: PtrMap::default(),
-            claimed_cells: PtrSet::default(),
-            adopted_cells: PtrSet::default(),
-            queued: PtrSet::default(),
             paired: Vec::new(),
             adopt: Vec::new(),
             deferred: Vec::new(),
-            upv: Vec::new(),
-            new_fns: Vec::new(),
-            old_names: Vec::new(),
-            new_names: Vec::new(),
+            upv: Vec::with_capacity(entries / 2),
+            new_fns: Vec::with_capacity(nodes / 2),
             fpairs: Vec::new(),
             acts: Vec::new(),
             counts: Counts::default(),
@@ -217,16 +243,15 @@ impl<'o> Planner<'o> {
                     ffi::type_name(l, new)
                 ));
             }
-            let root = if nv.object().is_some() {
+            let (keep, base) = if nv.object().is_some() {
                 let old = self.old;
-                let (d, b) = self.merge_slot(l, live, new, Prior::Was(&old.root));
-                self.root_base = b;
-                if d == Decision::Keep { self.capture(l, live) } else { self.capture(l, new) }
+                let (d, b) = self.merge_slot(l, live, new, old.root());
+                (d == Decision::Keep, b)
             } else {
-                self.root_base = Base::of(nv);
-                self.capture(l, new)
+                (false, Was::of(nv))
             };
-            self.root = Some(root);
+            self.mirror.set_root(base);
+            self.root = Some(if keep { self.capture(l, live) } else { self.capture(l, new) });
             Ok(())
         }
     }
@@ -240,7 +265,7 @@ impl<'o> Planner<'o> {
         // SAFETY: the caller's indices are valid.
         unsafe {
             let Val::Table(p) = read(l, delta) else { return };
-            let node = self.mirror.node_for(p);
+            let node = self.node_of(p);
             self.globals_node = Some(node);
             let new = self.anchor(l, delta);
             match globals {
@@ -274,25 +299,24 @@ impl<'o> Planner<'o> {
             while let Some(item) = self.adopt.pop() {
                 self.process(l, item);
             }
-            let mut joins = Vec::new();
+            let mut joins = Vec::with_capacity(self.upv.len());
             for &(new_fn, n, id) in &self.upv {
-                if let Some(&(old_fn, old_n)) = self.cells.get(&id) {
+                if let Some(&Cell::Joined(old_fn, old_n)) = self.cells.get(&id) {
                     joins.push(Join { new_fn, n, old_fn, old_n });
                 }
             }
             self.counts.upvalues_joined = joins.len() as u32;
             #[cfg(feature = "luajit")]
             self.plan_fenvs(l);
-            let root = self.root.unwrap_or(Pv::Nil);
             Plan {
                 anchors: self.anchors,
                 acts: self.acts,
                 joins,
-                tmap: self.tmap,
+                objs: self.objs,
                 fpairs: self.fpairs,
-                root,
+                root: self.root.unwrap_or(Pv::Nil),
                 counts: self.counts,
-                mirror: self.mirror.finish(self.root_base, self.globals_node),
+                mirror: self.mirror.finish(self.globals_node),
             }
         }
     }
@@ -323,77 +347,114 @@ impl<'o> Planner<'o> {
     /// Decides one slot (a field, a metatable, an upvalue cell) whose running value is at
     /// `live` and new value at `new`, queueing the walks it implies. Returns the decision and
     /// the base to record for the new value.
-    unsafe fn merge_slot(
+    unsafe fn merge_slot<'v>(
         &mut self,
         l: *mut lua_State,
         live: c_int,
         new: c_int,
         prior: Prior,
-    ) -> (Decision, Base) {
+    ) -> (Decision, Was<'v>) {
         // SAFETY: valid absolute indices from the caller; anchoring keeps objects alive.
         unsafe {
-            let (lv, nv) = (read(l, live), read(l, new));
+            let (lv, nv): (Val, Val<'v>) = (read(l, live), read(l, new));
             match nv {
                 Val::Table(p) => {
                     if lv == nv || self.stop.contains(&p) {
                         // Not the new version's own table (a shared or foreign one).
                         let d = if lv == nv { Decision::Keep } else { Decision::TakeNew };
-                        return (d, Base::Opaque);
+                        return (d, Was::Opaque);
                     }
-                    let node = self.mirror.node_for(p);
-                    if let Some(&(_, into)) = self.tmap.get(&p) {
-                        let d =
-                            if lv == Val::Table(into) { Decision::Keep } else { Decision::TakeNew };
-                        return (d, Base::Node(node));
+                    let node = self.node_of(p);
+                    let o = self.obj(p);
+                    if o.flags & MERGED != 0 {
+                        let into = o.pair;
+                        let keep = matches!(lv, Val::Table(q) if self.objs.get(&q).is_some_and(|lo| lo.slot == into));
+                        let d = if keep { Decision::Keep } else { Decision::TakeNew };
+                        return (d, Was::Node(node));
                     }
                     if let Val::Table(q) = lv
                         && !self.stop.contains(&q)
-                        && self.claimed_tables.insert(q)
+                        && self.claim(q)
                     {
                         let live_slot = self.anchor(l, live);
                         let new_slot = self.anchor(l, new);
-                        self.tmap.insert(p, (live_slot, q));
-                        self.queued.insert(p);
+                        let o = self.obj(p);
+                        o.pair = live_slot;
+                        o.flags |= MERGED | QUEUED;
                         let base = self.old.child(prior, Kind::Table);
+                        let scope = Scope::Module;
                         self.paired.push(Item::Tables {
                             live: live_slot,
                             new: new_slot,
                             base,
                             node,
-                            scope: Scope::Module,
+                            scope,
                         });
-                        return (Decision::Keep, Base::Node(node));
+                        return (Decision::Keep, Was::Node(node));
                     }
                     self.reach(l, new);
-                    (Decision::TakeNew, Base::Node(node))
+                    (Decision::TakeNew, Was::Node(node))
                 }
                 Val::LuaFn(p) => {
                     if lv == nv {
-                        return (Decision::Keep, Base::Opaque);
+                        return (Decision::Keep, Was::Opaque);
                     }
-                    let node = self.mirror.node_for(p);
+                    let node = self.node_of(p);
                     if let Val::LuaFn(q) = lv
-                        && !self.fmap.contains_key(&p)
-                        && self.claimed_fns.insert(q)
+                        && self.obj(p).pair == 0
+                        && self.claim(q)
                     {
                         let live_slot = self.anchor(l, live);
                         let new_slot = self.anchor(l, new);
-                        self.fmap.insert(p, live_slot);
-                        self.queued.insert(p);
+                        let o = self.obj(p);
+                        o.pair = live_slot;
+                        o.flags |= QUEUED;
                         let base = self.old.child(prior, Kind::Func);
                         self.paired.push(Item::Fns { live: live_slot, new: new_slot, base, node });
-                        return (Decision::TakeNew, Base::Node(node));
+                        return (Decision::TakeNew, Was::Node(node));
                     }
                     self.reach(l, new);
-                    (Decision::TakeNew, Base::Node(node))
+                    (Decision::TakeNew, Was::Node(node))
                 }
                 // Code, even native: the new version's wins unless it is the very same one.
                 Val::CFn(_) => {
                     let d = if lv == nv { Decision::Keep } else { Decision::TakeNew };
-                    (d, Base::Opaque)
+                    (d, Was::Opaque)
                 }
-                _ => (decide(prior, lv, nv), Base::of(nv)),
+                _ => (decide(prior, lv, nv), Was::of(nv)),
             }
+        }
+    }
+
+    fn obj(&mut self, p: usize) -> &mut Obj {
+        self.objs.entry(p).or_default()
+    }
+
+    /// The mirror node of the new object at `p`.
+    fn node_of(&mut self, p: usize) -> NodeId {
+        let node = self.obj(p).node;
+        if node != NO_NODE {
+            return node;
+        }
+        let node = self.mirror.new_node();
+        self.obj(p).node = node;
+        node
+    }
+
+    /// Marks a running object as paired; false if it already was.
+    fn claim(&mut self, q: usize) -> bool {
+        let o = self.obj(q);
+        let fresh = o.flags & CLAIMED == 0;
+        o.flags |= CLAIMED;
+        fresh
+    }
+
+    /// The base to record for a value reached without deciding it (a walked object's node).
+    fn base_of<'v>(&mut self, v: Val<'v>) -> Was<'v> {
+        match v {
+            Val::Table(p) if self.stop.contains(&p) => Was::Opaque,
+            Val::Table(p) | Val::LuaFn(p) => Was::Node(self.node_of(p)),
+            _ => Was::of(v),
         }
     }
 
@@ -401,24 +462,28 @@ impl<'o> Planner<'o> {
     unsafe fn reach(&mut self, l: *mut lua_State, idx: c_int) {
         // SAFETY: valid index from the caller.
         unsafe {
-            match read(l, idx) {
-                Val::Table(p)
-                    if !self.stop.contains(&p)
-                        && !self.tmap.contains_key(&p)
-                        && self.queued.insert(p) =>
-                {
-                    let node = self.mirror.node_for(p);
-                    let new = self.anchor(l, idx);
-                    self.adopt.push(Item::AdoptTable { new, node });
-                }
-                Val::LuaFn(p) if !self.fmap.contains_key(&p) && self.queued.insert(p) => {
-                    let node = self.mirror.node_for(p);
-                    let new = self.anchor(l, idx);
-                    self.adopt.push(Item::AdoptFn { new, node });
-                }
-                _ => {}
+            let (p, table) = match read(l, idx) {
+                Val::Table(p) if !self.stop.contains(&p) => (p, true),
+                Val::LuaFn(p) => (p, false),
+                _ => return,
+            };
+            let o = *self.obj(p);
+            if o.flags & QUEUED != 0 || o.pair != 0 {
+                return;
             }
+            self.obj(p).flags |= QUEUED;
+            let node = self.node_of(p);
+            let new = self.anchor(l, idx);
+            self.adopt.push(if table {
+                Item::AdoptTable { new, node }
+            } else {
+                Item::AdoptFn { new, node }
+            });
         }
+    }
+
+    fn is_merged(&self, v: Val) -> bool {
+        matches!(v, Val::Table(p) if self.objs.get(&p).is_some_and(|o| o.flags & MERGED != 0))
     }
 
     unsafe fn pair_tables(
@@ -438,12 +503,13 @@ impl<'o> Planner<'o> {
             self.push(l, live);
             self.push(l, new);
             let (ti, ni) = (top + 1, top + 2);
-            self.mirror.set_kind(node, Kind::Table);
+            self.mirror.begin(node, Kind::Table);
             let mut seen_in_base = 0usize;
             ffi::lua_pushnil(l);
             while ffi::lua_next(l, ni) != 0 {
                 let (k, v) = (top + 3, top + 4);
-                match KeyRef::of(read(l, k)) {
+                let kv = read(l, k);
+                match KeyRef::of(kv) {
                     Some(key) => {
                         let prior = old.field(base, key);
                         if matches!(prior, Prior::Was(_)) {
@@ -451,11 +517,11 @@ impl<'o> Planner<'o> {
                         }
                         ffi::lua_pushvalue(l, k);
                         ffi::lua_rawget(l, ti);
-                        let (d, b) = self.merge_slot(l, top + 5, v, prior);
-                        self.mirror.field(node, key, b);
+                        let (d, was) = self.merge_slot(l, top + 5, v, prior);
+                        self.mirror.field(node, key, was);
                         self.record_set(l, live, k, top + 5, v, d);
                     }
-                    None if read(l, k).object().is_some() => {
+                    None if kv.object().is_some() => {
                         let (k, v) = (self.anchor(l, k), self.anchor(l, v));
                         self.deferred.push(Deferred { t: live, k, v });
                     }
@@ -543,7 +609,7 @@ impl<'o> Planner<'o> {
         node: NodeId,
     ) {
         let old = self.old;
-        // SAFETY: two pushes (metatable or nil each), popped by the caller's settop.
+        // SAFETY: two pushes (metatable or nil each), popped by the final settop.
         unsafe {
             let top = ffi::lua_gettop(l);
             if ffi::lua_getmetatable(l, ti) == 0 {
@@ -555,8 +621,8 @@ impl<'o> Planner<'o> {
             }
             let prior = old.meta(base);
             if has_new {
-                let (d, b) = self.merge_slot(l, top + 1, top + 2, prior);
-                self.mirror.meta(node, b);
+                let (d, was) = self.merge_slot(l, top + 1, top + 2, prior);
+                self.mirror.meta(node, was);
                 if d == Decision::TakeNew && ffi::lua_rawequal(l, top + 1, top + 2) == 0 {
                     let mt = self.capture(l, top + 2);
                     self.acts.push(Act::Meta { t: live, mt });
@@ -585,43 +651,30 @@ impl<'o> Planner<'o> {
             self.push(l, live);
             self.push(l, new);
             let (fi, ni) = (top + 1, top + 2);
-            self.mirror.set_kind(node, Kind::Func);
+            self.mirror.begin(node, Kind::Func);
             self.fpairs.push((live, new));
             self.new_fns.push(new);
             self.counts.functions_replaced += 1;
-
-            self.old_names.clear();
-            let mut j = 1;
-            while let Some(name) = ffi::get_upvalue(l, fi, j) {
-                self.old_names.push((name.as_ptr(), name.len(), j));
-                ffi::lua_pop(l, 1);
-                j += 1;
-            }
-            self.new_names.clear();
             let mut i = 1;
             while let Some(name) = ffi::get_upvalue(l, ni, i) {
                 let value = top + 3;
                 let id = ffi::upvalue_id(l, ni, i);
                 self.upv.push((new, i, id));
-                let occurrence =
-                    self.new_names.iter().filter(|&&(p, n)| bytes(p, n) == name).count();
-                self.new_names.push((name.as_ptr(), name.len()));
-                let prior = old.upvalue(base, name, occurrence);
-                let matched = if name.is_empty() || self.cells.contains_key(&id) {
-                    None
-                } else {
-                    self.old_upvalue(name, occurrence)
-                };
+                let prior = old.upvalue(base, name);
                 let mut joined = false;
-                if let Some(j) = matched {
+                if !name.is_empty()
+                    && !self.cells.contains_key(&id)
+                    && let Some(j) = find_upvalue(l, fi, name, i)
+                {
+                    // the old value is now at top + 4
                     let old_id = ffi::upvalue_id(l, fi, j);
-                    if self.claimed_cells.insert(old_id) {
+                    if !self.cells.contains_key(&old_id) {
                         // Rule 3: the new cell joins the old one; its value is decided like
                         // any data slot (rule 5), a table merges (rule 4), a function is new.
-                        self.cells.insert(id, (live, j));
-                        ffi::get_upvalue(l, fi, j);
-                        let (d, b) = self.merge_slot(l, top + 4, value, prior);
-                        self.mirror.upvalue(node, name, b);
+                        self.cells.insert(old_id, Cell::Claimed);
+                        self.cells.insert(id, Cell::Joined(live, j));
+                        let (d, was) = self.merge_slot(l, top + 4, value, prior);
+                        self.mirror.upvalue(node, name, was);
                         if d == Decision::Keep {
                             self.counts.values_kept += 1;
                         } else if ffi::lua_rawequal(l, top + 4, value) == 0 {
@@ -633,8 +686,8 @@ impl<'o> Planner<'o> {
                     }
                 }
                 if !joined {
-                    let b = self.mirror.base_of(read(l, value));
-                    self.mirror.upvalue(node, name, b);
+                    let was = self.base_of(read(l, value));
+                    self.mirror.upvalue(node, name, was);
                     if !self.cells.contains_key(&id) {
                         self.adopt.push(Item::Cell { f: new, n: i });
                     }
@@ -646,42 +699,29 @@ impl<'o> Planner<'o> {
         }
     }
 
-    /// Index of the old function's `occurrence`-th upvalue called `name`.
-    fn old_upvalue(&self, name: &[u8], occurrence: usize) -> Option<c_int> {
-        self.old_names
-            .iter()
-            // SAFETY: the names belong to the anchored old function's prototype.
-            .filter(|&&(p, n, _)| unsafe { bytes(p, n) } == name)
-            .nth(occurrence)
-            .map(|&(_, _, j)| j)
-    }
-
     unsafe fn adopt_table(&mut self, l: *mut lua_State, new: u32, node: NodeId) {
         // SAFETY: the table is anchored; the traversal only writes through planned actions.
         unsafe {
             let top = ffi::lua_gettop(l);
             self.push(l, new);
             let ni = top + 1;
-            if let Val::Table(p) = read(l, ni)
-                && self.tmap.contains_key(&p)
-            {
+            if self.is_merged(read(l, ni)) {
                 ffi::lua_settop(l, top);
                 return; // paired after all
             }
-            self.mirror.set_kind(node, Kind::Table);
+            self.mirror.begin(node, Kind::Table);
             ffi::lua_pushnil(l);
             while ffi::lua_next(l, ni) != 0 {
                 let (k, v) = (top + 2, top + 3);
                 let (kv, vv) = (read(l, k), read(l, v));
                 if let Some(key) = KeyRef::of(kv) {
-                    let b = self.mirror.base_of(vv);
-                    self.mirror.field(node, key, b);
+                    let was = self.base_of(vv);
+                    self.mirror.field(node, key, was);
                 }
                 self.reach(l, k);
                 self.reach(l, v);
                 // References to a new table that merged into a running one are redirected.
-                let remap_key = matches!(kv, Val::Table(p) if self.tmap.contains_key(&p));
-                let remap_value = matches!(vv, Val::Table(p) if self.tmap.contains_key(&p));
+                let (remap_key, remap_value) = (self.is_merged(kv), self.is_merged(vv));
                 if remap_key || remap_value {
                     let (kp, vp) = (self.capture(l, k), self.capture(l, v));
                     if remap_key {
@@ -693,10 +733,10 @@ impl<'o> Planner<'o> {
             }
             if ffi::lua_getmetatable(l, ni) != 0 {
                 let mv = read(l, top + 2);
-                let b = self.mirror.base_of(mv);
-                self.mirror.meta(node, b);
+                let was = self.base_of(mv);
+                self.mirror.meta(node, was);
                 self.reach(l, top + 2);
-                if matches!(mv, Val::Table(p) if self.tmap.contains_key(&p)) {
+                if self.is_merged(mv) {
                     let mt = self.capture(l, top + 2);
                     self.acts.push(Act::Meta { t: new, mt });
                 }
@@ -712,20 +752,20 @@ impl<'o> Planner<'o> {
             self.push(l, new);
             let fi = top + 1;
             if let Val::LuaFn(p) = read(l, fi)
-                && self.fmap.contains_key(&p)
+                && self.obj(p).pair != 0
             {
                 ffi::lua_settop(l, top);
                 return; // paired after all
             }
-            self.mirror.set_kind(node, Kind::Func);
+            self.mirror.begin(node, Kind::Func);
             self.new_fns.push(new);
             self.counts.functions_added += 1;
             let mut i = 1;
             while let Some(name) = ffi::get_upvalue(l, fi, i) {
                 let id = ffi::upvalue_id(l, fi, i);
                 self.upv.push((new, i, id));
-                let b = self.mirror.base_of(read(l, top + 2));
-                self.mirror.upvalue(node, name, b);
+                let was = self.base_of(read(l, top + 2));
+                self.mirror.upvalue(node, name, was);
                 self.adopt_cell(l, new, i, id, top + 2);
                 ffi::lua_settop(l, fi);
                 i += 1;
@@ -737,12 +777,13 @@ impl<'o> Planner<'o> {
     /// A new cell that joins no old one: its value stays, but a table in it that merged into
     /// a running table is replaced by that table.
     unsafe fn adopt_cell(&mut self, l: *mut lua_State, f: u32, n: c_int, id: usize, value: c_int) {
-        if self.cells.contains_key(&id) || !self.adopted_cells.insert(id) {
+        if self.cells.contains_key(&id) {
             return;
         }
+        self.cells.insert(id, Cell::Adopted);
         // SAFETY: `value` is the cell's value on the stack.
         unsafe {
-            if matches!(read(l, value), Val::Table(p) if self.tmap.contains_key(&p)) {
+            if self.is_merged(read(l, value)) {
                 let v = self.capture(l, value);
                 self.acts.push(Act::Up { f, n, v });
             }
@@ -759,9 +800,11 @@ impl<'o> Planner<'o> {
             self.push(l, d.k);
             self.push(l, d.v);
             let (ti, ki, vi, live) = (top + 1, top + 2, top + 3, top + 4);
-            let live_key = match read(l, ki) {
-                Val::Table(p) => self.tmap.get(&p).map(|&(s, _)| s),
-                Val::LuaFn(p) => self.fmap.get(&p).copied(),
+            let kv = read(l, ki);
+            let live_key = match kv {
+                Val::Table(p) | Val::LuaFn(p) => {
+                    self.objs.get(&p).map(|o| o.pair).filter(|&s| s != 0)
+                }
                 _ => None,
             };
             match live_key {
@@ -772,20 +815,18 @@ impl<'o> Planner<'o> {
                 None => ffi::lua_pushnil(l),
             }
             let (dec, _) = self.merge_slot(l, live, vi, Prior::Unknown);
-            let renamed = matches!(read(l, ki), Val::LuaFn(_)) && live_key.is_some();
-            let value = if dec == Decision::Keep { live } else { vi };
-            if renamed && ffi::lua_type(l, live) != ffi::LUA_TNIL {
+            let renamed = matches!(kv, Val::LuaFn(_)) && ffi::lua_type(l, live) != ffi::LUA_TNIL;
+            if let (true, Some(lk)) = (renamed, live_key) {
                 // old_function -> v becomes new_function -> v
-                self.acts.push(Act::Unset { t: d.t, k: Pv::Slot(live_key.unwrap_or(d.k)) });
+                self.acts.push(Act::Unset { t: d.t, k: Pv::Slot(lk) });
+                let value = if dec == Decision::Keep { live } else { vi };
                 let v = self.capture(l, value);
                 self.acts.push(Act::Set { t: d.t, k: Pv::Slot(d.k), v });
             } else if dec == Decision::TakeNew && ffi::lua_rawequal(l, live, vi) == 0 {
-                let k = match live_key {
-                    Some(lk) if !renamed => Pv::Slot(lk),
-                    _ => {
-                        self.reach(l, ki);
-                        Pv::Slot(d.k)
-                    }
+                self.reach(l, ki);
+                let k = match (kv, live_key) {
+                    (Val::Table(_), Some(lk)) => Pv::Slot(lk),
+                    _ => Pv::Slot(d.k),
                 };
                 let v = self.capture(l, vi);
                 self.acts.push(Act::Set { t: d.t, k, v });
@@ -804,7 +845,7 @@ impl<'o> Planner<'o> {
                 let Some(&f) = self.new_fns.get(i) else { break };
                 self.push(l, f);
                 ffi::lua_getfenv(l, -1);
-                if matches!(read(l, -1), Val::Table(p) if self.tmap.contains_key(&p)) {
+                if self.is_merged(read(l, -1)) {
                     let env = self.capture(l, ffi::lua_gettop(l));
                     self.acts.push(Act::Fenv { f, env });
                 }
@@ -818,21 +859,23 @@ impl<'o> Planner<'o> {
     unsafe fn anchor(&mut self, l: *mut lua_State, idx: c_int) -> u32 {
         // SAFETY: valid index; the anchor table is at `self.anchors`.
         unsafe {
-            let v = read(l, idx);
-            let identity = match v {
+            let identity = match read(l, idx) {
                 Val::Table(p) | Val::LuaFn(p) | Val::CFn(p) | Val::Userdata(p) | Val::Thread(p) => {
                     Some(p)
                 }
                 _ => None,
             };
-            if let Some(slot) = identity.and_then(|p| self.anchored.get(&p)) {
-                return *slot;
+            if let Some(p) = identity {
+                let slot = self.obj(p).slot;
+                if slot != 0 {
+                    return slot;
+                }
             }
             self.n_anchors += 1;
             ffi::lua_pushvalue(l, idx);
             ffi::lua_rawseti(l, self.anchors, ffi::lua_Integer::from(self.n_anchors));
             if let Some(p) = identity {
-                self.anchored.insert(p, self.n_anchors);
+                self.obj(p).slot = self.n_anchors;
             }
             self.n_anchors
         }
@@ -860,9 +903,26 @@ impl<'o> Planner<'o> {
     }
 }
 
-unsafe fn bytes<'a>(p: *const u8, n: usize) -> &'a [u8] {
-    // SAFETY: callers pass a pointer/length pair taken from a live Lua string.
-    unsafe { std::slice::from_raw_parts(p, n) }
+/// Finds the upvalue called `name` of the Lua function at `f`, trying index `hint` first
+/// (versions usually keep the order). When found, its value is left on the stack.
+unsafe fn find_upvalue(l: *mut lua_State, f: c_int, name: &[u8], hint: c_int) -> Option<c_int> {
+    // SAFETY: lua_getupvalue stops at the last upvalue; non-matches are popped.
+    unsafe {
+        match ffi::get_upvalue(l, f, hint) {
+            Some(n) if n == name => return Some(hint),
+            Some(_) => ffi::lua_pop(l, 1),
+            None => {}
+        }
+        let mut j = 1;
+        while let Some(n) = ffi::get_upvalue(l, f, j) {
+            if n == name {
+                return Some(j);
+            }
+            ffi::lua_pop(l, 1);
+            j += 1;
+        }
+        None
+    }
 }
 
 /// Pushes a key of the base mirror as a Lua value.
