@@ -694,4 +694,22 @@ describe("rule 14: LuaJIT traces", function()
     for _ = 1, 20000 do add(1) end
     assert.equal(60000, M.total())
   end)
+
+  it("does not keep a helper that a trace constant-folded into an old function", function()
+    local v = [[
+      local M = {}
+      local function helper(x) return x * SCALE end
+      function M.sum(n) local s = 0 for i = 1, n do s = s + helper(i) end return s end
+      return M
+    ]]
+    local name = h.module((v:gsub("SCALE", "1")))
+    local M = require(name)
+    local held = M.sum -- an old function still held somewhere
+    for _ = 1, 300 do held(100) end -- hot: LuaJIT compiles it, with `helper` as a constant
+    assert.equal(5050, held(100))
+    h.rewrite(name, (v:gsub("SCALE", "2")))
+    reload(name)
+    assert.equal(10100, M.sum(100))
+    assert.equal(10100, held(100), "the old function's helper cell holds the new helper")
+  end)
 end)
