@@ -1,6 +1,7 @@
 -- Shared spec helpers: a scratch directory on package.path, module files written into it,
 -- and small waits with deadlines.
 local lfs = require "lfs"
+local system = require "system"
 
 local helpers = {}
 
@@ -66,6 +67,31 @@ function helpers.collect()
 end
 
 helpers.jit = rawget(_G, "jit")
+
+--- Calls `cond` until it returns a true value or `timeout` seconds (default 5) pass:
+--- waits with a deadline, never a fixed sleep. Returns the value, or false on timeout.
+function helpers.wait_until(cond, timeout)
+  local deadline = system.monotime() + (timeout or 5)
+  repeat
+    local v = cond()
+    if v then return v end
+    system.sleep(0.001)
+  until system.monotime() > deadline
+  return false
+end
+
+--- The interpreter running the specs, for child processes.
+helpers.interpreter = helpers.jit and "luajit" or ("lua" .. _VERSION:match("%d+%.%d+"))
+
+--- Runs `script` in a child interpreter with the same package paths; returns its exit code.
+function helpers.run_child(script)
+  local file = helpers.write("child" .. tostring(math.random(1, 1e9)) .. ".lua", script)
+  local prelude = ("package.path = %q; package.cpath = %q"):format(package.path, package.cpath)
+  local cmd = ("timeout 20 %s -e %q %s 2>/dev/null"):format(helpers.interpreter, prelude, file)
+  local ok, how, code = os.execute(cmd)
+  if type(ok) == "number" then return ok / 256 end -- Lua 5.1: the raw status
+  return how == "exit" and code or 128 + code
+end
 
 --- The module under test: hotreload, or the seed's naive reloader when
 --- HOTRELOAD_SPEC_NAIVE is set (to show the rule specs fail without the rules).

@@ -2,11 +2,22 @@
 //! Misuse (wrong argument types) raises a Lua error; expected failures return
 //! `nil, message`; nothing owned by Rust is alive when an error is raised.
 
-use std::os::raw::c_int;
+use std::ffi::CStr;
+use std::os::raw::{c_int, c_void};
+use std::path::Path;
+use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
-use crate::ffi::{self, lua_State};
-use crate::{capture, reload, state};
+use crate::ffi::{self, Val, lua_State};
+use crate::watch::{Options, Watch};
+use crate::{capture, poll, reload, state};
+
+/// Metatable name of watcher handles.
+const WATCHER: &CStr = c"hotreload.watcher";
+
+/// Registry key (its address) of the table of open watcher handles: an open watcher stays
+/// alive until closed, even if the program drops its handle.
+static OPEN_WATCHERS: u8 = 0;
 
 /// Builds the module table: every export as a C closure over a fresh state userdata.
 ///
@@ -27,6 +38,9 @@ pub unsafe fn open(l: *mut lua_State, exports: &[(&std::ffi::CStr, ffi::lua_CFun
         }
         capture::wrap_searchers(l, state);
         ffi::lua_pop(l, 1);
+        register_watcher_type(l);
+        ffi::lua_createtable(l, 0, 0);
+        ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, open_watchers_key());
         ffi::push_bytes(l, env!("CARGO_PKG_VERSION").as_bytes());
         ffi::lua_setfield(l, module, c"_VERSION".as_ptr());
         ffi::push_bytes(l, ffi::FLAVOR.as_bytes());
@@ -59,10 +73,10 @@ unsafe fn run_reload(l: *mut lua_State) -> Result<c_int, Error> {
         let p = ffi::lua_tolstring(l, 1, &mut len);
         let name = std::slice::from_raw_parts(p.cast::<u8>(), len);
         let state = ffi::lua_upvalueindex(1);
-        let Some(cell) = state::get(l, state) else {
+        let Some(sb) = state::get(l, state) else {
             return Err(Error::new(ErrorKind::Internal, name, "the Lua state is closing"));
         };
-        reload::reload(l, cell, state, name).map(|_counts| 1)
+        reload::reload(l, &sb.data, state, name).map(|_counts| 1)
     }
 }
 
@@ -87,5 +101,292 @@ unsafe fn finish(l: *mut lua_State, outcome: Result<c_int, Error>) -> c_int {
             }
             2
         }
+    }
+}
+
+/// `hotreload.poll([max_ms])` -> n [, errors]
+///
+/// # Safety
+/// Called by Lua as a closure made by `open`.
+pub unsafe extern "C-unwind" fn poll(l: *mut lua_State) -> c_int {
+    // SAFETY: the idle path reads one atomic and pushes an integer (no allocation); the busy
+    // path owns nothing when it pushes its results.
+    unsafe {
+        let budget = if ffi::lua_type(l, 1) > ffi::LUA_TNIL {
+            let ms = ffi::luaL_checknumber(l, 1);
+            Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0))
+        } else {
+            None
+        };
+        let state = ffi::lua_upvalueindex(1);
+        let Some(sb) = state::get(l, state) else {
+            ffi::lua_pushinteger(l, 0);
+            return 1;
+        };
+        if sb.queue.is_empty() {
+            ffi::lua_pushinteger(l, 0);
+            return 1;
+        }
+        ffi::lua_pushvalue(l, state);
+        let state = ffi::lua_gettop(l);
+        let outcome = poll::poll(l, sb, state, budget);
+        push_outcome(l, outcome)
+    }
+}
+
+unsafe fn push_outcome(l: *mut lua_State, outcome: poll::Outcome) -> c_int {
+    // SAFETY: plain pushes; a memory error here leaks the messages and nothing else.
+    unsafe {
+        ffi::lua_pushinteger(l, ffi::lua_Integer::from(outcome.reloaded));
+        if outcome.errors.is_empty() {
+            return 1;
+        }
+        ffi::lua_createtable(l, outcome.errors.len() as c_int, 0);
+        for (i, message) in outcome.errors.iter().enumerate() {
+            ffi::push_bytes(l, message.as_bytes());
+            ffi::lua_rawseti(l, -2, i as ffi::lua_Integer + 1);
+        }
+        2
+    }
+}
+
+/// `hotreload.pending()` -> number of changed files waiting for a poll
+///
+/// # Safety
+/// Called by Lua as a closure made by `open`.
+pub unsafe extern "C-unwind" fn pending(l: *mut lua_State) -> c_int {
+    // SAFETY: reads the state's queue length.
+    unsafe {
+        let n = state::get(l, ffi::lua_upvalueindex(1)).map_or(0, poll::pending);
+        ffi::lua_pushinteger(l, n as ffi::lua_Integer);
+        1
+    }
+}
+
+/// `hotreload.watch(dir [, opts])` -> watcher | nil, message
+///
+/// # Safety
+/// Called by Lua as a closure made by `open`.
+pub unsafe extern "C-unwind" fn watch(l: *mut lua_State) -> c_int {
+    // SAFETY: every check and allocation happens before the watcher exists; once it does,
+    // nothing can raise until it is stored in its userdata.
+    unsafe {
+        ffi::luaL_checktype(l, 1, ffi::LUA_TSTRING);
+        let has_opts = ffi::lua_type(l, 2) > ffi::LUA_TNIL;
+        if has_opts {
+            ffi::luaL_checktype(l, 2, ffi::LUA_TTABLE);
+        }
+        ffi::lua_settop(l, 2);
+        let pattern = opt_field(l, has_opts, c"pattern", ffi::LUA_TSTRING); // at 3
+        let settle = opt_field(l, has_opts, c"settle_ms", ffi::LUA_TNUMBER); // at 4
+        let Some(sb) = state::get(l, ffi::lua_upvalueindex(1)) else {
+            return raise(l, "hotreload: the Lua state is closing");
+        };
+        capture::wrap_searchers(l, ffi::lua_upvalueindex(1));
+        let ud = push_handle(l); // at 5
+        let mut opts = Options::default();
+        if let (true, Val::Str(p)) = (pattern, ffi::read(l, 3)) {
+            opts.pattern = String::from_utf8_lossy(p).into_owned();
+        }
+        if settle {
+            opts.settle = Some(Duration::from_secs_f64(ffi::lua_tonumber(l, 4).max(0.0) / 1000.0));
+        }
+        let dir = match ffi::read(l, 1) {
+            Val::Str(d) => String::from_utf8_lossy(d).into_owned(),
+            _ => String::new(),
+        };
+        match Watch::start(Path::new(&dir), &opts, sb.queue.clone()) {
+            Ok(w) => {
+                *ud = Some(w);
+                drop(dir);
+                drop(opts);
+                // keep it open until closed (see OPEN_WATCHERS)
+                ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, open_watchers_key());
+                ffi::lua_pushvalue(l, 5);
+                ffi::lua_pushboolean(l, 1);
+                ffi::lua_rawset(l, -3);
+                ffi::lua_settop(l, 5);
+                1
+            }
+            Err(e) => {
+                let message = format!("hotreload: {e}");
+                drop((dir, opts, e));
+                ffi::lua_pushnil(l);
+                ffi::push_bytes(l, message.as_bytes());
+                drop(message);
+                2
+            }
+        }
+    }
+}
+
+/// Pushes `opts[name]` (raw) and says whether it is set; raises if it has another type.
+unsafe fn opt_field(l: *mut lua_State, has_opts: bool, name: &CStr, want: c_int) -> bool {
+    // SAFETY: opts is a table at 2 when `has_opts`; one push either way.
+    unsafe {
+        if !has_opts {
+            ffi::lua_pushnil(l);
+            return false;
+        }
+        ffi::lua_pushstring(l, name.as_ptr());
+        let t = ffi::lua_rawget(l, 2);
+        if t != ffi::LUA_TNIL && t != want {
+            ffi::luaL_error(
+                l,
+                c"bad option '%s' to 'watch' (%s expected, got %s)".as_ptr(),
+                name.as_ptr(),
+                ffi::lua_typename(l, want),
+                ffi::luaL_typename(l, -1),
+            );
+        }
+        t != ffi::LUA_TNIL
+    }
+}
+
+/// `hotreload.unwatch(dir)` -> number of watchers closed
+///
+/// # Safety
+/// Called by Lua as a closure made by `open`.
+pub unsafe extern "C-unwind" fn unwatch(l: *mut lua_State) -> c_int {
+    // SAFETY: the table of open handles is only read while collecting matches, then each
+    // match is closed; owned values are dropped before pushing the result.
+    unsafe {
+        ffi::luaL_checktype(l, 1, ffi::LUA_TSTRING);
+        let target = match ffi::read(l, 1) {
+            Val::Str(d) => std::fs::canonicalize(String::from_utf8_lossy(d).as_ref()).ok(),
+            _ => None,
+        };
+        let mut closed = 0;
+        if let Some(target) = target {
+            ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, open_watchers_key());
+            let open = ffi::lua_gettop(l);
+            ffi::lua_createtable(l, 4, 0);
+            let matches = open + 1;
+            ffi::lua_pushnil(l);
+            while ffi::lua_next(l, open) != 0 {
+                ffi::lua_pop(l, 1);
+                let w = ffi::lua_touserdata(l, -1).cast::<Option<Watch>>();
+                if !w.is_null() && (*w).as_ref().is_some_and(|w| w.root() == target) {
+                    closed += 1;
+                    ffi::lua_pushvalue(l, -1);
+                    ffi::lua_rawseti(l, matches, closed);
+                }
+            }
+            drop(target);
+            for i in 1..=closed {
+                ffi::lua_rawgeti(l, matches, i);
+                close_handle(l, ffi::lua_gettop(l));
+                ffi::lua_pop(l, 1);
+            }
+        }
+        ffi::lua_pushinteger(l, closed);
+        1
+    }
+}
+
+fn open_watchers_key() -> *const c_void {
+    (&raw const OPEN_WATCHERS).cast()
+}
+
+/// Creates the metatable of watcher handles in the registry.
+unsafe fn register_watcher_type(l: *mut lua_State) {
+    // SAFETY: fills a fresh metatable; stack balanced.
+    unsafe {
+        ffi::luaL_newmetatable(l, WATCHER.as_ptr());
+        ffi::lua_createtable(l, 0, 1);
+        ffi::lua_pushcfunction(l, watcher_close);
+        ffi::lua_setfield(l, -2, c"close".as_ptr());
+        ffi::lua_setfield(l, -2, c"__index".as_ptr());
+        for (name, f) in [
+            (c"__gc", watcher_gc as ffi::lua_CFunction),
+            (c"__close", watcher_gc),
+            (c"__tostring", watcher_tostring),
+        ] {
+            ffi::lua_pushcfunction(l, f);
+            ffi::lua_setfield(l, -2, name.as_ptr());
+        }
+        ffi::lua_pop(l, 1);
+    }
+}
+
+/// Pushes a closed watcher handle and returns its slot.
+unsafe fn push_handle<'a>(l: *mut lua_State) -> &'a mut Option<Watch> {
+    // SAFETY: the userdata is sized for the Option and initialised before anything else.
+    unsafe {
+        let ud = ffi::lua_newuserdata(l, size_of::<Option<Watch>>()).cast::<Option<Watch>>();
+        ud.write(None);
+        ffi::luaL_setmetatable(l, WATCHER.as_ptr());
+        &mut *ud
+    }
+}
+
+/// Stops the watcher of the handle at `idx` and forgets it; idempotent.
+unsafe fn close_handle(l: *mut lua_State, idx: c_int) {
+    // SAFETY: `idx` holds a watcher handle (checked by the callers).
+    unsafe {
+        let idx = ffi::lua_absindex(l, idx);
+        let w = ffi::lua_touserdata(l, idx).cast::<Option<Watch>>();
+        if w.is_null() {
+            return;
+        }
+        let Some(watch) = (*w).take() else { return };
+        let mut others = Vec::new();
+        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, open_watchers_key());
+        if ffi::lua_type(l, -1) == ffi::LUA_TTABLE {
+            let open = ffi::lua_gettop(l);
+            ffi::lua_pushvalue(l, idx);
+            ffi::lua_pushnil(l);
+            ffi::lua_rawset(l, open);
+            ffi::lua_pushnil(l);
+            while ffi::lua_next(l, open) != 0 {
+                ffi::lua_pop(l, 1);
+                let o = ffi::lua_touserdata(l, -1).cast::<Option<Watch>>();
+                if let Some(o) = o.as_ref().and_then(Option::as_ref) {
+                    others.push(o.root().to_owned());
+                }
+            }
+        }
+        ffi::lua_pop(l, 1);
+        watch.close(&others);
+    }
+}
+
+/// `watcher:close()`: stops watching; calling it again does nothing.
+unsafe extern "C-unwind" fn watcher_close(l: *mut lua_State) -> c_int {
+    // SAFETY: luaL_checkudata raises on anything but a watcher handle.
+    unsafe {
+        ffi::luaL_checkudata(l, 1, WATCHER.as_ptr());
+        close_handle(l, 1);
+    }
+    0
+}
+
+/// `__gc` and `__close`: the same as `close`, without complaint.
+unsafe extern "C-unwind" fn watcher_gc(l: *mut lua_State) -> c_int {
+    // SAFETY: only installed on watcher handles.
+    unsafe { close_handle(l, 1) };
+    0
+}
+
+unsafe extern "C-unwind" fn watcher_tostring(l: *mut lua_State) -> c_int {
+    // SAFETY: checked type; the text is copied into Lua before it is dropped.
+    unsafe {
+        let w = ffi::luaL_checkudata(l, 1, WATCHER.as_ptr()).cast::<Option<Watch>>();
+        let text = match (*w).as_ref() {
+            Some(w) => format!("hotreload.watcher ({})", w.root().display()),
+            None => "hotreload.watcher (closed)".to_owned(),
+        };
+        ffi::push_bytes(l, text.as_bytes());
+        drop(text);
+        1
+    }
+}
+
+/// Raises `message` as a Lua error (nothing owned stays alive).
+unsafe fn raise(l: *mut lua_State, message: &str) -> c_int {
+    // SAFETY: the message is a borrowed &str, copied into Lua before lua_error.
+    unsafe {
+        ffi::push_bytes(l, message.as_bytes());
+        ffi::lua_error(l)
     }
 }

@@ -120,7 +120,7 @@ unsafe extern "C-unwind" fn loader(l: *mut lua_State) -> c_int {
 unsafe fn record_base(l: *mut lua_State, name: &[u8], value: c_int, delta: c_int) {
     // SAFETY: the upvalue is the state userdata; the walk runs protected.
     unsafe {
-        let Some(cell) = state::get(l, ffi::lua_upvalueindex(1)) else { return };
+        let Some(sb) = state::get(l, ffi::lua_upvalueindex(1)) else { return };
         ffi::lua_pushvalue(l, value);
         if ffi::lua_type(l, -1) == ffi::LUA_TNIL {
             // the chunk stored itself in package.loaded instead of returning
@@ -144,7 +144,7 @@ unsafe fn record_base(l: *mut lua_State, name: &[u8], value: c_int, delta: c_int
             }
             0
         });
-        if let (Ok(_), Some(mirror), Ok(mut st)) = (walked, mirror, cell.try_borrow_mut()) {
+        if let (Ok(_), Some(mirror), Ok(mut st)) = (walked, mirror, sb.data.try_borrow_mut()) {
             st.snapshots.insert(name.into(), mirror);
         }
     }

@@ -19,16 +19,26 @@ pub mod api;
 pub mod capture;
 pub mod error;
 pub mod ffi;
+pub mod modname;
+pub mod poll;
 pub mod ptrmap;
+pub mod queue;
 pub mod reload;
 pub mod state;
+pub mod watch;
 
 use std::ffi::CStr;
 
 use mlua::{Lua, Result as LuaResult, Table};
 
 /// The exported functions, by their Lua name.
-pub const EXPORTS: &[(&CStr, ffi::lua_CFunction)] = &[(c"reload", api::reload)];
+pub const EXPORTS: &[(&CStr, ffi::lua_CFunction)] = &[
+    (c"reload", api::reload),
+    (c"watch", api::watch),
+    (c"unwatch", api::unwatch),
+    (c"poll", api::poll),
+    (c"pending", api::pending),
+];
 
 /// `luaopen_hotreload`: the module table.
 #[cfg_attr(feature = "module", mlua::lua_module)]

@@ -5,8 +5,10 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::raw::c_int;
+use std::sync::Arc;
 
 use crate::ffi::{self, lua_State};
+use crate::queue::Queue;
 use crate::reload::base::Snapshot;
 
 #[derive(Default)]
@@ -19,6 +21,14 @@ pub struct State {
 
 pub type StateCell = RefCell<State>;
 
+/// What the state userdata points to. The queue sits outside the `RefCell`: watcher threads
+/// hold it, and an idle `poll()` only reads its length.
+#[derive(Default)]
+pub struct StateBox {
+    pub queue: Arc<Queue>,
+    pub data: StateCell,
+}
+
 /// Pushes a new state userdata.
 ///
 /// # Safety
@@ -27,7 +37,7 @@ pub unsafe fn push_new(l: *mut lua_State) {
     // SAFETY: the userdata is sized for one pointer and initialised before anything else can
     // run; its metatable's `__gc` is the only place the box is freed.
     unsafe {
-        let ud = ffi::lua_newuserdata(l, size_of::<*mut StateCell>()).cast::<*mut StateCell>();
+        let ud = ffi::lua_newuserdata(l, size_of::<*mut StateBox>()).cast::<*mut StateBox>();
         ud.write(std::ptr::null_mut());
         ffi::lua_createtable(l, 0, 2);
         ffi::lua_pushcfunction(l, gc);
@@ -42,7 +52,7 @@ pub unsafe fn push_new(l: *mut lua_State) {
 unsafe extern "C-unwind" fn gc(l: *mut lua_State) -> c_int {
     // SAFETY: only ever set as `__gc` of a state userdata, which holds a box pointer or null.
     unsafe {
-        let ud = ffi::lua_touserdata(l, 1).cast::<*mut StateCell>();
+        let ud = ffi::lua_touserdata(l, 1).cast::<*mut StateBox>();
         if !ud.is_null() && !(*ud).is_null() {
             let boxed = Box::from_raw(*ud);
             *ud = std::ptr::null_mut();
@@ -57,10 +67,10 @@ unsafe extern "C-unwind" fn gc(l: *mut lua_State) -> c_int {
 ///
 /// # Safety
 /// `idx` must hold a state userdata made by `push_new`.
-pub unsafe fn get<'a>(l: *mut lua_State, idx: c_int) -> Option<&'a StateCell> {
+pub unsafe fn get<'a>(l: *mut lua_State, idx: c_int) -> Option<&'a StateBox> {
     // SAFETY: the box lives until `gc` nulls the pointer.
     unsafe {
-        let ud = ffi::lua_touserdata(l, idx).cast::<*mut StateCell>();
+        let ud = ffi::lua_touserdata(l, idx).cast::<*mut StateBox>();
         if ud.is_null() { None } else { (*ud).as_ref() }
     }
 }

@@ -1,0 +1,154 @@
+//! `poll()` on the Lua thread: takes the changed files that are ready, finds the loaded
+//! modules whose file each one is (through `package.path`, see `modname`), and reloads them
+//! one at a time. Each reload is all-or-nothing on its own, so one module failing never stops
+//! the others; its message is collected instead of raised.
+
+use std::os::raw::c_int;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::ffi::{self, lua_State};
+use crate::modname::{self, Template};
+use crate::reload;
+use crate::state::StateBox;
+
+/// What one poll did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub reloaded: u32,
+    pub errors: Vec<String>,
+}
+
+/// Applies the pending changes of the state at `state` (an absolute index). With `budget`,
+/// stops starting new reloads once it is spent (at least one file is handled per poll) and
+/// leaves the rest queued for the next one.
+///
+/// # Safety
+/// `sb` is the box of the state userdata at `state`; a few free stack slots.
+pub unsafe fn poll(
+    l: *mut lua_State,
+    sb: &StateBox,
+    state: c_int,
+    budget: Option<Duration>,
+) -> Outcome {
+    let start = Instant::now();
+    let (paths, errors) = sb.queue.take_ready(start);
+    let mut out = Outcome { reloaded: 0, errors };
+    if paths.is_empty() {
+        return out;
+    }
+    // SAFETY: reading `package.path` and `package.loaded` runs protected.
+    let templates = match unsafe { package_path(l) } {
+        Ok(p) => Template::parse(&p, resolve_dir),
+        Err(e) => {
+            out.errors.push(format!("hotreload: poll: {e}"));
+            return out;
+        }
+    };
+    let mut done: Vec<String> = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        if budget.is_some_and(|b| start.elapsed() >= b) && i > 0 {
+            sb.queue.put_back(paths.get(i..).unwrap_or_default().to_vec(), Instant::now());
+            break;
+        }
+        if !path.is_file() {
+            continue; // deleted since: the module stays as it is
+        }
+        // SAFETY: as above.
+        let names = match unsafe { loaded_modules_of(l, path, &templates) } {
+            Ok(names) => names,
+            Err(e) => {
+                out.errors.push(format!("hotreload: poll: {e}"));
+                continue;
+            }
+        };
+        for name in names {
+            if done.contains(&name) {
+                continue; // two watched paths of one file
+            }
+            // SAFETY: the state userdata is at `state`.
+            match unsafe { reload::reload(l, &sb.data, state, name.as_bytes()) } {
+                Ok(_) => {
+                    // SAFETY: a successful reload leaves the module on the stack.
+                    unsafe { ffi::lua_pop(l, 1) };
+                    out.reloaded += 1;
+                }
+                Err(e) => out.errors.push(e.to_string()),
+            }
+            done.push(name);
+        }
+    }
+    out
+}
+
+/// Canonical form of a template's directory (`./` is the current directory).
+fn resolve_dir(dir: &str) -> Option<String> {
+    std::fs::canonicalize(dir).ok()?.into_os_string().into_string().ok()
+}
+
+/// `package.path`, read raw.
+unsafe fn package_path(l: *mut lua_State) -> Result<String, String> {
+    let mut path = String::new();
+    // SAFETY: raw reads under protection; the string is copied before it is popped.
+    unsafe {
+        ffi::protect(l, 0, &mut |l| {
+            ffi::push_loaded(l);
+            ffi::push_bytes(l, b"package");
+            if ffi::lua_rawget(l, -2) == ffi::LUA_TTABLE {
+                ffi::push_bytes(l, b"path");
+                if ffi::lua_rawget(l, -2) == ffi::LUA_TSTRING
+                    && let ffi::Val::Str(s) = ffi::read(l, -1)
+                {
+                    path = String::from_utf8_lossy(s).into_owned();
+                }
+            }
+            0
+        })?;
+    }
+    Ok(path)
+}
+
+/// The loaded modules whose file `path` is: names some template gives for the path (as
+/// reported or canonical), that `package.loaded` has, and whose `searchpath` file is this
+/// very file (not one shadowing it earlier in `package.path`).
+unsafe fn loaded_modules_of(
+    l: *mut lua_State,
+    path: &Path,
+    templates: &[Template],
+) -> Result<Vec<String>, String> {
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let spellings: Vec<&str> =
+        [path, canonical.as_path()].iter().filter_map(|p| p.to_str()).collect();
+    let names = modname::names_for(&spellings, templates);
+    if names.is_empty() {
+        return Ok(names);
+    }
+    let mut loaded = vec![false; names.len()];
+    // SAFETY: raw reads of `_LOADED` under protection.
+    unsafe {
+        ffi::protect(l, 0, &mut |l| {
+            ffi::push_loaded(l);
+            for (name, is_loaded) in names.iter().zip(loaded.iter_mut()) {
+                ffi::push_bytes(l, name.as_bytes());
+                *is_loaded = ffi::lua_rawget(l, -2) != ffi::LUA_TNIL;
+                ffi::lua_pop(l, 1);
+            }
+            0
+        })?;
+    }
+    let same_file = |found: String| std::fs::canonicalize(found).is_ok_and(|f| f == canonical);
+    let is_file = |p: &str| Path::new(p).is_file();
+    Ok(names
+        .into_iter()
+        .zip(loaded)
+        .filter(|(name, is_loaded)| {
+            *is_loaded && modname::search(name, templates, is_file).is_some_and(same_file)
+        })
+        .map(|(name, _)| name)
+        .collect())
+}
+
+/// For `hotreload.pending()`: files waiting for a poll.
+pub fn pending(sb: &StateBox) -> usize {
+    sb.queue.len()
+}

@@ -1,0 +1,224 @@
+//! Changed files waiting for the next `poll()`: pushed by watcher threads, taken on the Lua
+//! thread. Coalesced by path, so a burst of saves is one entry; a path is ready once no event
+//! touched it for its settle time (zero where the OS reports close-after-write). Pure: the
+//! clock is passed in, so the rules are tested without sleeping.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+struct Entry {
+    /// Time of the last event for this path.
+    last: Instant,
+    settle: Duration,
+    /// Arrival order of the first event, so files are applied in the order they changed.
+    seq: i64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<PathBuf, Entry>,
+    seq: i64,
+    /// Errors a watcher thread met (a watch limit reached in a new directory, ...), reported
+    /// by the next poll.
+    errors: Vec<String>,
+}
+
+/// The queue of one Lua state (shared by all its watchers).
+#[derive(Debug, Default)]
+pub struct Queue {
+    /// Entries plus errors: lets an idle poll return without taking the lock.
+    len: AtomicUsize,
+    inner: Mutex<Inner>,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the map half-updated in a way that
+        // matters here; keep going rather than poison every later poll.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, inner: &Inner) {
+        self.len.store(inner.entries.len() + inner.errors.len(), Ordering::Release);
+    }
+
+    /// Records an event for `path` at `now`.
+    pub fn push(&self, path: PathBuf, now: Instant, settle: Duration) {
+        let mut inner = self.lock();
+        inner.seq += 1;
+        let seq = inner.seq;
+        inner
+            .entries
+            .entry(path)
+            .and_modify(|e| {
+                e.last = now;
+                e.settle = e.settle.max(settle);
+            })
+            .or_insert(Entry { last: now, settle, seq });
+        self.publish(&inner);
+    }
+
+    /// Records an error to report at the next poll.
+    pub fn push_error(&self, message: String) {
+        let mut inner = self.lock();
+        if !inner.errors.contains(&message) {
+            inner.errors.push(message);
+        }
+        self.publish(&inner);
+    }
+
+    /// Number of paths (and errors) waiting, ready or not. Lock-free.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes the paths that are ready at `now`, in the order they first changed, and the
+    /// errors. Paths still settling stay.
+    pub fn take_ready(&self, now: Instant) -> (Vec<PathBuf>, Vec<String>) {
+        let mut inner = self.lock();
+        let mut ready: Vec<(i64, PathBuf)> = Vec::new();
+        inner.entries.retain(|path, e| {
+            if now.saturating_duration_since(e.last) >= e.settle {
+                ready.push((e.seq, path.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        ready.sort_unstable_by_key(|(seq, _)| *seq);
+        let errors = std::mem::take(&mut inner.errors);
+        self.publish(&inner);
+        (ready.into_iter().map(|(_, p)| p).collect(), errors)
+    }
+
+    /// Drops the waiting paths `keep` rejects (a closed watcher's).
+    pub fn retain(&self, mut keep: impl FnMut(&std::path::Path) -> bool) {
+        let mut inner = self.lock();
+        inner.entries.retain(|path, _| keep(path));
+        self.publish(&inner);
+    }
+
+    /// Gives back paths a time-limited poll did not get to; they come first next time.
+    pub fn put_back(&self, paths: Vec<PathBuf>, now: Instant) {
+        let mut inner = self.lock();
+        // Numbered below everything queued, in their order.
+        let lowest = inner.entries.values().map(|e| e.seq).min().unwrap_or(0).min(0);
+        let first = lowest - paths.len() as i64;
+        for (i, path) in paths.into_iter().enumerate() {
+            let seq = first + i as i64;
+            inner.entries.entry(path).or_insert(Entry { last: now, settle: Duration::ZERO, seq });
+        }
+        self.publish(&inner);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    #[test]
+    fn a_burst_of_saves_is_one_entry() {
+        let q = Queue::default();
+        let t0 = Instant::now();
+        for i in 0..20 {
+            q.push(p("/s/a.lua"), t0 + Duration::from_millis(i), Duration::ZERO);
+        }
+        assert_eq!(q.len(), 1);
+        let (ready, errors) = q.take_ready(t0 + Duration::from_millis(20));
+        assert_eq!(ready, vec![p("/s/a.lua")]);
+        assert!(errors.is_empty());
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn paths_come_out_in_the_order_they_first_changed() {
+        let q = Queue::default();
+        let t0 = Instant::now();
+        q.push(p("/b.lua"), t0, Duration::ZERO);
+        q.push(p("/a.lua"), t0, Duration::ZERO);
+        q.push(p("/b.lua"), t0, Duration::ZERO);
+        assert_eq!(q.take_ready(t0).0, vec![p("/b.lua"), p("/a.lua")]);
+    }
+
+    #[test]
+    fn a_path_settles_after_its_last_event() {
+        let q = Queue::default();
+        let t0 = Instant::now();
+        let settle = Duration::from_millis(50);
+        q.push(p("/a.lua"), t0, settle);
+        q.push(p("/a.lua"), t0 + Duration::from_millis(40), settle);
+        assert!(q.take_ready(t0 + Duration::from_millis(60)).0.is_empty(), "40+50 > 60");
+        assert_eq!(q.len(), 1, "still waiting");
+        assert_eq!(q.take_ready(t0 + Duration::from_millis(90)).0, vec![p("/a.lua")]);
+    }
+
+    #[test]
+    fn put_back_goes_first() {
+        let q = Queue::default();
+        let t0 = Instant::now();
+        q.push(p("/new.lua"), t0, Duration::ZERO);
+        q.push(p("/newer.lua"), t0, Duration::ZERO);
+        q.put_back(vec![p("/left1.lua"), p("/left2.lua")], t0);
+        let order = vec![p("/left1.lua"), p("/left2.lua"), p("/new.lua"), p("/newer.lua")];
+        assert_eq!(q.take_ready(t0).0, order);
+        q.push(p("/x.lua"), t0, Duration::ZERO);
+        q.put_back(vec![p("/b.lua")], t0);
+        q.put_back(vec![p("/a.lua")], t0);
+        assert_eq!(q.take_ready(t0).0, vec![p("/a.lua"), p("/b.lua"), p("/x.lua")]);
+    }
+
+    #[test]
+    fn retain_drops_what_a_closed_watcher_queued() {
+        let q = Queue::default();
+        let t0 = Instant::now();
+        q.push(p("/closed/a.lua"), t0, Duration::ZERO);
+        q.push(p("/open/b.lua"), t0, Duration::ZERO);
+        q.retain(|path| !path.starts_with("/closed"));
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.take_ready(t0).0, vec![p("/open/b.lua")]);
+    }
+
+    #[test]
+    fn errors_are_reported_once() {
+        let q = Queue::default();
+        q.push_error("limit".into());
+        q.push_error("limit".into());
+        assert_eq!(q.len(), 1);
+        let (ready, errors) = q.take_ready(Instant::now());
+        assert!(ready.is_empty());
+        assert_eq!(errors, vec!["limit".to_string()]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn pushes_from_threads_are_all_seen() {
+        let q = std::sync::Arc::new(Queue::default());
+        let t0 = Instant::now();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        q.push(PathBuf::from(format!("/{t}/{i}.lua")), t0, Duration::ZERO);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(q.take_ready(t0).0.len(), 400);
+    }
+}

@@ -1,0 +1,96 @@
+//! Several Lua states in one process: each has its own watchers and queue, and closing one
+//! with live watchers (and pending changes) neither crashes nor hangs.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mlua::{Lua, Table};
+
+fn state(path: &str) -> Lua {
+    let lua = Lua::new();
+    let hr = hotreload::hotreload(&lua).unwrap();
+    lua.globals().set("hotreload", hr).unwrap();
+    lua.load(format!("package.path = '{path}/?.lua;' .. package.path")).exec().unwrap();
+    lua
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hotreload-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn pending(lua: &Lua) -> i64 {
+    lua.load("return hotreload.pending()").eval().unwrap()
+}
+
+fn wait(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+#[test]
+fn two_states_never_see_each_others_changes() {
+    let (da, db) = (scratch("a"), scratch("b"));
+    let a = state(da.to_str().unwrap());
+    let b = state(db.to_str().unwrap());
+    a.load(format!("W = assert(hotreload.watch('{}'))", da.display())).exec().unwrap();
+    b.load(format!("W = assert(hotreload.watch('{}'))", db.display())).exec().unwrap();
+
+    std::fs::write(da.join("m.lua"), "return { v = 1 }").unwrap();
+    a.load("M = require 'm'").exec().unwrap();
+    assert!(wait(|| pending(&a) >= 1));
+    a.load("hotreload.poll()").exec().unwrap();
+    std::fs::write(da.join("m.lua"), "return { v = 2 }").unwrap();
+    assert!(wait(|| pending(&a) == 1));
+    assert_eq!(pending(&b), 0, "b watches another directory");
+    let (n, v): (i64, i64) = a.load("return hotreload.poll(), M.v").eval().unwrap();
+    assert_eq!((n, v), (1, 2));
+    let n: i64 = b.load("return hotreload.poll()").eval().unwrap();
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn the_same_directory_in_two_states_reloads_each_states_own_modules() {
+    let dir = scratch("shared");
+    let a = state(dir.to_str().unwrap());
+    let b = state(dir.to_str().unwrap());
+    for lua in [&a, &b] {
+        lua.load(format!("W = assert(hotreload.watch('{}'))", dir.display())).exec().unwrap();
+    }
+    std::fs::write(dir.join("only_a.lua"), "return { v = 1 }").unwrap();
+    a.load("M = require 'only_a'").exec().unwrap();
+    assert!(wait(|| pending(&a) >= 1 && pending(&b) >= 1));
+    for lua in [&a, &b] {
+        lua.load("hotreload.poll()").exec().unwrap();
+    }
+    std::fs::write(dir.join("only_a.lua"), "return { v = 2 }").unwrap();
+    assert!(wait(|| pending(&a) == 1 && pending(&b) == 1));
+    let n: i64 = b.load("return hotreload.poll()").eval().unwrap();
+    assert_eq!(n, 0, "b never required only_a");
+    let loaded: Table = b.load("return package.loaded").eval().unwrap();
+    assert!(!loaded.contains_key("only_a").unwrap());
+    let (n, v): (i64, i64) = a.load("return hotreload.poll(), M.v").eval().unwrap();
+    assert_eq!((n, v), (1, 2));
+}
+
+#[test]
+fn closing_states_with_live_watchers_and_pending_changes() {
+    let dir = scratch("close");
+    for round in 0..50 {
+        let lua = state(dir.to_str().unwrap());
+        lua.load(format!("W = assert(hotreload.watch('{}'))", dir.display())).exec().unwrap();
+        std::fs::write(dir.join("x.lua"), format!("return {round}")).unwrap();
+        if round % 2 == 0 {
+            assert!(wait(|| pending(&lua) >= 1));
+        }
+        drop(lua); // lua_close: the watcher's __gc stops it
+    }
+}
