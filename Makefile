@@ -11,7 +11,7 @@ SPECS  ?= $(sort $(wildcard spec/*_spec.lua))
 FLAVOURS = lua54 luajit lua53
 MODULES  = $(FLAVOURS:%=build/%/hotreload.so)
 
-.PHONY: all deps build test test-rust test-lua54 test-luajit test-lua53 check-specs lint clean FORCE
+.PHONY: all deps build bench test test-rust test-lua54 test-luajit test-lua53 check-specs lint clean FORCE
 
 all: build
 
@@ -45,11 +45,19 @@ check-specs: $(MODULES)
 	HOTRELOAD_SPEC_NAIVE=1 $(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP spec/reload_spec.lua | $(LUA54) spec/naive_expect.lua
 	HOTRELOAD_SPEC_NAIVE=1 $(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP spec/reload_spec.lua | $(LUAJIT) spec/naive_expect.lua
 
+# Every figure is a ratio to a baseline measured in the same run (see bench/run.lua).
+bench: deps $(MODULES)
+	@{ echo "Machine: $$(nproc) cores, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $$(uname -sr)"; \
+	  echo "Command: make bench ($$(date -u +%Y-%m-%d))"; echo; \
+	  echo "| VM | figure | value | baseline | ratio | target |"; echo "|---|---|---|---|---|---|"; \
+	  $(LUA54) -e "package.cpath='build/lua54/?.so;'..package.cpath" bench/run.lua; \
+	  $(LUAJIT) -e "package.cpath='build/luajit/?.so;'..package.cpath" bench/run.lua; } | tee bench/RESULTS.md
+
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --no-default-features --features luajit,module --target-dir target/luajit -- -D warnings
-	luacheck spec
+	luacheck spec bench
 
 clean:
 	rm -rf build target
