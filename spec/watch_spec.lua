@@ -97,6 +97,22 @@ describe("watch and poll", function()
     assert.equal("v20", M.tag())
   end)
 
+  it("maps a file to its module through package.path canonically (symlinks, ..)", function()
+    local ctx = watched()
+    assert(lfs.mkdir(ctx.dir .. "/real"))
+    assert(os.execute(("ln -s %q %q"):format(ctx.dir .. "/real", ctx.dir .. "/link")))
+    local saved = package.path
+    package.path = ctx.dir .. "/link/?.lua;" .. ctx.dir .. "/real/../real/sub_?.lua;" .. saved
+    write(ctx, "real/viasymlink.lua", module_source("v1"))
+    write(ctx, "real/sub_dotdot.lua", module_source("v1"))
+    local A = require("viasymlink")
+    local B = require("dotdot")
+    write(ctx, "real/viasymlink.lua", module_source("v2"))
+    write(ctx, "real/sub_dotdot.lua", module_source("v2"))
+    poll_until(function() return A.tag() == "v2" and B.tag() == "v2" end)
+    package.path = saved
+  end)
+
   it("ignores the file of a module that was never required", function()
     local ctx = watched()
     write(ctx, "never.lua", "NEVER_RAN = true\nreturn {}")
