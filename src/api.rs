@@ -19,6 +19,9 @@ const WATCHER: &CStr = c"hotreload.watcher";
 /// alive until closed, even if the program drops its handle.
 static OPEN_WATCHERS: u8 = 0;
 
+/// Registry key of `hotreload.defaults`, the options `reload` and `poll` use when not given.
+static DEFAULTS: u8 = 0;
+
 /// Builds the module table: every export as a C closure over a fresh state userdata.
 ///
 /// # Safety
@@ -40,7 +43,13 @@ pub unsafe fn open(l: *mut lua_State, exports: &[(&std::ffi::CStr, ffi::lua_CFun
         ffi::lua_pop(l, 1);
         register_watcher_type(l);
         ffi::lua_createtable(l, 0, 0);
-        ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, open_watchers_key());
+        ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(&OPEN_WATCHERS));
+        ffi::lua_createtable(l, 0, 1);
+        ffi::lua_pushboolean(l, 1);
+        ffi::lua_setfield(l, -2, c"replace".as_ptr());
+        ffi::lua_pushvalue(l, -1);
+        ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(&DEFAULTS));
+        ffi::lua_setfield(l, module, c"defaults".as_ptr());
         ffi::push_bytes(l, env!("CARGO_PKG_VERSION").as_bytes());
         ffi::lua_setfield(l, module, c"_VERSION".as_ptr());
         ffi::push_bytes(l, ffi::FLAVOR.as_bytes());
@@ -58,15 +67,17 @@ pub unsafe extern "C-unwind" fn reload(l: *mut lua_State) -> c_int {
     // before `finish` may raise.
     unsafe {
         ffi::luaL_checktype(l, 1, ffi::LUA_TSTRING);
-        if ffi::lua_type(l, 2) > ffi::LUA_TNIL {
+        let has_opts = ffi::lua_type(l, 2) > ffi::LUA_TNIL;
+        if has_opts {
             ffi::luaL_checktype(l, 2, ffi::LUA_TTABLE);
         }
-        let outcome = run_reload(l);
+        let opts = options(l, if has_opts { 2 } else { 0 });
+        let outcome = run_reload(l, opts);
         finish(l, outcome)
     }
 }
 
-unsafe fn run_reload(l: *mut lua_State) -> Result<c_int, Error> {
+unsafe fn run_reload(l: *mut lua_State, opts: reload::Options) -> Result<c_int, Error> {
     // SAFETY: argument 1 is a string (checked); its bytes stay valid during the call.
     unsafe {
         let mut len = 0usize;
@@ -76,7 +87,7 @@ unsafe fn run_reload(l: *mut lua_State) -> Result<c_int, Error> {
         let Some(sb) = state::get(l, state) else {
             return Err(Error::new(ErrorKind::Internal, name, "the Lua state is closing"));
         };
-        reload::reload(l, &sb.data, state, name).map(|_counts| 1)
+        reload::reload(l, &sb.data, state, name, opts).map(|_report| 1)
     }
 }
 
@@ -127,9 +138,10 @@ pub unsafe extern "C-unwind" fn poll(l: *mut lua_State) -> c_int {
             ffi::lua_pushinteger(l, 0);
             return 1;
         }
+        let opts = options(l, 0);
         ffi::lua_pushvalue(l, state);
         let state = ffi::lua_gettop(l);
-        let outcome = poll::poll(l, sb, state, budget);
+        let outcome = poll::poll(l, sb, state, budget, opts);
         push_outcome(l, outcome)
     }
 }
@@ -201,7 +213,7 @@ pub unsafe extern "C-unwind" fn watch(l: *mut lua_State) -> c_int {
                 drop(dir);
                 drop(opts);
                 // keep it open until closed (see OPEN_WATCHERS)
-                ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, open_watchers_key());
+                ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(&OPEN_WATCHERS));
                 ffi::lua_pushvalue(l, 5);
                 ffi::lua_pushboolean(l, 1);
                 ffi::lua_rawset(l, -3);
@@ -258,7 +270,7 @@ pub unsafe extern "C-unwind" fn unwatch(l: *mut lua_State) -> c_int {
         };
         let mut closed = 0;
         if let Some(target) = target {
-            ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, open_watchers_key());
+            ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(&OPEN_WATCHERS));
             let open = ffi::lua_gettop(l);
             ffi::lua_createtable(l, 4, 0);
             let matches = open + 1;
@@ -284,8 +296,40 @@ pub unsafe extern "C-unwind" fn unwatch(l: *mut lua_State) -> c_int {
     }
 }
 
-fn open_watchers_key() -> *const c_void {
-    (&raw const OPEN_WATCHERS).cast()
+fn key(k: &'static u8) -> *const c_void {
+    (k as *const u8).cast()
+}
+
+/// Reload options: `opts` (a table at `opts`, or 0 for none) over `hotreload.defaults`.
+/// Raises if an option has the wrong type.
+unsafe fn options(l: *mut lua_State, opts: c_int) -> reload::Options {
+    let mut o = reload::Options::default();
+    // SAFETY: raw reads of two tables; one push per read, popped.
+    unsafe {
+        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(&DEFAULTS));
+        let defaults = ffi::lua_gettop(l);
+        for (table, what) in [(defaults, c"hotreload.defaults"), (opts, c"reload")] {
+            if table == 0 || ffi::lua_type(l, table) != ffi::LUA_TTABLE {
+                continue;
+            }
+            ffi::push_bytes(l, b"replace");
+            match ffi::lua_rawget(l, table) {
+                ffi::LUA_TNIL => {}
+                ffi::LUA_TBOOLEAN => o.replace = ffi::lua_toboolean(l, -1) != 0,
+                _ => {
+                    ffi::luaL_error(
+                        l,
+                        c"bad option 'replace' to '%s' (boolean expected, got %s)".as_ptr(),
+                        what.as_ptr(),
+                        ffi::luaL_typename(l, -1),
+                    );
+                }
+            }
+            ffi::lua_pop(l, 1);
+        }
+        ffi::lua_pop(l, 1);
+    }
+    o
 }
 
 /// Creates the metatable of watcher handles in the registry.
@@ -331,7 +375,7 @@ unsafe fn close_handle(l: *mut lua_State, idx: c_int) {
         }
         let Some(watch) = (*w).take() else { return };
         let mut others = Vec::new();
-        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, open_watchers_key());
+        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(&OPEN_WATCHERS));
         if ffi::lua_type(l, -1) == ffi::LUA_TTABLE {
             let open = ffi::lua_gettop(l);
             ffi::lua_pushvalue(l, idx);

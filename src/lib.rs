@@ -21,10 +21,12 @@ pub mod error;
 pub mod ffi;
 pub mod modname;
 pub mod poll;
+pub mod proto;
 pub mod ptrmap;
 pub mod queue;
 pub mod reload;
 pub mod state;
+pub mod walk;
 pub mod watch;
 
 use std::ffi::CStr;

@@ -30,6 +30,7 @@ pub unsafe fn poll(
     sb: &StateBox,
     state: c_int,
     budget: Option<Duration>,
+    opts: reload::Options,
 ) -> Outcome {
     let start = Instant::now();
     let (paths, errors) = sb.queue.take_ready(start);
@@ -67,7 +68,7 @@ pub unsafe fn poll(
                 continue; // two watched paths of one file
             }
             // SAFETY: the state userdata is at `state`.
-            match unsafe { reload::reload(l, &sb.data, state, name.as_bytes()) } {
+            match unsafe { reload::reload(l, &sb.data, state, name.as_bytes(), opts) } {
                 Ok(_) => {
                     // SAFETY: a successful reload leaves the module on the stack.
                     unsafe { ffi::lua_pop(l, 1) };

@@ -32,6 +32,48 @@ impl Hasher for PtrHasher {
 pub type PtrMap<V> = HashMap<usize, V, BuildHasherDefault<PtrHasher>>;
 pub type PtrSet = HashSet<usize, BuildHasherDefault<PtrHasher>>;
 
+/// Bits of an address within one page of an [`AddrSet`].
+const PAGE_BITS: u32 = 16;
+/// Objects are at least 8-byte aligned and at least 24 bytes long, so no two of them start
+/// in the same 8-byte granule.
+const GRANULE_BITS: u32 = 3;
+const WORDS: usize = 1 << (PAGE_BITS - GRANULE_BITS - 6);
+
+/// A set of object addresses as a bitmap per 64 KiB page: the VM walk's "visited" set. A walk
+/// meets objects roughly in the order they were allocated, so consecutive inserts usually hit
+/// the page of the last one (no hashing), and the whole set of a big heap stays small enough
+/// for the CPU caches, where a hash set of pointers would not.
+#[derive(Default)]
+pub struct AddrSet {
+    pages: PtrMap<Box<[u64; WORDS]>>,
+    last: Option<usize>,
+    last_page: Option<Box<[u64; WORDS]>>,
+}
+
+impl AddrSet {
+    /// Adds `addr`; true if it was not there.
+    pub fn insert(&mut self, addr: usize) -> bool {
+        let page = addr >> PAGE_BITS;
+        if self.last != Some(page) {
+            if let (Some(last), Some(bits)) = (self.last, self.last_page.take()) {
+                self.pages.insert(last, bits);
+            }
+            self.last_page = Some(self.pages.remove(&page).unwrap_or_else(|| Box::new([0; WORDS])));
+            self.last = Some(page);
+        }
+        let granule = (addr & ((1 << PAGE_BITS) - 1)) >> GRANULE_BITS;
+        let (word, bit) = (granule >> 6, 1u64 << (granule & 63));
+        match self.last_page.as_mut().and_then(|p| p.get_mut(word)) {
+            Some(w) if *w & bit == 0 => {
+                *w |= bit;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,6 +88,23 @@ mod tests {
         }
         // 64 addresses 64 bytes apart must not collapse onto a few top-bit buckets.
         assert!(low_bits.len() > 24, "{}", low_bits.len());
+    }
+
+    #[test]
+    fn addr_set_is_a_set() {
+        let mut s = AddrSet::default();
+        let mut reference = std::collections::HashSet::new();
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for i in 0..20_000usize {
+            // mostly sequential addresses, sometimes far away, all 8-aligned
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let addr = if i % 7 == 0 { (x as usize) & !7 } else { 0x5500_0000 + (i % 3000) * 24 };
+            assert_eq!(s.insert(addr), reference.insert(addr), "at {i}: {addr:#x}");
+        }
+        assert!(!s.insert(0x5500_0000));
+        assert!(s.insert(0x5500_0008), "neighbouring granule");
     }
 
     #[test]

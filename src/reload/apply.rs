@@ -6,7 +6,7 @@ use std::os::raw::c_int;
 use super::plan::{Act, Plan, Pv, push_int};
 use crate::ffi::{self, Val, lua_State, read};
 
-/// Performs every write of `plan`, joins the upvalue cells, then flushes LuaJIT's traces.
+/// Performs every write of `plan` and joins the upvalue cells.
 ///
 /// # Safety
 /// Inside `protect`, with the plan's anchor table still at `plan.anchors`; the collector is
@@ -57,7 +57,6 @@ pub unsafe fn apply(l: *mut lua_State, plan: &Plan) {
             ffi::join_upvalue(l, -2, j.n, -1, j.old_n);
             ffi::lua_pop(l, 2);
         }
-        ffi::flush_jit(l);
     }
 }
 

@@ -3,8 +3,10 @@
 //! 1. `load`: find the module as `require` would and run its new version in isolation;
 //! 2. `plan`: walk new and running versions in lockstep and decide every slot, against the
 //!    `base` mirror of the previous version (three-way merge);
-//! 3. `apply`: write the plan into the running program, join upvalue cells, flush the JIT;
-//! 4. the new version's mirror becomes the base of the next reload.
+//! 3. `apply`: write the plan into the running program and join upvalue cells;
+//! 4. `walk` (unless turned off): replace the old functions wherever the VM still holds them,
+//!    then flush LuaJIT's compiled code;
+//! 5. the new version's mirror becomes the base of the next reload.
 //!
 //! Nothing is written before step 3, so a failure anywhere before it leaves the program as
 //! it was (rule 10).
@@ -20,12 +22,33 @@ use crate::capture;
 use crate::error::{Error, ErrorKind};
 use crate::ffi::{self, GcPause, lua_State};
 use crate::state::StateCell;
+use crate::walk;
 use base::Snapshot;
 pub use plan::Counts;
 use plan::Planner;
 
+/// How to reload (`hotreload.reload(name, opts)`, `hotreload.defaults`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Replace old functions everywhere in the VM, not only in the module.
+    pub replace: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { replace: true }
+    }
+}
+
+/// What a reload did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub merge: Counts,
+    pub walk: walk::Outcome,
+}
+
 /// Reloads (or first loads) module `name`. On success the module value is left on top of
-/// the stack and the counts of what changed are returned.
+/// the stack and a report of what changed is returned.
 ///
 /// # Safety
 /// `state` is the absolute index of the state userdata behind `cell`; a few free stack slots.
@@ -34,7 +57,8 @@ pub unsafe fn reload(
     cell: &StateCell,
     state: c_int,
     name: &[u8],
-) -> Result<Counts, Error> {
+    opts: Options,
+) -> Result<Report, Error> {
     {
         let Ok(mut st) = cell.try_borrow_mut() else {
             return Err(Error::new(ErrorKind::Internal, name, "state in use"));
@@ -50,7 +74,7 @@ pub unsafe fn reload(
 
     let mut failure: Option<Error> = None;
     let mut gc: Option<GcPause> = None;
-    let mut result: Option<(Snapshot, Counts)> = None;
+    let mut result: Option<(Snapshot, Report)> = None;
     // SAFETY: everything the closure owns lives in this frame (failure, gc, result), so an
     // error unwinding out of the protected call loses nothing that needs dropping.
     let outcome = unsafe {
@@ -87,13 +111,17 @@ pub unsafe fn reload(
                 return 0;
             }
             planner.globals(l, Some(new.globals), new.delta);
-            let plan = planner.finish(l);
+            let mut plan = planner.finish(l);
 
             apply::apply(l, &plan);
             ffi::push_bytes(l, name);
             apply::push(l, &plan, plan.root, true);
             ffi::lua_rawset(l, loaded);
-            result = Some((plan.mirror, plan.counts));
+            let walked =
+                if opts.replace { walk::replace(l, &mut plan) } else { Default::default() };
+            ffi::flush_jit(l);
+            let report = Report { merge: plan.counts, walk: walked };
+            result = Some((plan.mirror, report));
 
             ffi::push_bytes(l, name);
             ffi::lua_rawget(l, loaded);
@@ -111,9 +139,9 @@ pub unsafe fn reload(
         }
     };
     match (outcome, failure, result) {
-        (Ok(_), None, Some((mirror, counts))) => {
+        (Ok(_), None, Some((mirror, report))) => {
             restore(Some(mirror));
-            Ok(counts)
+            Ok(report)
         }
         (Ok(_), failure, _) => {
             restore(old);

@@ -93,6 +93,8 @@ const QUEUED: u8 = 1;
 const CLAIMED: u8 = 2;
 /// A new table merged into `pair`: references to it are redirected there.
 const MERGED: u8 = 4;
+/// A function of the new version (walked as one).
+const NEW_FN: u8 = 8;
 
 impl Default for Obj {
     fn default() -> Obj {
@@ -114,9 +116,11 @@ enum Cell {
 /// A planned merge, ready for `apply`.
 pub struct Plan {
     pub anchors: c_int,
+    n_anchors: u32,
     pub acts: Vec<Act>,
     pub joins: Vec<Join>,
     objs: PtrMap<Obj>,
+    cells: PtrMap<Cell>,
     /// (old function, new function) anchor slots, for replacing references elsewhere.
     pub fpairs: Vec<(u32, u32)>,
     /// What `package.loaded[name]` holds afterwards.
@@ -129,6 +133,49 @@ impl Plan {
     /// The anchor slot of the running table that the new table at address `p` merged into.
     pub fn merged_into(&self, p: usize) -> Option<u32> {
         self.objs.get(&p).filter(|o| o.flags & MERGED != 0).map(|o| o.pair)
+    }
+
+    /// Whether the function at `p` belongs to the new version (as the plan walked it).
+    pub fn is_new_fn(&self, p: usize) -> bool {
+        self.objs.get(&p).is_some_and(|o| o.flags & NEW_FN != 0)
+    }
+
+    /// For a new upvalue cell: the old function and upvalue index whose cell it joins.
+    pub fn joined_cell(&self, id: usize) -> Option<(u32, c_int)> {
+        match self.cells.get(&id) {
+            Some(&Cell::Joined(f, n)) => Some((f, n)),
+            _ => None,
+        }
+    }
+
+    /// Whether `id` is a cell the new version created (joined to an old one or not).
+    pub fn is_new_cell(&self, id: usize) -> bool {
+        matches!(self.cells.get(&id), Some(Cell::Joined(..) | Cell::Adopted))
+    }
+
+    /// Keeps the value at `idx` alive with the plan's objects; returns its slot.
+    ///
+    /// # Safety
+    /// The anchor table still at `self.anchors`; inside `protect` (allocates).
+    pub unsafe fn anchor(&mut self, l: *mut lua_State, idx: c_int) -> u32 {
+        self.n_anchors += 1;
+        // SAFETY: as documented.
+        unsafe {
+            ffi::lua_pushvalue(l, idx);
+            ffi::lua_rawseti(l, self.anchors, ffi::lua_Integer::from(self.n_anchors));
+        }
+        self.n_anchors
+    }
+
+    /// Pushes the anchored value in `slot`.
+    ///
+    /// # Safety
+    /// The anchor table still at `self.anchors`; one free stack slot.
+    pub unsafe fn push(&self, l: *mut lua_State, slot: u32) {
+        // SAFETY: as documented.
+        unsafe {
+            ffi::lua_rawgeti(l, self.anchors, ffi::lua_Integer::from(slot));
+        }
     }
 }
 
@@ -310,9 +357,11 @@ impl<'o> Planner<'o> {
             self.plan_fenvs(l);
             Plan {
                 anchors: self.anchors,
+                n_anchors: self.n_anchors,
                 acts: self.acts,
                 joins,
                 objs: self.objs,
+                cells: self.cells,
                 fpairs: self.fpairs,
                 root: self.root.unwrap_or(Pv::Nil),
                 counts: self.counts,
@@ -423,6 +472,13 @@ impl<'o> Planner<'o> {
                 }
                 _ => (decide(prior, lv, nv), Was::of(nv)),
             }
+        }
+    }
+
+    unsafe fn mark_new_fn(&mut self, l: *mut lua_State, idx: c_int) {
+        // SAFETY: a valid index.
+        if let Val::LuaFn(p) = unsafe { read(l, idx) } {
+            self.obj(p).flags |= NEW_FN;
         }
     }
 
@@ -654,6 +710,7 @@ impl<'o> Planner<'o> {
             self.mirror.begin(node, Kind::Func);
             self.fpairs.push((live, new));
             self.new_fns.push(new);
+            self.mark_new_fn(l, ni);
             self.counts.functions_replaced += 1;
             let mut i = 1;
             while let Some(name) = ffi::get_upvalue(l, ni, i) {
@@ -759,6 +816,7 @@ impl<'o> Planner<'o> {
             }
             self.mirror.begin(node, Kind::Func);
             self.new_fns.push(new);
+            self.mark_new_fn(l, fi);
             self.counts.functions_added += 1;
             let mut i = 1;
             while let Some(name) = ffi::get_upvalue(l, fi, i) {

@@ -1,0 +1,240 @@
+-- Old functions are replaced wherever the VM holds them (issue: "sometimes old, sometimes
+-- new"), factory closures included; each spec runs under every VM.
+local h = require "spec.helpers"
+local hotreload = h.hotreload()
+
+teardown(h.cleanup)
+
+local function reload(name, opts)
+  local m, err = hotreload.reload(name, opts)
+  assert(m ~= nil, err)
+  return m
+end
+
+local function versions(src)
+  local name = h.module((src:gsub("VERSION", "v1")))
+  return name, function(tag) h.rewrite(name, (src:gsub("VERSION", tag))) end
+end
+
+local basic = [[
+  local M = {}
+  function M.f() return "VERSION" end
+  function M.on_click() return "click VERSION" end
+  return M
+]]
+
+describe("replacing old functions everywhere", function()
+  it("updates a callback stored in another table", function()
+    local name, edit = versions(basic)
+    local M = require(name)
+    local bus = { handlers = { click = M.on_click }, list = { M.f, M.f } }
+    edit("v2")
+    reload(name)
+    assert.equal("click v2", bus.handlers.click())
+    assert.equal("v2", bus.list[1]())
+    assert.equal("v2", bus.list[2]())
+  end)
+
+  it("updates a function another module captured as an upvalue", function()
+    local name, edit = versions(basic)
+    require(name)
+    local src = "local f = require(%q).f\nreturn { call = function() return f() end }"
+    local other = h.module(src:format(name))
+    local O = require(other)
+    edit("v2")
+    reload(name)
+    assert.equal("v2", O.call())
+  end)
+
+  it("updates a local of a suspended coroutine", function()
+    local name, edit = versions(basic)
+    local M = require(name)
+    local co = coroutine.create(function()
+      local f = M.f
+      coroutine.yield(f())
+      return f()
+    end)
+    assert.same({ true, "v1" }, { coroutine.resume(co) })
+    edit("v2")
+    reload(name)
+    assert.same({ true, "v2" }, { coroutine.resume(co) })
+  end)
+
+  it("updates locals of the running function", function()
+    local name, edit = versions(basic)
+    local f = require(name).f
+    edit("v2")
+    reload(name)
+    assert.equal("v2", f())
+  end)
+
+  it("makes old references to a function module call the new one", function()
+    local name, edit = versions([[
+      local calls = 0
+      return function() calls = calls + 1 return "VERSION", calls end
+    ]])
+    local f = require(name)
+    local holder = { f }
+    f()
+    edit("v2")
+    local g = reload(name)
+    assert.equal(g, require(name))
+    assert.same({ "v2", 2 }, { holder[1]() })
+    assert.same({ "v2", 3 }, { f() })
+  end)
+
+  it("makes an old reference to a global function run the new code", function()
+    local name, edit = versions([[
+      function hotreload_spec_greet() return "hello VERSION" end
+    ]])
+    require(name)
+    local greet = _G.hotreload_spec_greet
+    local t = { greet = greet }
+    edit("v2")
+    reload(name)
+    assert.equal("hello v2", greet())
+    assert.equal("hello v2", t.greet())
+    _G.hotreload_spec_greet = nil
+  end)
+
+  it("replaces an old function used as a table key", function()
+    local name, edit = versions(basic)
+    local M = require(name)
+    local seen = { [M.f] = "f's entry" }
+    edit("v2")
+    reload(name)
+    assert.equal("f's entry", seen[M.f])
+    local keys = 0
+    for k in pairs(seen) do
+      keys = keys + 1
+      assert.equal("v2", k())
+    end
+    assert.equal(1, keys, "the old key is gone")
+  end)
+
+  it("reaches per-type metatables", function()
+    local name, edit = versions(basic)
+    local M = require(name)
+    local saved = debug.getmetatable(0)
+    debug.setmetatable(0, { __index = { f = M.f } })
+    edit("v2")
+    reload(name)
+    local f = (0).f
+    debug.setmetatable(0, saved)
+    assert.equal("v2", f())
+  end)
+
+  it("runs the new body in closures a factory made before the reload, each with its own state", function()
+    local name = h.module([[
+      local M = {}
+      function M.counter(step)
+        local n = 0
+        return function() n = n + step * 1 return n end
+      end
+      return M
+    ]])
+    local M = require(name)
+    local a, b = M.counter(1), M.counter(2)
+    local keep = { a = a }
+    a(); a(); b()
+    h.rewrite(name, [[
+      local M = {}
+      function M.counter(step)
+        local n = 0
+        return function() n = n + step * 100 return n end
+      end
+      return M
+    ]])
+    reload(name)
+    assert.equal(102, a(), "new body, own state")
+    assert.equal(202, b(), "new body, own state")
+    assert.equal(a, keep.a, "the same closure everywhere")
+    local c = M.counter(3)
+    assert.equal(300, c())
+  end)
+
+  it("leaves a closure it cannot match safely on the old code", function()
+    local name = h.module([[
+      local M = {}
+      function M.make() local n = 0 return function() n = n + 1 return n end end
+      return M
+    ]])
+    local M = require(name)
+    local f = M.make()
+    f()
+    -- the new prototype captures a variable the old closure never had
+    h.rewrite(name, [[
+      local M = {}
+      function M.make() local n, extra = 0, 10 return function() n = n + extra return n end end
+      return M
+    ]])
+    reload(name)
+    assert.equal(2, f(), "old body, still working")
+    assert.equal(10, M.make()())
+  end)
+
+  it("joins closures the new top level registered elsewhere to the existing state", function()
+    -- (the old top level's callback was made by a chunk that no longer exists: it keeps its
+    -- body, shares the state, and is counted as left; __unload is the way to remove it)
+    _G.hotreload_spec_bus = {}
+    local src = [[
+      local M = {}
+      local count = 0
+      function M.count() return count end
+      _G.hotreload_spec_bus[#_G.hotreload_spec_bus + 1] = function() count = count + STEP end
+      return M
+    ]]
+    local name = h.module((src:gsub("STEP", "1")))
+    local M = require(name)
+    _G.hotreload_spec_bus[1]()
+    h.rewrite(name, (src:gsub("STEP", "10")))
+    reload(name)
+    _G.hotreload_spec_bus[2]() -- registered by the new top level
+    assert.equal(11, M.count())
+    _G.hotreload_spec_bus[1]()
+    assert.equal(12, M.count(), "old callback, same state")
+    _G.hotreload_spec_bus = nil
+  end)
+
+  it("can be turned off per reload and by default", function()
+    local name, edit = versions(basic)
+    local M = require(name)
+    local held = { f = M.f }
+    edit("v2")
+    reload(name, { replace = false })
+    assert.equal("v2", M.f())
+    assert.equal("v1", held.f(), "not replaced outside the module")
+    hotreload.defaults.replace = false
+    edit("v3")
+    reload(name)
+    assert.equal("v1", held.f())
+    hotreload.defaults.replace = true
+    local held3 = { f = M.f }
+    edit("v4")
+    reload(name)
+    assert.equal("v4", held3.f())
+    assert.equal("v1", held.f(), "references a replace = false reload skipped stay behind")
+    assert.has_error(function() hotreload.reload(name, { replace = "yes" }) end)
+  end)
+
+  it("lets old versions be collected after replacing them", function()
+    local name, edit = versions([[
+      local M = {}
+      function M.f() return "VERSION" end
+      function M.make() return function() return "made VERSION" end end
+      return M
+    ]])
+    local M = require(name)
+    local made = M.make()
+    local holder = { M.f, made }
+    local weak = setmetatable({ M.f, made }, { __mode = "v" })
+    made = nil -- luacheck: ignore
+    edit("v2")
+    reload(name)
+    assert.equal("v2", holder[1]())
+    assert.equal("made v2", holder[2]())
+    h.collect()
+    assert.is_nil(weak[1])
+    assert.is_nil(weak[2])
+  end)
+end)

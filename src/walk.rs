@@ -1,0 +1,805 @@
+//! Replacing old functions everywhere in the VM after a reload, so that no part of the
+//! program keeps running the old code: the registry (and so `_G`, `package.loaded` and every
+//! host reference), table keys and values, metatables (the per-type ones too), userdata user
+//! values, closure upvalues, and the locals of the Lua frames of every thread. The walk is
+//! iterative and visits each object once.
+//!
+//! Two kinds of old functions are replaced:
+//! - those the plan paired with a new version (module functions, local helpers, functions in
+//!   local tables, a function module, redefined globals);
+//! - closures a factory of the module made before the reload: matched to the new version of
+//!   their prototype by their place in the enclosing function (see `proto`), re-created from
+//!   it, and joined to their own upvalue cells, so they run the new body with their own state.
+//!   A closure that cannot be matched safely stays as it is, and is counted.
+//!
+//! It also joins the cells of new closures the plan never saw (a callback the new top level
+//! registered elsewhere) to the old cells, like the plan's own functions.
+
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_int, c_void};
+
+use crate::ffi::{self, lua_State};
+use crate::proto::Dump;
+use crate::ptrmap::{AddrSet, PtrMap};
+use crate::reload::plan::Plan;
+
+/// What the walk did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Slots that held an old function and now hold its new version.
+    pub references: u32,
+    /// Closures made before the reload that now run the new version of their prototype.
+    pub closures_updated: u32,
+    /// Old closures of the reloaded code that could not be matched: they keep the old code.
+    pub closures_left: u32,
+}
+
+/// An old function of the module that may have made closures (a factory), with its new
+/// version.
+struct Enclosing {
+    old: u32,
+    new: u32,
+    source: usize,
+    line: c_int,
+    last_line: c_int,
+}
+
+/// What a look at a value found.
+enum Sight {
+    /// An old function: the anchor slot of its replacement.
+    Replace(u32),
+    /// A table the walk has not seen yet.
+    NewTable,
+    Nothing,
+}
+
+/// A table being walked: its array part goes by index (`next` up to `len`), then the rest by
+/// `lua_next`.
+struct Frame {
+    /// (weak keys, weak values)
+    weak: (bool, bool),
+    next: ffi::lua_Integer,
+    len: ffi::lua_Integer,
+}
+
+/// Levels of tables walked inside one another before the worklist takes over (two Lua stack
+/// slots each; LuaJIT lets a C function have 8000).
+const MAX_DEPTH: usize = 200;
+
+struct Walker<'p> {
+    plan: &'p mut Plan,
+    /// the tables being walked, innermost last
+    frames: Vec<Frame>,
+    /// old function -> anchor slot of its replacement
+    map: PtrMap<u32>,
+    visited: AddrSet,
+    /// worklist (a Lua table used as a stack)
+    work: c_int,
+    top: ffi::lua_Integer,
+    /// table keys to rename once the walk is over: (table, old key, new key) triples
+    keys: c_int,
+    n_keys: ffi::lua_Integer,
+    sources: Vec<Vec<u8>>,
+    enclosing: Vec<Enclosing>,
+    dumps: PtrMap<Option<Dump>>,
+    current: usize,
+    out: Outcome,
+}
+
+/// Replaces every reference to an old function the plan (or a factory) gives a new version.
+///
+/// # Safety
+/// Inside `protect`, after `apply`, with the plan's anchor table still on the stack and the
+/// collector paused.
+pub unsafe fn replace(l: *mut lua_State, plan: &mut Plan) -> Outcome {
+    // SAFETY: every step keeps the stack balanced; objects are pushed before use.
+    unsafe {
+        ffi::luaL_checkstack(
+            l,
+            32 + 2 * MAX_DEPTH as c_int,
+            c"hotreload: Lua stack exhausted".as_ptr(),
+        );
+        let top = ffi::lua_gettop(l);
+        let mut w = Walker::new(l, plan);
+        w.roots(l);
+        while w.top > 0 {
+            ffi::lua_rawgeti(l, w.work, w.top);
+            w.top -= 1;
+            w.visit(l, ffi::lua_gettop(l));
+            ffi::lua_pop(l, 1);
+        }
+        w.rename_keys(l);
+        ffi::lua_settop(l, top);
+        w.out
+    }
+}
+
+impl<'p> Walker<'p> {
+    unsafe fn new(l: *mut lua_State, plan: &'p mut Plan) -> Walker<'p> {
+        // SAFETY: plain pushes and reads of anchored functions.
+        unsafe {
+            let mut map = PtrMap::default();
+            let mut sources: Vec<Vec<u8>> = Vec::new();
+            let mut enclosing = Vec::new();
+            for &(old, new) in &plan.fpairs {
+                plan.push(l, old);
+                map.insert(ffi::lua_topointer(l, -1) as usize, new);
+                let mut ar: ffi::lua_Debug = std::mem::zeroed();
+                if ffi::lua_getinfo(l, c">S".as_ptr(), &mut ar) != 0 && !ar.source.is_null() {
+                    let source = CStr::from_ptr(ar.source).to_bytes();
+                    let at = match sources.iter().position(|s| s == source) {
+                        Some(at) => at,
+                        None => {
+                            sources.push(source.to_vec());
+                            sources.len() - 1
+                        }
+                    };
+                    enclosing.push(Enclosing {
+                        old,
+                        new,
+                        source: at,
+                        line: ar.linedefined,
+                        last_line: ar.lastlinedefined,
+                    });
+                } else {
+                    ffi::lua_pop(l, 1);
+                }
+            }
+            // innermost first: a closure belongs to the smallest function around it
+            enclosing.sort_by_key(|e| e.last_line - e.line);
+            let mut visited = AddrSet::default();
+            visited.insert(ffi::lua_topointer(l, plan.anchors) as usize);
+            ffi::lua_createtable(l, 256, 0);
+            let work = ffi::lua_gettop(l);
+            ffi::lua_createtable(l, 0, 0);
+            let keys = ffi::lua_gettop(l);
+            visited.insert(ffi::lua_topointer(l, work) as usize);
+            visited.insert(ffi::lua_topointer(l, keys) as usize);
+            Walker {
+                plan,
+                frames: Vec::new(),
+                map,
+                visited,
+                work,
+                top: 0,
+                keys,
+                n_keys: 0,
+                sources,
+                enclosing,
+                dumps: PtrMap::default(),
+                current: l as usize,
+                out: Outcome::default(),
+            }
+        }
+    }
+
+    /// The registry, the running thread, and the metatables each basic type may have.
+    unsafe fn roots(&mut self, l: *mut lua_State) {
+        unsafe extern "C-unwind" fn nothing(_: *mut lua_State) -> c_int {
+            0
+        }
+        // SAFETY: one value pushed and popped per root.
+        unsafe {
+            ffi::lua_pushvalue(l, ffi::LUA_REGISTRYINDEX);
+            self.examine(l, -1);
+            ffi::lua_pushthread(l);
+            self.examine(l, -1);
+            ffi::lua_pop(l, 2);
+            // nil, boolean, number, string, light userdata, function, thread
+            for kind in 0..7 {
+                match kind {
+                    0 => ffi::lua_pushnil(l),
+                    1 => ffi::lua_pushboolean(l, 0),
+                    2 => ffi::lua_pushnumber(l, 0.0),
+                    3 => ffi::push_bytes(l, b""),
+                    4 => ffi::lua_pushlightuserdata(l, std::ptr::null_mut()),
+                    5 => ffi::lua_pushcfunction(l, nothing),
+                    _ => {
+                        ffi::lua_pushthread(l);
+                    }
+                }
+                if ffi::lua_getmetatable(l, -1) != 0 {
+                    self.examine(l, -1);
+                    ffi::lua_pop(l, 1);
+                }
+                ffi::lua_pop(l, 1);
+            }
+        }
+    }
+
+    /// Looks at the value at `idx`: queues it if it is an object not seen yet, and returns
+    /// the anchor slot of its replacement if it is an old function.
+    unsafe fn examine(&mut self, l: *mut lua_State, idx: c_int) -> Option<u32> {
+        // SAFETY: as `sight`.
+        unsafe {
+            match self.sight(l, idx) {
+                Sight::Replace(slot) => Some(slot),
+                Sight::NewTable => {
+                    self.enqueue(l, idx);
+                    None
+                }
+                Sight::Nothing => None,
+            }
+        }
+    }
+
+    /// Like `examine`, but leaves a table seen for the first time to the caller, which walks
+    /// into it at once (`walk_tables`) instead of queueing it.
+    unsafe fn sight(&mut self, l: *mut lua_State, idx: c_int) -> Sight {
+        // SAFETY: `idx` is valid.
+        unsafe {
+            let idx = ffi::lua_absindex(l, idx);
+            self.sight_typed(l, idx, ffi::lua_type(l, idx))
+        }
+    }
+
+    /// `sight` of the value at absolute index `idx`, whose type is `t`.
+    unsafe fn sight_typed(&mut self, l: *mut lua_State, idx: c_int, t: c_int) -> Sight {
+        // SAFETY: `idx` is valid and absolute; every push below is popped before returning.
+        unsafe {
+            match t {
+                ffi::LUA_TTABLE => {
+                    if self.visited.insert(ffi::lua_topointer(l, idx) as usize) {
+                        Sight::NewTable
+                    } else {
+                        Sight::Nothing
+                    }
+                }
+                ffi::LUA_TFUNCTION => {
+                    let p = ffi::lua_topointer(l, idx) as usize;
+                    if let Some(&slot) = self.map.get(&p) {
+                        self.reach_slot(l, slot);
+                        return Sight::Replace(slot);
+                    }
+                    if !self.visited.insert(p) {
+                        return Sight::Nothing;
+                    }
+                    if ffi::lua_iscfunction(l, idx) == 0
+                        && !self.plan.is_new_fn(p)
+                        && let Some(slot) = self.factory_closure(l, idx)
+                    {
+                        self.map.insert(p, slot);
+                        self.reach_slot(l, slot);
+                        return Sight::Replace(slot);
+                    }
+                    self.enqueue(l, idx);
+                    Sight::Nothing
+                }
+                ffi::LUA_TUSERDATA | ffi::LUA_TTHREAD => {
+                    if self.visited.insert(ffi::lua_topointer(l, idx) as usize) {
+                        self.enqueue(l, idx);
+                    }
+                    Sight::Nothing
+                }
+                _ => Sight::Nothing,
+            }
+        }
+    }
+
+    /// Queues a replacement function for a visit (its upvalues are the program's now).
+    unsafe fn reach_slot(&mut self, l: *mut lua_State, slot: u32) {
+        // SAFETY: push, look, pop.
+        unsafe {
+            self.plan.push(l, slot);
+            if self.visited.insert(ffi::lua_topointer(l, -1) as usize) {
+                self.enqueue(l, -1);
+            }
+            ffi::lua_pop(l, 1);
+        }
+    }
+
+    unsafe fn enqueue(&mut self, l: *mut lua_State, idx: c_int) {
+        // SAFETY: the worklist table is at `self.work`.
+        unsafe {
+            ffi::lua_pushvalue(l, idx);
+            self.top += 1;
+            ffi::lua_rawseti(l, self.work, self.top);
+        }
+    }
+
+    unsafe fn visit(&mut self, l: *mut lua_State, idx: c_int) {
+        // SAFETY: `idx` holds an object of the matching type.
+        unsafe {
+            match ffi::lua_type(l, idx) {
+                ffi::LUA_TTABLE => self.walk_tables(l, idx),
+                ffi::LUA_TFUNCTION => self.visit_function(l, idx),
+                ffi::LUA_TUSERDATA => self.visit_userdata(l, idx),
+                ffi::LUA_TTHREAD => self.visit_thread(l, idx),
+                _ => {}
+            }
+        }
+    }
+
+    /// Walks the table at `t` and the tables below it that are new to the walk, depth first:
+    /// each level keeps its table (and, past its array part, its `lua_next` key) on the Lua
+    /// stack, so nothing is queued for them. Past `MAX_DEPTH` levels, tables go to the
+    /// worklist instead.
+    unsafe fn walk_tables(&mut self, l: *mut lua_State, t: c_int) {
+        // SAFETY: each frame owns two stack slots (table, key) above `base`; a traversal only
+        // assigns to existing keys (allowed during `lua_next`); key renames wait for the end.
+        unsafe {
+            let base = ffi::lua_gettop(l);
+            ffi::lua_pushvalue(l, t);
+            self.enter(l);
+            loop {
+                let depth = self.frames.len() as c_int;
+                let Some(frame) = self.frames.last_mut() else { break };
+                let (table, key) = (base + 2 * depth - 1, base + 2 * depth);
+                let weak = frame.weak;
+                // array part first, by index: cheaper than lua_next
+                if frame.next <= frame.len {
+                    let i = frame.next;
+                    frame.next += 1;
+                    let vt = ffi::lua_rawgeti(l, table, i);
+                    if vt < ffi::LUA_TTABLE {
+                        ffi::lua_settop(l, key);
+                        continue;
+                    }
+                    match self.sight_typed(l, key + 1, vt) {
+                        Sight::Replace(slot) => {
+                            if !weak.1 {
+                                self.plan.push(l, slot);
+                                ffi::lua_rawseti(l, table, i);
+                                self.out.references += 1;
+                            }
+                            ffi::lua_settop(l, key);
+                        }
+                        Sight::NewTable if (depth as usize) < MAX_DEPTH => self.enter(l),
+                        Sight::NewTable => {
+                            self.enqueue(l, key + 1);
+                            ffi::lua_settop(l, key);
+                        }
+                        Sight::Nothing => ffi::lua_settop(l, key),
+                    }
+                    continue;
+                }
+                if frame.next == frame.len + 1 {
+                    // then the rest (holes past the border, the hash part) from key #t
+                    frame.next += 1;
+                    if frame.len > 0 {
+                        ffi::lua_pushinteger(l, frame.len);
+                        ffi::lua_replace(l, key);
+                    }
+                }
+                if ffi::lua_next(l, table) == 0 {
+                    ffi::lua_settop(l, table - 1);
+                    self.frames.pop();
+                    continue;
+                }
+                let value = key + 1;
+                let kt = ffi::lua_type(l, key);
+                if kt >= ffi::LUA_TTABLE {
+                    match self.sight_typed(l, key, kt) {
+                        Sight::Replace(slot) if !weak.0 => self.defer_key(l, table, key, slot),
+                        Sight::NewTable => self.enqueue(l, key),
+                        _ => {}
+                    }
+                }
+                let vt = ffi::lua_type(l, value);
+                if vt < ffi::LUA_TTABLE {
+                    ffi::lua_settop(l, key); // plain data: most values
+                    continue;
+                }
+                match self.sight_typed(l, value, vt) {
+                    Sight::Replace(slot) => {
+                        if !weak.1 {
+                            ffi::lua_pushvalue(l, key);
+                            self.plan.push(l, slot);
+                            ffi::lua_rawset(l, table);
+                            self.out.references += 1;
+                        }
+                        ffi::lua_settop(l, key);
+                    }
+                    Sight::NewTable if (depth as usize) < MAX_DEPTH => self.enter(l), // value is the new frame's table
+                    Sight::NewTable => {
+                        self.enqueue(l, value);
+                        ffi::lua_settop(l, key);
+                    }
+                    Sight::Nothing => ffi::lua_settop(l, key),
+                }
+            }
+            ffi::lua_settop(l, base);
+        }
+    }
+
+    /// Opens a frame for the table on top of the stack: looks at its metatable and notes
+    /// whether its keys or values are weak. A weak slot does not hold its function: it is
+    /// left to clear when the old version is collected (rule 11), though the walk still goes
+    /// through it.
+    unsafe fn enter(&mut self, l: *mut lua_State) {
+        // SAFETY: the table is on top; the metatable and its field are popped; the frame's
+        // key slot (nil) is pushed.
+        unsafe {
+            let (mut weak_keys, mut weak_values) = (false, false);
+            if ffi::lua_getmetatable(l, -1) != 0 {
+                self.examine(l, -1);
+                ffi::push_bytes(l, b"__mode");
+                if ffi::lua_rawget(l, -2) == ffi::LUA_TSTRING
+                    && let ffi::Val::Str(mode) = ffi::read(l, -1)
+                {
+                    weak_keys = mode.contains(&b'k');
+                    weak_values = mode.contains(&b'v');
+                }
+                ffi::lua_pop(l, 2);
+            }
+            let len = ffi::lua_Integer::try_from(ffi::lua_rawlen(l, -1)).unwrap_or(0);
+            self.frames.push(Frame { weak: (weak_keys, weak_values), next: 1, len });
+            ffi::lua_pushnil(l);
+        }
+    }
+
+    unsafe fn defer_key(&mut self, l: *mut lua_State, t: c_int, k: c_int, slot: u32) {
+        // SAFETY: three appends to the key table.
+        unsafe {
+            for v in [t, k] {
+                ffi::lua_pushvalue(l, v);
+                self.n_keys += 1;
+                ffi::lua_rawseti(l, self.keys, self.n_keys);
+            }
+            self.plan.push(l, slot);
+            self.n_keys += 1;
+            ffi::lua_rawseti(l, self.keys, self.n_keys);
+        }
+    }
+
+    unsafe fn rename_keys(&mut self, l: *mut lua_State) {
+        // SAFETY: each triple is pushed, used and popped.
+        unsafe {
+            let mut i = 1;
+            while i + 2 <= self.n_keys {
+                ffi::lua_rawgeti(l, self.keys, i); // t
+                ffi::lua_rawgeti(l, self.keys, i + 2); // new key
+                ffi::lua_rawgeti(l, self.keys, i + 1); // old key
+                ffi::lua_pushvalue(l, -1);
+                ffi::lua_rawget(l, -4); // value
+                ffi::lua_pushvalue(l, -2);
+                ffi::lua_pushnil(l);
+                ffi::lua_rawset(l, -6); // t[old] = nil
+                ffi::lua_remove(l, -2); // t, new, value
+                ffi::lua_rawset(l, -3); // t[new] = value
+                ffi::lua_pop(l, 1);
+                self.out.references += 1;
+                i += 3;
+            }
+        }
+    }
+
+    unsafe fn visit_function(&mut self, l: *mut lua_State, f: c_int) {
+        // SAFETY: upvalue indices come from lua_getupvalue, which stops at the last one;
+        // joins only ever involve Lua functions.
+        unsafe {
+            let lua_fn = ffi::lua_iscfunction(l, f) == 0;
+            let new_fn = self.plan.is_new_fn(ffi::lua_topointer(l, f) as usize);
+            let mut i = 1;
+            while ffi::get_upvalue(l, f, i).is_some() {
+                if lua_fn && !new_fn {
+                    // a closure of the new version the plan never reached: same cells as
+                    // the plan's functions
+                    if let Some((old_fn, old_n)) = self.plan.joined_cell(ffi::upvalue_id(l, f, i)) {
+                        ffi::lua_pop(l, 1);
+                        self.plan.push(l, old_fn);
+                        ffi::join_upvalue(l, f, i, -1, old_n);
+                        ffi::lua_pop(l, 1);
+                        ffi::lua_getupvalue(l, f, i);
+                    }
+                }
+                if let Some(slot) = self.examine(l, -1) {
+                    self.plan.push(l, slot);
+                    ffi::lua_setupvalue(l, f, i);
+                    self.out.references += 1;
+                }
+                ffi::lua_pop(l, 1);
+                i += 1;
+            }
+            self.visit_env(l, f);
+        }
+    }
+
+    /// LuaJIT: function, thread and userdata environments.
+    unsafe fn visit_env(&mut self, l: *mut lua_State, idx: c_int) {
+        #[cfg(feature = "luajit")]
+        // SAFETY: lua_getfenv pushes one value.
+        unsafe {
+            ffi::lua_getfenv(l, idx);
+            self.examine(l, -1);
+            ffi::lua_pop(l, 1);
+        }
+        let _ = (l, idx);
+    }
+
+    unsafe fn visit_userdata(&mut self, l: *mut lua_State, u: c_int) {
+        // SAFETY: user value accessors for this Lua version; stack balanced.
+        unsafe {
+            if ffi::lua_getmetatable(l, u) != 0 {
+                self.examine(l, -1);
+                ffi::lua_pop(l, 1);
+            }
+            #[cfg(any(feature = "lua54", feature = "lua55"))]
+            {
+                let mut n = 1;
+                while ffi::lua_getiuservalue(l, u, n) != ffi::LUA_TNONE {
+                    if let Some(slot) = self.examine(l, -1) {
+                        self.plan.push(l, slot);
+                        ffi::lua_setiuservalue(l, u, n);
+                        self.out.references += 1;
+                    }
+                    ffi::lua_pop(l, 1);
+                    n += 1;
+                }
+                ffi::lua_pop(l, 1);
+            }
+            #[cfg(any(feature = "lua52", feature = "lua53"))]
+            {
+                ffi::lua_getuservalue(l, u);
+                if let Some(slot) = self.examine(l, -1) {
+                    self.plan.push(l, slot);
+                    ffi::lua_setuservalue(l, u);
+                    self.out.references += 1;
+                }
+                ffi::lua_pop(l, 1);
+            }
+            self.visit_env(l, u);
+        }
+    }
+
+    unsafe fn visit_thread(&mut self, l: *mut lua_State, idx: c_int) {
+        // SAFETY: frames are inspected with the debug API; values cross threads with
+        // lua_xmove after a stack check; the running thread's own C frames (this walk) are
+        // skipped.
+        unsafe {
+            let co = ffi::lua_tothread(l, idx);
+            if co.is_null() {
+                return;
+            }
+            let own = co as usize == self.current;
+            if !own && ffi::lua_checkstack(co, 4) == 0 {
+                return;
+            }
+            let mut level = 0;
+            let mut ar: ffi::lua_Debug = std::mem::zeroed();
+            while ffi::lua_getstack(co, level, &mut ar) != 0 {
+                level += 1;
+                if ffi::lua_getinfo(co, c"S".as_ptr(), &mut ar) == 0
+                    || ar.what.is_null()
+                    || CStr::from_ptr(ar.what).to_bytes() == b"C"
+                {
+                    continue;
+                }
+                for sign in [1, -1] {
+                    let mut n = sign;
+                    while !ffi::lua_getlocal(co, &ar, n).is_null() {
+                        self.check_local(l, co, &ar, n, own);
+                        n += sign;
+                    }
+                }
+            }
+            if !own {
+                // values not in a Lua frame: a coroutine's body before its first resume, or
+                // what it yielded
+                for i in 1..=ffi::lua_gettop(co) {
+                    ffi::lua_pushvalue(co, i);
+                    ffi::lua_xmove(co, l, 1);
+                    if let Some(slot) = self.examine(l, -1) {
+                        self.plan.push(l, slot);
+                        ffi::lua_xmove(l, co, 1);
+                        ffi::lua_replace(co, i);
+                        self.out.references += 1;
+                    }
+                    ffi::lua_pop(l, 1);
+                }
+            }
+            self.visit_env(l, idx);
+        }
+    }
+
+    /// The local `n` of frame `ar` of thread `co` was just pushed onto `co`.
+    unsafe fn check_local(
+        &mut self,
+        l: *mut lua_State,
+        co: *mut lua_State,
+        ar: &ffi::lua_Debug,
+        n: c_int,
+        own: bool,
+    ) {
+        // SAFETY: the value moves to `l` to be examined; a replacement moves back to `co`,
+        // where lua_setlocal pops it.
+        unsafe {
+            if !own {
+                ffi::lua_xmove(co, l, 1);
+            }
+            if let Some(slot) = self.examine(l, -1) {
+                self.plan.push(l, slot);
+                if !own {
+                    ffi::lua_xmove(l, co, 1);
+                }
+                ffi::lua_setlocal(co, ar, n);
+                self.out.references += 1;
+            }
+            ffi::lua_pop(l, 1);
+        }
+    }
+
+    /// For an old closure of the reloaded code that the plan did not pair: a closure of the
+    /// new version of its prototype, joined to its cells, or `None` (then it is counted as
+    /// left unless it is the new version's or its code did not change).
+    unsafe fn factory_closure(&mut self, l: *mut lua_State, c: c_int) -> Option<u32> {
+        // SAFETY: debug API reads; the loaded closure is popped on every path.
+        unsafe {
+            let mut ar: ffi::lua_Debug = std::mem::zeroed();
+            ffi::lua_pushvalue(l, c);
+            if ffi::lua_getinfo(l, c">S".as_ptr(), &mut ar) == 0 || ar.source.is_null() {
+                return None;
+            }
+            let source = CStr::from_ptr(ar.source).to_bytes();
+            let src = self.sources.iter().position(|s| s == source)?;
+            // a closure on a cell the new version made is the new version's own
+            let mut i = 1;
+            while ffi::get_upvalue(l, c, i).is_some() {
+                ffi::lua_pop(l, 1);
+                if self.plan.is_new_cell(ffi::upvalue_id(l, c, i)) {
+                    return None;
+                }
+                i += 1;
+            }
+            let (line, last) = (ar.linedefined, ar.lastlinedefined);
+            for e in 0..self.enclosing.len() {
+                let Some(enc) = self.enclosing.get(e) else { break };
+                let (old, new) = (enc.old, enc.new);
+                if enc.source != src || enc.line > line || enc.last_line < last {
+                    continue;
+                }
+                let Some(found) = self.match_prototype(l, old, new, line, last) else { continue };
+                let Some(index) = found else {
+                    return None; // same code in both versions: nothing to update
+                };
+                return self.make_closure(l, c, new, index, source);
+            }
+            self.out.closures_left += 1;
+            None
+        }
+    }
+
+    /// Finds the prototype on lines `line..last` inside old function `old`, and the one at
+    /// the same place inside `new`. `None`: no single match here. `Some(None)`: matched, but
+    /// the code is the same in both versions. `Some(Some(i))`: prototype `i` of `new`'s dump.
+    unsafe fn match_prototype(
+        &mut self,
+        l: *mut lua_State,
+        old: u32,
+        new: u32,
+        line: c_int,
+        last: c_int,
+    ) -> Option<Option<usize>> {
+        // SAFETY: dumps are made of anchored Lua functions.
+        unsafe {
+            let (line, last) = (u32::try_from(line).ok()?, u32::try_from(last).ok()?);
+            self.dump(l, old);
+            self.dump(l, new);
+            let od = self.dumps.get(&(old as usize)).and_then(Option::as_ref)?;
+            let nd = self.dumps.get(&(new as usize)).and_then(Option::as_ref)?;
+            let paths = od.find_lines(od.root, line, last);
+            let [path] = paths.as_slice() else { return None };
+            let (oi, ni) = (od.follow(path)?, nd.follow(path)?);
+            if od.body(oi) == nd.body(ni) {
+                return Some(None);
+            }
+            Some(Some(ni))
+        }
+    }
+
+    /// Parses (once) the dump of the anchored function in `slot`.
+    unsafe fn dump(&mut self, l: *mut lua_State, slot: u32) {
+        unsafe extern "C-unwind" fn writer(
+            _: *mut lua_State,
+            p: *const c_void,
+            sz: usize,
+            ud: *mut c_void,
+        ) -> c_int {
+            // SAFETY: `ud` is the Vec below; Lua passes `sz` readable bytes at `p`.
+            unsafe {
+                let out = &mut *ud.cast::<Vec<u8>>();
+                out.extend_from_slice(std::slice::from_raw_parts(p.cast::<u8>(), sz));
+            }
+            0
+        }
+        if self.dumps.contains_key(&(slot as usize)) {
+            return;
+        }
+        let mut bytes: Vec<u8> = Vec::new();
+        // SAFETY: lua_dump reads the function on top and calls `writer` synchronously.
+        unsafe {
+            self.plan.push(l, slot);
+            let ok = ffi::lua_dump(l, writer, (&mut bytes as *mut Vec<u8>).cast(), 0) == 0;
+            ffi::lua_pop(l, 1);
+            let parsed = if ok { Dump::parse(&bytes).ok() } else { None };
+            self.dumps.insert(slot as usize, parsed);
+        }
+    }
+
+    /// Loads prototype `ni` of new function `new`'s dump as a closure and joins its upvalues
+    /// to the cells of the old closure at `c`, by name.
+    unsafe fn make_closure(
+        &mut self,
+        l: *mut lua_State,
+        c: c_int,
+        new: u32,
+        ni: usize,
+        source: &[u8],
+    ) -> Option<u32> {
+        let chunk =
+            self.dumps.get(&(new as usize)).and_then(Option::as_ref)?.extract(ni, source)?;
+        let name = CString::new(source).ok()?;
+        // SAFETY: the chunk is loaded in binary mode; the closure is popped on every path.
+        unsafe {
+            let status = ffi::luaL_loadbufferx(
+                l,
+                chunk.as_ptr().cast(),
+                chunk.len(),
+                name.as_ptr(),
+                c"b".as_ptr(),
+            );
+            drop(chunk);
+            drop(name);
+            if status != ffi::LUA_OK {
+                ffi::lua_pop(l, 1);
+                self.out.closures_left += 1;
+                return None;
+            }
+            let g = ffi::lua_gettop(l);
+            let mut i = 1;
+            while let Some(wanted) = ffi::get_upvalue(l, g, i) {
+                ffi::lua_pop(l, 1);
+                match find_upvalue(l, c, wanted) {
+                    Some(j) => ffi::join_upvalue(l, g, i, c, j),
+                    // a new global access: the environment the new enclosing function has
+                    None if wanted == b"_ENV" => {
+                        self.plan.push(l, new);
+                        let f = ffi::lua_gettop(l);
+                        match find_upvalue(l, f, b"_ENV") {
+                            Some(j) => ffi::join_upvalue(l, g, i, f, j),
+                            None => {
+                                ffi::lua_pop(l, 2);
+                                self.out.closures_left += 1;
+                                return None;
+                            }
+                        }
+                        ffi::lua_pop(l, 1);
+                    }
+                    // captures a variable the old closure did not have: no state to give it
+                    None => {
+                        ffi::lua_pop(l, 1);
+                        self.out.closures_left += 1;
+                        return None;
+                    }
+                }
+                i += 1;
+            }
+            #[cfg(feature = "luajit")]
+            {
+                ffi::lua_getfenv(l, c);
+                ffi::lua_setfenv(l, g);
+            }
+            let slot = self.plan.anchor(l, g);
+            ffi::lua_pop(l, 1);
+            self.out.closures_updated += 1;
+            Some(slot)
+        }
+    }
+}
+
+/// Index of the upvalue called `name` of the Lua function at `f`.
+unsafe fn find_upvalue(l: *mut lua_State, f: c_int, name: &[u8]) -> Option<c_int> {
+    // SAFETY: names are read and their values popped at once.
+    unsafe {
+        let mut j = 1;
+        while let Some(n) = ffi::get_upvalue(l, f, j) {
+            let same = n == name;
+            ffi::lua_pop(l, 1);
+            if same {
+                return Some(j);
+            }
+            j += 1;
+        }
+        None
+    }
+}
