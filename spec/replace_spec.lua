@@ -60,6 +60,15 @@ describe("replacing old functions everywhere", function()
     assert.same({ true, "v2" }, { coroutine.resume(co) })
   end)
 
+  it("updates locals of the main thread while a coroutine reloads", function()
+    local name, edit = versions(basic)
+    local f = require(name).f
+    edit("v2")
+    local co = coroutine.wrap(function() reload(name) end)
+    co()
+    assert.equal("v2", f())
+  end)
+
   it("updates locals of the running function", function()
     local name, edit = versions(basic)
     local f = require(name).f

@@ -22,6 +22,10 @@ static OPEN_WATCHERS: u8 = 0;
 /// Registry key of `hotreload.defaults`, the options `reload` and `poll` use when not given.
 static DEFAULTS: u8 = 0;
 
+/// Registry key of the main thread, so the reference walk reaches its frames (Lua 5.2+ keep
+/// it in the registry already; LuaJIT does not).
+static MAIN_THREAD: u8 = 0;
+
 /// Builds the module table: every export as a C closure over a fresh state userdata.
 ///
 /// # Safety
@@ -50,6 +54,11 @@ pub unsafe fn open(l: *mut lua_State, exports: &[(&std::ffi::CStr, ffi::lua_CFun
         ffi::lua_pushvalue(l, -1);
         ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(&DEFAULTS));
         ffi::lua_setfield(l, module, c"defaults".as_ptr());
+        if ffi::lua_pushthread(l) == 1 {
+            ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(&MAIN_THREAD));
+        } else {
+            ffi::lua_pop(l, 1);
+        }
         ffi::push_bytes(l, env!("CARGO_PKG_VERSION").as_bytes());
         ffi::lua_setfield(l, module, c"_VERSION".as_ptr());
         ffi::push_bytes(l, ffi::FLAVOR.as_bytes());
