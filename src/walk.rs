@@ -34,9 +34,13 @@ pub struct Outcome {
     pub closures_left: u32,
 }
 
+/// An anchored value: (plan, anchor slot in that plan).
+type Ref = (usize, u32);
+
 /// An old function of the module that may have made closures (a factory), with its new
 /// version.
 struct Enclosing {
+    plan: usize,
     old: u32,
     new: u32,
     source: usize,
@@ -47,7 +51,7 @@ struct Enclosing {
 /// What a look at a value found.
 enum Sight {
     /// An old function: the anchor slot of its replacement.
-    Replace(u32),
+    Replace(Ref),
     /// A table the walk has not seen yet.
     NewTable,
     Nothing,
@@ -67,11 +71,11 @@ struct Frame {
 const MAX_DEPTH: usize = 200;
 
 struct Walker<'p> {
-    plan: &'p mut Plan,
+    plans: &'p mut [Plan],
     /// the tables being walked, innermost last
     frames: Vec<Frame>,
-    /// old function -> anchor slot of its replacement
-    map: PtrMap<u32>,
+    /// old function -> its replacement
+    map: PtrMap<Ref>,
     visited: AddrSet,
     /// worklist (a Lua table used as a stack)
     work: c_int,
@@ -81,17 +85,17 @@ struct Walker<'p> {
     n_keys: ffi::lua_Integer,
     sources: Vec<Vec<u8>>,
     enclosing: Vec<Enclosing>,
-    dumps: PtrMap<Option<Dump>>,
+    dumps: std::collections::HashMap<Ref, Option<Dump>>,
     current: usize,
     out: Outcome,
 }
 
-/// Replaces every reference to an old function the plan (or a factory) gives a new version.
+/// Replaces every reference to an old function the plans (or a factory) give a new version.
 ///
 /// # Safety
-/// Inside `protect`, after `apply`, with the plan's anchor table still on the stack and the
+/// Inside `protect`, after `apply`, with the plans' anchor tables still on the stack and the
 /// collector paused.
-pub unsafe fn replace(l: *mut lua_State, plan: &mut Plan) -> Outcome {
+pub unsafe fn replace(l: *mut lua_State, plans: &mut [Plan]) -> Outcome {
     // SAFETY: every step keeps the stack balanced; objects are pushed before use.
     unsafe {
         ffi::luaL_checkstack(
@@ -100,7 +104,7 @@ pub unsafe fn replace(l: *mut lua_State, plan: &mut Plan) -> Outcome {
             c"hotreload: Lua stack exhausted".as_ptr(),
         );
         let top = ffi::lua_gettop(l);
-        let mut w = Walker::new(l, plan);
+        let mut w = Walker::new(l, plans);
         w.roots(l);
         while w.top > 0 {
             ffi::lua_rawgeti(l, w.work, w.top);
@@ -115,15 +119,18 @@ pub unsafe fn replace(l: *mut lua_State, plan: &mut Plan) -> Outcome {
 }
 
 impl<'p> Walker<'p> {
-    unsafe fn new(l: *mut lua_State, plan: &'p mut Plan) -> Walker<'p> {
+    unsafe fn new(l: *mut lua_State, plans: &'p mut [Plan]) -> Walker<'p> {
         // SAFETY: plain pushes and reads of anchored functions.
         unsafe {
             let mut map = PtrMap::default();
             let mut sources: Vec<Vec<u8>> = Vec::new();
             let mut enclosing = Vec::new();
-            for &(old, new) in &plan.fpairs {
+            let mut visited = AddrSet::default();
+            for (pi, plan) in plans.iter().enumerate() {
+                visited.insert(ffi::lua_topointer(l, plan.anchors) as usize);
+                for &(old, new) in &plan.fpairs {
                 plan.push(l, old);
-                map.insert(ffi::lua_topointer(l, -1) as usize, new);
+                map.insert(ffi::lua_topointer(l, -1) as usize, (pi, new));
                 let mut ar: ffi::lua_Debug = std::mem::zeroed();
                 if ffi::lua_getinfo(l, c">S".as_ptr(), &mut ar) != 0 && !ar.source.is_null() {
                     let source = CStr::from_ptr(ar.source).to_bytes();
@@ -135,6 +142,7 @@ impl<'p> Walker<'p> {
                         }
                     };
                     enclosing.push(Enclosing {
+                        plan: pi,
                         old,
                         new,
                         source: at,
@@ -144,11 +152,10 @@ impl<'p> Walker<'p> {
                 } else {
                     ffi::lua_pop(l, 1);
                 }
+                }
             }
             // innermost first: a closure belongs to the smallest function around it
             enclosing.sort_by_key(|e| e.last_line - e.line);
-            let mut visited = AddrSet::default();
-            visited.insert(ffi::lua_topointer(l, plan.anchors) as usize);
             ffi::lua_createtable(l, 256, 0);
             let work = ffi::lua_gettop(l);
             ffi::lua_createtable(l, 0, 0);
@@ -156,7 +163,7 @@ impl<'p> Walker<'p> {
             visited.insert(ffi::lua_topointer(l, work) as usize);
             visited.insert(ffi::lua_topointer(l, keys) as usize);
             Walker {
-                plan,
+                plans,
                 frames: Vec::new(),
                 map,
                 visited,
@@ -166,11 +173,37 @@ impl<'p> Walker<'p> {
                 n_keys: 0,
                 sources,
                 enclosing,
-                dumps: PtrMap::default(),
+                dumps: std::collections::HashMap::new(),
                 current: l as usize,
                 out: Outcome::default(),
             }
         }
+    }
+
+    unsafe fn push_ref(&self, l: *mut lua_State, (pi, slot): Ref) {
+        // SAFETY: the plan's anchor table is on the stack; one push either way.
+        unsafe {
+            match self.plans.get(pi) {
+                Some(plan) => plan.push(l, slot),
+                None => ffi::lua_pushnil(l),
+            }
+        }
+    }
+
+    fn is_new_fn(&self, p: usize) -> bool {
+        self.plans.iter().any(|plan| plan.is_new_fn(p))
+    }
+
+    fn is_new_cell(&self, id: usize) -> bool {
+        self.plans.iter().any(|plan| plan.is_new_cell(id))
+    }
+
+    /// The old function (and its upvalue index) whose cell the new cell `id` joins.
+    fn joined_cell(&self, id: usize) -> Option<(Ref, c_int)> {
+        self.plans
+            .iter()
+            .enumerate()
+            .find_map(|(pi, plan)| plan.joined_cell(id).map(|(f, n)| ((pi, f), n)))
     }
 
     /// The registry, the running thread, and the metatables each basic type may have.
@@ -209,7 +242,7 @@ impl<'p> Walker<'p> {
 
     /// Looks at the value at `idx`: queues it if it is an object not seen yet, and returns
     /// the anchor slot of its replacement if it is an old function.
-    unsafe fn examine(&mut self, l: *mut lua_State, idx: c_int) -> Option<u32> {
+    unsafe fn examine(&mut self, l: *mut lua_State, idx: c_int) -> Option<Ref> {
         // SAFETY: as `sight`.
         unsafe {
             match self.sight(l, idx) {
@@ -255,7 +288,7 @@ impl<'p> Walker<'p> {
                         return Sight::Nothing;
                     }
                     if ffi::lua_iscfunction(l, idx) == 0
-                        && !self.plan.is_new_fn(p)
+                        && !self.is_new_fn(p)
                         && let Some(slot) = self.factory_closure(l, idx)
                     {
                         self.map.insert(p, slot);
@@ -277,10 +310,10 @@ impl<'p> Walker<'p> {
     }
 
     /// Queues a replacement function for a visit (its upvalues are the program's now).
-    unsafe fn reach_slot(&mut self, l: *mut lua_State, slot: u32) {
+    unsafe fn reach_slot(&mut self, l: *mut lua_State, slot: Ref) {
         // SAFETY: push, look, pop.
         unsafe {
-            self.plan.push(l, slot);
+            self.push_ref(l, slot);
             if self.visited.insert(ffi::lua_topointer(l, -1) as usize) {
                 self.enqueue(l, -1);
             }
@@ -338,7 +371,7 @@ impl<'p> Walker<'p> {
                     match self.sight_typed(l, key + 1, vt) {
                         Sight::Replace(slot) => {
                             if !weak.1 {
-                                self.plan.push(l, slot);
+                                self.push_ref(l, slot);
                                 ffi::lua_rawseti(l, table, i);
                                 self.out.references += 1;
                             }
@@ -384,7 +417,7 @@ impl<'p> Walker<'p> {
                     Sight::Replace(slot) => {
                         if !weak.1 {
                             ffi::lua_pushvalue(l, key);
-                            self.plan.push(l, slot);
+                            self.push_ref(l, slot);
                             ffi::lua_rawset(l, table);
                             self.out.references += 1;
                         }
@@ -428,7 +461,7 @@ impl<'p> Walker<'p> {
         }
     }
 
-    unsafe fn defer_key(&mut self, l: *mut lua_State, t: c_int, k: c_int, slot: u32) {
+    unsafe fn defer_key(&mut self, l: *mut lua_State, t: c_int, k: c_int, slot: Ref) {
         // SAFETY: three appends to the key table.
         unsafe {
             for v in [t, k] {
@@ -436,7 +469,7 @@ impl<'p> Walker<'p> {
                 self.n_keys += 1;
                 ffi::lua_rawseti(l, self.keys, self.n_keys);
             }
-            self.plan.push(l, slot);
+            self.push_ref(l, slot);
             self.n_keys += 1;
             ffi::lua_rawseti(l, self.keys, self.n_keys);
         }
@@ -469,22 +502,22 @@ impl<'p> Walker<'p> {
         // joins only ever involve Lua functions.
         unsafe {
             let lua_fn = ffi::lua_iscfunction(l, f) == 0;
-            let new_fn = self.plan.is_new_fn(ffi::lua_topointer(l, f) as usize);
+            let new_fn = self.is_new_fn(ffi::lua_topointer(l, f) as usize);
             let mut i = 1;
             while ffi::get_upvalue(l, f, i).is_some() {
                 if lua_fn && !new_fn {
                     // a closure of the new version the plan never reached: same cells as
                     // the plan's functions
-                    if let Some((old_fn, old_n)) = self.plan.joined_cell(ffi::upvalue_id(l, f, i)) {
+                    if let Some((old_fn, old_n)) = self.joined_cell(ffi::upvalue_id(l, f, i)) {
                         ffi::lua_pop(l, 1);
-                        self.plan.push(l, old_fn);
+                        self.push_ref(l, old_fn);
                         ffi::join_upvalue(l, f, i, -1, old_n);
                         ffi::lua_pop(l, 1);
                         ffi::lua_getupvalue(l, f, i);
                     }
                 }
                 if let Some(slot) = self.examine(l, -1) {
-                    self.plan.push(l, slot);
+                    self.push_ref(l, slot);
                     ffi::lua_setupvalue(l, f, i);
                     self.out.references += 1;
                 }
@@ -519,7 +552,7 @@ impl<'p> Walker<'p> {
                 let mut n = 1;
                 while ffi::lua_getiuservalue(l, u, n) != ffi::LUA_TNONE {
                     if let Some(slot) = self.examine(l, -1) {
-                        self.plan.push(l, slot);
+                        self.push_ref(l, slot);
                         ffi::lua_setiuservalue(l, u, n);
                         self.out.references += 1;
                     }
@@ -532,7 +565,7 @@ impl<'p> Walker<'p> {
             {
                 ffi::lua_getuservalue(l, u);
                 if let Some(slot) = self.examine(l, -1) {
-                    self.plan.push(l, slot);
+                    self.push_ref(l, slot);
                     ffi::lua_setuservalue(l, u);
                     self.out.references += 1;
                 }
@@ -580,7 +613,7 @@ impl<'p> Walker<'p> {
                     ffi::lua_pushvalue(co, i);
                     ffi::lua_xmove(co, l, 1);
                     if let Some(slot) = self.examine(l, -1) {
-                        self.plan.push(l, slot);
+                        self.push_ref(l, slot);
                         ffi::lua_xmove(l, co, 1);
                         ffi::lua_replace(co, i);
                         self.out.references += 1;
@@ -608,7 +641,7 @@ impl<'p> Walker<'p> {
                 ffi::lua_xmove(co, l, 1);
             }
             if let Some(slot) = self.examine(l, -1) {
-                self.plan.push(l, slot);
+                self.push_ref(l, slot);
                 if !own {
                     ffi::lua_xmove(l, co, 1);
                 }
@@ -622,7 +655,7 @@ impl<'p> Walker<'p> {
     /// For an old closure of the reloaded code that the plan did not pair: a closure of the
     /// new version of its prototype, joined to its cells, or `None` (then it is counted as
     /// left unless it is the new version's or its code did not change).
-    unsafe fn factory_closure(&mut self, l: *mut lua_State, c: c_int) -> Option<u32> {
+    unsafe fn factory_closure(&mut self, l: *mut lua_State, c: c_int) -> Option<Ref> {
         // SAFETY: debug API reads; the loaded closure is popped on every path.
         unsafe {
             let mut ar: ffi::lua_Debug = std::mem::zeroed();
@@ -636,7 +669,7 @@ impl<'p> Walker<'p> {
             let mut i = 1;
             while ffi::get_upvalue(l, c, i).is_some() {
                 ffi::lua_pop(l, 1);
-                if self.plan.is_new_cell(ffi::upvalue_id(l, c, i)) {
+                if self.is_new_cell(ffi::upvalue_id(l, c, i)) {
                     return None;
                 }
                 i += 1;
@@ -644,7 +677,7 @@ impl<'p> Walker<'p> {
             let (line, last) = (ar.linedefined, ar.lastlinedefined);
             for e in 0..self.enclosing.len() {
                 let Some(enc) = self.enclosing.get(e) else { break };
-                let (old, new) = (enc.old, enc.new);
+                let (old, new) = ((enc.plan, enc.old), (enc.plan, enc.new));
                 if enc.source != src || enc.line > line || enc.last_line < last {
                     continue;
                 }
@@ -665,8 +698,8 @@ impl<'p> Walker<'p> {
     unsafe fn match_prototype(
         &mut self,
         l: *mut lua_State,
-        old: u32,
-        new: u32,
+        old: Ref,
+        new: Ref,
         line: c_int,
         last: c_int,
     ) -> Option<Option<usize>> {
@@ -675,8 +708,8 @@ impl<'p> Walker<'p> {
             let (line, last) = (u32::try_from(line).ok()?, u32::try_from(last).ok()?);
             self.dump(l, old);
             self.dump(l, new);
-            let od = self.dumps.get(&(old as usize)).and_then(Option::as_ref)?;
-            let nd = self.dumps.get(&(new as usize)).and_then(Option::as_ref)?;
+            let od = self.dumps.get(&old).and_then(Option::as_ref)?;
+            let nd = self.dumps.get(&new).and_then(Option::as_ref)?;
             let paths = od.find_lines(od.root, line, last);
             let [path] = paths.as_slice() else { return None };
             let (oi, ni) = (od.follow(path)?, nd.follow(path)?);
@@ -687,8 +720,8 @@ impl<'p> Walker<'p> {
         }
     }
 
-    /// Parses (once) the dump of the anchored function in `slot`.
-    unsafe fn dump(&mut self, l: *mut lua_State, slot: u32) {
+    /// Parses (once) the dump of the anchored function `slot`.
+    unsafe fn dump(&mut self, l: *mut lua_State, slot: Ref) {
         unsafe extern "C-unwind" fn writer(
             _: *mut lua_State,
             p: *const c_void,
@@ -702,17 +735,17 @@ impl<'p> Walker<'p> {
             }
             0
         }
-        if self.dumps.contains_key(&(slot as usize)) {
+        if self.dumps.contains_key(&slot) {
             return;
         }
         let mut bytes: Vec<u8> = Vec::new();
         // SAFETY: lua_dump reads the function on top and calls `writer` synchronously.
         unsafe {
-            self.plan.push(l, slot);
+            self.push_ref(l, slot);
             let ok = ffi::lua_dump(l, writer, (&mut bytes as *mut Vec<u8>).cast(), 0) == 0;
             ffi::lua_pop(l, 1);
             let parsed = if ok { Dump::parse(&bytes).ok() } else { None };
-            self.dumps.insert(slot as usize, parsed);
+            self.dumps.insert(slot, parsed);
         }
     }
 
@@ -722,12 +755,11 @@ impl<'p> Walker<'p> {
         &mut self,
         l: *mut lua_State,
         c: c_int,
-        new: u32,
+        new: Ref,
         ni: usize,
         source: &[u8],
-    ) -> Option<u32> {
-        let chunk =
-            self.dumps.get(&(new as usize)).and_then(Option::as_ref)?.extract(ni, source)?;
+    ) -> Option<Ref> {
+        let chunk = self.dumps.get(&new).and_then(Option::as_ref)?.extract(ni, source)?;
         let name = CString::new(source).ok()?;
         // SAFETY: the chunk is loaded in binary mode; the closure is popped on every path.
         unsafe {
@@ -753,7 +785,7 @@ impl<'p> Walker<'p> {
                     Some(j) => ffi::join_upvalue(l, g, i, c, j),
                     // a new global access: the environment the new enclosing function has
                     None if wanted == b"_ENV" => {
-                        self.plan.push(l, new);
+                        self.push_ref(l, new);
                         let f = ffi::lua_gettop(l);
                         match find_upvalue(l, f, b"_ENV") {
                             Some(j) => ffi::join_upvalue(l, g, i, f, j),
@@ -779,10 +811,10 @@ impl<'p> Walker<'p> {
                 ffi::lua_getfenv(l, c);
                 ffi::lua_setfenv(l, g);
             }
-            let slot = self.plan.anchor(l, g);
+            let slot = self.plans.get_mut(new.0)?.anchor(l, g);
             ffi::lua_pop(l, 1);
             self.out.closures_updated += 1;
-            Some(slot)
+            Some((new.0, slot))
         }
     }
 }

@@ -1,61 +1,129 @@
 //! Applying a planned merge: the only place that writes to the running program. It runs no
 //! user code and raises nothing but memory errors, so a plan that exists is applied whole.
+//! Every write is logged with the value it overwrote, so that a merge can be rolled back
+//! (when the module's `__reload` hook fails).
 
 use std::os::raw::c_int;
 
 use super::plan::{Act, Plan, Pv, push_int};
 use crate::ffi::{self, Val, lua_State, read};
 
-/// Performs every write of `plan` and joins the upvalue cells.
+/// One write, and what it overwrote.
+#[derive(Debug)]
+pub enum Undo {
+    Set { t: u32, k: Pv, old: Pv },
+    Meta { t: u32, old: Pv },
+    Up { f: u32, n: c_int, old: Pv },
+    Fenv { f: u32, old: Pv },
+}
+
+/// Performs every write of `plan` and joins the upvalue cells; returns the undo log.
 ///
 /// # Safety
 /// Inside `protect`, with the plan's anchor table still at `plan.anchors`; the collector is
 /// paused (no finalizer may run between two writes).
-pub unsafe fn apply(l: *mut lua_State, plan: &Plan) {
+pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan) -> Vec<Undo> {
+    let acts = std::mem::take(&mut plan.acts);
+    let mut log = Vec::with_capacity(acts.len());
     // SAFETY: every operand is an anchored object or inline data; each arm is stack-neutral.
     unsafe {
         ffi::luaL_checkstack(l, 8, c"hotreload: Lua stack exhausted".as_ptr());
-        for act in &plan.acts {
+        let top = ffi::lua_gettop(l);
+        for act in &acts {
             match *act {
-                Act::Set { t, k, v } => {
+                Act::Set { t, k, .. } | Act::Unset { t, k } => {
+                    // Set writes a value under the key as resolved; Unset removes a key as is
+                    let (resolve_key, value) = match *act {
+                        Act::Set { v, .. } => (true, v),
+                        _ => (false, Pv::Nil),
+                    };
                     push_slot(l, plan, t);
-                    push(l, plan, k, true);
-                    push(l, plan, v, true);
-                    ffi::lua_rawset(l, -3);
+                    push(l, plan, k, resolve_key);
+                    ffi::lua_pushvalue(l, -1);
+                    ffi::lua_rawget(l, top + 1);
+                    let old = plan.capture(l, -1);
+                    let k = plan.capture(l, top + 2);
                     ffi::lua_pop(l, 1);
-                }
-                Act::Unset { t, k } => {
-                    push_slot(l, plan, t);
-                    push(l, plan, k, false);
-                    ffi::lua_pushnil(l);
-                    ffi::lua_rawset(l, -3);
-                    ffi::lua_pop(l, 1);
+                    push(l, plan, value, true);
+                    ffi::lua_rawset(l, top + 1);
+                    log.push(Undo::Set { t, k, old });
                 }
                 Act::Meta { t, mt } => {
                     push_slot(l, plan, t);
+                    if ffi::lua_getmetatable(l, -1) == 0 {
+                        ffi::lua_pushnil(l);
+                    }
+                    let old = plan.capture(l, -1);
+                    ffi::lua_pop(l, 1);
                     push(l, plan, mt, true);
                     ffi::lua_setmetatable(l, -2);
-                    ffi::lua_pop(l, 1);
+                    log.push(Undo::Meta { t, old });
                 }
                 Act::Up { f, n, v } => {
                     push_slot(l, plan, f);
+                    ffi::lua_getupvalue(l, -1, n);
+                    let old = plan.capture(l, -1);
+                    ffi::lua_pop(l, 1);
                     push(l, plan, v, true);
                     ffi::lua_setupvalue(l, -2, n);
-                    ffi::lua_pop(l, 1);
+                    log.push(Undo::Up { f, n, old });
                 }
                 Act::Fenv { f, env } => {
                     push_slot(l, plan, f);
+                    get_fenv(l);
+                    let old = plan.capture(l, -1);
+                    ffi::lua_pop(l, 1);
                     push(l, plan, env, true);
                     set_fenv(l);
-                    ffi::lua_pop(l, 1);
+                    log.push(Undo::Fenv { f, old });
                 }
             }
+            ffi::lua_settop(l, top);
         }
         for j in &plan.joins {
             push_slot(l, plan, j.new_fn);
             push_slot(l, plan, j.old_fn);
             ffi::join_upvalue(l, -2, j.n, -1, j.old_n);
             ffi::lua_pop(l, 2);
+        }
+    }
+    log
+}
+
+/// Puts back what `log` overwrote, last write first. The new version's functions stay joined
+/// to the old cells, but nothing refers to them any more.
+///
+/// # Safety
+/// As `apply`, with the same plan.
+pub unsafe fn undo(l: *mut lua_State, plan: &Plan, log: &[Undo]) {
+    // SAFETY: every operand is anchored; each arm is stack-neutral.
+    unsafe {
+        let top = ffi::lua_gettop(l);
+        for u in log.iter().rev() {
+            match *u {
+                Undo::Set { t, k, old } => {
+                    push_slot(l, plan, t);
+                    push(l, plan, k, false);
+                    push(l, plan, old, false);
+                    ffi::lua_rawset(l, -3);
+                }
+                Undo::Meta { t, old } => {
+                    push_slot(l, plan, t);
+                    push(l, plan, old, false);
+                    ffi::lua_setmetatable(l, -2);
+                }
+                Undo::Up { f, n, old } => {
+                    push_slot(l, plan, f);
+                    push(l, plan, old, false);
+                    ffi::lua_setupvalue(l, -2, n);
+                }
+                Undo::Fenv { f, old } => {
+                    push_slot(l, plan, f);
+                    push(l, plan, old, false);
+                    set_fenv(l);
+                }
+            }
+            ffi::lua_settop(l, top);
         }
     }
 }
@@ -89,9 +157,14 @@ pub unsafe fn push(l: *mut lua_State, plan: &Plan, v: Pv, resolve: bool) {
 
 unsafe fn push_slot(l: *mut lua_State, plan: &Plan, slot: u32) {
     // SAFETY: the anchor table is at `plan.anchors`.
-    unsafe {
-        ffi::lua_rawgeti(l, plan.anchors, ffi::lua_Integer::from(slot));
-    }
+    unsafe { plan.push(l, slot) }
+}
+
+/// LuaJIT: a function's environment (the value below it on the stack is the function).
+#[cfg(feature = "luajit")]
+unsafe fn get_fenv(l: *mut lua_State) {
+    // SAFETY: a function on top.
+    unsafe { ffi::lua_getfenv(l, -1) }
 }
 
 #[cfg(feature = "luajit")]
@@ -102,10 +175,16 @@ unsafe fn set_fenv(l: *mut lua_State) {
     }
 }
 
+// Lua 5.2+ has no function environments (`_ENV` is an upvalue, merged as one); the planner
+// never emits these actions there.
+#[cfg(not(feature = "luajit"))]
+unsafe fn get_fenv(l: *mut lua_State) {
+    // SAFETY: one push.
+    unsafe { ffi::lua_pushnil(l) }
+}
+
 #[cfg(not(feature = "luajit"))]
 unsafe fn set_fenv(l: *mut lua_State) {
-    // Lua 5.2+ has no function environments (`_ENV` is an upvalue, merged as one); the
-    // planner never emits this action there.
     // SAFETY: drops the pushed environment.
     unsafe { ffi::lua_pop(l, 1) }
 }

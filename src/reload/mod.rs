@@ -113,12 +113,12 @@ pub unsafe fn reload(
             planner.globals(l, Some(new.globals), new.delta);
             let mut plan = planner.finish(l);
 
-            apply::apply(l, &plan);
+            let _undo = apply::apply(l, &mut plan);
             ffi::push_bytes(l, name);
             apply::push(l, &plan, plan.root, true);
             ffi::lua_rawset(l, loaded);
             let walked =
-                if opts.replace { walk::replace(l, &mut plan) } else { Default::default() };
+                if opts.replace { walk::replace(l, std::slice::from_mut(&mut plan)) } else { Default::default() };
             ffi::flush_jit(l);
             let report = Report { merge: plan.counts, walk: walked };
             result = Some((plan.mirror, report));

@@ -167,6 +167,23 @@ impl Plan {
         self.n_anchors
     }
 
+    /// The value at `idx` as an operand: inline data, or anchored.
+    ///
+    /// # Safety
+    /// As `anchor`.
+    pub unsafe fn capture(&mut self, l: *mut lua_State, idx: c_int) -> Pv {
+        // SAFETY: as documented.
+        unsafe {
+            match read(l, idx) {
+                Val::Nil => Pv::Nil,
+                Val::Bool(b) => Pv::Bool(b),
+                Val::Int(i) => Pv::Int(i),
+                Val::Num(n) => Pv::Num(n),
+                _ => Pv::Slot(self.anchor(l, idx)),
+            }
+        }
+    }
+
     /// Pushes the anchored value in `slot`.
     ///
     /// # Safety
