@@ -35,6 +35,25 @@ describe("replacing old functions everywhere", function()
     assert.equal("v2", bus.list[2]())
   end)
 
+  it("updates every key of a table whose border key is in its hash part", function()
+    -- t[1] is stored in the hash part: a walk that resumes `next` from key #t skips the
+    -- hash entries placed before it
+    local name, edit = versions(basic)
+    local M = require(name)
+    local tables = {}
+    for n = 3, 60 do -- hash parts with free nodes, where t[1] lands anywhere
+      local t = {}
+      for i = 1, n do t["k" .. i] = M.f end
+      t[1] = M.f
+      tables[n] = t
+    end
+    edit("v2")
+    reload(name)
+    for n = 3, 60 do
+      for k, f in pairs(tables[n]) do assert.equal("v2", f(), k .. " of " .. n) end
+    end
+  end)
+
   it("updates a function another module captured as an upvalue", function()
     local name, edit = versions(basic)
     require(name)

@@ -3,12 +3,13 @@
 //! `nil, message`; nothing owned by Rust is alive when an error is raised.
 
 use std::ffi::CStr;
-use std::os::raw::{c_int, c_void};
+use std::os::raw::c_int;
 use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
 use crate::ffi::{self, Val, lua_State};
+use crate::reload::hooks::{self, key};
 use crate::watch::{Options, Watch};
 use crate::{capture, poll, reload, state};
 
@@ -17,14 +18,14 @@ const WATCHER: &CStr = c"hotreload.watcher";
 
 /// Registry key (its address) of the table of open watcher handles: an open watcher stays
 /// alive until closed, even if the program drops its handle.
-static OPEN_WATCHERS: u8 = 0;
+static OPEN_WATCHERS: u8 = 1;
 
 /// Registry key of `hotreload.defaults`, the options `reload` and `poll` use when not given.
-static DEFAULTS: u8 = 0;
+static DEFAULTS: u8 = 2;
 
 /// Registry key of the main thread, so the reference walk reaches its frames (Lua 5.2+ keep
 /// it in the registry already; LuaJIT does not).
-static MAIN_THREAD: u8 = 0;
+static MAIN_THREAD: u8 = 3;
 
 /// Builds the module table: every export as a C closure over a fresh state userdata.
 ///
@@ -67,36 +68,197 @@ pub unsafe fn open(l: *mut lua_State, exports: &[(&std::ffi::CStr, ffi::lua_CFun
     }
 }
 
-/// `hotreload.reload(name [, opts])` -> module | nil, message
+/// `hotreload.reload(name [, opts])` -> module, report | nil, message
+/// `hotreload.reload({name, ...} [, opts])` -> modules, reports | nil, message (all or none)
 ///
 /// # Safety
 /// Called by Lua as a closure made by `open`.
 pub unsafe extern "C-unwind" fn reload(l: *mut lua_State) -> c_int {
-    // SAFETY: the checks raise before anything is owned; `run_reload` drops all it owns
-    // before `finish` may raise.
+    // SAFETY: every check that raises happens before anything is owned; `run_reload` drops
+    // all it owns before `finish` may raise.
     unsafe {
-        ffi::luaL_checktype(l, 1, ffi::LUA_TSTRING);
+        let list = match ffi::lua_type(l, 1) {
+            ffi::LUA_TSTRING => false,
+            ffi::LUA_TTABLE => true,
+            _ => {
+                return ffi::luaL_error(
+                    l,
+                    c"bad argument #1 to 'reload' (string or list of strings expected, got %s)"
+                        .as_ptr(),
+                    ffi::luaL_typename(l, 1),
+                );
+            }
+        };
         let has_opts = ffi::lua_type(l, 2) > ffi::LUA_TNIL;
         if has_opts {
             ffi::luaL_checktype(l, 2, ffi::LUA_TTABLE);
         }
+        ffi::lua_settop(l, 2);
         let opts = options(l, if has_opts { 2 } else { 0 });
-        let outcome = run_reload(l, opts);
+        // at 3: the list of names (a one-name list for a single name)
+        if list {
+            ffi::lua_pushvalue(l, 1);
+        } else {
+            ffi::lua_createtable(l, 1, 0);
+            ffi::lua_pushvalue(l, 1);
+            ffi::lua_rawseti(l, -2, 1);
+        }
+        let n = ffi::lua_rawlen(l, 3) as ffi::lua_Integer;
+        for i in 1..=n {
+            if ffi::lua_rawgeti(l, 3, i) != ffi::LUA_TSTRING {
+                ffi::luaL_error(
+                    l,
+                    c"bad argument #1 to 'reload' (item %d is a %s, not a module name)".as_ptr(),
+                    i as c_int,
+                    ffi::luaL_typename(l, -1),
+                );
+            }
+            ffi::lua_pop(l, 1);
+        }
+        // at 4 and 5: `source` and `chunkname`, each a string (one module) or a table by name
+        for (at, field) in [(4, c"source"), (5, c"chunkname")] {
+            per_module_field(l, has_opts, list, field, n);
+            debug_assert_eq!(ffi::lua_gettop(l), at);
+        }
+        let targets = targets(l, n);
+        let outcome = run_reload(l, &targets, opts, list);
+        drop(targets);
         finish(l, outcome)
     }
 }
 
-unsafe fn run_reload(l: *mut lua_State, opts: reload::Options) -> Result<c_int, Error> {
-    // SAFETY: argument 1 is a string (checked); its bytes stay valid during the call.
+/// Pushes `opts[field]` (raw), after checking it is a string (only for a single module) or a
+/// table whose value for each of the `n` names at 3 is a string or nil. Raises otherwise.
+unsafe fn per_module_field(l: *mut lua_State, has_opts: bool, list: bool, field: &CStr, n: i64) {
+    // SAFETY: raw reads; opts at 2, names at 3; one value left pushed.
     unsafe {
-        let mut len = 0usize;
-        let p = ffi::lua_tolstring(l, 1, &mut len);
-        let name = std::slice::from_raw_parts(p.cast::<u8>(), len);
+        if !has_opts {
+            ffi::lua_pushnil(l);
+            return;
+        }
+        ffi::lua_pushstring(l, field.as_ptr());
+        let at = ffi::lua_gettop(l);
+        match ffi::lua_rawget(l, 2) {
+            ffi::LUA_TNIL => {}
+            ffi::LUA_TSTRING if !list => {}
+            ffi::LUA_TTABLE => {
+                for i in 1..=n {
+                    ffi::lua_rawgeti(l, 3, i);
+                    let t = ffi::lua_rawget(l, at);
+                    if t != ffi::LUA_TNIL && t != ffi::LUA_TSTRING {
+                        ffi::luaL_error(
+                            l,
+                            c"bad option '%s' to 'reload' (string expected for module '%s', got %s)"
+                                .as_ptr(),
+                            field.as_ptr(),
+                            {
+                                ffi::lua_rawgeti(l, 3, i);
+                                ffi::lua_tostring(l, -1)
+                            },
+                            ffi::luaL_typename(l, -2),
+                        );
+                    }
+                    ffi::lua_pop(l, 1);
+                }
+            }
+            _ => {
+                ffi::luaL_error(
+                    l,
+                    c"bad option '%s' to 'reload' (%s expected, got %s)".as_ptr(),
+                    field.as_ptr(),
+                    if list { c"table of module name -> string" } else { c"string" }.as_ptr(),
+                    ffi::luaL_typename(l, -1),
+                );
+            }
+        }
+    }
+}
+
+/// The targets of a checked call: names at 3, `source` at 4, `chunkname` at 5.
+unsafe fn targets(l: *mut lua_State, n: i64) -> Vec<reload::Target> {
+    let mut targets: Vec<reload::Target> = Vec::with_capacity(n as usize);
+    // SAFETY: raw reads of checked values; nothing here raises.
+    unsafe {
+        for i in 1..=n {
+            ffi::lua_rawgeti(l, 3, i);
+            let name = match ffi::read(l, -1) {
+                Val::Str(s) => s.to_vec(),
+                _ => Vec::new(),
+            };
+            let source = per_module_text(l, 4)
+                .map(|text| reload::Source { text, chunkname: per_module_text(l, 5) });
+            ffi::lua_pop(l, 1);
+            if !targets.iter().any(|t| t.name == name) {
+                targets.push(reload::Target { name, source });
+            }
+        }
+    }
+    targets
+}
+/// The string at `at`, or the one the table at `at` holds for the name on top of the stack.
+unsafe fn per_module_text(l: *mut lua_State, at: c_int) -> Option<Vec<u8>> {
+    // SAFETY: raw reads; the value read is copied before it is popped.
+    unsafe {
+        match ffi::lua_type(l, at) {
+            ffi::LUA_TSTRING => match ffi::read(l, at) {
+                Val::Str(s) => Some(s.to_vec()),
+                _ => None,
+            },
+            ffi::LUA_TTABLE => {
+                ffi::lua_pushvalue(l, -1);
+                ffi::lua_rawget(l, at);
+                let v = match ffi::read(l, -1) {
+                    Val::Str(s) => Some(s.to_vec()),
+                    _ => None,
+                };
+                ffi::lua_pop(l, 1);
+                v
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Runs the batch of a `reload` call and pushes its results: for one name, the module and
+/// its report; for a list, a list of modules and a list of reports.
+unsafe fn run_reload(
+    l: *mut lua_State,
+    targets: &[reload::Target],
+    opts: reload::Options,
+    list: bool,
+) -> Result<c_int, Error> {
+    // SAFETY: the state userdata is upvalue 1; the batch leaves two values per target.
+    unsafe {
         let state = ffi::lua_upvalueindex(1);
+        let name = targets.first().map_or(&b""[..], |t| &t.name);
         let Some(sb) = state::get(l, state) else {
             return Err(Error::new(ErrorKind::Internal, name, "the Lua state is closing"));
         };
-        reload::reload(l, &sb.data, state, name, opts).map(|_report| 1)
+        ffi::lua_pushvalue(l, state);
+        let state = ffi::lua_gettop(l);
+        let base = state;
+        let out = reload::batch(l, &sb.data, state, targets, opts, reload::Mode::Atomic, true)?;
+        let n = targets.len() as c_int;
+        if let Some(e) = out.first_error() {
+            ffi::lua_settop(l, base);
+            let mut e = e.clone();
+            if targets.len() > 1 {
+                e.detail.push_str(" (in a transaction: no module was reloaded)");
+            }
+            return Err(e);
+        }
+        if !list {
+            return Ok(2);
+        }
+        ffi::lua_createtable(l, n, 0);
+        ffi::lua_createtable(l, n, 0);
+        for i in (0..n).rev() {
+            ffi::lua_pushvalue(l, base + 2 + 2 * i); // report
+            ffi::lua_rawseti(l, -2, ffi::lua_Integer::from(i + 1));
+            ffi::lua_pushvalue(l, base + 1 + 2 * i); // module
+            ffi::lua_rawseti(l, -3, ffi::lua_Integer::from(i + 1));
+        }
+        Ok(2)
     }
 }
 
@@ -180,6 +342,63 @@ pub unsafe extern "C-unwind" fn pending(l: *mut lua_State) -> c_int {
     unsafe {
         let n = state::get(l, ffi::lua_upvalueindex(1)).map_or(0, poll::pending);
         ffi::lua_pushinteger(l, n as ffi::lua_Integer);
+        1
+    }
+}
+
+/// `hotreload.on_reload(fn)` -> remove: `fn(name, module, report)` runs after every
+/// successful reload; calling `remove()` stops it.
+///
+/// # Safety
+/// Called by Lua as a closure made by `open`.
+pub unsafe extern "C-unwind" fn on_reload(l: *mut lua_State) -> c_int {
+    // SAFETY: forwarded.
+    unsafe { listen(l, &hooks::AFTER) }
+}
+
+/// `hotreload.before_reload(fn)` -> remove: `fn(name, old, new)` runs before each merge;
+/// returning `false` refuses the reload.
+///
+/// # Safety
+/// Called by Lua as a closure made by `open`.
+pub unsafe extern "C-unwind" fn before_reload(l: *mut lua_State) -> c_int {
+    // SAFETY: forwarded.
+    unsafe { listen(l, &hooks::BEFORE) }
+}
+
+/// Adds the listener at 1 to list `k` and pushes its remover: a closure over (list key,
+/// listener, done flag), so that calling it twice removes one registration only.
+unsafe fn listen(l: *mut lua_State, k: &'static u8) -> c_int {
+    // SAFETY: the type is checked first; the rest builds plain values.
+    unsafe {
+        ffi::luaL_checktype(l, 1, ffi::LUA_TFUNCTION);
+        ffi::lua_settop(l, 1);
+        hooks::add_listener(l, k, 1);
+        ffi::lua_pushlightuserdata(l, hooks::key(k).cast_mut());
+        ffi::lua_pushvalue(l, 1);
+        ffi::lua_pushboolean(l, 0);
+        ffi::lua_pushcclosure(l, unlisten, 3);
+        1
+    }
+}
+
+/// The remover `listen` makes: -> true if it removed the listener, false if already removed.
+unsafe extern "C-unwind" fn unlisten(l: *mut lua_State) -> c_int {
+    // SAFETY: the upvalues are the ones `listen` set.
+    unsafe {
+        let done = ffi::lua_toboolean(l, ffi::lua_upvalueindex(3)) != 0;
+        if !done {
+            let p = ffi::lua_touserdata(l, ffi::lua_upvalueindex(1));
+            let k = if p == hooks::key(&hooks::BEFORE).cast_mut() {
+                &hooks::BEFORE
+            } else {
+                &hooks::AFTER
+            };
+            hooks::remove_listener(l, k, ffi::lua_upvalueindex(2));
+            ffi::lua_pushboolean(l, 1);
+            ffi::lua_replace(l, ffi::lua_upvalueindex(3));
+        }
+        ffi::lua_pushboolean(l, c_int::from(!done));
         1
     }
 }
@@ -305,10 +524,6 @@ pub unsafe extern "C-unwind" fn unwatch(l: *mut lua_State) -> c_int {
     }
 }
 
-fn key(k: &'static u8) -> *const c_void {
-    (k as *const u8).cast()
-}
-
 /// Reload options: `opts` (a table at `opts`, or 0 for none) over `hotreload.defaults`.
 /// Raises if an option has the wrong type.
 unsafe fn options(l: *mut lua_State, opts: c_int) -> reload::Options {
@@ -321,20 +536,23 @@ unsafe fn options(l: *mut lua_State, opts: c_int) -> reload::Options {
             if table == 0 || ffi::lua_type(l, table) != ffi::LUA_TTABLE {
                 continue;
             }
-            ffi::push_bytes(l, b"replace");
-            match ffi::lua_rawget(l, table) {
-                ffi::LUA_TNIL => {}
-                ffi::LUA_TBOOLEAN => o.replace = ffi::lua_toboolean(l, -1) != 0,
-                _ => {
-                    ffi::luaL_error(
-                        l,
-                        c"bad option 'replace' to '%s' (boolean expected, got %s)".as_ptr(),
-                        what.as_ptr(),
-                        ffi::luaL_typename(l, -1),
-                    );
+            for (name, flag) in [(c"replace", &mut o.replace), (c"binary", &mut o.binary)] {
+                ffi::lua_pushstring(l, name.as_ptr());
+                match ffi::lua_rawget(l, table) {
+                    ffi::LUA_TNIL => {}
+                    ffi::LUA_TBOOLEAN => *flag = ffi::lua_toboolean(l, -1) != 0,
+                    _ => {
+                        ffi::luaL_error(
+                            l,
+                            c"bad option '%s' to '%s' (boolean expected, got %s)".as_ptr(),
+                            name.as_ptr(),
+                            what.as_ptr(),
+                            ffi::luaL_typename(l, -1),
+                        );
+                    }
                 }
+                ffi::lua_pop(l, 1);
             }
-            ffi::lua_pop(l, 1);
         }
         ffi::lua_pop(l, 1);
     }

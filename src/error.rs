@@ -15,6 +15,12 @@ pub enum ErrorKind {
     Native,
     /// The module is already being reloaded (its top level called reload on itself).
     Busy,
+    /// A `before_reload` listener or the module's `__unload` returned `false`.
+    Vetoed,
+    /// A hook or listener raised; the detail says which and Lua's message.
+    Hook,
+    /// In a transaction, another module failed, so this one was not reloaded either.
+    Aborted,
     /// A bug in hotreload or a memory error; the module is left as it was when possible.
     Internal,
 }
@@ -42,6 +48,7 @@ impl fmt::Display for Error {
         let detail = match self.kind {
             ErrorKind::Native => "it is a C module; only Lua code can be reloaded",
             ErrorKind::Busy => "it is already being reloaded (its top level reloads itself)",
+            ErrorKind::Aborted => "another module of its transaction failed",
             _ => &self.detail,
         };
         write!(f, "hotreload: cannot reload '{}': {}", self.module, detail)

@@ -12,7 +12,8 @@
 //!
 //! How a reload flows: [`api`] checks arguments, [`reload`] loads the new version in
 //! isolation (`reload::load`), plans the merge against the base the previous version left
-//! (`reload::plan`, `reload::base`), applies it (`reload::apply`), and keeps the new base.
+//! (`reload::plan`, `reload::base`), asks the hooks (`reload::hooks`), applies it
+//! (`reload::apply`), replaces the old functions elsewhere ([`walk`]), and keeps the new base.
 //! [`capture`] records the base of every module `require` loads.
 
 pub mod api;
@@ -40,6 +41,8 @@ pub const EXPORTS: &[(&CStr, ffi::lua_CFunction)] = &[
     (c"unwatch", api::unwatch),
     (c"poll", api::poll),
     (c"pending", api::pending),
+    (c"on_reload", api::on_reload),
+    (c"before_reload", api::before_reload),
 ];
 
 /// `luaopen_hotreload`: the module table.

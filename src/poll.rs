@@ -1,7 +1,7 @@
 //! `poll()` on the Lua thread: takes the changed files that are ready, finds the loaded
 //! modules whose file each one is (through `package.path`, see `modname`), and reloads them
-//! one at a time. Each reload is all-or-nothing on its own, so one module failing never stops
-//! the others; its message is collected instead of raised.
+//! as one batch in which each module stands on its own: one module failing never stops the
+//! others; its message is collected instead of raised.
 
 use std::os::raw::c_int;
 use std::path::Path;
@@ -46,37 +46,46 @@ pub unsafe fn poll(
             return out;
         }
     };
-    let mut done: Vec<String> = Vec::new();
+    // Without a budget every ready file goes into one batch; with one, each file is a batch
+    // and the budget is checked between them.
+    let mut targets: Vec<reload::Target> = Vec::new();
+    let n_paths = paths.len();
     for (i, path) in paths.iter().enumerate() {
         if budget.is_some_and(|b| start.elapsed() >= b) && i > 0 {
             sb.queue.put_back(paths.get(i..).unwrap_or_default().to_vec(), Instant::now());
             break;
         }
-        if !path.is_file() {
-            continue; // deleted since: the module stays as it is
-        }
-        // SAFETY: as above.
-        let names = match unsafe { loaded_modules_of(l, path, &templates) } {
-            Ok(names) => names,
-            Err(e) => {
-                out.errors.push(format!("hotreload: poll: {e}"));
-                continue;
+        if path.is_file() {
+            // SAFETY: as above.
+            match unsafe { loaded_modules_of(l, path, &templates) } {
+                Ok(names) => {
+                    for name in names {
+                        if !targets.iter().any(|t| t.name == name.as_bytes()) {
+                            targets.push(reload::Target { name: name.into_bytes(), source: None });
+                        }
+                    }
+                }
+                Err(e) => out.errors.push(format!("hotreload: poll: {e}")),
             }
-        };
-        for name in names {
-            if done.contains(&name) {
-                continue; // two watched paths of one file
-            }
+        } // else deleted since: the module stays as it is
+        if (budget.is_some() || i + 1 == n_paths) && !targets.is_empty() {
             // SAFETY: the state userdata is at `state`.
-            match unsafe { reload::reload(l, &sb.data, state, name.as_bytes(), opts) } {
-                Ok(_) => {
-                    // SAFETY: a successful reload leaves the module on the stack.
-                    unsafe { ffi::lua_pop(l, 1) };
-                    out.reloaded += 1;
+            let batch = unsafe {
+                reload::batch(l, &sb.data, state, &targets, opts, reload::Mode::Lenient, false)
+            };
+            match batch {
+                Ok(b) => {
+                    for r in b.results {
+                        match r {
+                            Ok(_) => out.reloaded += 1,
+                            Err(e) => out.errors.push(e.to_string()),
+                        }
+                    }
+                    out.errors.extend(b.listener_errors);
                 }
                 Err(e) => out.errors.push(e.to_string()),
             }
-            done.push(name);
+            targets.clear();
         }
     }
     out

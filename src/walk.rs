@@ -24,7 +24,7 @@ use crate::ptrmap::{AddrSet, PtrMap};
 use crate::reload::plan::Plan;
 
 /// What the walk did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
     /// Slots that held an old function and now hold its new version.
     pub references: u32,
@@ -57,13 +57,11 @@ enum Sight {
     Nothing,
 }
 
-/// A table being walked: its array part goes by index (`next` up to `len`), then the rest by
-/// `lua_next`.
+/// A table being walked (by `lua_next`, from nil: resuming it from any other key would skip
+/// the hash entries placed before that key).
 struct Frame {
     /// (weak keys, weak values)
     weak: (bool, bool),
-    next: ffi::lua_Integer,
-    len: ffi::lua_Integer,
 }
 
 /// Levels of tables walked inside one another before the worklist takes over (two Lua stack
@@ -87,7 +85,8 @@ struct Walker<'p> {
     enclosing: Vec<Enclosing>,
     dumps: std::collections::HashMap<Ref, Option<Dump>>,
     current: usize,
-    out: Outcome,
+    /// per plan
+    out: Vec<Outcome>,
 }
 
 /// Replaces every reference to an old function the plans (or a factory) give a new version.
@@ -95,7 +94,7 @@ struct Walker<'p> {
 /// # Safety
 /// Inside `protect`, after `apply`, with the plans' anchor tables still on the stack and the
 /// collector paused.
-pub unsafe fn replace(l: *mut lua_State, plans: &mut [Plan]) -> Outcome {
+pub unsafe fn replace(l: *mut lua_State, plans: &mut [Plan]) -> Vec<Outcome> {
     // SAFETY: every step keeps the stack balanced; objects are pushed before use.
     unsafe {
         ffi::luaL_checkstack(
@@ -122,6 +121,7 @@ impl<'p> Walker<'p> {
     unsafe fn new(l: *mut lua_State, plans: &'p mut [Plan]) -> Walker<'p> {
         // SAFETY: plain pushes and reads of anchored functions.
         unsafe {
+            let n_plans = plans.len();
             let mut map = PtrMap::default();
             let mut sources: Vec<Vec<u8>> = Vec::new();
             let mut enclosing = Vec::new();
@@ -129,29 +129,29 @@ impl<'p> Walker<'p> {
             for (pi, plan) in plans.iter().enumerate() {
                 visited.insert(ffi::lua_topointer(l, plan.anchors) as usize);
                 for &(old, new) in &plan.fpairs {
-                plan.push(l, old);
-                map.insert(ffi::lua_topointer(l, -1) as usize, (pi, new));
-                let mut ar: ffi::lua_Debug = std::mem::zeroed();
-                if ffi::lua_getinfo(l, c">S".as_ptr(), &mut ar) != 0 && !ar.source.is_null() {
-                    let source = CStr::from_ptr(ar.source).to_bytes();
-                    let at = match sources.iter().position(|s| s == source) {
-                        Some(at) => at,
-                        None => {
-                            sources.push(source.to_vec());
-                            sources.len() - 1
-                        }
-                    };
-                    enclosing.push(Enclosing {
-                        plan: pi,
-                        old,
-                        new,
-                        source: at,
-                        line: ar.linedefined,
-                        last_line: ar.lastlinedefined,
-                    });
-                } else {
-                    ffi::lua_pop(l, 1);
-                }
+                    plan.push(l, old);
+                    map.insert(ffi::lua_topointer(l, -1) as usize, (pi, new));
+                    let mut ar: ffi::lua_Debug = std::mem::zeroed();
+                    if ffi::lua_getinfo(l, c">S".as_ptr(), &mut ar) != 0 && !ar.source.is_null() {
+                        let source = CStr::from_ptr(ar.source).to_bytes();
+                        let at = match sources.iter().position(|s| s == source) {
+                            Some(at) => at,
+                            None => {
+                                sources.push(source.to_vec());
+                                sources.len() - 1
+                            }
+                        };
+                        enclosing.push(Enclosing {
+                            plan: pi,
+                            old,
+                            new,
+                            source: at,
+                            line: ar.linedefined,
+                            last_line: ar.lastlinedefined,
+                        });
+                    } else {
+                        ffi::lua_pop(l, 1);
+                    }
                 }
             }
             // innermost first: a closure belongs to the smallest function around it
@@ -175,7 +175,7 @@ impl<'p> Walker<'p> {
                 enclosing,
                 dumps: std::collections::HashMap::new(),
                 current: l as usize,
-                out: Outcome::default(),
+                out: vec![Outcome::default(); n_plans],
             }
         }
     }
@@ -188,6 +188,12 @@ impl<'p> Walker<'p> {
                 None => ffi::lua_pushnil(l),
             }
         }
+    }
+
+    /// The outcome of the plan `r` belongs to.
+    fn tally(&mut self, r: Ref) -> &mut Outcome {
+        let last = self.out.len().saturating_sub(1);
+        &mut self.out[r.0.min(last)]
     }
 
     fn is_new_fn(&self, p: usize) -> bool {
@@ -356,44 +362,9 @@ impl<'p> Walker<'p> {
             self.enter(l);
             loop {
                 let depth = self.frames.len() as c_int;
-                let Some(frame) = self.frames.last_mut() else { break };
+                let Some(frame) = self.frames.last() else { break };
                 let (table, key) = (base + 2 * depth - 1, base + 2 * depth);
                 let weak = frame.weak;
-                // array part first, by index: cheaper than lua_next
-                if frame.next <= frame.len {
-                    let i = frame.next;
-                    frame.next += 1;
-                    let vt = ffi::lua_rawgeti(l, table, i);
-                    if vt < ffi::LUA_TTABLE {
-                        ffi::lua_settop(l, key);
-                        continue;
-                    }
-                    match self.sight_typed(l, key + 1, vt) {
-                        Sight::Replace(slot) => {
-                            if !weak.1 {
-                                self.push_ref(l, slot);
-                                ffi::lua_rawseti(l, table, i);
-                                self.out.references += 1;
-                            }
-                            ffi::lua_settop(l, key);
-                        }
-                        Sight::NewTable if (depth as usize) < MAX_DEPTH => self.enter(l),
-                        Sight::NewTable => {
-                            self.enqueue(l, key + 1);
-                            ffi::lua_settop(l, key);
-                        }
-                        Sight::Nothing => ffi::lua_settop(l, key),
-                    }
-                    continue;
-                }
-                if frame.next == frame.len + 1 {
-                    // then the rest (holes past the border, the hash part) from key #t
-                    frame.next += 1;
-                    if frame.len > 0 {
-                        ffi::lua_pushinteger(l, frame.len);
-                        ffi::lua_replace(l, key);
-                    }
-                }
                 if ffi::lua_next(l, table) == 0 {
                     ffi::lua_settop(l, table - 1);
                     self.frames.pop();
@@ -419,7 +390,7 @@ impl<'p> Walker<'p> {
                             ffi::lua_pushvalue(l, key);
                             self.push_ref(l, slot);
                             ffi::lua_rawset(l, table);
-                            self.out.references += 1;
+                            self.tally(slot).references += 1;
                         }
                         ffi::lua_settop(l, key);
                     }
@@ -455,8 +426,7 @@ impl<'p> Walker<'p> {
                 }
                 ffi::lua_pop(l, 2);
             }
-            let len = ffi::lua_Integer::try_from(ffi::lua_rawlen(l, -1)).unwrap_or(0);
-            self.frames.push(Frame { weak: (weak_keys, weak_values), next: 1, len });
+            self.frames.push(Frame { weak: (weak_keys, weak_values) });
             ffi::lua_pushnil(l);
         }
     }
@@ -473,6 +443,7 @@ impl<'p> Walker<'p> {
             self.n_keys += 1;
             ffi::lua_rawseti(l, self.keys, self.n_keys);
         }
+        self.tally(slot).references += 1;
     }
 
     unsafe fn rename_keys(&mut self, l: *mut lua_State) {
@@ -491,7 +462,6 @@ impl<'p> Walker<'p> {
                 ffi::lua_remove(l, -2); // t, new, value
                 ffi::lua_rawset(l, -3); // t[new] = value
                 ffi::lua_pop(l, 1);
-                self.out.references += 1;
                 i += 3;
             }
         }
@@ -519,7 +489,7 @@ impl<'p> Walker<'p> {
                 if let Some(slot) = self.examine(l, -1) {
                     self.push_ref(l, slot);
                     ffi::lua_setupvalue(l, f, i);
-                    self.out.references += 1;
+                    self.tally(slot).references += 1;
                 }
                 ffi::lua_pop(l, 1);
                 i += 1;
@@ -554,7 +524,7 @@ impl<'p> Walker<'p> {
                     if let Some(slot) = self.examine(l, -1) {
                         self.push_ref(l, slot);
                         ffi::lua_setiuservalue(l, u, n);
-                        self.out.references += 1;
+                        self.tally(slot).references += 1;
                     }
                     ffi::lua_pop(l, 1);
                     n += 1;
@@ -567,7 +537,7 @@ impl<'p> Walker<'p> {
                 if let Some(slot) = self.examine(l, -1) {
                     self.push_ref(l, slot);
                     ffi::lua_setuservalue(l, u);
-                    self.out.references += 1;
+                    self.tally(slot).references += 1;
                 }
                 ffi::lua_pop(l, 1);
             }
@@ -616,7 +586,7 @@ impl<'p> Walker<'p> {
                         self.push_ref(l, slot);
                         ffi::lua_xmove(l, co, 1);
                         ffi::lua_replace(co, i);
-                        self.out.references += 1;
+                        self.tally(slot).references += 1;
                     }
                     ffi::lua_pop(l, 1);
                 }
@@ -646,7 +616,7 @@ impl<'p> Walker<'p> {
                     ffi::lua_xmove(l, co, 1);
                 }
                 ffi::lua_setlocal(co, ar, n);
-                self.out.references += 1;
+                self.tally(slot).references += 1;
             }
             ffi::lua_pop(l, 1);
         }
@@ -687,7 +657,8 @@ impl<'p> Walker<'p> {
                 };
                 return self.make_closure(l, c, new, index, source);
             }
-            self.out.closures_left += 1;
+            let plan = self.enclosing.iter().find(|e| e.source == src).map_or(0, |e| e.plan);
+            self.out[plan].closures_left += 1;
             None
         }
     }
@@ -774,7 +745,7 @@ impl<'p> Walker<'p> {
             drop(name);
             if status != ffi::LUA_OK {
                 ffi::lua_pop(l, 1);
-                self.out.closures_left += 1;
+                self.tally(new).closures_left += 1;
                 return None;
             }
             let g = ffi::lua_gettop(l);
@@ -791,7 +762,7 @@ impl<'p> Walker<'p> {
                             Some(j) => ffi::join_upvalue(l, g, i, f, j),
                             None => {
                                 ffi::lua_pop(l, 2);
-                                self.out.closures_left += 1;
+                                self.tally(new).closures_left += 1;
                                 return None;
                             }
                         }
@@ -800,7 +771,7 @@ impl<'p> Walker<'p> {
                     // captures a variable the old closure did not have: no state to give it
                     None => {
                         ffi::lua_pop(l, 1);
-                        self.out.closures_left += 1;
+                        self.tally(new).closures_left += 1;
                         return None;
                     }
                 }
@@ -813,7 +784,7 @@ impl<'p> Walker<'p> {
             }
             let slot = self.plans.get_mut(new.0)?.anchor(l, g);
             ffi::lua_pop(l, 1);
-            self.out.closures_updated += 1;
+            self.tally(new).closures_updated += 1;
             Some((new.0, slot))
         }
     }

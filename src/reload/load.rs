@@ -85,6 +85,66 @@ pub unsafe fn find_loader(l: *mut lua_State, name: &[u8]) -> Result<(), LoadErro
     }
 }
 
+/// Source text to reload a module from instead of its file (online patching).
+pub struct Source {
+    pub text: Vec<u8>,
+    /// Lua's chunk name (`@path` or `=name`); `=<module name>` when not given.
+    pub chunkname: Option<Vec<u8>>,
+}
+
+/// First byte of every precompiled chunk (Lua's `LUA_SIGNATURE`, LuaJIT's `\x1bLJ`).
+const BYTECODE_MARK: u8 = 0x1b;
+
+/// Compiles `src` and pushes it with its extra value (the chunk name without its `@`/`=`), as
+/// `find_loader` pushes a loader. Precompiled bytecode is refused unless `binary`.
+///
+/// # Safety
+/// Inside `protect`; a few free stack slots.
+pub unsafe fn load_source(
+    l: *mut lua_State,
+    name: &[u8],
+    src: &Source,
+    binary: bool,
+) -> Result<(), LoadError> {
+    if !binary && src.text.first() == Some(&BYTECODE_MARK) {
+        return Err(LoadError::Failed(
+            "the source is precompiled bytecode, refused unless the reload is given \
+             {binary = true}"
+                .into(),
+        ));
+    }
+    let chunkname = match &src.chunkname {
+        Some(c) => c.clone(),
+        None => [b"=".as_slice(), name].concat(),
+    };
+    let Ok(c_name) = std::ffi::CString::new(chunkname) else {
+        return Err(LoadError::Failed("the chunk name contains a zero byte".into()));
+    };
+    let mode = if binary { c"bt" } else { c"t" };
+    // SAFETY: the buffer and name outlive the call; one value is pushed either way.
+    unsafe {
+        let status = ffi::luaL_loadbufferx(
+            l,
+            src.text.as_ptr().cast(),
+            src.text.len(),
+            c_name.as_ptr(),
+            mode.as_ptr(),
+        );
+        if status != ffi::LUA_OK {
+            let message = ffi::describe(l, -1);
+            ffi::lua_pop(l, 1);
+            return Err(LoadError::Failed(message));
+        }
+        let bytes = c_name.as_bytes();
+        let extra = match bytes.first() {
+            Some(b'@' | b'=') => bytes.get(1..).unwrap_or_default(),
+            _ => bytes,
+        };
+        ffi::push_bytes(l, extra);
+    }
+    Ok(())
+}
+
 /// Pushes `package.searchers` (or `package.loaders`) and returns its index, 0 if missing
 /// (then nothing is pushed).
 ///

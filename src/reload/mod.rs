@@ -1,155 +1,459 @@
-//! The reload engine. A reload flows through four steps, each in its own file:
+//! The reload engine. A reload is a batch of one or more modules: a transaction for
+//! `reload({...})` (all or none), each module on its own for `poll`. It flows through these
+//! steps, each in its own file:
 //!
-//! 1. `load`: find the module as `require` would and run its new version in isolation;
+//! 1. `load`: find each module as `require` would (or compile the given source text) and run
+//!    its new version in isolation;
 //! 2. `plan`: walk new and running versions in lockstep and decide every slot, against the
 //!    `base` mirror of the previous version (three-way merge);
-//! 3. `apply`: write the plan into the running program and join upvalue cells;
-//! 4. `walk` (unless turned off): replace the old functions wherever the VM still holds them,
+//! 3. `hooks`: the program's `before_reload` listeners, then the old module's `__unload`;
+//!    either may refuse (return `false`) or fail (raise), and then nothing is written;
+//! 4. `apply`: write the plan into the running program and join upvalue cells, logging every
+//!    value it overwrites;
+//! 5. `hooks`: the merged module's `__reload`; if it raises, the log puts everything back;
+//! 6. `walk` (unless turned off): replace the old functions wherever the VM still holds them,
 //!    then flush LuaJIT's compiled code;
-//! 5. the new version's mirror becomes the base of the next reload.
+//! 7. each new version's mirror becomes the base of its next reload, and `on_reload` listeners
+//!    receive the report.
 //!
-//! Nothing is written before step 3, so a failure anywhere before it leaves the program as
-//! it was (rule 10).
+//! Nothing is written before step 4, and a failure after it is undone before anything else
+//! sees it, so a failed reload leaves the program as it was (rule 10).
 
 pub mod apply;
 pub mod base;
+pub mod hooks;
 pub mod load;
 pub mod plan;
 
 use std::os::raw::c_int;
+use std::time::Instant;
 
 use crate::capture;
 use crate::error::{Error, ErrorKind};
 use crate::ffi::{self, GcPause, lua_State};
 use crate::state::StateCell;
 use crate::walk;
+use apply::Undo;
 use base::Snapshot;
+use hooks::Verdict;
+pub use load::Source;
 pub use plan::Counts;
-use plan::Planner;
+use plan::{Plan, Planner};
 
 /// How to reload (`hotreload.reload(name, opts)`, `hotreload.defaults`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
     /// Replace old functions everywhere in the VM, not only in the module.
     pub replace: bool,
+    /// Accept precompiled bytecode as source text.
+    pub binary: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { replace: true }
+        Options { replace: true, binary: false }
     }
+}
+
+/// One module of a batch, and the text to reload it from instead of its file.
+pub struct Target {
+    pub name: Vec<u8>,
+    pub source: Option<Source>,
+}
+
+/// How a failure in one module affects the others of its batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// A transaction: if one module fails, none is reloaded.
+    Atomic,
+    /// Each module on its own: the others are reloaded (`poll`).
+    Lenient,
 }
 
 /// What a reload did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Report {
     pub merge: Counts,
     pub walk: walk::Outcome,
+    /// Time the whole batch took.
+    pub seconds: f64,
 }
 
-/// Reloads (or first loads) module `name`. On success the module value is left on top of
-/// the stack and a report of what changed is returned.
+/// What a batch did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Per target, in order.
+    pub results: Vec<Result<Report, Error>>,
+    /// Messages of `on_reload` listeners that raised (they never undo a reload).
+    pub listener_errors: Vec<String>,
+}
+
+impl Outcome {
+    /// The error that made a batch fail: the first one that is not a mere abort.
+    pub fn first_error(&self) -> Option<&Error> {
+        let mut errors = self.results.iter().filter_map(|r| r.as_ref().err());
+        let first = errors.clone().find(|e| e.kind != ErrorKind::Aborted);
+        first.or_else(|| errors.next())
+    }
+}
+
+/// One target's progress through the steps.
+#[derive(Default)]
+struct Job {
+    /// the running value and the new one, on the stack once loaded
+    live: c_int,
+    new: c_int,
+    /// where `load::run` left the global table and the globals the chunk assigned
+    globals: c_int,
+    delta: c_int,
+    base: Option<Snapshot>,
+    plan: Option<Plan>,
+    undo: Vec<Undo>,
+    /// the new version's mirror once the reload is done
+    mirror: Option<Snapshot>,
+    error: Option<Error>,
+}
+
+/// Reloads (or first loads) the modules of `targets` as one batch. With `push`, leaves on the
+/// stack, for each target, its module and report table (`nil, nil` for one that failed);
+/// otherwise leaves nothing. Report tables are only made for the stack or for listeners.
 ///
 /// # Safety
 /// `state` is the absolute index of the state userdata behind `cell`; a few free stack slots.
-pub unsafe fn reload(
+pub unsafe fn batch(
     l: *mut lua_State,
     cell: &StateCell,
     state: c_int,
-    name: &[u8],
+    targets: &[Target],
     opts: Options,
-) -> Result<Report, Error> {
+    mode: Mode,
+    push: bool,
+) -> Result<Outcome, Error> {
+    let start = Instant::now();
+    let mut jobs: Vec<Job> = targets.iter().map(|_| Job::default()).collect();
     {
         let Ok(mut st) = cell.try_borrow_mut() else {
+            let name = targets.first().map_or(&b""[..], |t| &t.name);
             return Err(Error::new(ErrorKind::Internal, name, "state in use"));
         };
-        if st.busy.iter().any(|b| **b == *name) {
-            return Err(Error::new(ErrorKind::Busy, name, ""));
+        for (i, (t, job)) in targets.iter().zip(jobs.iter_mut()).enumerate() {
+            let twice = targets.get(..i).is_some_and(|ts| ts.iter().any(|o| o.name == t.name));
+            if twice || st.busy.iter().any(|b| **b == *t.name) {
+                job.error = Some(Error::new(ErrorKind::Busy, &t.name, ""));
+                continue;
+            }
+            st.busy.push(t.name.as_slice().into());
+            job.base = st.snapshots.remove(t.name.as_slice());
         }
-        st.busy.push(name.into());
     }
-    let old = cell.try_borrow_mut().ok().and_then(|mut st| st.snapshots.remove(name));
-    let empty = Snapshot::default();
-    let base = old.as_ref().unwrap_or(&empty);
 
-    let mut failure: Option<Error> = None;
+    let mut out = Outcome::default();
     let mut gc: Option<GcPause> = None;
-    let mut result: Option<(Snapshot, Report)> = None;
-    // SAFETY: everything the closure owns lives in this frame (failure, gc, result), so an
+    let mut plans: Vec<Plan> = Vec::new();
+    let mut reports: Vec<Option<Report>> = Vec::new();
+    // SAFETY: everything the closure owns lives in this frame (jobs, out, gc, plans), so an
     // error unwinding out of the protected call loses nothing that needs dropping.
     let outcome = unsafe {
         ffi::lua_pushvalue(l, state);
         ffi::protect(l, 1, &mut |l| {
+            let mut run = Run { targets, jobs: &mut jobs, mode, opts };
             capture::wrap_searchers(l, 1);
-            let loader = ffi::lua_gettop(l) + 1;
-            if let Err(e) = load::find_loader(l, name) {
-                failure = Some(match e {
-                    load::LoadError::NotFound(m) => Error::new(ErrorKind::NotFound, name, m),
-                    load::LoadError::Failed(m) => Error::new(ErrorKind::Load, name, m),
-                    load::LoadError::Native => Error::new(ErrorKind::Native, name, ""),
-                });
-                return 0;
-            }
-            let new = match load::run(l, name, loader) {
-                Ok(new) => new,
-                Err(m) => {
-                    failure = Some(Error::new(ErrorKind::Load, name, m));
-                    return 0;
-                }
-            };
             ffi::push_loaded(l);
             let loaded = ffi::lua_gettop(l);
-            ffi::push_bytes(l, name);
-            ffi::lua_rawget(l, loaded);
-            let live = loaded + 1;
-
+            run.load_all(l, loaded);
             gc = Some(GcPause::new(l));
-            let stop = plan::stop_set(l, name);
-            let mut planner = Planner::new(l, base, stop);
-            if let Err(m) = planner.root(l, live, new.value) {
-                failure = Some(Error::new(ErrorKind::Merge, name, m));
-                return 0;
-            }
-            planner.globals(l, Some(new.globals), new.delta);
-            let mut plan = planner.finish(l);
-
-            let _undo = apply::apply(l, &mut plan);
-            ffi::push_bytes(l, name);
-            apply::push(l, &plan, plan.root, true);
-            ffi::lua_rawset(l, loaded);
-            let walked =
-                if opts.replace { walk::replace(l, std::slice::from_mut(&mut plan)) } else { Default::default() };
+            run.plan_all(l);
+            run.consent_all(l);
+            run.apply_all(l, loaded);
+            plans = run.take_plans();
+            let walked = if opts.replace && !plans.is_empty() {
+                walk::replace(l, &mut plans)
+            } else {
+                vec![walk::Outcome::default(); plans.len()]
+            };
             ffi::flush_jit(l);
-            let report = Report { merge: plan.counts, walk: walked };
-            result = Some((plan.mirror, report));
-
-            ffi::push_bytes(l, name);
-            ffi::lua_rawget(l, loaded);
-            1
+            gc = None;
+            let seconds = start.elapsed().as_secs_f64();
+            let mut walked = walked.into_iter();
+            let mut done = plans.iter_mut();
+            for job in run.jobs.iter_mut() {
+                let plan = if job.error.is_none() { done.next() } else { None };
+                reports.push(plan.map(|plan| {
+                    job.mirror = Some(std::mem::take(&mut plan.mirror));
+                    Report { merge: plan.counts, walk: walked.next().unwrap_or_default(), seconds }
+                }));
+            }
+            let tables = push || hooks::has_listeners(l, &hooks::AFTER);
+            let mut n = 0;
+            for (t, report) in targets.iter().zip(&reports) {
+                let (module, table) = (ffi::lua_gettop(l) + 1, ffi::lua_gettop(l) + 2);
+                match report {
+                    Some(r) => {
+                        ffi::push_bytes(l, &t.name);
+                        ffi::lua_rawget(l, loaded);
+                        if tables {
+                            hooks::push_report(l, r);
+                        } else {
+                            ffi::lua_pushnil(l);
+                        }
+                        hooks::after_listeners(l, &t.name, module, table, &mut out.listener_errors);
+                    }
+                    None => {
+                        ffi::lua_pushnil(l);
+                        ffi::lua_pushnil(l);
+                    }
+                }
+                if push {
+                    n += 2;
+                } else {
+                    ffi::lua_pop(l, 2);
+                }
+            }
+            n
         })
     };
     drop(gc);
+    drop(plans);
 
-    let restore = |snapshot: Option<Snapshot>| {
-        if let Ok(mut st) = cell.try_borrow_mut() {
-            st.busy.retain(|b| **b != *name);
-            if let Some(s) = snapshot {
-                st.snapshots.insert(name.into(), s);
+    let mut st = cell.try_borrow_mut().ok();
+    for (t, job) in targets.iter().zip(jobs.iter_mut()) {
+        if let Some(st) = st.as_mut() {
+            if job.error.as_ref().is_none_or(|e| e.kind != ErrorKind::Busy) {
+                st.busy.retain(|b| **b != *t.name);
+            }
+            if let Some(s) = job.mirror.take().or_else(|| job.base.take()) {
+                st.snapshots.insert(t.name.as_slice().into(), s);
             }
         }
-    };
-    match (outcome, failure, result) {
-        (Ok(_), None, Some((mirror, report))) => {
-            restore(Some(mirror));
-            Ok(report)
+    }
+    drop(st);
+    match outcome {
+        Ok(_) => {
+            let mut reports = reports.into_iter();
+            out.results = jobs
+                .into_iter()
+                .zip(targets)
+                .map(|(job, t)| match (job.error, reports.next().flatten()) {
+                    (None, Some(report)) => Ok(report),
+                    (Some(e), _) => Err(e),
+                    (None, None) => Err(ErrorKind::Internal.with(t, "no result")),
+                })
+                .collect();
+            Ok(out)
         }
-        (Ok(_), failure, _) => {
-            restore(old);
-            Err(failure.unwrap_or_else(|| Error::new(ErrorKind::Internal, name, "no result")))
-        }
-        (Err(message), _, _) => {
-            restore(old);
+        Err(message) => {
+            let name = targets.first().map_or(&b""[..], |t| &t.name);
             Err(Error::new(ErrorKind::Internal, name, message))
         }
+    }
+}
+
+/// The steps of one batch, inside the protected call.
+struct Run<'a> {
+    targets: &'a [Target],
+    jobs: &'a mut [Job],
+    mode: Mode,
+    opts: Options,
+}
+
+impl Run<'_> {
+    /// Jobs still going, with their targets.
+    fn going(&mut self) -> impl Iterator<Item = (&Target, &mut Job)> {
+        self.targets.iter().zip(self.jobs.iter_mut()).filter(|(_, j)| j.error.is_none())
+    }
+
+    /// Records a failure; in a transaction, every other job is aborted with it.
+    fn fail(&mut self, i: usize, e: Error) {
+        if let Some(job) = self.jobs.get_mut(i) {
+            job.error = Some(e);
+        }
+        if self.mode == Mode::Atomic {
+            for (t, job) in self.targets.iter().zip(self.jobs.iter_mut()) {
+                if job.error.is_none() {
+                    job.error = Some(Error::new(ErrorKind::Aborted, &t.name, ""));
+                }
+            }
+        }
+    }
+
+    fn failed(&self) -> Vec<bool> {
+        self.jobs.iter().map(|j| j.error.is_some()).collect()
+    }
+
+    /// Step 1: each new version, and each running value, on the stack.
+    unsafe fn load_all(&mut self, l: *mut lua_State, loaded: c_int) {
+        // a module refused before the batch started (busy) fails a transaction too
+        let refused =
+            self.jobs.iter_mut().enumerate().find_map(|(i, j)| Some((i, j.error.take()?)));
+        if let Some((i, e)) = refused {
+            self.fail(i, e);
+        }
+        for i in 0..self.targets.len() {
+            if self.failed().get(i) != Some(&false) {
+                continue;
+            }
+            let Some(t) = self.targets.get(i) else { break };
+            // SAFETY: the loaders run under lua_pcall; values are left on the stack.
+            let result = unsafe {
+                ffi::luaL_checkstack(l, 24, c"hotreload: Lua stack exhausted".as_ptr());
+                let loader = ffi::lua_gettop(l) + 1;
+                let found = match &t.source {
+                    Some(src) => load::load_source(l, &t.name, src, self.opts.binary),
+                    None => load::find_loader(l, &t.name),
+                };
+                match found {
+                    Err(load::LoadError::NotFound(m)) => Err(ErrorKind::NotFound.with(t, m)),
+                    Err(load::LoadError::Failed(m)) => Err(ErrorKind::Load.with(t, m)),
+                    Err(load::LoadError::Native) => Err(ErrorKind::Native.with(t, "")),
+                    Ok(()) => match load::run(l, &t.name, loader) {
+                        Err(m) => Err(ErrorKind::Load.with(t, m)),
+                        Ok(new) => {
+                            ffi::push_bytes(l, &t.name);
+                            ffi::lua_rawget(l, loaded);
+                            Ok((new, ffi::lua_gettop(l)))
+                        }
+                    },
+                }
+            };
+            match result {
+                Ok((new, live)) => {
+                    if let Some(job) = self.jobs.get_mut(i) {
+                        (job.new, job.live) = (new.value, live);
+                        (job.globals, job.delta) = (new.globals, new.delta);
+                    }
+                }
+                Err(e) => self.fail(i, e),
+            }
+        }
+    }
+
+    /// Step 2: a plan per loaded job.
+    unsafe fn plan_all(&mut self, l: *mut lua_State) {
+        for i in 0..self.jobs.len() {
+            let Some(t) = self.targets.get(i) else { break };
+            let Some(job) = self.jobs.get_mut(i).filter(|j| j.error.is_none()) else { continue };
+            let empty = Snapshot::default();
+            let base = job.base.as_ref().unwrap_or(&empty);
+            // SAFETY: the values `load_all` left are still on the stack.
+            let planned = unsafe {
+                let stop = plan::stop_set(l, &t.name);
+                let mut planner = Planner::new(l, base, stop);
+                match planner.root(l, job.live, job.new) {
+                    Ok(()) => {
+                        planner.globals(l, Some(job.globals), job.delta);
+                        Ok(planner.finish(l))
+                    }
+                    Err(m) => Err(m),
+                }
+            };
+            match planned {
+                Ok(p) => job.plan = Some(p),
+                Err(m) => self.fail(i, ErrorKind::Merge.with(t, m)),
+            }
+        }
+    }
+
+    /// Step 3: the `before_reload` listeners, then each old module's `__unload`.
+    unsafe fn consent_all(&mut self, l: *mut lua_State) {
+        for step in [Step::Listeners, Step::Unload] {
+            for i in 0..self.jobs.len() {
+                let (Some(t), Some(job)) = (self.targets.get(i), self.jobs.get(i)) else { break };
+                if job.error.is_some() {
+                    continue;
+                }
+                // SAFETY: the running and new values are on the stack; user code is protected.
+                let verdict = unsafe {
+                    match step {
+                        Step::Listeners => hooks::before_listeners(l, &t.name, job.live, job.new),
+                        Step::Unload => hooks::call_module_hook(l, job.live, b"__unload"),
+                    }
+                };
+                let who = match step {
+                    Step::Listeners => "a before_reload listener",
+                    Step::Unload => "its __unload hook",
+                };
+                match verdict {
+                    Verdict::Go => {}
+                    Verdict::Veto => {
+                        self.fail(i, ErrorKind::Vetoed.with(t, format!("refused by {who}")))
+                    }
+                    Verdict::Failed(m) => {
+                        self.fail(i, ErrorKind::Hook.with(t, format!("{who} raised: {m}")))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Steps 4 and 5: apply each plan and set `package.loaded`, then call each merged
+    /// module's `__reload`; a failing one is undone (in a transaction, all are).
+    unsafe fn apply_all(&mut self, l: *mut lua_State, loaded: c_int) {
+        for (t, job) in self.going() {
+            let Some(plan) = job.plan.as_mut() else { continue };
+            // SAFETY: the plan's anchors are on the stack; the collector is paused.
+            unsafe {
+                job.undo = apply::apply(l, plan);
+                ffi::push_bytes(l, &t.name);
+                apply::push(l, plan, plan.root, true);
+                ffi::lua_rawset(l, loaded);
+            }
+        }
+        for i in 0..self.jobs.len() {
+            let (Some(t), Some(job)) = (self.targets.get(i), self.jobs.get(i)) else { break };
+            if job.error.is_some() {
+                continue;
+            }
+            // SAFETY: as above; the hook runs protected.
+            let verdict = unsafe {
+                ffi::push_bytes(l, &t.name);
+                ffi::lua_rawget(l, loaded);
+                let v = hooks::call_module_hook(l, ffi::lua_gettop(l), b"__reload");
+                ffi::lua_pop(l, 1);
+                v
+            };
+            if let Verdict::Failed(m) = verdict {
+                let e = ErrorKind::Hook
+                    .with(t, format!("its __reload hook raised: {m} (the merge was rolled back)"));
+                let was = self.failed();
+                self.fail(i, e);
+                // undo what this failure stopped, newest first
+                for (j, job) in self.jobs.iter_mut().enumerate().rev() {
+                    if was.get(j) == Some(&false) && job.error.is_some() {
+                        // SAFETY: as above.
+                        unsafe { undo_job(l, self.targets.get(j), job, loaded) };
+                    }
+                }
+            }
+        }
+    }
+
+    /// The plans of the jobs that succeeded, in order (for the walk).
+    fn take_plans(&mut self) -> Vec<Plan> {
+        self.going().filter_map(|(_, job)| job.plan.take()).collect()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Step {
+    Listeners,
+    Unload,
+}
+
+/// Puts back what applying `job`'s plan overwrote, and its `package.loaded` entry.
+unsafe fn undo_job(l: *mut lua_State, t: Option<&Target>, job: &mut Job, loaded: c_int) {
+    let (Some(t), Some(plan)) = (t, job.plan.as_ref()) else { return };
+    let log = std::mem::take(&mut job.undo);
+    // SAFETY: the plan's anchors and the running value are on the stack.
+    unsafe {
+        apply::undo(l, plan, &log);
+        ffi::push_bytes(l, &t.name);
+        ffi::lua_pushvalue(l, job.live);
+        ffi::lua_rawset(l, loaded);
+    }
+}
+
+impl ErrorKind {
+    fn with(self, t: &Target, detail: impl Into<String>) -> Error {
+        Error::new(self, &t.name, detail)
     }
 }

@@ -64,7 +64,7 @@ pub struct Join {
 }
 
 /// What a reload did, for the report and for tests.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub functions_replaced: u32,
     pub functions_added: u32,

@@ -1,0 +1,230 @@
+//! What runs user code around a merge: the module's own hooks (`__unload` on the old module
+//! before the merge, `__reload` on the merged one after), the program's listeners
+//! (`hotreload.before_reload`, `hotreload.on_reload`), and the report table they receive.
+//! All of it runs under `lua_pcall`: a hook's error never escapes as a Lua error.
+
+use std::os::raw::{c_int, c_void};
+
+use super::Report;
+use crate::ffi::{self, lua_State};
+
+/// Registry keys (their addresses) of the listener lists.
+pub static BEFORE: u8 = b'B';
+pub static AFTER: u8 = b'A';
+
+pub fn key(k: &'static u8) -> *const c_void {
+    (k as *const u8).cast()
+}
+
+/// What a hook or a listener said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Go,
+    /// It returned `false`.
+    Veto,
+    /// It raised: Lua's message.
+    Failed(String),
+}
+
+/// Calls `module.<hook>(module)` if the module is a table with such a function (read raw).
+///
+/// # Safety
+/// `module` absolute; a few free stack slots. Runs user code under protection.
+pub unsafe fn call_module_hook(l: *mut lua_State, module: c_int, hook: &[u8]) -> Verdict {
+    // SAFETY: raw read, then a protected call; the stack is restored.
+    unsafe {
+        let top = ffi::lua_gettop(l);
+        if ffi::lua_type(l, module) != ffi::LUA_TTABLE {
+            return Verdict::Go;
+        }
+        ffi::push_bytes(l, hook);
+        if ffi::lua_rawget(l, module) != ffi::LUA_TFUNCTION {
+            ffi::lua_settop(l, top);
+            return Verdict::Go;
+        }
+        ffi::lua_pushvalue(l, module);
+        let verdict = call(l, 1);
+        ffi::lua_settop(l, top);
+        verdict
+    }
+}
+
+/// Calls every `before_reload` listener with (name, old module, new value) until one
+/// refuses or fails.
+///
+/// # Safety
+/// Absolute indices; a few free stack slots. Runs user code under protection.
+pub unsafe fn before_listeners(l: *mut lua_State, name: &[u8], old: c_int, new: c_int) -> Verdict {
+    // SAFETY: the list is read raw; each call is protected; the stack is restored.
+    unsafe {
+        let top = ffi::lua_gettop(l);
+        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(&BEFORE));
+        let list = top + 1;
+        let mut i = 1;
+        let mut verdict = Verdict::Go;
+        while ffi::lua_type(l, list) == ffi::LUA_TTABLE
+            && ffi::lua_rawgeti(l, list, i) == ffi::LUA_TFUNCTION
+        {
+            ffi::push_bytes(l, name);
+            ffi::lua_pushvalue(l, old);
+            ffi::lua_pushvalue(l, new);
+            verdict = call(l, 3);
+            if verdict != Verdict::Go {
+                break;
+            }
+            i += 1;
+        }
+        ffi::lua_settop(l, top);
+        verdict
+    }
+}
+
+/// Calls every `on_reload` listener with (name, module, report); their errors are collected
+/// in `errors`, never raised.
+///
+/// # Safety
+/// Absolute indices; a few free stack slots. Runs user code under protection.
+pub unsafe fn after_listeners(
+    l: *mut lua_State,
+    name: &[u8],
+    module: c_int,
+    report: c_int,
+    errors: &mut Vec<String>,
+) {
+    // SAFETY: as `before_listeners`.
+    unsafe {
+        let top = ffi::lua_gettop(l);
+        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(&AFTER));
+        let list = top + 1;
+        let mut i = 1;
+        while ffi::lua_type(l, list) == ffi::LUA_TTABLE
+            && ffi::lua_rawgeti(l, list, i) == ffi::LUA_TFUNCTION
+        {
+            ffi::push_bytes(l, name);
+            ffi::lua_pushvalue(l, module);
+            ffi::lua_pushvalue(l, report);
+            if let Verdict::Failed(m) = call(l, 3) {
+                errors.push(format!(
+                    "hotreload: on_reload listener for '{}': {m}",
+                    String::from_utf8_lossy(name)
+                ));
+            }
+            i += 1;
+        }
+        ffi::lua_settop(l, top);
+    }
+}
+
+/// Calls the function below `nargs` arguments on top of the stack, protected; pops them.
+unsafe fn call(l: *mut lua_State, nargs: c_int) -> Verdict {
+    // SAFETY: a function and its arguments are on top.
+    unsafe {
+        if ffi::lua_pcall(l, nargs, 1, 0) != ffi::LUA_OK {
+            let message = ffi::describe(l, -1);
+            ffi::lua_pop(l, 1);
+            return Verdict::Failed(message);
+        }
+        let vetoed = ffi::lua_type(l, -1) == ffi::LUA_TBOOLEAN && ffi::lua_toboolean(l, -1) == 0;
+        ffi::lua_pop(l, 1);
+        if vetoed { Verdict::Veto } else { Verdict::Go }
+    }
+}
+
+/// Pushes the report table of one reload.
+///
+/// # Safety
+/// Allocates (inside a protected call, or where a memory error may raise).
+pub unsafe fn push_report(l: *mut lua_State, r: &Report) {
+    // SAFETY: fills a fresh table.
+    unsafe {
+        ffi::lua_createtable(l, 0, 10);
+        let fields: [(&std::ffi::CStr, u32); 9] = [
+            (c"functions_replaced", r.merge.functions_replaced),
+            (c"functions_added", r.merge.functions_added),
+            (c"keys_removed", r.merge.keys_removed),
+            (c"upvalues_joined", r.merge.upvalues_joined),
+            (c"values_taken", r.merge.values_taken),
+            (c"values_kept", r.merge.values_kept),
+            (c"references_replaced", r.walk.references),
+            (c"closures_updated", r.walk.closures_updated),
+            (c"closures_left", r.walk.closures_left),
+        ];
+        for (name, n) in fields {
+            ffi::lua_pushinteger(l, ffi::lua_Integer::from(n));
+            ffi::lua_setfield(l, -2, name.as_ptr());
+        }
+        ffi::lua_pushnumber(l, r.seconds);
+        ffi::lua_setfield(l, -2, c"seconds".as_ptr());
+    }
+}
+
+/// Whether the listener list at registry key `k` has any listener.
+///
+/// # Safety
+/// One free stack slot.
+pub unsafe fn has_listeners(l: *mut lua_State, k: &'static u8) -> bool {
+    // SAFETY: a raw read, popped.
+    unsafe {
+        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(k));
+        let some = ffi::lua_type(l, -1) == ffi::LUA_TTABLE && ffi::lua_rawlen(l, -1) > 0;
+        ffi::lua_pop(l, 1);
+        some
+    }
+}
+
+/// Adds the function at `f` to the listener list at registry key `k`. Lists are copied on
+/// write, so a listener that adds or removes listeners does not disturb a running call loop.
+///
+/// # Safety
+/// Allocates (may raise a memory error); a few free stack slots.
+pub unsafe fn add_listener(l: *mut lua_State, k: &'static u8, f: c_int) {
+    // SAFETY: raw reads and writes of a fresh table and the registry.
+    unsafe {
+        let f = ffi::lua_absindex(l, f);
+        copy_list(l, k, None);
+        let n = ffi::lua_rawlen(l, -1) as ffi::lua_Integer;
+        ffi::lua_pushvalue(l, f);
+        ffi::lua_rawseti(l, -2, n + 1);
+        ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(k));
+    }
+}
+
+/// Removes (one registration of) the function at `f` from the list at key `k`.
+///
+/// # Safety
+/// As `add_listener`.
+pub unsafe fn remove_listener(l: *mut lua_State, k: &'static u8, f: c_int) {
+    // SAFETY: as `add_listener`.
+    unsafe {
+        let f = ffi::lua_absindex(l, f);
+        copy_list(l, k, Some(f));
+        ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(k));
+    }
+}
+
+/// Pushes a copy of the list at key `k`, leaving out the first entry equal to `skip`.
+unsafe fn copy_list(l: *mut lua_State, k: &'static u8, skip: Option<c_int>) {
+    // SAFETY: the old list is read raw while only the copy is written.
+    unsafe {
+        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(k));
+        let old = ffi::lua_gettop(l);
+        let len =
+            if ffi::lua_type(l, old) == ffi::LUA_TTABLE { ffi::lua_rawlen(l, old) } else { 0 };
+        ffi::lua_createtable(l, c_int::try_from(len + 1).unwrap_or(0), 0);
+        let mut skip = skip;
+        let mut n = 0;
+        for i in 1..=len as ffi::lua_Integer {
+            ffi::lua_rawgeti(l, old, i);
+            if let Some(s) = skip
+                && ffi::lua_rawequal(l, -1, s) != 0
+            {
+                skip = None;
+                ffi::lua_pop(l, 1);
+                continue;
+            }
+            n += 1;
+            ffi::lua_rawseti(l, -2, n);
+        }
+        ffi::lua_remove(l, old);
+    }
+}
