@@ -18,6 +18,22 @@ describe("hotreload module", function()
     assert.equal(expected, hotreload.flavor)
   end)
 
+  it("opened again in the same state, shares bases, defaults and listeners", function()
+    local name = h.module("local M = { speed = 1, score = 0 } return M")
+    local M = require(name)
+    M.score = 5
+    local saved = package.loaded.hotreload
+    package.loaded.hotreload = nil
+    local again = require "hotreload"
+    package.loaded.hotreload = saved
+    assert.are_not.equal(saved, again)
+    assert.equal(saved.defaults, again.defaults)
+    h.rewrite(name, "local M = { speed = 2, score = 0 } return M")
+    assert(again.reload(name))
+    assert.equal(2, M.speed) -- the base captured by the first opening applies
+    assert.equal(5, M.score)
+  end)
+
   it("raises on a name that is not a string", function()
     assert.has_error(function() hotreload.reload(42) end)
     assert.has_error(function() hotreload.reload() end)

@@ -282,6 +282,9 @@ describe("watch and poll", function()
       write(ctx, "b" .. i .. ".lua", module_source("v1"))
       mods[i] = require(ctx.prefix .. ".b" .. i)
     end
+    -- the events of the first writes, so they cannot arrive among those of the second
+    assert(h.wait_until(function() return hotreload.pending() == 3 end))
+    hotreload.poll()
     for i = 1, 3 do write(ctx, "b" .. i .. ".lua", module_source("v2")) end
     assert(h.wait_until(function() return hotreload.pending() == 3 end))
     assert.equal(1, (hotreload.poll(0)), "a zero budget still makes progress")

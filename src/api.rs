@@ -20,6 +20,9 @@ const WATCHER: &CStr = c"hotreload.watcher";
 /// alive until closed, even if the program drops its handle.
 static OPEN_WATCHERS: u8 = 1;
 
+/// Registry key of the state userdata: one per Lua state, however often the module is opened.
+static STATE: u8 = 4;
+
 /// Registry key of `hotreload.defaults`, the options `reload` and `poll` use when not given.
 static DEFAULTS: u8 = 2;
 
@@ -27,17 +30,23 @@ static DEFAULTS: u8 = 2;
 /// it in the registry already; LuaJIT does not).
 static MAIN_THREAD: u8 = 3;
 
-/// Builds the module table: every export as a C closure over a fresh state userdata.
+/// Builds the module table: every export as a C closure over the state userdata. Opening the
+/// module again in the same Lua state (after `package.loaded.hotreload = nil`) gives a new
+/// table over the same state: the same bases, watchers, listeners and defaults.
 ///
 /// # Safety
 /// Inside a protected call; leaves the table on the stack.
 pub unsafe fn open(l: *mut lua_State, exports: &[(&std::ffi::CStr, ffi::lua_CFunction)]) -> c_int {
-    // SAFETY: plain table building on a fresh table (no metamethods involved).
+    // SAFETY: plain table building on fresh tables and the registry (no metamethods).
     unsafe {
         ffi::luaL_checkstack(l, 8, std::ptr::null());
         ffi::lua_createtable(l, 0, exports.len() as c_int + 2);
         let module = ffi::lua_gettop(l);
-        state::push_new(l);
+        if !registry_has(l, &STATE, ffi::LUA_TUSERDATA) {
+            state::push_new(l);
+            ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(&STATE));
+        }
+        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(&STATE));
         let state = module + 1;
         for (name, f) in exports {
             ffi::lua_pushvalue(l, state);
@@ -47,13 +56,17 @@ pub unsafe fn open(l: *mut lua_State, exports: &[(&std::ffi::CStr, ffi::lua_CFun
         capture::wrap_searchers(l, state);
         ffi::lua_pop(l, 1);
         register_watcher_type(l);
-        ffi::lua_createtable(l, 0, 0);
-        ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(&OPEN_WATCHERS));
-        ffi::lua_createtable(l, 0, 1);
-        ffi::lua_pushboolean(l, 1);
-        ffi::lua_setfield(l, -2, c"replace".as_ptr());
-        ffi::lua_pushvalue(l, -1);
-        ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(&DEFAULTS));
+        if !registry_has(l, &OPEN_WATCHERS, ffi::LUA_TTABLE) {
+            ffi::lua_createtable(l, 0, 0);
+            ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(&OPEN_WATCHERS));
+        }
+        if !registry_has(l, &DEFAULTS, ffi::LUA_TTABLE) {
+            ffi::lua_createtable(l, 0, 1);
+            ffi::lua_pushboolean(l, 1);
+            ffi::lua_setfield(l, -2, c"replace".as_ptr());
+            ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(&DEFAULTS));
+        }
+        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(&DEFAULTS));
         ffi::lua_setfield(l, module, c"defaults".as_ptr());
         if ffi::lua_pushthread(l) == 1 {
             ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(&MAIN_THREAD));
@@ -557,6 +570,16 @@ unsafe fn options(l: *mut lua_State, opts: c_int) -> reload::Options {
         ffi::lua_pop(l, 1);
     }
     o
+}
+
+/// Whether the registry holds a value of type `t` at key `k`.
+unsafe fn registry_has(l: *mut lua_State, k: &'static u8, t: c_int) -> bool {
+    // SAFETY: a raw read, popped.
+    unsafe {
+        let found = ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(k)) == t;
+        ffi::lua_pop(l, 1);
+        found
+    }
 }
 
 /// Creates the metatable of watcher handles in the registry.

@@ -13,7 +13,9 @@
 //!   A closure that cannot be matched safely stays as it is, and is counted.
 //!
 //! It also joins the cells of new closures the plan never saw (a callback the new top level
-//! registered elsewhere) to the old cells, like the plan's own functions.
+//! registered elsewhere) to the old cells, like the plan's own functions, and points every
+//! reference to a new table that merged into a running one (the new top level's `M`, held
+//! by such a callback) at the running table.
 
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_int, c_void};
@@ -74,6 +76,10 @@ struct Walker<'p> {
     frames: Vec<Frame>,
     /// old function -> its replacement
     map: PtrMap<Ref>,
+    /// new copy of a table -> the running table it merged into, and the address range of
+    /// the copies (a cheap first test for the many tables that are none of them)
+    copies: PtrMap<Ref>,
+    copy_range: (usize, usize),
     visited: AddrSet,
     /// worklist (a Lua table used as a stack)
     work: c_int,
@@ -126,8 +132,14 @@ impl<'p> Walker<'p> {
             let mut sources: Vec<Vec<u8>> = Vec::new();
             let mut enclosing = Vec::new();
             let mut visited = AddrSet::default();
+            let mut copies = PtrMap::default();
+            let mut copy_range = (usize::MAX, 0);
             for (pi, plan) in plans.iter().enumerate() {
                 visited.insert(ffi::lua_topointer(l, plan.anchors) as usize);
+                for (p, live) in plan.merged() {
+                    copies.insert(p, (pi, live));
+                    copy_range = (copy_range.0.min(p), copy_range.1.max(p));
+                }
                 for &(old, new) in &plan.fpairs {
                     plan.push(l, old);
                     map.insert(ffi::lua_topointer(l, -1) as usize, (pi, new));
@@ -166,6 +178,8 @@ impl<'p> Walker<'p> {
                 plans,
                 frames: Vec::new(),
                 map,
+                copies,
+                copy_range,
                 visited,
                 work,
                 top: 0,
@@ -278,11 +292,16 @@ impl<'p> Walker<'p> {
         unsafe {
             match t {
                 ffi::LUA_TTABLE => {
-                    if self.visited.insert(ffi::lua_topointer(l, idx) as usize) {
-                        Sight::NewTable
-                    } else {
-                        Sight::Nothing
+                    let p = ffi::lua_topointer(l, idx) as usize;
+                    if (self.copy_range.0..=self.copy_range.1).contains(&p)
+                        && let Some(&slot) = self.copies.get(&p)
+                    {
+                        // a reference to the discarded copy (a callback's upvalue, a table the
+                        // new top level registered it in) now refers to the running table
+                        self.reach_slot(l, slot);
+                        return Sight::Replace(slot);
                     }
+                    if self.visited.insert(p) { Sight::NewTable } else { Sight::Nothing }
                 }
                 ffi::LUA_TFUNCTION => {
                     let p = ffi::lua_topointer(l, idx) as usize;

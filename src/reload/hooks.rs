@@ -228,3 +228,22 @@ unsafe fn copy_list(l: *mut lua_State, k: &'static u8, skip: Option<c_int>) {
         ffi::lua_remove(l, old);
     }
 }
+
+/// Sets `report.errors` (the table at `report`) to the list `errors`, unless it is empty.
+///
+/// # Safety
+/// Allocates; two free stack slots.
+pub unsafe fn set_errors(l: *mut lua_State, report: c_int, errors: &[String]) {
+    if errors.is_empty() {
+        return;
+    }
+    // SAFETY: fills a fresh table and stores it in the report.
+    unsafe {
+        ffi::lua_createtable(l, c_int::try_from(errors.len()).unwrap_or(0), 0);
+        for (i, e) in errors.iter().enumerate() {
+            ffi::push_bytes(l, e.as_bytes());
+            ffi::lua_rawseti(l, -2, i as ffi::lua_Integer + 1);
+        }
+        ffi::lua_setfield(l, report, c"errors".as_ptr());
+    }
+}

@@ -196,7 +196,11 @@ pub unsafe fn batch(
                         } else {
                             ffi::lua_pushnil(l);
                         }
+                        let before = out.listener_errors.len();
                         hooks::after_listeners(l, &t.name, module, table, &mut out.listener_errors);
+                        if tables && let Some(errors) = out.listener_errors.get(before..) {
+                            hooks::set_errors(l, table, errors);
+                        }
                     }
                     None => {
                         ffi::lua_pushnil(l);

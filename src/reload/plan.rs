@@ -135,6 +135,12 @@ impl Plan {
         self.objs.get(&p).filter(|o| o.flags & MERGED != 0).map(|o| o.pair)
     }
 
+    /// (address, running table slot) of every new table merged into a running one: the new
+    /// copies that are garbage once applied.
+    pub fn merged(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
+        self.objs.iter().filter(|(_, o)| o.flags & MERGED != 0).map(|(&p, o)| (p, o.pair))
+    }
+
     /// Whether the function at `p` belongs to the new version (as the plan walked it).
     pub fn is_new_fn(&self, p: usize) -> bool {
         self.objs.get(&p).is_some_and(|o| o.flags & NEW_FN != 0)
@@ -630,12 +636,25 @@ impl<'o> Planner<'o> {
     ) {
         // SAFETY: valid indices from the caller.
         unsafe {
-            if d == Decision::Keep {
-                self.counts.values_kept += 1;
-            } else if ffi::lua_rawequal(l, live, new) == 0 {
-                self.counts.values_taken += 1;
+            self.count_value(l, live, new, d);
+            if d != Decision::Keep && ffi::lua_rawequal(l, live, new) == 0 {
                 let (k, v) = (self.capture(l, k), self.capture(l, new));
                 self.acts.push(Act::Set { t, k, v });
+            }
+        }
+    }
+
+    /// Counts a data slot (not a function or a table, counted as such) for the report.
+    unsafe fn count_value(&mut self, l: *mut lua_State, live: c_int, new: c_int, d: Decision) {
+        // SAFETY: valid indices from the caller.
+        unsafe {
+            let data = |i| !matches!(ffi::lua_type(l, i), ffi::LUA_TFUNCTION | ffi::LUA_TTABLE);
+            if d == Decision::Keep {
+                if data(live) {
+                    self.counts.values_kept += 1;
+                }
+            } else if data(new) && ffi::lua_rawequal(l, live, new) == 0 {
+                self.counts.values_taken += 1;
             }
         }
     }
@@ -749,10 +768,8 @@ impl<'o> Planner<'o> {
                         self.cells.insert(id, Cell::Joined(live, j));
                         let (d, was) = self.merge_slot(l, top + 4, value, prior);
                         self.mirror.upvalue(node, name, was);
-                        if d == Decision::Keep {
-                            self.counts.values_kept += 1;
-                        } else if ffi::lua_rawequal(l, top + 4, value) == 0 {
-                            self.counts.values_taken += 1;
+                        self.count_value(l, top + 4, value, d);
+                        if d != Decision::Keep && ffi::lua_rawequal(l, top + 4, value) == 0 {
                             let v = self.capture(l, value);
                             self.acts.push(Act::Up { f: live, n: j, v });
                         }

@@ -1,0 +1,433 @@
+-- Lifecycle hooks (`__unload`, `__reload`), listeners (`on_reload`, `before_reload`), the
+-- reload report, reloading from source text, and transactions. Each spec runs under every VM.
+local h = require "spec.helpers"
+local hotreload = require "hotreload"
+
+teardown(h.cleanup)
+
+-- A scheduler the reloaded modules register timers with (it is never reloaded itself).
+local sched_name = h.module([[
+  local S = { timers = {}, next_id = 0 }
+  function S.every(fn) S.next_id = S.next_id + 1; S.timers[S.next_id] = fn; return S.next_id end
+  function S.cancel(id) S.timers[id] = nil end
+  function S.count() local n = 0 for _ in pairs(S.timers) do n = n + 1 end return n end
+  function S.tick() for _, fn in pairs(S.timers) do fn() end end
+  return S
+]])
+
+local function timer_module(version, dispose)
+  return ([[
+    local sched = require %q
+    local M = { ticks = 0 }
+    local id = sched.every(function() M.ticks = M.ticks + 1; M.last = %q end)
+    %s
+    return M
+  ]]):format(sched_name, version, dispose and "function M.__unload() sched.cancel(id) end" or "")
+end
+
+describe("lifecycle hooks", function()
+  it("__unload disposes of what the old top level set up: no timer piles up in 10 reloads", function()
+    local sched = require(sched_name)
+    local name = h.module(timer_module("v0", true))
+    local M = require(name)
+    sched.tick()
+    for i = 1, 10 do
+      h.rewrite(name, timer_module("v" .. i, true))
+      assert(hotreload.reload(name))
+      sched.tick()
+    end
+    assert.equal(1, sched.count())
+    assert.equal("v10", M.last)
+    assert.equal(11, M.ticks) -- one tick per frame, state kept
+  end)
+
+  it("without __unload the same module piles up timers (what the hook is for)", function()
+    local sched = require(sched_name)
+    local before = sched.count()
+    local name = h.module(timer_module("v0", false))
+    require(name)
+    for i = 1, 10 do
+      h.rewrite(name, timer_module("v" .. i, false))
+      assert(hotreload.reload(name))
+    end
+    assert.equal(before + 11, sched.count())
+  end)
+
+  it("__reload runs on the merged module, which has the new code and the old state", function()
+    local src = [[
+      local M = { count = 0 }
+      function M.version() return "%s" end
+      function M.__reload(m) M.seen = { count = m.count, version = m.version(), arg = m } end
+      return M
+    ]]
+    local name = h.module(src:format("v1"))
+    local M = require(name)
+    M.count = 5
+    assert.is_nil(M.seen) -- not on the first load
+    h.rewrite(name, src:format("v2"))
+    assert(hotreload.reload(name))
+    assert.same({ count = 5, version = "v2", arg = M }, M.seen)
+    assert.equal(M, M.seen.arg)
+  end)
+
+  it("a __reload that raises rolls the merge back and reports it", function()
+    local v1 = [[
+      local M = { keep = 1, gone = true }
+      local speed = 1
+      function M.speed() return speed end
+      function M.version() return "v1" end
+      return M
+    ]]
+    local v2 = [[
+      local M = { keep = 1, added = true }
+      local speed = 2
+      NEW_GLOBAL_FROM_V2 = true
+      function M.speed() return speed end
+      function M.version() return "v2" end
+      function M.__reload() error("setup failed") end
+      return M
+    ]]
+    local name = h.module(v1)
+    local M = require(name)
+    local version = M.version
+    h.rewrite(name, v2)
+    local ok, err = hotreload.reload(name)
+    assert.is_nil(ok)
+    assert.matches(name, err, 1, true)
+    assert.matches("__reload", err, 1, true)
+    assert.matches("setup failed", err, 1, true)
+    assert.equal(M, package.loaded[name])
+    assert.equal("v1", M.version())
+    assert.equal(version, M.version)
+    assert.equal(1, M.speed())
+    assert.is_true(M.gone)
+    assert.is_nil(M.added)
+    assert.is_nil(M.__reload)
+    assert.is_nil(rawget(_G, "NEW_GLOBAL_FROM_V2"))
+    -- fixed, it reloads
+    h.rewrite(name, (v2:gsub("error%b()", "")))
+    assert(hotreload.reload(name))
+    assert.equal("v2", M.version())
+    assert.equal(2, M.speed())
+    NEW_GLOBAL_FROM_V2 = nil -- luacheck: ignore
+  end)
+
+  it("an __unload that raises stops the reload before anything is merged", function()
+    local src = [[
+      local M = {}
+      function M.version() return "%s" end
+      function M.__unload() %s end
+      return M
+    ]]
+    local name = h.module(src:format("v1", "error({ code = 7 })"))
+    local M = require(name)
+    h.rewrite(name, src:format("v2", ""))
+    local ok, err = hotreload.reload(name)
+    assert.is_nil(ok)
+    assert.matches("__unload", err, 1, true)
+    assert.matches("error object is a table", err, 1, true)
+    assert.equal("v1", M.version())
+  end)
+
+  it("__unload returning false vetoes the reload", function()
+    local src = [[
+      local M = { busy = true }
+      function M.version() return "%s" end
+      function M.__unload(m) return not m.busy end
+      return M
+    ]]
+    local name = h.module(src:format("v1"))
+    local M = require(name)
+    h.rewrite(name, src:format("v2"))
+    local ok, err = hotreload.reload(name)
+    assert.is_nil(ok)
+    assert.matches("refused by its __unload hook", err, 1, true)
+    assert.equal("v1", M.version())
+    M.busy = false
+    assert(hotreload.reload(name))
+    assert.equal("v2", M.version())
+  end)
+
+  it("hooks are not called when the new version fails to load", function()
+    local name = h.module([[
+      local M = {}
+      function M.__unload() UNLOAD_CALLED = true end
+      return M
+    ]])
+    require(name)
+    h.rewrite(name, "local M = {} error('broken') return M")
+    assert.is_nil((hotreload.reload(name)))
+    assert.is_nil(rawget(_G, "UNLOAD_CALLED"))
+  end)
+end)
+
+describe("listeners", function()
+  it("on_reload receives name, module and report; its remover stops it", function()
+    local name = h.module("return { f = function() return 1 end }")
+    local M = require(name)
+    local calls = {}
+    local remove = hotreload.on_reload(function(...) calls[#calls + 1] = { ... } end)
+    h.rewrite(name, "return { f = function() return 2 end }")
+    local m, report = hotreload.reload(name)
+    assert.equal(M, m)
+    assert.equal(1, #calls)
+    assert.equal(name, calls[1][1])
+    assert.equal(M, calls[1][2])
+    assert.equal(report, calls[1][3])
+    assert.equal(1, report.functions_replaced)
+    assert.is_true(remove())
+    assert.is_false(remove())
+    assert(hotreload.reload(name))
+    assert.equal(1, #calls)
+  end)
+
+  it("an on_reload listener that raises does not undo the reload; the report says so", function()
+    local name = h.module("return { v = 1 }")
+    local M = require(name)
+    local remove = hotreload.on_reload(function() error("listener bug") end)
+    h.rewrite(name, "return { v = 2 }")
+    local m, report = hotreload.reload(name)
+    remove()
+    assert.equal(M, m)
+    assert.equal(2, M.v)
+    assert.equal(1, #report.errors)
+    assert.matches("listener bug", report.errors[1], 1, true)
+  end)
+
+  it("before_reload returning false vetoes; the module stays as it was", function()
+    local name = h.module("return { v = 1 }")
+    local M = require(name)
+    local seen
+    local remove = hotreload.before_reload(function(n, old, new)
+      seen = { n, old, new.v }
+      return false
+    end)
+    h.rewrite(name, "return { v = 2 }")
+    local ok, err = hotreload.reload(name)
+    assert.is_nil(ok)
+    assert.matches("refused by a before_reload listener", err, 1, true)
+    assert.same({ name, M, 2 }, seen)
+    assert.equal(1, M.v)
+    remove()
+    assert(hotreload.reload(name))
+    assert.equal(2, M.v)
+  end)
+
+  it("a before_reload listener that raises fails the reload", function()
+    local name = h.module("return { v = 1 }")
+    local M = require(name)
+    local remove = hotreload.before_reload(function() error("no reloads today") end)
+    h.rewrite(name, "return { v = 2 }")
+    local ok, err = hotreload.reload(name)
+    remove()
+    assert.is_nil(ok)
+    assert.matches("no reloads today", err, 1, true)
+    assert.equal(1, M.v)
+  end)
+
+  it("listeners must be functions", function()
+    assert.has_error(function() hotreload.on_reload("f") end)
+    assert.has_error(function() hotreload.before_reload() end)
+  end)
+
+  it("poll calls on_reload and reports listener errors in its error list", function()
+    local dir = h.root .. "/listened"
+    h.write("listened/lmod.lua", "return { v = 1 }")
+    local M = require "listened.lmod"
+    local w = assert(hotreload.watch(dir))
+    local names = {}
+    local remove = hotreload.on_reload(function(n, m, r)
+      names[#names + 1] = n
+      assert(m == M and r.values_taken == 1)
+      error("noisy listener")
+    end)
+    h.write("listened/lmod.lua", "return { v = 2 }")
+    local n, errors
+    assert(h.wait_until(function()
+      n, errors = hotreload.poll()
+      return n > 0
+    end))
+    remove()
+    w:close()
+    assert.equal(1, n)
+    assert.same({ "listened.lmod" }, names)
+    assert.equal(1, #errors)
+    assert.matches("noisy listener", errors[1], 1, true)
+    assert.equal(2, M.v)
+  end)
+end)
+
+describe("the reload report", function()
+  it("counts a known change", function()
+    local name = h.module([[
+      local M = {}
+      local hits = 0
+      M.speed = 1
+      M.name = "a"
+      function M.hit() hits = hits + 1 return hits end
+      function M.old() return "old" end
+      return M
+    ]])
+    local M = require(name)
+    M.name = "changed at run time"
+    M.hit()
+    local holder = { M.hit }
+    h.rewrite(name, [[
+      local M = {}
+      local hits = 0
+      M.speed = 2
+      M.name = "b"
+      function M.hit() hits = hits + 1 return hits * 10 end
+      function M.new() return "new" end
+      return M
+    ]])
+    local m, report = hotreload.reload(name)
+    assert.equal(M, m)
+    assert.is_number(report.seconds)
+    assert.is_true(report.seconds >= 0)
+    report.seconds = nil
+    assert.same({
+      functions_replaced = 1, -- hit
+      functions_added = 1, -- new
+      keys_removed = 1, -- old
+      upvalues_joined = 1, -- hits
+      values_taken = 2, -- speed, name: edited in the source (rule 5)
+      values_kept = 1, -- hits: not edited in the source, state kept
+      references_replaced = 1, -- holder[1]
+      closures_updated = 0,
+      closures_left = 0,
+    }, report)
+    assert.equal(20, holder[1]())
+  end)
+end)
+
+describe("reloading from source text", function()
+  it("applies every merge rule to the given source", function()
+    local name = h.module([[
+      local M = { score = 0 }
+      local n = 0
+      function M.add() n = n + 1 M.score = M.score + 1 return n end
+      return M
+    ]])
+    local M = require(name)
+    M.add()
+    M.add()
+    local m = assert(hotreload.reload(name, { source = [[
+      local M = { score = 0 }
+      local n = 0
+      function M.add() n = n + 1 M.score = M.score + 10 return n * 100 end
+      return M
+    ]] }))
+    assert.equal(M, m)
+    assert.equal(300, M.add())
+    assert.equal(12, M.score)
+  end)
+
+  it("loads a module that has no file", function()
+    local name = "patched_only_" .. tostring(math.random(1, 1e9))
+    local m = assert(hotreload.reload(name, { source = "return { v = 1 }" }))
+    assert.equal(m, package.loaded[name])
+    assert.equal(1, m.v)
+  end)
+
+  it("names the chunk in error messages", function()
+    local name = h.module("return {}")
+    require(name)
+    local ok, err = hotreload.reload(name, { source = "return {\n  x = = 1 }" })
+    assert.is_nil(ok)
+    assert.matches(name .. ":2:", err, 1, true)
+    ok, err = hotreload.reload(name, { source = "\nerror('boom')", chunkname = "@patches/x.lua" })
+    assert.is_nil(ok)
+    assert.matches("patches/x.lua:2: boom", err, 1, true)
+  end)
+
+  it("refuses bytecode unless { binary = true }", function()
+    local name = h.module("return { v = 1 }")
+    local M = require(name)
+    local bytecode = string.dump(assert((loadstring or load)("return { v = 2 }")))
+    local ok, err = hotreload.reload(name, { source = bytecode })
+    assert.is_nil(ok)
+    assert.matches("bytecode", err, 1, true)
+    assert.equal(1, M.v)
+    assert(hotreload.reload(name, { source = bytecode, binary = true }))
+    assert.equal(2, M.v)
+  end)
+
+  it("raises on a source or chunk name of the wrong type", function()
+    local name = h.module("return {}")
+    assert.has_error(function() hotreload.reload(name, { source = 5 }) end)
+    assert.has_error(function() hotreload.reload(name, { source = "return {}", chunkname = 5 }) end)
+    assert.has_error(function() hotreload.reload({ name }, { source = "return {}" }) end)
+    assert.has_error(function() hotreload.reload(name, { binary = "yes" }) end)
+  end)
+end)
+
+describe("transactions", function()
+  local src = [[
+    local M = { state = 0 }
+    function M.version() %s return "%s" end
+    return M
+  ]]
+
+  local function three()
+    local names, mods = {}, {}
+    for i = 1, 3 do
+      names[i] = h.module(src:format("", "v1"))
+      mods[i] = require(names[i])
+      mods[i].state = i
+    end
+    return names, mods
+  end
+
+  it("a 3-module transaction whose third module fails leaves all three untouched", function()
+    local names, mods = three()
+    h.rewrite(names[1], src:format("", "v2"))
+    h.rewrite(names[2], src:format("", "v2"))
+    h.rewrite(names[3], "local M = {}\nerror('third is broken')\nreturn M")
+    local ok, err = hotreload.reload(names)
+    assert.is_nil(ok)
+    assert.matches(names[3], err, 1, true)
+    assert.matches("third is broken", err, 1, true)
+    assert.matches("no module was reloaded", err, 1, true)
+    for i = 1, 3 do
+      assert.equal("v1", mods[i].version())
+      assert.equal(mods[i], package.loaded[names[i]])
+    end
+    -- fixed, all three reload together
+    h.rewrite(names[3], src:format("", "v2"))
+    local modules, reports = hotreload.reload(names)
+    for i = 1, 3 do
+      assert.equal(mods[i], modules[i])
+      assert.equal(1, reports[i].functions_replaced)
+      assert.equal("v2", mods[i].version())
+      assert.equal(i, mods[i].state)
+    end
+  end)
+
+  it("a failing __reload in a transaction rolls back the modules already merged", function()
+    local names, mods = three()
+    h.rewrite(names[1], src:format("", "v2"))
+    h.rewrite(names[2], src:format("", "v2"))
+    h.rewrite(names[3], [[
+      local M = { state = 0 }
+      function M.version() return "v2" end
+      function M.__reload() error("late failure") end
+      return M
+    ]])
+    local ok, err = hotreload.reload(names)
+    assert.is_nil(ok)
+    assert.matches("late failure", err, 1, true)
+    for i = 1, 3 do
+      assert.equal("v1", mods[i].version())
+      assert.equal(i, mods[i].state)
+    end
+  end)
+
+  it("checks every name before reloading any", function()
+    local names = three()
+    assert.has_error(function() hotreload.reload({ names[1], 42 }) end)
+    local modules, reports = hotreload.reload({})
+    assert.same({}, modules)
+    assert.same({}, reports)
+  end)
+end)
