@@ -34,6 +34,21 @@ function lib.time(f, runs)
   return lib.median(samples)
 end
 
+--- Full collections until the heap settles.
+function lib.collect()
+  for _ = 1, 3 do collectgarbage("collect") end
+end
+
+--- Resident set size of this process, in bytes (Linux), or nil.
+function lib.rss()
+  local f = io.open("/proc/self/statm", "r")
+  if not f then return nil end
+  local line = f:read("*l")
+  f:close()
+  local pages = tonumber(line:match("^%d+%s+(%d+)"))
+  return pages and pages * 4096
+end
+
 local counter = 0
 --- A fresh scratch directory (under $TMPDIR), put on package.path.
 function lib.scratch()

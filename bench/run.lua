@@ -5,7 +5,7 @@
 package.path = "./?.lua;" .. package.path
 local lib = require "bench.lib"
 
-local ALL = { "idle", "latency" }
+local ALL = { "idle", "latency", "reload", "memory", "scaling" }
 local names = #arg > 0 and arg or ALL
 
 local function fmt(x)

@@ -1,0 +1,78 @@
+-- Figures 1 and 2: the cost of a reload against what a program pays anyway.
+-- 1. A module of 3000 functions reloaded with the full merge ÷ `loadfile` + run of the same
+--    new source: the merge alone (`replace = false`), and with the walk over the (small)
+--    heap of the bench process (the default); also the seed document's naive copy snippet on
+--    the same module, the "no semantics" reference.
+-- 2. The same reload with about 900k live objects on the heap ÷ one full
+--    `collectgarbage("collect")` of that heap.
+local lib = require "bench.lib"
+local gen = require "bench.gen"
+local hotreload = require "hotreload"
+
+-- The seed document's reload_module.
+local function naive_reload(name)
+  local old_module = package.loaded[name] or {}
+  package.loaded[name] = nil
+  require(name)
+  local new_module = package.loaded[name]
+  for k, v in pairs(new_module) do old_module[k] = v end
+  package.loaded[name] = old_module
+  return old_module
+end
+
+local quick = os.getenv("HOTRELOAD_BENCH_QUICK")
+
+return function()
+  local dir = lib.scratch()
+  local n = quick and 300 or 3000
+  local runs = quick and 3 or 7
+  local name, naive = "bench_big", "bench_big_naive"
+  local path, naive_path = dir .. "/" .. name .. ".lua", dir .. "/" .. naive .. ".lua"
+  lib.write(path, gen.module(n, "v0"))
+  lib.write(naive_path, gen.module(n, "v0"))
+  require(name)
+  require(naive)
+
+  -- every run compiles a new version: each tag changes every function body
+  local version = 0
+  local function edit(p)
+    version = version + 1
+    lib.write(p, gen.module(n, "v" .. version))
+  end
+  local function sample(prepare, f)
+    local xs = {}
+    for i = 1, runs do
+      prepare()
+      lib.collect()
+      local t0 = lib.now()
+      f()
+      xs[i] = lib.now() - t0
+    end
+    return lib.median(xs)
+  end
+  local compile = sample(function() edit(path) end, function() assert(loadfile(path))() end)
+  local reload = sample(function() edit(path) end, function() assert(hotreload.reload(name)) end)
+  local merge = sample(function() edit(path) end,
+    function() assert(hotreload.reload(name, { replace = false })) end)
+  local copy = sample(function() edit(naive_path) end, function() naive_reload(naive) end)
+
+  -- figure 2: the same reload over a big heap, against a full collection of it
+  local heap = gen.heap(quick and 60000 or 600000) -- 2 tables + 1 string per entry
+  local full_gc = lib.time(function() collectgarbage("collect") end, quick and 3 or 5)
+  local big = sample(function() edit(path) end, function() assert(hotreload.reload(name)) end)
+  local objects = #heap * 3
+  heap = nil -- luacheck: ignore
+  lib.collect()
+  lib.remove_tree(dir)
+  local ms = 1e3
+  return {
+    { figure = ("reload of %d functions, merge only, vs loadfile+run"):format(n),
+      value = merge * ms, baseline = compile * ms, unit = "ms", target = 1.5 },
+    { figure = ("reload of %d functions, merge + walk, vs loadfile+run"):format(n),
+      value = reload * ms, baseline = compile * ms, unit = "ms", target = 1.5 },
+    { figure = ("naive copy snippet (no semantics) vs loadfile+run"), value = copy * ms,
+      baseline = compile * ms, unit = "ms" },
+    { figure = ("reload with a heap of %dk objects vs full GC"):format(math.floor(objects / 1000)),
+      value = big * ms, baseline = full_gc * ms, unit = "ms", target = 2 },
+  }
+end

@@ -1,0 +1,53 @@
+-- Figure 6: how the cost of a reload grows, with the size of the module (100, 1k, 10k
+-- functions; each against loadfile + run of the same source) and with the size of the heap
+-- the walk goes through (0, 100k, 1M tables, a module of 1000 functions; each against a full
+-- collection of that heap).
+local lib = require "bench.lib"
+local gen = require "bench.gen"
+local hotreload = require "hotreload"
+
+local quick = os.getenv("HOTRELOAD_BENCH_QUICK")
+
+return function()
+  local dir = lib.scratch()
+  local rows = {}
+  local version = 0
+  local function edit(path, n)
+    version = version + 1
+    lib.write(path, gen.module(n, "s" .. version, 200))
+  end
+  local function sample(path, n, f)
+    local xs = {}
+    for i = 1, quick and 2 or 5 do
+      edit(path, n)
+      lib.collect()
+      local t0 = lib.now()
+      f()
+      xs[i] = lib.now() - t0
+    end
+    return lib.median(xs) * 1e3
+  end
+  local sizes = quick and { 100, 1000 } or { 100, 1000, 10000 }
+  for _, n in ipairs(sizes) do
+    local name = "bench_scale_" .. n
+    local path = dir .. "/" .. name .. ".lua"
+    edit(path, n)
+    require(name)
+    local compile = sample(path, n, function() assert(loadfile(path))() end)
+    local reload = sample(path, n, function() assert(hotreload.reload(name)) end)
+    rows[#rows + 1] = { figure = ("scaling: reload of %d functions vs loadfile+run"):format(n),
+      value = reload, baseline = compile, unit = "ms" }
+  end
+  local name = "bench_scale_1000"
+  local path = dir .. "/" .. name .. ".lua"
+  for _, tables in ipairs(quick and { 0, 10000 } or { 0, 100000, 1000000 }) do
+    lib.collect() -- the previous heap goes
+    local heap = gen.heap(tables)
+    local full_gc = lib.time(function() collectgarbage("collect") end, 3)
+    local reload = sample(path, 1000, function() assert(hotreload.reload(name)) end)
+    rows[#rows + 1] = { figure = ("scaling: reload with %dk heap tables vs full GC"):format(
+      math.floor(#heap * 2 / 1000)), value = reload, baseline = full_gc * 1e3, unit = "ms" }
+  end
+  lib.remove_tree(dir)
+  return rows
+end
