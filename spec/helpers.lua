@@ -83,14 +83,18 @@ end
 --- The interpreter running the specs, for child processes.
 helpers.interpreter = helpers.jit and "luajit" or ("lua" .. _VERSION:match("%d+%.%d+"))
 
+--- Runs a shell command; returns its exit code (as `os.execute` reports it on any version).
+function helpers.sh(cmd)
+  local ok, how, code = os.execute(cmd)
+  if type(ok) == "number" then return ok / 256 end -- Lua 5.1: the raw status
+  return how == "exit" and code or 128 + code
+end
+
 --- Runs `script` in a child interpreter with the same package paths; returns its exit code.
 function helpers.run_child(script)
   local file = helpers.write("child" .. tostring(math.random(1, 1e9)) .. ".lua", script)
   local prelude = ("package.path = %q; package.cpath = %q"):format(package.path, package.cpath)
-  local cmd = ("timeout 20 %s -e %q %s 2>/dev/null"):format(helpers.interpreter, prelude, file)
-  local ok, how, code = os.execute(cmd)
-  if type(ok) == "number" then return ok / 256 end -- Lua 5.1: the raw status
-  return how == "exit" and code or 128 + code
+  return helpers.sh(("timeout 20 %s -e %q %s 2>/dev/null"):format(helpers.interpreter, prelude, file))
 end
 
 --- The module under test: hotreload, or the seed's naive reloader when
