@@ -57,7 +57,7 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --no-default-features --features luajit,module --target-dir target/luajit -- -D warnings
-	luacheck spec bench
+	luacheck spec bench lua examples
 
 clean:
 	rm -rf build target

@@ -33,5 +33,10 @@ cargo build --release --locked --no-default-features --features "$FEAT,module" -
 mkdir -p target/rock && cp "target/$FEAT/release/libhotreload.so" target/rock/hotreload.so
 ]],
   install_command = [[mkdir -p "$(LIBDIR)" && cp target/rock/hotreload.so "$(LIBDIR)/hotreload.so"]],
-  copy_directories = {},
+  install = {
+    lua = {
+      ["hotreload.love"] = "lua/hotreload/love.lua",
+      ["hotreload.nvim"] = "lua/hotreload/nvim.lua",
+    },
+  },
 }

@@ -38,10 +38,14 @@ describe("luarocks", function()
       local hotreload = require "hotreload"
       local where = package.searchpath("hotreload", package.cpath)
       assert(where:find(%q, 1, true) == 1, "loaded from " .. where)
+      for _, helper in ipairs({ "hotreload.love", "hotreload.nvim" }) do
+        local path = package.searchpath(helper, package.path)
+        assert(path and path:find(%q, 1, true) == 1, helper .. " not installed in the tree")
+      end
       local m = assert(hotreload.reload("rockcheck_mod", { source = "return { v = 1 }" }))
       assert(m.v == 1)
       io.write("ok ", hotreload.flavor)
-    ]]):format(tree))
+    ]]):format(tree, tree))
     -- a clean environment: only what `luarocks path` exports
     local cmd = ([[env -u LUA_PATH -u LUA_CPATH sh -c 'eval "$(%s --tree %s path)" && cd / && %s %s']])
       :format(lr, tree, h.interpreter, script)
