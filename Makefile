@@ -11,7 +11,7 @@ SPECS  ?= $(sort $(wildcard spec/*_spec.lua))
 FLAVOURS = lua54 luajit lua53
 MODULES  = $(FLAVOURS:%=build/%/hotreload.so)
 
-.PHONY: all deps build bench test test-rust test-lua54 test-luajit test-lua53 check-specs lint clean FORCE
+.PHONY: all deps build bench demo demo-luajit test test-rust test-lua54 test-luajit test-lua53 check-specs lint clean FORCE
 
 all: build
 
@@ -44,6 +44,13 @@ test-luajit: build/luajit/hotreload.so
 check-specs: $(MODULES)
 	HOTRELOAD_SPEC_NAIVE=1 $(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP spec/reload_spec.lua | $(LUA54) spec/naive_expect.lua
 	HOTRELOAD_SPEC_NAIVE=1 $(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP spec/reload_spec.lua | $(LUAJIT) spec/naive_expect.lua
+
+# A live program that edits its own game script (ARGS=--live: until Ctrl-C, you edit it).
+demo: deps build/lua54/hotreload.so
+	$(LUA54) -e "package.cpath='build/lua54/?.so;'..package.cpath" examples/demo.lua $(ARGS)
+
+demo-luajit: deps build/luajit/hotreload.so
+	$(LUAJIT) -e "package.cpath='build/luajit/?.so;'..package.cpath" examples/demo.lua $(ARGS)
 
 # Every figure is a ratio to a baseline measured in the same run (see bench/run.lua).
 bench: deps $(MODULES)
