@@ -84,7 +84,7 @@ fn the_same_directory_in_two_states_reloads_each_states_own_modules() {
 #[test]
 fn closing_states_with_live_watchers_and_pending_changes() {
     let dir = scratch("close");
-    for round in 0..50 {
+    for round in 0..100 {
         let lua = state(dir.to_str().unwrap());
         lua.load(format!("W = assert(hotreload.watch('{}'))", dir.display())).exec().unwrap();
         std::fs::write(dir.join("x.lua"), format!("return {round}")).unwrap();
@@ -93,4 +93,22 @@ fn closing_states_with_live_watchers_and_pending_changes() {
         }
         drop(lua); // lua_close: the watcher's __gc stops it
     }
+}
+
+#[test]
+fn a_panic_inside_the_engine_becomes_an_error_not_an_unwind_into_lua() {
+    let lua = Lua::new();
+    let mut result: Option<Result<i32, String>> = None;
+    // SAFETY: exec_raw gives a valid state with free stack slots; the closure only panics.
+    unsafe {
+        lua.exec_raw::<()>((), |l| {
+            result = Some(hotreload::ffi::protect(l, 0, &mut |_| panic!("engine bug")));
+        })
+        .unwrap();
+    }
+    let message = result.unwrap().unwrap_err();
+    assert!(message.contains("internal error: engine bug"), "{message}");
+    // the state is still usable
+    let two: i64 = lua.load("return 1 + 1").eval().unwrap();
+    assert_eq!(two, 2);
 }
