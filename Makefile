@@ -11,7 +11,7 @@ SPECS  ?= $(sort $(wildcard spec/*_spec.lua))
 FLAVOURS = lua54 luajit lua53
 MODULES  = $(FLAVOURS:%=build/%/hotreload.so)
 
-.PHONY: all deps build bench demo demo-luajit test test-rust test-lua54 test-luajit test-lua53 check-specs lint clean FORCE
+.PHONY: all deps build bench demo demo-luajit fuzz stress test test-rust test-lua54 test-luajit test-lua53 check-specs lint clean FORCE
 
 all: build
 
@@ -51,6 +51,12 @@ demo: deps build/lua54/hotreload.so
 
 demo-luajit: deps build/luajit/hotreload.so
 	$(LUAJIT) -e "package.cpath='build/luajit/?.so;'..package.cpath" examples/demo.lua $(ARGS)
+
+# The scheduled job (.ci/scheduled): 10 000 fuzz cases per VM, then the stress runs.
+FUZZ_CASES ?= 10000
+fuzz: deps $(MODULES)
+	HOTRELOAD_FUZZ_CASES=$(FUZZ_CASES) prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' spec/fuzz_spec.lua
+	HOTRELOAD_FUZZ_CASES=$(FUZZ_CASES) prove --exec '$(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP' spec/fuzz_spec.lua
 
 # Every figure is a ratio to a baseline measured in the same run (see bench/run.lua).
 bench: deps $(MODULES)
