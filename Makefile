@@ -58,6 +58,20 @@ fuzz: deps $(MODULES)
 	HOTRELOAD_FUZZ_CASES=$(FUZZ_CASES) prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' spec/fuzz_spec.lua
 	HOTRELOAD_FUZZ_CASES=$(FUZZ_CASES) prove --exec '$(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP' spec/fuzz_spec.lua
 
+# Also scheduled: the whole suite under an aggressive collector (both VMs, and generational
+# mode on 5.4), 10 000 reloads and a minute of a writer saving 20 files (spec/*_stress.lua),
+# and memcheck over the engine specs on Lua 5.4.
+STRESS_SPECS   = spec/reloads_stress.lua spec/writer_stress.lua
+VALGRIND_SPECS = spec/reload_spec.lua spec/replace_spec.lua spec/lifecycle_spec.lua \
+                 spec/badinput_spec.lua spec/watch_spec.lua spec/fuzz_spec.lua
+stress: deps $(MODULES)
+	HOTRELOAD_GC_STRESS=1 prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(SPECS)
+	HOTRELOAD_GC_STRESS=generational prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(SPECS)
+	HOTRELOAD_GC_STRESS=1 prove --exec '$(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP' $(SPECS)
+	prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(STRESS_SPECS)
+	prove --exec '$(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP' $(STRESS_SPECS)
+	prove --exec 'valgrind --error-exitcode=99 -q $(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(VALGRIND_SPECS)
+
 # Every figure is a ratio to a baseline measured in the same run (see bench/run.lua).
 bench: deps $(MODULES)
 	@{ echo "Machine: $$(nproc) cores, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $$(uname -sr)"; \
