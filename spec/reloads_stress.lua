@@ -1,8 +1,9 @@
 -- 10 000 reloads in a loop (`make stress`): the Lua heap and the process RSS do not grow from
 -- the 5 000th to the 10 000th reload, and the state is kept throughout. (Valgrind finds no
 -- leak; over the first thousands of reloads glibc's heap fragments by about 100 bytes per
--- reload and then levels off, hence the warm-up and the 1 MiB slack on RSS.) The median reload time of the first and last thousand is
--- printed for the record (never asserted: the machine is shared and noisy).
+-- reload and then levels off, hence the warm-up and the 1 MiB slack on RSS.) The median
+-- reload times around both points are printed for the record (never asserted: the machine is
+-- shared and noisy).
 local h = require "spec.helpers"
 local system = require "system"
 local hotreload = require "hotreload"
