@@ -198,7 +198,12 @@ pub fn classify(kind: &EventKind, close_events: bool) -> Action {
     }
 }
 
+/// How long after a directory appears it is listed again: notify reports the directory
+/// before it adds the directory's own watch, so a file written in between has no event.
+const RESCAN_DELAY: Duration = Duration::from_millis(50);
+
 /// The event handler's state: everything it needs, nothing of Lua.
+#[derive(Clone)]
 struct Sink {
     queue: Arc<Queue>,
     filter: Filter,
@@ -223,6 +228,7 @@ impl Sink {
                     for path in &event.paths {
                         if path.is_dir() {
                             self.scan(path, now); // a directory renamed into the tree
+                            self.rescan_later(path);
                         } else if self.filter.wants(path) {
                             self.queue.push(path.clone(), now, self.settle);
                         }
@@ -231,6 +237,7 @@ impl Sink {
                 Action::Scan => {
                     for path in &event.paths {
                         self.scan(path, now);
+                        self.rescan_later(path);
                     }
                 }
                 Action::Ignore => {}
@@ -239,6 +246,21 @@ impl Sink {
                 self.queue.push_error(format!("hotreload: watch: {}", describe(&e, &self.root)))
             }
         }
+    }
+
+    /// Lists `dir` again after `RESCAN_DELAY`, on a short-lived thread (directories appear
+    /// rarely), unless the watch is closed by then.
+    fn rescan_later(&self, dir: &Path) {
+        let (sink, dir) = (self.clone(), dir.to_owned());
+        let spawned =
+            std::thread::Builder::new().name("hotreload-rescan".into()).spawn(move || {
+                std::thread::sleep(RESCAN_DELAY);
+                let open = sink.gate.read().unwrap_or_else(PoisonError::into_inner);
+                if *open {
+                    sink.scan(&dir, Instant::now());
+                }
+            });
+        drop(spawned); // detached; if no thread can be made, the first scan stands
     }
 
     /// Queues every wanted file under `dir` (iteratively; symlinked directories are not
@@ -331,6 +353,33 @@ fn pin_library() {
 mod tests {
     use super::*;
     use notify::event::{DataChange, RemoveKind};
+
+    #[test]
+    fn a_file_written_after_its_new_directory_was_reported_is_found_by_the_rescan() {
+        let root = std::env::temp_dir().join(format!("hotreload-rescan-{}", std::process::id()));
+        let dir = root.join("pkg");
+        std::fs::create_dir_all(&dir).unwrap();
+        let queue = Arc::new(Queue::default());
+        let sink = Sink {
+            queue: queue.clone(),
+            filter: Filter { pattern: "*.lua".into() },
+            settle: Duration::ZERO,
+            close_events: true,
+            root: root.clone(),
+            gate: Arc::new(RwLock::new(true)),
+        };
+        // notify reports the directory (then adds its watch): it is empty at that moment
+        sink.handle(Ok(Event::new(EventKind::Create(CreateKind::Folder)).add_path(dir.clone())));
+        assert_eq!(queue.len(), 0);
+        // a file written before the directory's watch exists has no event of its own
+        std::fs::write(dir.join("init.lua"), "return {}").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while queue.len() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(queue.len(), 1, "the delayed rescan did not find the file");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn editor_events_on_inotify() {
