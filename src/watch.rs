@@ -374,7 +374,7 @@ mod tests {
         // a file written before the directory's watch exists has no event of its own
         std::fs::write(dir.join("init.lua"), "return {}").unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while queue.len() == 0 && Instant::now() < deadline {
+        while queue.is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(queue.len(), 1, "the delayed rescan did not find the file");
