@@ -11,7 +11,7 @@ SPECS  ?= $(sort $(wildcard spec/*_spec.lua))
 FLAVOURS = lua54 luajit lua53
 MODULES  = $(FLAVOURS:%=build/%/hotreload.so)
 
-.PHONY: all deps build bench demo demo-luajit fuzz stress test test-rust test-lua54 test-luajit test-lua53 check-specs lint clean FORCE
+.PHONY: all deps build bench profile demo demo-luajit fuzz stress test test-rust test-lua54 test-luajit test-lua53 check-specs lint clean FORCE
 
 all: build
 
@@ -44,6 +44,11 @@ test-luajit: build/luajit/hotreload.so
 check-specs: $(MODULES)
 	HOTRELOAD_SPEC_NAIVE=1 $(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP spec/reload_spec.lua | $(LUA54) spec/naive_expect.lua
 	HOTRELOAD_SPEC_NAIVE=1 $(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP spec/reload_spec.lua | $(LUAJIT) spec/naive_expect.lua
+
+# Instruction counts (callgrind) of figure 1: stable where times are noisy.
+profile: deps $(MODULES)
+	@sh bench/profile.sh $(LUA54) build/lua54
+	@sh bench/profile.sh $(LUAJIT) build/luajit
 
 # A live program that edits its own game script (ARGS=--live: until Ctrl-C, you edit it).
 demo: deps build/lua54/hotreload.so

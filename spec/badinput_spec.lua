@@ -207,6 +207,22 @@ describe("bad watch targets", function()
     w:close()
   end)
 
+  it("a file deleted between its change event and the poll: nothing happens", function()
+    local dir = h.root .. "/gone"
+    assert(lfs.mkdir(dir))
+    h.write("gone/vanish.lua", V1)
+    local M = require "gone.vanish"
+    local w = assert(hotreload.watch(dir))
+    h.write("gone/vanish.lua", "return { v = 2 }")
+    assert(h.wait_until(function() return hotreload.pending() > 0 end))
+    assert(os.remove(dir .. "/vanish.lua"))
+    local n, errors = hotreload.poll()
+    w:close()
+    assert.equal(0, n)
+    assert.is_nil(errors)
+    assert_intact(M, "gone.vanish")
+  end)
+
   it("a directory named x.lua in a watched tree is not a module file", function()
     local dir = h.root .. "/dirs"
     assert(lfs.mkdir(dir))
