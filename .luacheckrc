@@ -1,6 +1,6 @@
 std = "max"
 files["spec"] = { std = "+busted" }
 max_line_length = 110
-files["lua/hotreload/nvim.lua"] = { read_globals = { "vim" } }
-files["lua/hotreload/love.lua"] = { globals = { "love" } }
+files["lua/hotreload/nvim.lua"] = { std = "luajit", read_globals = { "vim" } }
+files["lua/hotreload/love.lua"] = { std = "luajit", globals = { "love" } }
 files["examples"] = { globals = {} }

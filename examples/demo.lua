@@ -31,7 +31,8 @@ end
 -- the game script lives in a scratch directory: the demo edits its copy, never the original
 local dir = os.tmpname()
 os.remove(dir)
-assert(os.execute("mkdir -p " .. dir))
+local made = os.execute("mkdir -p " .. dir)
+assert(made == true or made == 0, "cannot make " .. dir)
 local script = dir .. "/demo_game.lua"
 local original = read(here .. "/game.lua")
 write(script, original)
@@ -84,9 +85,17 @@ local function frame()
     errors_shown = errors_shown + 1
     say("demo: " .. e)
   end
-  game.update()
+  -- an edit that breaks at run time (not at load) shows its error; the loop goes on
+  local ok, line = pcall(function()
+    game.update()
+    return game.draw()
+  end)
+  if not ok then
+    errors_shown = errors_shown + 1
+    line = "demo: the game raised: " .. tostring(line)
+  end
   frames = frames + 1
-  io.write("\r\27[K", game.draw())
+  io.write("\r\27[K", line)
   io.flush()
   system.sleep(0.05)
   return live or now < finish_at

@@ -29,7 +29,7 @@ FEAT=`"$(LUA)" -e "print(jit and 'luajit' or ('lua' .. _VERSION:gsub('Lua 5%.', 
 if [ "$FEAT" = lua51 ]; then echo "hotreload: PUC Lua 5.1 has no lua_upvaluejoin; install for LuaJIT instead" >&2; exit 1; fi &&
 echo "hotreload: building for $FEAT (interpreter $(LUA))" &&
 cargo build --release --locked --no-default-features --features "$FEAT,module" --target-dir "target/$FEAT" &&
-mkdir -p target/rock && cp "target/$FEAT/release/libhotreload.so" target/rock/hotreload.so
+mkdir -p target/rock && { cp "target/$FEAT/release/libhotreload.so" target/rock/hotreload.so 2>/dev/null || cp "target/$FEAT/release/libhotreload.dylib" target/rock/hotreload.so; }
 ]],
   install_command = [[mkdir -p "$(LIBDIR)" && cp target/rock/hotreload.so "$(LIBDIR)/hotreload.so"]],
   install = {

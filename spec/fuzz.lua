@@ -39,8 +39,11 @@ local function model()
   for i = 1, math.random(0, 6) do
     local v1 = constant()
     local fate = pick({ "same", "same", "edit", "delete" })
-    local v2 = fate == "edit" and constant() or v1
-    m.data[i] = { v1 = v1, v2 = v2, fate = fate, runtime = chance(0.4) and constant() or nil }
+    local v2 = v1
+    if fate == "edit" then v2 = constant() end
+    local runtime = nil
+    if chance(0.4) then runtime = constant() end
+    m.data[i] = { v1 = v1, v2 = v2, fate = fate, runtime = runtime }
   end
   for j = 1, math.random(0, 4) do
     m.counters[j] = {
@@ -52,7 +55,9 @@ local function model()
   end
   for k = 1, math.random(0, 3) do
     local x1 = constant()
-    m.nested[k] = { x1 = x1, x2 = chance(0.4) and constant() or x1, runtime = chance(0.3) }
+    local x2 = x1
+    if chance(0.4) then x2 = constant() end
+    m.nested[k] = { x1 = x1, x2 = x2, runtime = chance(0.3) }
   end
   for c = 1, math.random(0, 2) do
     m.classes[c] = { instances = math.random(0, 3) }

@@ -90,14 +90,14 @@ describe("LÖVE", function()
     assert(io.open(so), "build the LuaJIT module first (make build)")
     local game = h.root .. "/game"
     local mod = [[
-      local M = {}
+      local M = { speed = %d }
       local ticks = 0
       function M.tick() %s ticks = ticks + 1 end
       function M.ticks() return ticks end
       function M.value() return %d end
       return M
     ]]
-    h.write("game/mod.lua", mod:format("", 1))
+    h.write("game/mod.lua", mod:format(1, "", 1))
     h.write("game/conf.lua", [[
       function love.conf(t)
         t.window.width, t.window.height = 200, 100
@@ -109,7 +109,7 @@ describe("LÖVE", function()
       package.cpath = %q .. "/build/luajit/?.so;" .. package.cpath
       package.path = %q .. "/lua/?.lua;" .. package.path
       local game, out, mod = %q, %q, %q
-      local hl = require "hotreload.love"
+      local hl = require "hotreload.love" -- first, as the README says: mod gets a base
       local M = require "mod"
       local value = M.value
       local frame, phase, started = 0, 1, love.timer.getTime()
@@ -126,10 +126,11 @@ describe("LÖVE", function()
           frame = frame + 1
           if love.timer.getTime() - started > 20 then finish("timed out in phase " .. phase) end
           if phase == 1 and frame == 3 then
-            write(game .. "/mod.lua", mod:format("", 2))
+            write(game .. "/mod.lua", mod:format(2, "", 2))
             phase = 2
           elseif phase == 2 and M.value() == 2 then
             if value() ~= 2 then finish("old reference runs old code")
+            elseif M.speed ~= 2 then finish("the edited constant did not apply")
             elseif M.ticks() < 2 then finish("state lost")
             else
               write(game .. "/mod.lua", "return {")
@@ -138,13 +139,13 @@ describe("LÖVE", function()
           elseif phase == 3 and #hl.errors > 0 then
             if not hl.errors[1]:find("mod", 1, true) then finish(hl.errors[1])
             else
-              write(game .. "/mod.lua", mod:format("error('tick broke')", 3))
+              write(game .. "/mod.lua", mod:format(3, "error('tick broke')", 3))
               phase = 4
             end
           elseif phase == 4 and M.value() == 3 and #hl.errors > 0 then
             if not hl.errors[1]:find("tick broke", 1, true) then finish(hl.errors[1])
             else
-              write(game .. "/mod.lua", mod:format("", 4))
+              write(game .. "/mod.lua", mod:format(4, "", 4))
               phase = 5
             end
           elseif phase == 5 and M.value() == 4 and #hl.errors == 0 then

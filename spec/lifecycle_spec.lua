@@ -28,6 +28,7 @@ end
 describe("lifecycle hooks", function()
   it("__unload disposes of what the old top level set up: no timer piles up in 10 reloads", function()
     local sched = require(sched_name)
+    local before = sched.count() -- timers other specs left
     local name = h.module(timer_module("v0", true))
     local M = require(name)
     sched.tick()
@@ -36,7 +37,7 @@ describe("lifecycle hooks", function()
       assert(hotreload.reload(name))
       sched.tick()
     end
-    assert.equal(1, sched.count())
+    assert.equal(before + 1, sched.count())
     assert.equal("v10", M.last)
     assert.equal(11, M.ticks) -- one tick per frame, state kept
   end)
@@ -146,6 +147,18 @@ describe("lifecycle hooks", function()
     M.busy = false
     assert(hotreload.reload(name))
     assert.equal("v2", M.version())
+  end)
+
+  it("hooks are not called on a first load, even through reload", function()
+    local name = "first_load_" .. tostring(math.random(1, 1e9))
+    local m = assert(hotreload.reload(name, { source = [[
+      local M = {}
+      function M.__reload() FIRST_LOAD_HOOK = true end
+      function M.__unload() FIRST_LOAD_HOOK = true end
+      return M
+    ]] }))
+    assert.is_table(m)
+    assert.is_nil(rawget(_G, "FIRST_LOAD_HOOK"))
   end)
 
   it("hooks are not called when the new version fails to load", function()
@@ -424,8 +437,10 @@ describe("transactions", function()
   end)
 
   it("checks every name before reloading any", function()
-    local names = three()
+    local names, mods = three()
+    h.rewrite(names[1], src:format("", "v2"))
     assert.has_error(function() hotreload.reload({ names[1], 42 }) end)
+    assert.equal("v1", mods[1].version(), "reloaded before the bad name raised")
     local modules, reports = hotreload.reload({})
     assert.same({}, modules)
     assert.same({}, reports)

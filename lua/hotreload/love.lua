@@ -1,16 +1,21 @@
---- hotreload.love: live reloading for a LÖVE game in one line.
+--- hotreload.love: live reloading for a LÖVE game (with the LuaJIT build of hotreload).
 ---
----   require("hotreload.love").setup{ dirs = { "." } }   -- at the end of main.lua
+---   local hl = require "hotreload.love"   -- first line of main.lua: every module the game
+---                                         -- requires after it gets a merge base
+---   ...
+---   hl.setup{ dirs = { "." } }             -- after love.run, if the game defines its own
 ---
 --- Every frame, before the game's own step, saved files are reloaded (`hotreload.poll`).
---- A file that fails to reload, or a game callback that raises after a reload, does not crash
---- the game: the message is drawn over the game, the old code keeps running, and the next
---- successful reload clears it (like lurker). Only directories of a game run from a folder
---- can be watched (not a `.love` archive).
+--- A module that fails to reload, or a game callback that raises after a reload, does not
+--- crash the game: the message is drawn over it, the old code keeps running (callbacks pause
+--- after a raise), and the next successful reload of that module clears its message (like
+--- lurker). Only folders can be watched (not a `.love` archive). main.lua and conf.lua are
+--- not reloaded: they set the game up once; restart the game for them.
 local hotreload = require "hotreload"
+local utf8 = require "utf8"
 
 local M = {
-  --- Messages being shown: reload errors and the error of a callback that raised.
+  --- Messages being shown, in order (emptied in place, so a reference stays valid).
   errors = {},
   --- Watcher handles of the watched directories.
   watchers = {},
@@ -18,47 +23,68 @@ local M = {
   reloaded = 0,
 }
 
-local CALLBACKS = { "update", "draw", "keypressed", "keyreleased", "mousepressed",
-  "mousereleased", "mousemoved", "wheelmoved", "textinput", "resize" }
-
+local by_key = {} -- module name or "love.<callback>" -> message
+local order = {} -- keys in the order their messages appeared
+local failed = false -- a callback raised: callbacks pause until the next good reload
+local catch = true -- setup's `protect` option
+local started = false
 local protected = setmetatable({}, { __mode = "k" }) -- our wrappers
-local failed = false -- a callback raised: the game is paused until the next reload
 
-local function report(message)
-  M.errors[#M.errors + 1] = message
+--- Text LÖVE can draw: invalid UTF-8 bytes (a binary file name, a cut chunk name) become "?".
+local function printable(text)
+  if utf8.len(text) then return text end
+  local out, i = {}, 1
+  while i <= #text do
+    local ok, n = pcall(utf8.len, text, i, i)
+    local len = 1
+    if ok and n == 1 then
+      local b = text:byte(i)
+      len = b >= 240 and 4 or b >= 224 and 3 or b >= 192 and 2 or 1
+      out[#out + 1] = text:sub(i, i + len - 1)
+    else
+      out[#out + 1] = "?"
+    end
+    i = i + len
+  end
+  return table.concat(out)
+end
+
+local function refresh()
+  for i = #M.errors, 1, -1 do M.errors[i] = nil end
+  for _, key in ipairs(order) do M.errors[#M.errors + 1] = by_key[key] end
+end
+
+local function report(key, message)
+  if by_key[key] == nil then order[#order + 1] = key end
+  by_key[key] = printable(message)
+  refresh()
   print(message)
+end
+
+local function clear(key)
+  if by_key[key] == nil then return end
+  by_key[key] = nil
+  for i, k in ipairs(order) do
+    if k == key then table.remove(order, i) break end
+  end
+  refresh()
+end
+
+local function clear_callbacks()
+  for i = #order, 1, -1 do
+    if order[i]:sub(1, 5) == "love." then clear(order[i]) end
+  end
+  failed = false
 end
 
 --- Applies saved files now (called every frame once set up). Returns `poll`'s results.
 function M.poll()
   local n, errors = hotreload.poll()
-  if n > 0 and not errors then
-    M.errors, failed = {}, false
-  end
   M.reloaded = M.reloaded + n
-  if errors then
-    for _, e in ipairs(errors) do report(e) end
+  for _, e in ipairs(errors or {}) do
+    report(e:match("cannot reload '([^']+)'") or e, e)
   end
   return n, errors
-end
-
---- Wraps the game's callback `name` (once): a raise pauses the game and shows the error.
-local function protect(name)
-  local f = love[name]
-  if type(f) ~= "function" or protected[f] then return end
-  local function wrapper(...)
-    if failed and name ~= "draw" then return end
-    if not failed then
-      local ok, err = xpcall(f, debug.traceback, ...)
-      if not ok then
-        failed = true
-        report("hotreload.love: love." .. name .. " failed (fix and save to go on):\n" .. err)
-      end
-    end
-    if name == "draw" and #M.errors > 0 then M.draw_errors() end
-  end
-  protected[wrapper] = true
-  love[name] = wrapper
 end
 
 --- Draws the messages over the game.
@@ -73,35 +99,92 @@ function M.draw_errors()
   g.pop()
 end
 
+--- After a draw that raised: leave the graphics state as `present` needs it.
+local function reset_graphics()
+  local g = love.graphics
+  g.setCanvas()
+  g.setShader()
+  while g.getStackDepth() > 0 do g.pop() end
+end
+
+--- Wraps the game's callback `name` (once): a raise pauses the game and shows the error;
+--- the draw callback also draws the messages.
+local function protect(name)
+  local f = love[name]
+  if type(f) ~= "function" or protected[f] then return end
+  local function wrapper(...)
+    if not failed then
+      if catch then
+        local ok, err = xpcall(f, debug.traceback, ...)
+        if not ok then
+          failed = true
+          if name == "draw" then reset_graphics() end
+          report("love." .. name, "hotreload.love: love." .. name
+            .. " failed (fix and save to go on):\n" .. tostring(err))
+        end
+      else
+        f(...)
+      end
+    end
+    if name == "draw" and #M.errors > 0 then pcall(M.draw_errors) end
+  end
+  protected[wrapper] = true
+  love[name] = wrapper
+end
+
 --- Before each frame: poll, and (re)wrap the callbacks the game set since.
 local function before_frame()
   M.poll()
-  for _, name in ipairs(CALLBACKS) do protect(name) end
-  if love.draw == nil then
-    love.draw = function() end
-    protect("draw")
+  if love.draw == nil then love.draw = function() end end
+  protect("update")
+  protect("draw")
+  for name in pairs(love.handlers or {}) do
+    if name ~= "quit" then protect(name) end
   end
 end
 
---- Starts watching. `opts.dirs`: directories to watch, relative to the game's folder
---- (default: the game's folder). `opts.protect` (default true): catch errors of callbacks.
---- Raises on misuse; a directory that cannot be watched is shown like a reload error.
+--- The folders where `require` finds the game's modules, as package.path entries, so that
+--- hotreload maps saved files to module names (LÖVE's own searcher loads them).
+local function require_path(source)
+  local entries = {}
+  local templates = love.filesystem.getRequirePath and love.filesystem.getRequirePath()
+    or "?.lua;?/init.lua"
+  for template in templates:gmatch("[^;]+") do
+    entries[#entries + 1] = source .. "/" .. template
+  end
+  return table.concat(entries, ";")
+end
+
+--- Starts watching. `opts.dirs`: folders to watch, relative to the game's folder (default:
+--- the game's folder). `opts.protect` (default true): catch errors of callbacks. Calling it
+--- again does nothing. Raises on misuse; a folder that cannot be watched is shown like a
+--- reload error.
 function M.setup(opts)
   opts = opts or {}
   if type(opts) ~= "table" then
     error("bad argument #1 to 'setup' (table expected, got " .. type(opts) .. ")", 2)
   end
-  local source = love.filesystem.getSource()
   local dirs = opts.dirs or { "." }
   if type(dirs) ~= "table" then error("bad option 'dirs' to 'setup' (table expected)", 2) end
-  -- game modules load through LÖVE's own searcher; hotreload maps files to modules through
-  -- package.path, so the game's folder goes there too
-  package.path = source .. "/?.lua;" .. source .. "/?/init.lua;" .. package.path
+  if started then return M end
+  started = true
+  catch = opts.protect ~= false
+  local source = love.filesystem.getSource()
+  package.path = require_path(source) .. ";" .. package.path
   for _, dir in ipairs(dirs) do
     local path = dir:sub(1, 1) == "/" and dir or source .. "/" .. dir
     local w, err = hotreload.watch(path)
-    if w then M.watchers[#M.watchers + 1] = w else report(err) end
+    if w then M.watchers[#M.watchers + 1] = w else report(path, err) end
   end
+  hotreload.before_reload(function(name)
+    if name == "main" or name == "conf" then
+      error(name .. ".lua sets the game up once: restart the game to apply it", 0)
+    end
+  end)
+  hotreload.on_reload(function(name)
+    clear(name)
+    clear_callbacks() -- new code: let the callbacks run again
+  end)
   local run = love.run
   love.run = function()
     local step = run()
@@ -109,9 +192,6 @@ function M.setup(opts)
       before_frame()
       return step()
     end
-  end
-  if opts.protect == false then
-    protect = function() end
   end
   return M
 end

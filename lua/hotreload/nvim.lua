@@ -16,9 +16,13 @@ end
 --- root with a `lua/` folder maps `lua/x/y.lua` to `x.y`; any other directory maps its own
 --- files.
 local function add_to_path(dir)
-  local root = vim.fn.isdirectory(dir .. "/lua") == 1 and dir .. "/lua" or dir
+  local plugin = vim.fn.isdirectory(dir .. "/lua") == 1
+  local root = plugin and dir .. "/lua" or dir
   local entries = root .. "/?.lua;" .. root .. "/?/init.lua;"
   if not package.path:find(entries, 1, true) then package.path = entries .. package.path end
+  -- Neovim's own searcher (runtimepath) comes before package.path: put the plugin first
+  -- there too, or a copy installed elsewhere would be the one reloaded
+  if plugin then vim.opt.rtp:prepend(dir) end
 end
 
 --- Applies saved files now; notifies what happened. Returns `poll`'s results.
@@ -55,7 +59,8 @@ end
 function M.setup(opts)
   opts = opts or {}
   vim.validate({ opts = { opts, "table" }, dirs = { opts.dirs, "table" },
-    interval = { opts.interval, "number", true } })
+    interval = { opts.interval, function(v) return v == nil or (type(v) == "number" and v >= 1) end,
+      "a number of milliseconds, at least 1" } })
   M.stop()
   M.verbose = opts.verbose
   for _, dir in ipairs(opts.dirs) do
