@@ -274,3 +274,44 @@ describe("unusual module tables", function()
     assert.is_nil(next(M.cache), "the weak table still holds its key")
   end)
 end)
+
+describe("sizes and numbers at the edges", function()
+  it("a transaction of thousands of modules reloads, or says it is too big; it never crashes",
+    function()
+    local names, sources = {}, {}
+    for i = 1, 3000 do
+      names[i] = ("edge_tx_%d_%d"):format(i, math.random(1, 1e9))
+      sources[names[i]] = ("return { v = %d }"):format(i)
+    end
+    local modules, err = hotreload.reload(names, { source = sources })
+    if modules then
+      assert.equal(3000, #modules)
+      assert.equal(3000, modules[3000].v)
+    else
+      assert.matches("too many modules in one batch", err, 1, true)
+      assert.is_nil(package.loaded[names[1]], "a failed transaction loaded a module")
+    end
+    -- a thousand fit on every VM
+    local some = {}
+    for i = 1, 1000 do some[i] = names[i] end
+    local loaded = assert(hotreload.reload(some, { source = sources }))
+    assert.equal(1000, loaded[1000].v)
+  end)
+
+  it("repeated names in a transaction give results in the order of the names", function()
+    local a, b = h.module("return { v = 'a' }"), h.module("return { v = 'b' }")
+    local modules, reports = assert(hotreload.reload({ a, a, b }))
+    assert.equal(3, #modules)
+    assert.equal(3, #reports)
+    assert.equal(modules[1], modules[2])
+    assert.equal("a", modules[2].v)
+    assert.equal("b", modules[3].v)
+  end)
+
+  it("poll(math.huge) and poll(0/0) are no budget and a zero budget; settle_ms = math.huge raises",
+    function()
+    assert.is_number((hotreload.poll(math.huge)))
+    assert.is_number((hotreload.poll(0 / 0)))
+    assert.has_error(function() hotreload.watch(h.root, { settle_ms = math.huge }) end)
+  end)
+end)

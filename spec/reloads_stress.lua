@@ -57,3 +57,31 @@ describe("10 000 reloads", function()
     assert.is_true(mem[2] <= mem[1] * 1.05 + 1024 * 1024, "RSS grew")
   end)
 end)
+
+describe("a poll with thousands of changed files", function()
+  it("reloads every module (in batches), with no error", function()
+    local lfs = require "lfs"
+    local dir = h.root .. "/many"
+    assert(lfs.mkdir(dir))
+    local n, mods = 3000, {}
+    for i = 1, n do
+      h.write(("many/m%d.lua"):format(i), "return { v = 1 }")
+      mods[i] = require("many.m" .. i)
+    end
+    local w = assert(hotreload.watch(dir))
+    for i = 1, n do h.write(("many/m%d.lua"):format(i), "return { v = 2 }") end
+    local reloaded, errors = 0, {}
+    local done = h.wait_until(function()
+      local k, errs = hotreload.poll()
+      reloaded = reloaded + k
+      for _, e in ipairs(errs or {}) do errors[#errors + 1] = e end
+      for i = 1, n do
+        if mods[i].v ~= 2 then return false end
+      end
+      return true
+    end, 30)
+    w:close()
+    assert(done, "not every module reloaded: " .. table.concat(errors, "\n"))
+    assert.same({}, errors)
+  end)
+end)

@@ -54,6 +54,25 @@ describe("replacing old functions everywhere", function()
     end
   end)
 
+  it("points a metatable the new top level set at the running class table", function()
+    local registry = h.module("return {}")
+    local R = require(registry)
+    local src = [[
+      local R = require(%q)
+      local M = {}
+      M.__index = M
+      function M:hi() return "%s" end
+      R.obj = setmetatable({}, M)
+      return M
+    ]]
+    local name = h.module(src:format(registry, "v1"))
+    local M = require(name)
+    h.rewrite(name, src:format(registry, "v2"))
+    reload(name)
+    assert.equal(M, getmetatable(R.obj))
+    assert.equal("v2", R.obj:hi())
+  end)
+
   it("updates a function another module captured as an upvalue", function()
     local name, edit = versions(basic)
     require(name)

@@ -68,11 +68,7 @@ pub unsafe fn open(l: *mut lua_State, exports: &[(&std::ffi::CStr, ffi::lua_CFun
         }
         ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(&DEFAULTS));
         ffi::lua_setfield(l, module, c"defaults".as_ptr());
-        if ffi::lua_pushthread(l) == 1 {
-            ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(&MAIN_THREAD));
-        } else {
-            ffi::lua_pop(l, 1);
-        }
+        note_main_thread(l);
         ffi::push_bytes(l, env!("CARGO_PKG_VERSION").as_bytes());
         ffi::lua_setfield(l, module, c"_VERSION".as_ptr());
         ffi::push_bytes(l, ffi::FLAVOR.as_bytes());
@@ -107,6 +103,7 @@ pub unsafe extern "C-unwind" fn reload(l: *mut lua_State) -> c_int {
             ffi::luaL_checktype(l, 2, ffi::LUA_TTABLE);
         }
         ffi::lua_settop(l, 2);
+        note_main_thread(l);
         let opts = options(l, if has_opts { 2 } else { 0 });
         // at 3: the list of names (a one-name list for a single name)
         if list {
@@ -133,9 +130,9 @@ pub unsafe extern "C-unwind" fn reload(l: *mut lua_State) -> c_int {
             per_module_field(l, has_opts, list, field, n);
             debug_assert_eq!(ffi::lua_gettop(l), at);
         }
-        let targets = targets(l, n);
-        let outcome = run_reload(l, &targets, opts, list);
-        drop(targets);
+        let (targets, order) = targets(l, n);
+        let outcome = run_reload(l, &targets, &order, opts, list);
+        drop((targets, order));
         finish(l, outcome)
     }
 }
@@ -188,8 +185,10 @@ unsafe fn per_module_field(l: *mut lua_State, has_opts: bool, list: bool, field:
 }
 
 /// The targets of a checked call: names at 3, `source` at 4, `chunkname` at 5.
-unsafe fn targets(l: *mut lua_State, n: i64) -> Vec<reload::Target> {
+/// Also returns, for each name of the call, the index of its target (repeated names share one).
+unsafe fn targets(l: *mut lua_State, n: i64) -> (Vec<reload::Target>, Vec<usize>) {
     let mut targets: Vec<reload::Target> = Vec::with_capacity(n as usize);
+    let mut order = Vec::with_capacity(n as usize);
     // SAFETY: raw reads of checked values; nothing here raises.
     unsafe {
         for i in 1..=n {
@@ -201,13 +200,18 @@ unsafe fn targets(l: *mut lua_State, n: i64) -> Vec<reload::Target> {
             let source = per_module_text(l, 4)
                 .map(|text| reload::Source { text, chunkname: per_module_text(l, 5) });
             ffi::lua_pop(l, 1);
-            if !targets.iter().any(|t| t.name == name) {
-                targets.push(reload::Target { name, source });
+            match targets.iter().position(|t| t.name == name) {
+                Some(at) => order.push(at),
+                None => {
+                    order.push(targets.len());
+                    targets.push(reload::Target { name, source });
+                }
             }
         }
     }
-    targets
+    (targets, order)
 }
+
 /// The string at `at`, or the one the table at `at` holds for the name on top of the stack.
 unsafe fn per_module_text(l: *mut lua_State, at: c_int) -> Option<Vec<u8>> {
     // SAFETY: raw reads; the value read is copied before it is popped.
@@ -237,6 +241,7 @@ unsafe fn per_module_text(l: *mut lua_State, at: c_int) -> Option<Vec<u8>> {
 unsafe fn run_reload(
     l: *mut lua_State,
     targets: &[reload::Target],
+    order: &[usize],
     opts: reload::Options,
     list: bool,
 ) -> Result<c_int, Error> {
@@ -251,7 +256,6 @@ unsafe fn run_reload(
         let state = ffi::lua_gettop(l);
         let base = state;
         let out = reload::batch(l, &sb.data, state, targets, opts, reload::Mode::Atomic, true)?;
-        let n = targets.len() as c_int;
         if let Some(e) = out.first_error() {
             ffi::lua_settop(l, base);
             let mut e = e.clone();
@@ -263,13 +267,18 @@ unsafe fn run_reload(
         if !list {
             return Ok(2);
         }
-        ffi::lua_createtable(l, n, 0);
-        ffi::lua_createtable(l, n, 0);
-        for i in (0..n).rev() {
-            ffi::lua_pushvalue(l, base + 2 + 2 * i); // report
-            ffi::lua_rawseti(l, -2, ffi::lua_Integer::from(i + 1));
-            ffi::lua_pushvalue(l, base + 1 + 2 * i); // module
-            ffi::lua_rawseti(l, -3, ffi::lua_Integer::from(i + 1));
+        // results in the order of the names given (a repeated name repeats its results)
+        ffi::luaL_checkstack(l, 4, c"hotreload: Lua stack exhausted".as_ptr());
+        let len = c_int::try_from(order.len()).unwrap_or(0);
+        ffi::lua_createtable(l, len, 0);
+        ffi::lua_createtable(l, len, 0);
+        for (i, &at) in order.iter().enumerate() {
+            let at = c_int::try_from(at).unwrap_or(0);
+            let i = ffi::lua_Integer::try_from(i + 1).unwrap_or(0);
+            ffi::lua_pushvalue(l, base + 2 + 2 * at); // report
+            ffi::lua_rawseti(l, -2, i);
+            ffi::lua_pushvalue(l, base + 1 + 2 * at); // module
+            ffi::lua_rawseti(l, -3, i);
         }
         Ok(2)
     }
@@ -309,7 +318,8 @@ pub unsafe extern "C-unwind" fn poll(l: *mut lua_State) -> c_int {
     unsafe {
         let budget = if ffi::lua_type(l, 1) > ffi::LUA_TNIL {
             let ms = ffi::luaL_checknumber(l, 1);
-            Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0))
+            // NaN or too long for a Duration (math.huge): no budget
+            Duration::try_from_secs_f64(ms.max(0.0) / 1000.0).ok()
         } else {
             None
         };
@@ -322,6 +332,7 @@ pub unsafe extern "C-unwind" fn poll(l: *mut lua_State) -> c_int {
             ffi::lua_pushinteger(l, 0);
             return 1;
         }
+        note_main_thread(l);
         let opts = options(l, 0);
         ffi::lua_pushvalue(l, state);
         let state = ffi::lua_gettop(l);
@@ -442,7 +453,17 @@ pub unsafe extern "C-unwind" fn watch(l: *mut lua_State) -> c_int {
             opts.pattern = String::from_utf8_lossy(p).into_owned();
         }
         if settle {
-            opts.settle = Some(Duration::from_secs_f64(ffi::lua_tonumber(l, 4).max(0.0) / 1000.0));
+            let ms = ffi::lua_tonumber(l, 4);
+            match Duration::try_from_secs_f64(ms.max(0.0) / 1000.0) {
+                Ok(d) => opts.settle = Some(d),
+                Err(_) => {
+                    drop(opts);
+                    return raise(
+                        l,
+                        "bad option 'settle_ms' to 'watch' (a finite number expected)",
+                    );
+                }
+            }
         }
         let dir = match ffi::read(l, 1) {
             Val::Str(d) => String::from_utf8_lossy(d).into_owned(),
@@ -570,6 +591,22 @@ unsafe fn options(l: *mut lua_State, opts: c_int) -> reload::Options {
         ffi::lua_pop(l, 1);
     }
     o
+}
+
+/// Records the main thread in the registry the first time any function runs on it (LuaJIT
+/// keeps no reference to it there; the walk needs one to reach its locals).
+unsafe fn note_main_thread(l: *mut lua_State) {
+    // SAFETY: a raw read, and a raw write of a value that is on the stack; balanced.
+    unsafe {
+        if registry_has(l, &MAIN_THREAD, ffi::LUA_TTHREAD) {
+            return;
+        }
+        if ffi::lua_pushthread(l) == 1 {
+            ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(&MAIN_THREAD));
+        } else {
+            ffi::lua_pop(l, 1);
+        }
+    }
 }
 
 /// Whether the registry holds a value of type `t` at key `k`.

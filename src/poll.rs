@@ -12,6 +12,10 @@ use crate::modname::{self, Template};
 use crate::reload;
 use crate::state::StateBox;
 
+/// Modules per batch: a batch keeps a few Lua stack slots per module, and LuaJIT allows a C
+/// function 8000 (a checkout can change thousands of files at once).
+const POLL_BATCH: usize = 256;
+
 /// What one poll did.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -43,11 +47,12 @@ pub unsafe fn poll(
         Ok(p) => Template::parse(&p, resolve_dir),
         Err(e) => {
             out.errors.push(format!("hotreload: poll: {e}"));
+            sb.queue.put_back(paths, Instant::now()); // tried again at the next poll
             return out;
         }
     };
-    // Without a budget every ready file goes into one batch; with one, each file is a batch
-    // and the budget is checked between them.
+    // Without a budget the ready files go into batches of up to POLL_BATCH modules; with
+    // one, each file is a batch and the budget is checked between them.
     let mut targets: Vec<reload::Target> = Vec::new();
     let n_paths = paths.len();
     for (i, path) in paths.iter().enumerate() {
@@ -68,7 +73,8 @@ pub unsafe fn poll(
                 Err(e) => out.errors.push(format!("hotreload: poll: {e}")),
             }
         } // else deleted since: the module stays as it is
-        if (budget.is_some() || i + 1 == n_paths) && !targets.is_empty() {
+        let full = targets.len() >= POLL_BATCH;
+        if (budget.is_some() || full || i + 1 == n_paths) && !targets.is_empty() {
             // SAFETY: the state userdata is at `state`.
             let batch = unsafe {
                 reload::batch(l, &sb.data, state, &targets, opts, reload::Mode::Lenient, false)

@@ -70,6 +70,9 @@ struct Frame {
 /// slots each; LuaJIT lets a C function have 8000).
 const MAX_DEPTH: usize = 200;
 
+/// Stack slots the walk uses at most (the engine reserves them before applying anything).
+pub const STACK_NEEDED: c_int = 32 + 2 * MAX_DEPTH as c_int;
+
 struct Walker<'p> {
     plans: &'p mut [Plan],
     /// the tables being walked, innermost last
@@ -103,11 +106,7 @@ struct Walker<'p> {
 pub unsafe fn replace(l: *mut lua_State, plans: &mut [Plan]) -> Vec<Outcome> {
     // SAFETY: every step keeps the stack balanced; objects are pushed before use.
     unsafe {
-        ffi::luaL_checkstack(
-            l,
-            32 + 2 * MAX_DEPTH as c_int,
-            c"hotreload: Lua stack exhausted".as_ptr(),
-        );
+        ffi::luaL_checkstack(l, STACK_NEEDED, c"hotreload: Lua stack exhausted".as_ptr());
         let top = ffi::lua_gettop(l);
         let mut w = Walker::new(l, plans);
         w.roots(l);
@@ -161,9 +160,7 @@ impl<'p> Walker<'p> {
                             line: ar.linedefined,
                             last_line: ar.lastlinedefined,
                         });
-                    } else {
-                        ffi::lua_pop(l, 1);
-                    }
+                    } // lua_getinfo(">S") popped the function either way
                 }
             }
             // innermost first: a closure belongs to the smallest function around it
@@ -434,8 +431,7 @@ impl<'p> Walker<'p> {
         // key slot (nil) is pushed.
         unsafe {
             let (mut weak_keys, mut weak_values) = (false, false);
-            if ffi::lua_getmetatable(l, -1) != 0 {
-                self.examine(l, -1);
+            if self.metatable(l, ffi::lua_gettop(l)) {
                 ffi::push_bytes(l, b"__mode");
                 if ffi::lua_rawget(l, -2) == ffi::LUA_TSTRING
                     && let ffi::Val::Str(mode) = ffi::read(l, -1)
@@ -522,18 +518,42 @@ impl<'p> Walker<'p> {
         #[cfg(feature = "luajit")]
         // SAFETY: lua_getfenv pushes one value.
         unsafe {
+            let idx = ffi::lua_absindex(l, idx);
             ffi::lua_getfenv(l, idx);
-            self.examine(l, -1);
+            if let Some(slot) = self.examine(l, -1) {
+                self.push_ref(l, slot);
+                ffi::lua_setfenv(l, idx);
+                self.tally(slot).references += 1;
+            }
             ffi::lua_pop(l, 1);
         }
         let _ = (l, idx);
     }
 
+    /// Pushes the metatable of the object at `obj` (absolute) and returns true, or pushes
+    /// nothing and returns false. A metatable that is a discarded copy of a merged table
+    /// (`setmetatable(obj, M)` in the new top level) is replaced by the running table first.
+    unsafe fn metatable(&mut self, l: *mut lua_State, obj: c_int) -> bool {
+        // SAFETY: one value is left pushed when true, none when false.
+        unsafe {
+            if ffi::lua_getmetatable(l, obj) == 0 {
+                return false;
+            }
+            if let Some(slot) = self.examine(l, -1) {
+                ffi::lua_pop(l, 1);
+                self.push_ref(l, slot);
+                ffi::lua_pushvalue(l, -1);
+                ffi::lua_setmetatable(l, obj);
+                self.tally(slot).references += 1;
+            }
+            true
+        }
+    }
+
     unsafe fn visit_userdata(&mut self, l: *mut lua_State, u: c_int) {
         // SAFETY: user value accessors for this Lua version; stack balanced.
         unsafe {
-            if ffi::lua_getmetatable(l, u) != 0 {
-                self.examine(l, -1);
+            if self.metatable(l, u) {
                 ffi::lua_pop(l, 1);
             }
             #[cfg(any(feature = "lua54", feature = "lua55"))]
@@ -664,20 +684,27 @@ impl<'p> Walker<'p> {
                 i += 1;
             }
             let (line, last) = (ar.linedefined, ar.lastlinedefined);
+            let mut inside = None;
             for e in 0..self.enclosing.len() {
                 let Some(enc) = self.enclosing.get(e) else { break };
                 let (old, new) = ((enc.plan, enc.old), (enc.plan, enc.new));
                 if enc.source != src || enc.line > line || enc.last_line < last {
                     continue;
                 }
+                inside = Some(enc.plan);
                 let Some(found) = self.match_prototype(l, old, new, line, last) else { continue };
                 let Some(index) = found else {
                     return None; // same code in both versions: nothing to update
                 };
                 return self.make_closure(l, c, new, index, source);
             }
-            let plan = self.enclosing.iter().find(|e| e.source == src).map_or(0, |e| e.plan);
-            self.out[plan].closures_left += 1;
+            // made by a function of the module that changed beyond matching: left on the old
+            // code (a closure outside every such function is the top level's, not a factory's)
+            if let Some(plan) = inside
+                && let Some(out) = self.out.get_mut(plan)
+            {
+                out.closures_left += 1;
+            }
             None
         }
     }

@@ -4,8 +4,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher, WatcherKind};
@@ -102,6 +102,7 @@ impl Watch {
             close_events,
             root: root.clone(),
             gate: gate.clone(),
+            rescans: Arc::default(),
         };
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<Event>| sink.handle(res))
@@ -202,6 +203,10 @@ pub fn classify(kind: &EventKind, close_events: bool) -> Action {
 /// before it adds the directory's own watch, so a file written in between has no event.
 const RESCAN_DELAY: Duration = Duration::from_millis(50);
 
+/// File times can lag the clock by a timer tick: a file modified this long before the first
+/// listing still counts as written after it (at worst it reloads twice).
+const MTIME_SLACK: Duration = Duration::from_millis(20);
+
 /// The event handler's state: everything it needs, nothing of Lua.
 #[derive(Clone)]
 struct Sink {
@@ -211,6 +216,7 @@ struct Sink {
     close_events: bool,
     root: PathBuf,
     gate: Arc<RwLock<bool>>,
+    rescans: Arc<Mutex<Rescans>>,
 }
 
 impl Sink {
@@ -248,24 +254,64 @@ impl Sink {
         }
     }
 
-    /// Lists `dir` again after `RESCAN_DELAY`, on a short-lived thread (directories appear
-    /// rarely), unless the watch is closed by then.
+    /// Lists `dir` again after `RESCAN_DELAY`, for the files written in it since `now`. One
+    /// worker thread at a time serves every pending directory (a checkout that creates
+    /// thousands of them starts one thread), and stops once the watch is closed.
     fn rescan_later(&self, dir: &Path) {
-        let (sink, dir) = (self.clone(), dir.to_owned());
+        let since = SystemTime::now().checked_sub(MTIME_SLACK).unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut pending = self.rescans.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.dirs.push((dir.to_owned(), since));
+        if pending.worker {
+            return;
+        }
+        pending.worker = true;
+        drop(pending);
+        let sink = self.clone();
         let spawned =
             std::thread::Builder::new().name("hotreload-rescan".into()).spawn(move || {
-                std::thread::sleep(RESCAN_DELAY);
-                let open = sink.gate.read().unwrap_or_else(PoisonError::into_inner);
-                if *open {
-                    sink.scan(&dir, Instant::now());
+                loop {
+                    std::thread::sleep(RESCAN_DELAY);
+                    let dirs = {
+                        let mut pending =
+                            sink.rescans.lock().unwrap_or_else(PoisonError::into_inner);
+                        if pending.dirs.is_empty() {
+                            pending.worker = false;
+                            return;
+                        }
+                        std::mem::take(&mut pending.dirs)
+                    };
+                    let open = sink.gate.read().unwrap_or_else(PoisonError::into_inner);
+                    if !*open {
+                        continue; // closed: the next turn finds nothing more and stops
+                    }
+                    for (i, (dir, since)) in dirs.iter().enumerate() {
+                        // a directory inside another one of this turn is listed with it
+                        let inside = dirs.iter().enumerate().any(|(j, (other, _))| {
+                            j != i && dir.starts_with(other) && dir != other
+                        });
+                        if !inside {
+                            sink.scan_since(dir, Instant::now(), Some(*since));
+                        }
+                    }
                 }
             });
-        drop(spawned); // detached; if no thread can be made, the first scan stands
+        if spawned.is_err() {
+            // no thread: the first listing stands; let the next directory try again
+            self.rescans.lock().unwrap_or_else(PoisonError::into_inner).worker = false;
+        }
     }
 
     /// Queues every wanted file under `dir` (iteratively; symlinked directories are not
     /// followed, so a link cycle cannot loop).
     fn scan(&self, dir: &Path, now: Instant) {
+        self.scan_since(dir, now, None);
+    }
+
+    /// `scan`, keeping only files modified at or after `since`. Those a rescan finds wait at
+    /// least `RESCAN_DELAY`, so that the close event of a file still being written merges
+    /// with them instead of leaving a half-written file ready.
+    fn scan_since(&self, dir: &Path, now: Instant, since: Option<SystemTime>) {
+        let settle = if since.is_some() { self.settle.max(RESCAN_DELAY) } else { self.settle };
         let mut dirs = vec![dir.to_owned()];
         while let Some(d) = dirs.pop() {
             let Ok(entries) = std::fs::read_dir(&d) else { continue };
@@ -273,12 +319,28 @@ impl Sink {
                 let path = entry.path();
                 match entry.file_type() {
                     Ok(t) if t.is_dir() => dirs.push(path),
-                    Ok(_) if self.filter.wants(&path) => self.queue.push(path, now, self.settle),
+                    Ok(_) if self.filter.wants(&path) => {
+                        let modified = entry.metadata().and_then(|m| m.modified()).ok();
+                        let new_enough = match (since, modified) {
+                            (Some(since), Some(m)) => m >= since,
+                            _ => true,
+                        };
+                        if new_enough {
+                            self.queue.push(path, now, settle);
+                        }
+                    }
                     _ => {}
                 }
             }
         }
     }
+}
+
+/// Directories waiting for their second listing, and whether a worker is serving them.
+#[derive(Default)]
+struct Rescans {
+    dirs: Vec<(PathBuf, SystemTime)>,
+    worker: bool,
 }
 
 /// A notify error as a message, naming the OS limit when one was hit.
@@ -367,6 +429,7 @@ mod tests {
             close_events: true,
             root: root.clone(),
             gate: Arc::new(RwLock::new(true)),
+            rescans: Arc::default(),
         };
         // notify reports the directory (then adds its watch): it is empty at that moment
         sink.handle(Ok(Event::new(EventKind::Create(CreateKind::Folder)).add_path(dir.clone())));

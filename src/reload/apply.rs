@@ -8,13 +8,14 @@ use std::os::raw::c_int;
 use super::plan::{Act, Plan, Pv, push_int};
 use crate::ffi::{self, Val, lua_State, read};
 
-/// One write, and what it overwrote.
+/// One write: what it overwrote, and what it wrote (undone only if still there, so that
+/// undoing one module of a batch never clobbers what another one wrote after it).
 #[derive(Debug)]
 pub enum Undo {
-    Set { t: u32, k: Pv, old: Pv },
-    Meta { t: u32, old: Pv },
-    Up { f: u32, n: c_int, old: Pv },
-    Fenv { f: u32, old: Pv },
+    Set { t: u32, k: Pv, old: Pv, new: Pv },
+    Meta { t: u32, old: Pv, new: Pv },
+    Up { f: u32, n: c_int, old: Pv, new: Pv },
+    Fenv { f: u32, old: Pv, new: Pv },
 }
 
 /// Performs every write of `plan` and joins the upvalue cells; returns the undo log.
@@ -46,7 +47,7 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan) -> Vec<Undo> {
                     ffi::lua_pop(l, 1);
                     push(l, plan, value, true);
                     ffi::lua_rawset(l, top + 1);
-                    log.push(Undo::Set { t, k, old });
+                    log.push(Undo::Set { t, k, old, new: value });
                 }
                 Act::Meta { t, mt } => {
                     push_slot(l, plan, t);
@@ -57,7 +58,7 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan) -> Vec<Undo> {
                     ffi::lua_pop(l, 1);
                     push(l, plan, mt, true);
                     ffi::lua_setmetatable(l, -2);
-                    log.push(Undo::Meta { t, old });
+                    log.push(Undo::Meta { t, old, new: mt });
                 }
                 Act::Up { f, n, v } => {
                     push_slot(l, plan, f);
@@ -66,7 +67,7 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan) -> Vec<Undo> {
                     ffi::lua_pop(l, 1);
                     push(l, plan, v, true);
                     ffi::lua_setupvalue(l, -2, n);
-                    log.push(Undo::Up { f, n, old });
+                    log.push(Undo::Up { f, n, old, new: v });
                 }
                 Act::Fenv { f, env } => {
                     push_slot(l, plan, f);
@@ -75,7 +76,7 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan) -> Vec<Undo> {
                     ffi::lua_pop(l, 1);
                     push(l, plan, env, true);
                     set_fenv(l);
-                    log.push(Undo::Fenv { f, old });
+                    log.push(Undo::Fenv { f, old, new: env });
                 }
             }
             ffi::lua_settop(l, top);
@@ -96,35 +97,63 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan) -> Vec<Undo> {
 /// # Safety
 /// As `apply`, with the same plan.
 pub unsafe fn undo(l: *mut lua_State, plan: &Plan, log: &[Undo]) {
-    // SAFETY: every operand is anchored; each arm is stack-neutral.
+    // SAFETY: every operand is anchored; each arm is stack-neutral (settop below).
     unsafe {
         let top = ffi::lua_gettop(l);
         for u in log.iter().rev() {
             match *u {
-                Undo::Set { t, k, old } => {
-                    push_slot(l, plan, t);
+                Undo::Set { t, k, old, new } => {
+                    push_slot(l, plan, t); // top + 1
                     push(l, plan, k, false);
-                    push(l, plan, old, false);
-                    ffi::lua_rawset(l, -3);
+                    ffi::lua_rawget(l, top + 1);
+                    if still(l, plan, new) {
+                        push(l, plan, k, false);
+                        push(l, plan, old, false);
+                        ffi::lua_rawset(l, top + 1);
+                    }
                 }
-                Undo::Meta { t, old } => {
+                Undo::Meta { t, old, new } => {
                     push_slot(l, plan, t);
-                    push(l, plan, old, false);
-                    ffi::lua_setmetatable(l, -2);
+                    if ffi::lua_getmetatable(l, top + 1) == 0 {
+                        ffi::lua_pushnil(l);
+                    }
+                    if still(l, plan, new) {
+                        push(l, plan, old, false);
+                        ffi::lua_setmetatable(l, top + 1);
+                    }
                 }
-                Undo::Up { f, n, old } => {
+                Undo::Up { f, n, old, new } => {
                     push_slot(l, plan, f);
-                    push(l, plan, old, false);
-                    ffi::lua_setupvalue(l, -2, n);
+                    ffi::lua_getupvalue(l, top + 1, n);
+                    if still(l, plan, new) {
+                        push(l, plan, old, false);
+                        ffi::lua_setupvalue(l, top + 1, n);
+                    }
                 }
-                Undo::Fenv { f, old } => {
+                Undo::Fenv { f, old, new } => {
                     push_slot(l, plan, f);
-                    push(l, plan, old, false);
-                    set_fenv(l);
+                    get_fenv(l);
+                    if still(l, plan, new) {
+                        ffi::lua_settop(l, top + 1);
+                        push(l, plan, old, false);
+                        set_fenv(l);
+                    }
                 }
             }
             ffi::lua_settop(l, top);
         }
+    }
+}
+
+/// Whether the value on top is the one `new` wrote (resolved as `apply` wrote it). Leaves the
+/// stack as it was.
+unsafe fn still(l: *mut lua_State, plan: &Plan, new: Pv) -> bool {
+    // SAFETY: one push, compared, popped.
+    unsafe {
+        push(l, plan, new, true);
+        let same = ffi::lua_rawequal(l, -1, -2) != 0;
+        ffi::lua_pop(l, 1);
+        same
     }
 }
 

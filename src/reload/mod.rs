@@ -97,6 +97,17 @@ impl Outcome {
     }
 }
 
+/// What `luaL_checkstack` adds to a request on LuaJIT (mlua's compat version asks for
+/// `LUA_MINSTACK` more): a non-raising check must leave room for it, or the raising check
+/// after it fails, and on LuaJIT a raise here cannot be caught.
+const CHECK_SLACK: c_int = 40;
+
+/// Stack slots checked for before loading one job (three stay: new value, delta, live).
+const LOAD_STACK: c_int = 12 + CHECK_SLACK;
+
+const STACK_FULL: &str =
+    "too many modules in one batch: the Lua stack is full (reload fewer at a time)";
+
 /// One target's progress through the steps.
 #[derive(Default)]
 struct Job {
@@ -114,9 +125,9 @@ struct Job {
     error: Option<Error>,
 }
 
-/// Reloads (or first loads) the modules of `targets` as one batch. With `push`, leaves on the
-/// stack, for each target, its module and report table (`nil, nil` for one that failed);
-/// otherwise leaves nothing. Report tables are only made for the stack or for listeners.
+/// Reloads (or first loads) the modules of `targets` as one batch. With `push`, and if every
+/// target succeeded, leaves on the stack each target's module and report table; otherwise
+/// leaves nothing. Report tables are only made for the stack or for listeners.
 ///
 /// # Safety
 /// `state` is the absolute index of the state userdata behind `cell`; a few free stack slots.
@@ -160,7 +171,9 @@ pub unsafe fn batch(
             capture::wrap_searchers(l, 1);
             ffi::push_loaded(l);
             let loaded = ffi::lua_gettop(l);
-            run.load_all(l, loaded);
+            ffi::push_globals(l);
+            let globals = loaded + 1;
+            run.load_all(l, loaded, globals);
             gc = Some(GcPause::new(l));
             run.plan_all(l);
             run.consent_all(l);
@@ -178,34 +191,32 @@ pub unsafe fn batch(
             let mut done = plans.iter_mut();
             for job in run.jobs.iter_mut() {
                 let plan = if job.error.is_none() { done.next() } else { None };
-                reports.push(plan.map(|plan| {
-                    job.mirror = Some(std::mem::take(&mut plan.mirror));
-                    Report { merge: plan.counts, walk: walked.next().unwrap_or_default(), seconds }
+                reports.push(plan.map(|plan| Report {
+                    merge: plan.counts,
+                    walk: walked.next().unwrap_or_default(),
+                    seconds,
                 }));
             }
+            // results only for a batch that succeeded whole (a failed transaction answers with
+            // its message; its stack may not have room for two values per module)
+            let push = push && run.jobs.iter().all(|j| j.error.is_none());
             let tables = push || hooks::has_listeners(l, &hooks::AFTER);
             let mut n = 0;
+            // (only succeeded targets push anything: a failed one may have left no room)
             for (t, report) in targets.iter().zip(&reports) {
+                let Some(r) = report else { continue };
                 let (module, table) = (ffi::lua_gettop(l) + 1, ffi::lua_gettop(l) + 2);
-                match report {
-                    Some(r) => {
-                        ffi::push_bytes(l, &t.name);
-                        ffi::lua_rawget(l, loaded);
-                        if tables {
-                            hooks::push_report(l, r);
-                        } else {
-                            ffi::lua_pushnil(l);
-                        }
-                        let before = out.listener_errors.len();
-                        hooks::after_listeners(l, &t.name, module, table, &mut out.listener_errors);
-                        if tables && let Some(errors) = out.listener_errors.get(before..) {
-                            hooks::set_errors(l, table, errors);
-                        }
-                    }
-                    None => {
-                        ffi::lua_pushnil(l);
-                        ffi::lua_pushnil(l);
-                    }
+                ffi::push_bytes(l, &t.name);
+                ffi::lua_rawget(l, loaded);
+                if tables {
+                    hooks::push_report(l, r);
+                } else {
+                    ffi::lua_pushnil(l);
+                }
+                let before = out.listener_errors.len();
+                hooks::after_listeners(l, &t.name, module, table, &mut out.listener_errors);
+                if tables && let Some(errors) = out.listener_errors.get(before..) {
+                    hooks::set_errors(l, table, errors);
                 }
                 if push {
                     n += 2;
@@ -285,7 +296,7 @@ impl Run<'_> {
     }
 
     /// Step 1: each new version, and each running value, on the stack.
-    unsafe fn load_all(&mut self, l: *mut lua_State, loaded: c_int) {
+    unsafe fn load_all(&mut self, l: *mut lua_State, loaded: c_int, globals: c_int) {
         // a module refused before the batch started (busy) fails a transaction too
         let refused =
             self.jobs.iter_mut().enumerate().find_map(|(i, j)| Some((i, j.error.take()?)));
@@ -297,9 +308,12 @@ impl Run<'_> {
                 continue;
             }
             let Some(t) = self.targets.get(i) else { break };
-            // SAFETY: the loaders run under lua_pcall; values are left on the stack.
+            // SAFETY: the loaders run under lua_pcall; three values per job stay on the stack.
             let result = unsafe {
-                ffi::luaL_checkstack(l, 24, c"hotreload: Lua stack exhausted".as_ptr());
+                if ffi::lua_checkstack(l, LOAD_STACK) == 0 {
+                    self.fail(i, ErrorKind::Load.with(t, STACK_FULL));
+                    continue;
+                }
                 let loader = ffi::lua_gettop(l) + 1;
                 let found = match &t.source {
                     Some(src) => load::load_source(l, &t.name, src, self.opts.binary),
@@ -310,20 +324,30 @@ impl Run<'_> {
                     Err(load::LoadError::Failed(m)) => Err(ErrorKind::Load.with(t, m)),
                     Err(load::LoadError::Native) => Err(ErrorKind::Native.with(t, "")),
                     Ok(()) => match load::run(l, &t.name, loader) {
-                        Err(m) => Err(ErrorKind::Load.with(t, m)),
+                        Err(m) => {
+                            ffi::lua_settop(l, loader - 1);
+                            Err(ErrorKind::Load.with(t, m))
+                        }
                         Ok(new) => {
+                            // keep the new value and the globals it assigned where the loader
+                            // and its extra value were, then the running value
+                            ffi::lua_pushvalue(l, new.value);
+                            ffi::lua_replace(l, loader);
+                            ffi::lua_pushvalue(l, new.delta);
+                            ffi::lua_replace(l, loader + 1);
+                            ffi::lua_settop(l, loader + 1);
                             ffi::push_bytes(l, &t.name);
                             ffi::lua_rawget(l, loaded);
-                            Ok((new, ffi::lua_gettop(l)))
+                            Ok(loader)
                         }
                     },
                 }
             };
             match result {
-                Ok((new, live)) => {
+                Ok(at) => {
                     if let Some(job) = self.jobs.get_mut(i) {
-                        (job.new, job.live) = (new.value, live);
-                        (job.globals, job.delta) = (new.globals, new.delta);
+                        (job.new, job.delta, job.live) = (at, at + 1, at + 2);
+                        job.globals = globals;
                     }
                 }
                 Err(e) => self.fail(i, e),
@@ -336,6 +360,11 @@ impl Run<'_> {
         for i in 0..self.jobs.len() {
             let Some(t) = self.targets.get(i) else { break };
             let Some(job) = self.jobs.get_mut(i).filter(|j| j.error.is_none()) else { continue };
+            // SAFETY: a non-raising check (a raise here could not be caught on LuaJIT).
+            if unsafe { ffi::lua_checkstack(l, plan::STACK_NEEDED + CHECK_SLACK) } == 0 {
+                self.fail(i, ErrorKind::Merge.with(t, STACK_FULL));
+                continue;
+            }
             let empty = Snapshot::default();
             let base = job.base.as_ref().unwrap_or(&empty);
             // SAFETY: the values `load_all` left are still on the stack.
@@ -392,6 +421,23 @@ impl Run<'_> {
     /// Steps 4 and 5: apply each plan and set `package.loaded`, then call each merged
     /// module's `__reload`; a failing one is undone (in a transaction, all are).
     unsafe fn apply_all(&mut self, l: *mut lua_State, loaded: c_int) {
+        // Everything from here to the results (the walk, hooks, reports, two results per job)
+        // runs in this reserved space: nothing after the first write may fail for want of it.
+        let need = c_int::try_from(2 * self.jobs.len()).unwrap_or(c_int::MAX / 2)
+            + walk::STACK_NEEDED
+            + 96
+            + CHECK_SLACK;
+        // SAFETY: a non-raising check.
+        if unsafe { ffi::lua_checkstack(l, need) } == 0 {
+            for i in 0..self.jobs.len() {
+                if self.failed().get(i) == Some(&false)
+                    && let Some(t) = self.targets.get(i)
+                {
+                    self.fail(i, ErrorKind::Merge.with(t, STACK_FULL));
+                }
+            }
+            return;
+        }
         for (t, job) in self.going() {
             let Some(plan) = job.plan.as_mut() else { continue };
             // SAFETY: the plan's anchors are on the stack; the collector is paused.
@@ -401,6 +447,8 @@ impl Run<'_> {
                 apply::push(l, plan, plan.root, true);
                 ffi::lua_rawset(l, loaded);
             }
+            // applied: from now on the new version is the base, whatever happens next
+            job.mirror = Some(std::mem::take(&mut plan.mirror));
         }
         for i in 0..self.jobs.len() {
             let (Some(t), Some(job)) = (self.targets.get(i), self.jobs.get(i)) else { break };
@@ -449,6 +497,7 @@ enum Step {
 unsafe fn undo_job(l: *mut lua_State, t: Option<&Target>, job: &mut Job, loaded: c_int) {
     let (Some(t), Some(plan)) = (t, job.plan.as_ref()) else { return };
     let log = std::mem::take(&mut job.undo);
+    job.mirror = None; // rolled back: the old base stands
     // SAFETY: the plan's anchors and the running value are on the stack.
     unsafe {
         apply::undo(l, plan, &log);

@@ -250,7 +250,7 @@ pub struct Planner<'o> {
 }
 
 /// Stack slots a planning step uses at most.
-const STACK_NEEDED: c_int = 24;
+pub const STACK_NEEDED: c_int = 24;
 
 impl<'o> Planner<'o> {
     /// Pushes the anchor table. `stop` holds objects that belong to others (`_G`, other
