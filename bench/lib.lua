@@ -23,10 +23,12 @@ function lib.percentile(xs, p)
   return t[math.max(1, math.ceil(#t * p))]
 end
 
---- Median over `runs` runs of the time `f()` takes, in seconds.
-function lib.time(f, runs)
+--- Median over `runs` runs of the time `f()` takes, in seconds; `prepare()`, if given, runs
+--- untimed before each run.
+function lib.time(f, runs, prepare)
   local samples = {}
   for i = 1, runs or 7 do
+    if prepare then prepare() end
     local t0 = lib.now()
     f()
     samples[i] = lib.now() - t0

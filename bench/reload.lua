@@ -9,16 +9,8 @@ local lib = require "bench.lib"
 local gen = require "bench.gen"
 local hotreload = require "hotreload"
 
--- The seed document's reload_module.
-local function naive_reload(name)
-  local old_module = package.loaded[name] or {}
-  package.loaded[name] = nil
-  require(name)
-  local new_module = package.loaded[name]
-  for k, v in pairs(new_module) do old_module[k] = v end
-  package.loaded[name] = old_module
-  return old_module
-end
+-- The seed document's reload_module (kept once, in spec/naive.lua).
+local naive_reload = require("spec.naive").reload_module
 
 local quick = os.getenv("HOTRELOAD_BENCH_QUICK")
 
@@ -40,15 +32,10 @@ return function()
     lib.write(p, gen.module(n, "v" .. version))
   end
   local function sample(prepare, f)
-    local xs = {}
-    for i = 1, runs do
+    return lib.time(f, runs, function()
       prepare()
       lib.collect()
-      local t0 = lib.now()
-      f()
-      xs[i] = lib.now() - t0
-    end
-    return lib.median(xs)
+    end)
   end
   local compile = sample(function() edit(path) end, function() assert(loadfile(path))() end)
   local reload = sample(function() edit(path) end, function() assert(hotreload.reload(name)) end)

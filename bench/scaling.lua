@@ -17,15 +17,10 @@ return function()
     lib.write(path, gen.module(n, "s" .. version, 200))
   end
   local function sample(path, n, f)
-    local xs = {}
-    for i = 1, quick and 2 or 5 do
+    return lib.time(f, quick and 2 or 5, function()
       edit(path, n)
       lib.collect()
-      local t0 = lib.now()
-      f()
-      xs[i] = lib.now() - t0
-    end
-    return lib.median(xs) * 1e3
+    end) * 1e3
   end
   local sizes = quick and { 100, 1000 } or { 100, 1000, 10000 }
   for _, n in ipairs(sizes) do

@@ -13,6 +13,20 @@ local function installed(cmd)
   return h.sh("command -v " .. cmd .. " >/dev/null 2>&1") == 0
 end
 
+-- Whether the host's commands are all installed (if not, the spec is marked pending with
+-- how to install them); then the LuaJIT build must be there.
+local function host(commands, packages)
+  for _, cmd in ipairs(commands) do
+    if not installed(cmd) then
+      pending(table.concat(commands, " or ") .. " is not installed (apt-get install "
+        .. packages .. ")")
+      return false
+    end
+  end
+  assert(io.open(so), "build the LuaJIT module first (make build)")
+  return true
+end
+
 local function read(path)
   local f = io.open(path, "rb")
   if not f then return nil end
@@ -30,11 +44,7 @@ end
 
 describe("Neovim", function()
   it("a watched plugin runs its new code, keeps its state, reports errors; :HotReload", function()
-    if not installed("nvim") then
-      pending("nvim is not installed (apt-get install neovim)")
-      return
-    end
-    assert(io.open(so), "build the LuaJIT module first (make build)")
+    if not host({ "nvim" }, "neovim") then return end
     local plug = h.root .. "/nvplug"
     local plugin = [[
       local M = {}
@@ -83,11 +93,7 @@ end)
 
 describe("LÖVE", function()
   it("a game reloads a saved module through hotreload.love and shows errors on screen", function()
-    if not (installed("love") and installed("xvfb-run")) then
-      pending("love or xvfb-run is not installed (apt-get install love xvfb xauth)")
-      return
-    end
-    assert(io.open(so), "build the LuaJIT module first (make build)")
+    if not host({ "love", "xvfb-run" }, "love xvfb xauth") then return end
     local game = h.root .. "/game"
     local mod = [[
       local M = { speed = %d }

@@ -501,10 +501,8 @@ impl<'p> Walker<'p> {
                         ffi::lua_getupvalue(l, f, i);
                     }
                 }
-                if let Some(slot) = self.examine(l, -1) {
-                    self.push_ref(l, slot);
+                if self.push_replacement(l) {
                     ffi::lua_setupvalue(l, f, i);
-                    self.tally(slot).references += 1;
                 }
                 ffi::lua_pop(l, 1);
                 i += 1;
@@ -520,14 +518,24 @@ impl<'p> Walker<'p> {
         unsafe {
             let idx = ffi::lua_absindex(l, idx);
             ffi::lua_getfenv(l, idx);
-            if let Some(slot) = self.examine(l, -1) {
-                self.push_ref(l, slot);
+            if self.push_replacement(l) {
                 ffi::lua_setfenv(l, idx);
-                self.tally(slot).references += 1;
             }
             ffi::lua_pop(l, 1);
         }
         let _ = (l, idx);
+    }
+
+    /// If the value on top of the stack has a replacement, pushes it above and counts the
+    /// reference it is about to fix; the caller stores it.
+    unsafe fn push_replacement(&mut self, l: *mut lua_State) -> bool {
+        // SAFETY: one value pushed when true.
+        unsafe {
+            let Some(slot) = self.examine(l, -1) else { return false };
+            self.push_ref(l, slot);
+            self.tally(slot).references += 1;
+            true
+        }
     }
 
     /// Pushes the metatable of the object at `obj` (absolute) and returns true, or pushes
@@ -539,12 +547,10 @@ impl<'p> Walker<'p> {
             if ffi::lua_getmetatable(l, obj) == 0 {
                 return false;
             }
-            if let Some(slot) = self.examine(l, -1) {
-                ffi::lua_pop(l, 1);
-                self.push_ref(l, slot);
+            if self.push_replacement(l) {
                 ffi::lua_pushvalue(l, -1);
                 ffi::lua_setmetatable(l, obj);
-                self.tally(slot).references += 1;
+                ffi::lua_remove(l, -2); // the discarded copy
             }
             true
         }
@@ -560,10 +566,8 @@ impl<'p> Walker<'p> {
             {
                 let mut n = 1;
                 while ffi::lua_getiuservalue(l, u, n) != ffi::LUA_TNONE {
-                    if let Some(slot) = self.examine(l, -1) {
-                        self.push_ref(l, slot);
+                    if self.push_replacement(l) {
                         ffi::lua_setiuservalue(l, u, n);
-                        self.tally(slot).references += 1;
                     }
                     ffi::lua_pop(l, 1);
                     n += 1;
@@ -573,10 +577,8 @@ impl<'p> Walker<'p> {
             #[cfg(any(feature = "lua52", feature = "lua53"))]
             {
                 ffi::lua_getuservalue(l, u);
-                if let Some(slot) = self.examine(l, -1) {
-                    self.push_ref(l, slot);
+                if self.push_replacement(l) {
                     ffi::lua_setuservalue(l, u);
-                    self.tally(slot).references += 1;
                 }
                 ffi::lua_pop(l, 1);
             }
@@ -621,11 +623,9 @@ impl<'p> Walker<'p> {
                 for i in 1..=ffi::lua_gettop(co) {
                     ffi::lua_pushvalue(co, i);
                     ffi::lua_xmove(co, l, 1);
-                    if let Some(slot) = self.examine(l, -1) {
-                        self.push_ref(l, slot);
+                    if self.push_replacement(l) {
                         ffi::lua_xmove(l, co, 1);
                         ffi::lua_replace(co, i);
-                        self.tally(slot).references += 1;
                     }
                     ffi::lua_pop(l, 1);
                 }
@@ -649,13 +649,11 @@ impl<'p> Walker<'p> {
             if !own {
                 ffi::lua_xmove(co, l, 1);
             }
-            if let Some(slot) = self.examine(l, -1) {
-                self.push_ref(l, slot);
+            if self.push_replacement(l) {
                 if !own {
                     ffi::lua_xmove(l, co, 1);
                 }
                 ffi::lua_setlocal(co, ar, n);
-                self.tally(slot).references += 1;
             }
             ffi::lua_pop(l, 1);
         }

@@ -295,6 +295,11 @@ impl Run<'_> {
         self.jobs.iter().map(|j| j.error.is_some()).collect()
     }
 
+    /// Whether job `i` exists and has not failed.
+    fn is_going(&self, i: usize) -> bool {
+        self.jobs.get(i).is_some_and(|j| j.error.is_none())
+    }
+
     /// Step 1: each new version, and each running value, on the stack.
     unsafe fn load_all(&mut self, l: *mut lua_State, loaded: c_int, globals: c_int) {
         // a module refused before the batch started (busy) fails a transaction too
@@ -304,7 +309,7 @@ impl Run<'_> {
             self.fail(i, e);
         }
         for i in 0..self.targets.len() {
-            if self.failed().get(i) != Some(&false) {
+            if !self.is_going(i) {
                 continue;
             }
             let Some(t) = self.targets.get(i) else { break };
@@ -430,7 +435,7 @@ impl Run<'_> {
         // SAFETY: a non-raising check.
         if unsafe { ffi::lua_checkstack(l, need) } == 0 {
             for i in 0..self.jobs.len() {
-                if self.failed().get(i) == Some(&false)
+                if self.is_going(i)
                     && let Some(t) = self.targets.get(i)
                 {
                     self.fail(i, ErrorKind::Merge.with(t, STACK_FULL));

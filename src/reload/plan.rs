@@ -179,15 +179,7 @@ impl Plan {
     /// As `anchor`.
     pub unsafe fn capture(&mut self, l: *mut lua_State, idx: c_int) -> Pv {
         // SAFETY: as documented.
-        unsafe {
-            match read(l, idx) {
-                Val::Nil => Pv::Nil,
-                Val::Bool(b) => Pv::Bool(b),
-                Val::Int(i) => Pv::Int(i),
-                Val::Num(n) => Pv::Num(n),
-                _ => Pv::Slot(self.anchor(l, idx)),
-            }
-        }
+        unsafe { inline_operand(read(l, idx)).unwrap_or_else(|| Pv::Slot(self.anchor(l, idx))) }
     }
 
     /// Pushes the anchored value in `slot`.
@@ -976,15 +968,7 @@ impl<'o> Planner<'o> {
     /// The value at `idx` as an action operand.
     unsafe fn capture(&mut self, l: *mut lua_State, idx: c_int) -> Pv {
         // SAFETY: valid index.
-        unsafe {
-            match read(l, idx) {
-                Val::Nil => Pv::Nil,
-                Val::Bool(b) => Pv::Bool(b),
-                Val::Int(i) => Pv::Int(i),
-                Val::Num(n) => Pv::Num(n),
-                _ => Pv::Slot(self.anchor(l, idx)),
-            }
-        }
+        unsafe { inline_operand(read(l, idx)).unwrap_or_else(|| Pv::Slot(self.anchor(l, idx))) }
     }
 
     unsafe fn push(&self, l: *mut lua_State, slot: u32) {
@@ -992,6 +976,17 @@ impl<'o> Planner<'o> {
         unsafe {
             ffi::lua_rawgeti(l, self.anchors, ffi::lua_Integer::from(slot));
         }
+    }
+}
+
+/// A value that an operand carries inline (no anchor needed), or `None` for an object.
+fn inline_operand(v: Val) -> Option<Pv> {
+    match v {
+        Val::Nil => Some(Pv::Nil),
+        Val::Bool(b) => Some(Pv::Bool(b)),
+        Val::Int(i) => Some(Pv::Int(i)),
+        Val::Num(n) => Some(Pv::Num(n)),
+        _ => None,
     }
 }
 
