@@ -33,6 +33,7 @@ test-rust:
 
 test-lua54: build/lua54/hotreload.so
 	prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(SPECS)
+	HOTRELOAD_PORTABLE_WALK=1 prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(WALK_SPECS)
 
 test-lua53: build/lua53/hotreload.so
 	prove --exec '$(LUA53) $(BUSTED) --cpath=build/lua53/?.so -o TAP' $(SPECS)
@@ -66,6 +67,8 @@ fuzz: deps $(MODULES)
 # Also scheduled: the whole suite under an aggressive collector (both VMs, and generational
 # mode on 5.4), 10 000 reloads and a minute of a writer saving 20 files (spec/*_stress.lua),
 # and memcheck over the engine specs on Lua 5.4.
+# the walk's specs again with the portable traversal (lua_next) on Lua 5.4
+WALK_SPECS     = spec/replace_spec.lua spec/lifecycle_spec.lua spec/fuzz_spec.lua
 STRESS_SPECS   = spec/reloads_stress.lua spec/writer_stress.lua
 VALGRIND_SPECS = spec/reload_spec.lua spec/replace_spec.lua spec/lifecycle_spec.lua \
                  spec/badinput_spec.lua spec/watch_spec.lua spec/fuzz_spec.lua

@@ -159,6 +159,51 @@ describe("replacing old functions everywhere", function()
     assert.equal(1, keys, "the old key is gone")
   end)
 
+  it("reaches old functions in every kind of table slot", function()
+    local name, edit = versions(basic)
+    local M = require(name)
+    local array = { M.f, 1, "x", M.f }
+    local holes = {}
+    for i = 1, 16 do holes[i] = {} end
+    for i = 10, 16 do holes[i] = nil end
+    holes[11] = { M.f } -- past the border `#` finds, still in the array part
+    assert(#holes == 9)
+    local hash = { [1.5] = M.f, [true] = M.f, [100] = M.f, name = M.f, [{}] = M.f }
+    local deep = {}
+    local level = deep
+    for _ = 1, 300 do -- deeper than the walk keeps on the stack
+      level.next = {}
+      level = level.next
+    end
+    level.f = M.f
+    local shared = { M.f }
+    local twice = { a = shared, b = shared, { shared } }
+    local classy = setmetatable({ f = M.f }, { __index = { g = M.f } })
+    local wrapped = coroutine.wrap(function()
+      local t = { M.f }
+      coroutine.yield()
+      return t
+    end)
+    wrapped()
+    edit("v2")
+    reload(name)
+    assert.equal("v2", array[1]())
+    assert.equal("v2", array[4]())
+    assert.equal("v2", holes[11][1]())
+    for k, f in pairs(hash) do assert.equal("v2", f(), tostring(k)) end
+    assert.equal("v2", level.f())
+    assert.equal("v2", twice.a[1]())
+    assert.equal("v2", classy.f())
+    assert.equal("v2", classy.g())
+    assert.equal("v2", wrapped()[1]())
+  end)
+
+  it("reads tables in place on Lua 5.4 unless told not to, by lua_next elsewhere", function()
+    local portable = os.getenv("HOTRELOAD_PORTABLE_WALK")
+    local in_place = hotreload.flavor == "lua54" and (portable == nil or portable == "0")
+    assert.equal(in_place and "in place" or "lua_next", hotreload.table_walk)
+  end)
+
   it("reaches per-type metatables", function()
     local name, edit = versions(basic)
     local M = require(name)

@@ -11,7 +11,7 @@ use crate::error::{Error, ErrorKind};
 use crate::ffi::{self, Val, lua_State};
 use crate::reload::hooks::{self, key};
 use crate::watch::{Options, Watch};
-use crate::{capture, poll, reload, state};
+use crate::{capture, poll, reload, state, walk};
 
 /// Metatable name of watcher handles.
 const WATCHER: &CStr = c"hotreload.watcher";
@@ -39,8 +39,8 @@ static MAIN_THREAD: u8 = 3;
 pub unsafe fn open(l: *mut lua_State, exports: &[(&std::ffi::CStr, ffi::lua_CFunction)]) -> c_int {
     // SAFETY: plain table building on fresh tables and the registry (no metamethods).
     unsafe {
-        ffi::luaL_checkstack(l, 8, std::ptr::null());
-        ffi::lua_createtable(l, 0, exports.len() as c_int + 2);
+        ffi::luaL_checkstack(l, 24, std::ptr::null());
+        ffi::lua_createtable(l, 0, exports.len() as c_int + 5);
         let module = ffi::lua_gettop(l);
         if !registry_has(l, &STATE, ffi::LUA_TUSERDATA) {
             state::push_new(l);
@@ -73,6 +73,9 @@ pub unsafe fn open(l: *mut lua_State, exports: &[(&std::ffi::CStr, ffi::lua_CFun
         ffi::lua_setfield(l, module, c"_VERSION".as_ptr());
         ffi::push_bytes(l, ffi::FLAVOR.as_bytes());
         ffi::lua_setfield(l, module, c"flavor".as_ptr());
+        let walk: &[u8] = if walk::reads_in_place(l) { b"in place" } else { b"lua_next" };
+        ffi::push_bytes(l, walk);
+        ffi::lua_setfield(l, module, c"table_walk".as_ptr());
         1
     }
 }

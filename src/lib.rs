@@ -25,6 +25,8 @@ pub mod poll;
 pub mod proto;
 pub mod ptrmap;
 pub mod queue;
+#[cfg(feature = "lua54")]
+pub mod rawtable;
 pub mod reload;
 pub mod state;
 pub mod walk;

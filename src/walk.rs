@@ -59,11 +59,27 @@ enum Sight {
     Nothing,
 }
 
+/// What `step_in_place` did.
+#[cfg_attr(not(feature = "lua54"), allow(dead_code))] // only `Api` without Lua 5.4
+enum Step {
+    /// Entered a table, or passed a slot it had already seen.
+    Done,
+    /// Pushed the next entry's key and value.
+    Pushed,
+    /// No entries left.
+    End,
+    /// The table is not read in place: `lua_next` it.
+    Api,
+}
+
 /// A table being walked (by `lua_next`, from nil: resuming it from any other key would skip
 /// the hash entries placed before that key).
 struct Frame {
     /// (weak keys, weak values)
     weak: (bool, bool),
+    /// Lua 5.4: the table read in place, instead of by `lua_next`
+    #[cfg(feature = "lua54")]
+    cursor: Option<crate::rawtable::Cursor>,
 }
 
 /// Levels of tables walked inside one another before the worklist takes over (two Lua stack
@@ -79,11 +95,13 @@ struct Walker<'p> {
     frames: Vec<Frame>,
     /// old function -> its replacement
     map: PtrMap<Ref>,
-    /// new copy of a table -> the running table it merged into, and the address range of
-    /// the copies (a cheap first test for the many tables that are none of them)
+    /// new copy of a table -> the running table it merged into
     copies: PtrMap<Ref>,
-    copy_range: (usize, usize),
+    /// objects seen; the copies are in from the start, so that the many tables seen for the
+    /// first time need no look in `copies`
     visited: AddrSet,
+    /// tables can be read in place (`rawtable`)
+    in_place: bool,
     /// worklist (a Lua table used as a stack)
     work: c_int,
     top: ffi::lua_Integer,
@@ -109,6 +127,7 @@ pub unsafe fn replace(l: *mut lua_State, plans: &mut [Plan]) -> Vec<Outcome> {
         ffi::luaL_checkstack(l, STACK_NEEDED, c"hotreload: Lua stack exhausted".as_ptr());
         let top = ffi::lua_gettop(l);
         let mut w = Walker::new(l, plans);
+        w.in_place = reads_in_place(l);
         w.roots(l);
         while w.top > 0 {
             ffi::lua_rawgeti(l, w.work, w.top);
@@ -122,6 +141,22 @@ pub unsafe fn replace(l: *mut lua_State, plans: &mut [Plan]) -> Vec<Outcome> {
     }
 }
 
+/// Whether the walk reads tables in place (Lua 5.4, see `rawtable`) rather than by
+/// `lua_next`; the first call checks the layout.
+///
+/// # Safety
+/// Inside a protected call, with 16 free stack slots.
+pub unsafe fn reads_in_place(l: *mut lua_State) -> bool {
+    #[cfg(feature = "lua54")]
+    // SAFETY: forwarded.
+    return unsafe { crate::rawtable::usable(l) };
+    #[cfg(not(feature = "lua54"))]
+    {
+        let _ = l;
+        false
+    }
+}
+
 impl<'p> Walker<'p> {
     unsafe fn new(l: *mut lua_State, plans: &'p mut [Plan]) -> Walker<'p> {
         // SAFETY: plain pushes and reads of anchored functions.
@@ -132,12 +167,11 @@ impl<'p> Walker<'p> {
             let mut enclosing = Vec::new();
             let mut visited = AddrSet::default();
             let mut copies = PtrMap::default();
-            let mut copy_range = (usize::MAX, 0);
             for (pi, plan) in plans.iter().enumerate() {
                 visited.insert(ffi::lua_topointer(l, plan.anchors) as usize);
                 for (p, live) in plan.merged() {
                     copies.insert(p, (pi, live));
-                    copy_range = (copy_range.0.min(p), copy_range.1.max(p));
+                    visited.insert(p);
                 }
                 for &(old, new) in &plan.fpairs {
                     plan.push(l, old);
@@ -176,8 +210,8 @@ impl<'p> Walker<'p> {
                 frames: Vec::new(),
                 map,
                 copies,
-                copy_range,
                 visited,
+                in_place: false,
                 work,
                 top: 0,
                 keys,
@@ -290,15 +324,16 @@ impl<'p> Walker<'p> {
             match t {
                 ffi::LUA_TTABLE => {
                     let p = ffi::lua_topointer(l, idx) as usize;
-                    if (self.copy_range.0..=self.copy_range.1).contains(&p)
-                        && let Some(&slot) = self.copies.get(&p)
-                    {
+                    if self.visited.insert(p) {
+                        return Sight::NewTable;
+                    }
+                    if let Some(&slot) = self.copies.get(&p) {
                         // a reference to the discarded copy (a callback's upvalue, a table the
                         // new top level registered it in) now refers to the running table
                         self.reach_slot(l, slot);
                         return Sight::Replace(slot);
                     }
-                    if self.visited.insert(p) { Sight::NewTable } else { Sight::Nothing }
+                    Sight::Nothing
                 }
                 ffi::LUA_TFUNCTION => {
                     let p = ffi::lua_topointer(l, idx) as usize;
@@ -381,9 +416,14 @@ impl<'p> Walker<'p> {
                 let Some(frame) = self.frames.last() else { break };
                 let (table, key) = (base + 2 * depth - 1, base + 2 * depth);
                 let weak = frame.weak;
-                if ffi::lua_next(l, table) == 0 {
-                    ffi::lua_settop(l, table - 1);
-                    self.frames.pop();
+                let more = match self.step_in_place(l, table) {
+                    Step::Done => continue,
+                    Step::Pushed => true,
+                    Step::End => false,
+                    Step::Api => ffi::lua_next(l, table) != 0,
+                };
+                if !more {
+                    self.leave(l, table);
                     continue;
                 }
                 let value = key + 1;
@@ -441,8 +481,74 @@ impl<'p> Walker<'p> {
                 }
                 ffi::lua_pop(l, 2);
             }
-            self.frames.push(Frame { weak: (weak_keys, weak_values) });
+            self.frames.push(Frame {
+                weak: (weak_keys, weak_values),
+                #[cfg(feature = "lua54")]
+                cursor: self.in_place.then(|| crate::rawtable::Cursor::new(l, -1)),
+            });
             ffi::lua_pushnil(l);
+        }
+    }
+
+    /// Lua 5.4, where the innermost frame's table is read in place: takes its next slot the
+    /// walk must see. A table new to the walk held under a plain key is entered at once,
+    /// without the API (most object slots of a big heap); anything else has its key and value
+    /// pushed above `table`, as `lua_next` would.
+    #[cfg(feature = "lua54")]
+    unsafe fn step_in_place(&mut self, l: *mut lua_State, table: c_int) -> Step {
+        use crate::rawtable;
+        // SAFETY: the frame's table is at `table`, its key slot just above and the top of the
+        // stack past that (`walk_tables` keeps it so); the walk reserved the stack; tables
+        // are only resized once the walk is over (`rename_keys`).
+        unsafe {
+            let depth = self.frames.len();
+            debug_assert_eq!(ffi::lua_gettop(l), table + 1);
+            let Some(cursor) = self.frames.last_mut().and_then(|f| f.cursor.as_mut()) else {
+                return Step::Api;
+            };
+            let Some(slot) = cursor.next() else { return Step::End };
+            if let Some(p) = slot.table_under_plain_key()
+                && depth < MAX_DEPTH
+            {
+                if self.visited.insert(p) {
+                    rawtable::push_table(l, p);
+                    if rawtable::has_metatable(p) {
+                        self.enter(l);
+                    } else {
+                        let cursor = Some(rawtable::Cursor::of(p));
+                        self.frames.push(Frame { weak: (false, false), cursor });
+                        ffi::lua_pushnil(l);
+                    }
+                    return Step::Done;
+                }
+                if !self.copies.contains_key(&p) {
+                    return Step::Done;
+                }
+            }
+            rawtable::pop(l, 1);
+            slot.push(l);
+            Step::Pushed
+        }
+    }
+
+    #[cfg(not(feature = "lua54"))]
+    unsafe fn step_in_place(&mut self, _: *mut lua_State, _: c_int) -> Step {
+        Step::Api
+    }
+
+    /// Closes the innermost frame, whose table is at `table`.
+    unsafe fn leave(&mut self, l: *mut lua_State, table: c_int) {
+        // SAFETY: the frame owns the two slots from `table` up, and nothing is above them.
+        unsafe {
+            debug_assert_eq!(ffi::lua_gettop(l), table + 1);
+            #[cfg(feature = "lua54")]
+            if self.frames.last().is_some_and(|f| f.cursor.is_some()) {
+                crate::rawtable::pop(l, 2);
+                self.frames.pop();
+                return;
+            }
+            ffi::lua_settop(l, table - 1);
+            self.frames.pop();
         }
     }
 

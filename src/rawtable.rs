@@ -1,0 +1,548 @@
+//! Lua 5.4 only: the VM walk reads a table's slots in place instead of calling `lua_next`
+//! once per entry, and hands over (pushes) only the entries that hold an object the walk
+//! must see — a table, a function with a body or upvalues, a full userdata or a thread.
+//!
+//! Why: `lua_next` costs ~140 instructions per entry (it finds the key again, copies key and
+//! value to the stack), which made the walk 3.8 times a full collection on Lua 5.4, where
+//! the collector reads each slot in a few. Most slots hold plain data (numbers, strings,
+//! booleans) that the walk never needs on the stack.
+//!
+//! What it relies on: the layout of `Table`, `Node`, `TValue` and the `top` of `lua_State`,
+//! identical from Lua 5.4.0 to 5.4.9 (`lobject.h`, `lstate.h`). The layout is not part of
+//! Lua's API, so [`probe`] checks it against the API on tables built to cover every case
+//! (array part, hash part, an array limit moved by `#`, each kind of key) when a state opens
+//! the module; if any answer differs, or the host is not 5.4 on a 64-bit target, the walk
+//! keeps to `lua_next`. `HOTRELOAD_PORTABLE_WALK=1` in the environment forces that too.
+//!
+//! What it may do: read slots between two Lua calls that do not resize the table (the walk
+//! only assigns to existing keys, like during `lua_next`, with the collector paused), and
+//! push a slot's value onto a stack with room for it, which is what `lua_next` does itself.
+
+use std::os::raw::{c_int, c_void};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::ffi::{self, lua_State};
+
+/// `TValue`: a value and its type tag (`lobject.h`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TValue {
+    value: u64,
+    tt: u8,
+}
+
+/// `Node`: a hash slot, its value first (`lobject.h`).
+#[repr(C)]
+struct Node {
+    value: u64,
+    tt: u8,
+    key_tt: u8,
+    _next: i32,
+    key_val: u64,
+}
+
+/// `Table` (`lobject.h`).
+#[repr(C)]
+struct Table {
+    _next: *const c_void,
+    tt: u8,
+    _marked: u8,
+    flags: u8,
+    lsizenode: u8,
+    alimit: u32,
+    array: *const TValue,
+    node: *const Node,
+    _lastfree: *const Node,
+    metatable: *const c_void,
+}
+
+/// The head of `lua_State` (`lstate.h`), up to the first free stack slot.
+#[repr(C)]
+struct StateHead {
+    _next: *const c_void,
+    _tt: u8,
+    _marked: u8,
+    _status: u8,
+    _allowhook: u8,
+    _nci: u16,
+    top: *mut TValue,
+}
+
+/// Type tags (`lobject.h`): the low nibble is the basic type, bit 6 marks collectable values.
+const COLLECTABLE: u8 = 1 << 6;
+const VNUMINT: u8 = 3;
+const VTABLE: u8 = 5;
+/// `flags` bit: `alimit` is not the real size of the array part.
+const BITRAS: u8 = 1 << 7;
+
+/// True for a tag the walk must see: a table, a closure (not a light C function), a full
+/// userdata or a thread.
+fn wanted(tt: u8) -> bool {
+    tt & COLLECTABLE != 0 && (5..=8).contains(&(tt & 0x0f))
+}
+
+fn is_empty(tt: u8) -> bool {
+    tt & 0x0f == 0
+}
+
+const UNKNOWN: u8 = 0;
+const YES: u8 = 1;
+const NO: u8 = 2;
+/// The answer of the probe, once per process (one process links one Lua).
+static LAYOUT: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+/// Whether the walk may read tables in place; probes the layout the first time.
+///
+/// # Safety
+/// Inside a protected call (the probe allocates), with 16 free stack slots.
+pub unsafe fn usable(l: *mut lua_State) -> bool {
+    match LAYOUT.load(Ordering::Relaxed) {
+        YES => true,
+        NO => false,
+        _ => {
+            let off = std::env::var_os("HOTRELOAD_PORTABLE_WALK").is_some_and(|v| v != "0");
+            // SAFETY: forwarded.
+            let ok = !off && unsafe { probe(l) };
+            LAYOUT.store(if ok { YES } else { NO }, Ordering::Relaxed);
+            ok
+        }
+    }
+}
+
+/// The slots of one table, read in place, and how far the walk has read.
+pub struct Cursor {
+    array: *const TValue,
+    asize: usize,
+    node: *const Node,
+    nsize: usize,
+    at: usize,
+}
+
+/// A slot whose key or value is an object the walk must see.
+pub struct Slot {
+    key: TValue,
+    value: TValue,
+}
+
+impl Cursor {
+    /// # Safety
+    /// `idx` holds a table, and [`usable`] said yes.
+    pub unsafe fn new(l: *mut lua_State, idx: c_int) -> Cursor {
+        // SAFETY: a table's `lua_topointer` is its `Table` (5.4's `gcvalue`).
+        unsafe { Cursor::of(ffi::lua_topointer(l, idx) as usize) }
+    }
+
+    /// # Safety
+    /// `table` is the address of a live table, and [`usable`] said yes.
+    pub unsafe fn of(table: usize) -> Cursor {
+        // SAFETY: the probe checked the layout.
+        unsafe {
+            let t = &*(table as *const Table);
+            Cursor {
+                array: t.array,
+                asize: real_asize(t),
+                node: t.node,
+                nsize: 1 << t.lsizenode,
+                at: 0,
+            }
+        }
+    }
+
+    /// The next slot the walk must see: those that hold plain data (numbers, strings,
+    /// booleans, light userdata and light C functions) on both sides are skipped.
+    ///
+    /// # Safety
+    /// The table has not been resized since the cursor was made.
+    pub unsafe fn next(&mut self) -> Option<Slot> {
+        // SAFETY: `at` stays below the sizes read from the table, which has not changed.
+        unsafe {
+            let mut at = self.at;
+            while at < self.asize {
+                let value = *self.array.add(at);
+                at += 1;
+                if wanted(value.tt) {
+                    self.at = at;
+                    return Some(Slot { key: TValue { value: at as u64, tt: VNUMINT }, value });
+                }
+            }
+            let mut i = at - self.asize;
+            while i < self.nsize {
+                let n = &*self.node.add(i);
+                i += 1;
+                if !is_empty(n.tt) && (wanted(n.tt) || wanted(n.key_tt)) {
+                    self.at = self.asize + i;
+                    return Some(Slot {
+                        key: TValue { value: n.key_val, tt: n.key_tt },
+                        value: TValue { value: n.value, tt: n.tt },
+                    });
+                }
+            }
+            self.at = self.asize + i;
+            None
+        }
+    }
+}
+
+impl Slot {
+    /// The address of the table this slot holds under a key of plain data: the commonest
+    /// kind of slot the walk must see.
+    pub fn table_under_plain_key(&self) -> Option<usize> {
+        (self.value.tt == VTABLE | COLLECTABLE && !wanted(self.key.tt))
+            .then_some(self.value.value as usize)
+    }
+
+    /// Pushes the key and the value, as `lua_next` does.
+    ///
+    /// # Safety
+    /// Two free stack slots; the table still holds the slot.
+    pub unsafe fn push(&self, l: *mut lua_State) {
+        // SAFETY: forwarded; both values are live while the table holds them.
+        unsafe {
+            push(l, self.key);
+            push(l, self.value);
+        }
+    }
+}
+
+/// Whether the table at `table` has a metatable.
+///
+/// # Safety
+/// As [`Cursor::of`].
+pub unsafe fn has_metatable(table: usize) -> bool {
+    // SAFETY: the probe checked the layout.
+    unsafe { !(*(table as *const Table)).metatable.is_null() }
+}
+
+/// Pushes the table at `table`.
+///
+/// # Safety
+/// A free stack slot; `table` is the address of a table reachable from the program.
+pub unsafe fn push_table(l: *mut lua_State, table: usize) {
+    // SAFETY: forwarded.
+    unsafe { push(l, TValue { value: table as u64, tt: VTABLE | COLLECTABLE }) }
+}
+
+/// `lua_pop` without `lua_settop`'s search for to-be-closed variables.
+///
+/// # Safety
+/// The `n` values on top are the caller's own (none is a to-be-closed variable).
+pub unsafe fn pop(l: *mut lua_State, n: usize) {
+    // SAFETY: the probe checked where `top` is.
+    unsafe {
+        let head = l as *mut StateHead;
+        (*head).top = (*head).top.sub(n);
+    }
+}
+
+/// `luaH_realasize`: `#` may have lowered `alimit` below the size of the array part.
+fn real_asize(t: &Table) -> usize {
+    let limit = t.alimit;
+    if t.flags & BITRAS == 0 || limit.is_power_of_two() {
+        limit as usize
+    } else {
+        limit.next_power_of_two() as usize
+    }
+}
+
+/// `setobj2s` + `api_incr_top`.
+///
+/// # Safety
+/// A free stack slot; `v` is a live value.
+unsafe fn push(l: *mut lua_State, v: TValue) {
+    // SAFETY: the probe checked where `top` is; the caller reserved the slot. Only the
+    // value and the tag are written, as `setobj2s` does.
+    unsafe {
+        let head = l as *mut StateHead;
+        let top = (*head).top;
+        (*top).value = v.value;
+        (*top).tt = v.tt;
+        (*head).top = top.add(1);
+    }
+}
+
+/// Checks the layout this module reads against what the API says, on tables built for it.
+///
+/// # Safety
+/// Inside a protected call, with 16 free stack slots. Leaves the stack as it found it.
+unsafe fn probe(l: *mut lua_State) -> bool {
+    if cfg!(not(target_pointer_width = "64")) {
+        return false;
+    }
+    // SAFETY: until each structure is checked, only its first bytes are read, and only from
+    // objects at least that large in any Lua 5.4 (a `Table` is 56 bytes, a `lua_State`
+    // more); the pushes stay within the 16 slots.
+    unsafe {
+        // SAFETY: plain API call.
+        if ffi::lua_version(l) != 504.0 {
+            return false;
+        }
+        let top = ffi::lua_gettop(l);
+        let ok = probe_stack(l) && probe_tables(l);
+        ffi::lua_settop(l, top);
+        ok
+    }
+}
+
+/// `top` is where the last push went, and a push through it is a push.
+unsafe fn probe_stack(l: *mut lua_State) -> bool {
+    // SAFETY: see `probe`; `top` is only written after it pointed just past a value the API
+    // pushed, with a free slot reserved.
+    unsafe {
+        let n: i64 = 0x1234_5678_9abc;
+        ffi::lua_pushinteger(l, n);
+        let head = l as *mut StateHead;
+        let top = (*head).top;
+        if top.is_null() || !(top as usize).is_multiple_of(8) {
+            return false;
+        }
+        let last = *top.sub(1);
+        if last.value != n as u64 || last.tt != VNUMINT {
+            return false;
+        }
+        let before = ffi::lua_gettop(l);
+        push(l, last);
+        ffi::lua_gettop(l) == before + 1
+            && ffi::lua_rawequal(l, -1, -2) != 0
+            && ffi::lua_isinteger(l, -1) != 0
+    }
+}
+
+/// Cursors agree with `lua_next` on tables covering the array part, the hash part, keys of
+/// every kind, and an array limit `#` has moved.
+unsafe fn probe_tables(l: *mut lua_State) -> bool {
+    // SAFETY: see `probe`; every table is on the stack while it is read.
+    unsafe {
+        // 1: an array of 16 with 1..9 and 11 set: `#` gives 9 and lowers `alimit` to it
+        ffi::lua_createtable(l, 16, 0);
+        for i in (1..=9).chain([11]) {
+            ffi::lua_createtable(l, 0, 0);
+            ffi::lua_rawseti(l, -2, i);
+        }
+        if ffi::lua_rawlen(l, -1) != 9 {
+            return false;
+        }
+        let t = &*(ffi::lua_topointer(l, -1) as *const Table);
+        if t.tt != VTABLE || t.alimit != 9 || t.flags & BITRAS == 0 || real_asize(t) != 16 {
+            return false;
+        }
+        if !agrees(l, ffi::lua_gettop(l), 10) {
+            return false;
+        }
+        // 2: a hash part with keys of every kind, and a metatable
+        ffi::lua_createtable(l, 2, 8);
+        let h = ffi::lua_gettop(l);
+        ffi::lua_createtable(l, 0, 0);
+        let sub = ffi::lua_gettop(l);
+        ffi::lua_pushvalue(l, sub);
+        ffi::lua_rawseti(l, h, 1); // array part
+        ffi::lua_pushinteger(l, 7);
+        ffi::lua_rawseti(l, h, 2);
+        ffi::lua_pushvalue(l, sub);
+        ffi::lua_rawseti(l, h, 100); // integer key in the hash part
+        ffi::lua_pushnumber(l, 1.5);
+        ffi::lua_pushvalue(l, sub);
+        ffi::lua_rawset(l, h);
+        ffi::lua_pushboolean(l, 1);
+        ffi::lua_pushvalue(l, sub);
+        ffi::lua_rawset(l, h);
+        ffi::push_bytes(l, b"name");
+        ffi::lua_pushvalue(l, sub);
+        ffi::lua_rawset(l, h);
+        ffi::lua_pushlightuserdata(l, h as usize as *mut c_void);
+        ffi::lua_pushvalue(l, sub);
+        ffi::lua_rawset(l, h);
+        ffi::lua_pushvalue(l, sub);
+        ffi::push_bytes(l, b"table key");
+        ffi::lua_rawset(l, h);
+        ffi::push_bytes(l, b"plain");
+        ffi::lua_pushinteger(l, 1);
+        ffi::lua_rawset(l, h);
+        ffi::lua_pushvalue(l, sub);
+        ffi::lua_setmetatable(l, h);
+        let t = &*(ffi::lua_topointer(l, h) as *const Table);
+        if t.tt != VTABLE || t.lsizenode != 3 || t.metatable != ffi::lua_topointer(l, sub) {
+            return false;
+        }
+        let (p, before) = (ffi::lua_topointer(l, h) as usize, ffi::lua_gettop(l));
+        if !has_metatable(p) || has_metatable(ffi::lua_topointer(l, sub) as usize) {
+            return false;
+        }
+        push_table(l, p);
+        let pushed = ffi::lua_rawequal(l, -1, h) != 0 && ffi::lua_gettop(l) == before + 1;
+        pop(l, 1);
+        // the plain one (and the integer 7) is not handed over
+        pushed && ffi::lua_gettop(l) == before && agrees(l, h, 7)
+    }
+}
+
+/// A cursor over the table at `t` hands over exactly the entries `lua_next` gives whose key
+/// or value is an object the walk must see (`expected` of them), with the same values.
+unsafe fn agrees(l: *mut lua_State, t: c_int, expected: usize) -> bool {
+    // SAFETY: see `probe`; each turn pushes a key and a value and pops them.
+    unsafe {
+        let tbl = &*(ffi::lua_topointer(l, t) as *const Table);
+        let aligned = |p: usize| p != 0 && p.is_multiple_of(8);
+        if real_asize(tbl) > 0 && !aligned(tbl.array as usize) || !aligned(tbl.node as usize) {
+            return false;
+        }
+        let mut cursor = Cursor::new(l, t);
+        let mut seen = 0;
+        while let Some(slot) = cursor.next() {
+            slot.push(l);
+            ffi::lua_pushvalue(l, -2);
+            ffi::lua_rawget(l, t);
+            let same = ffi::lua_rawequal(l, -1, -2) != 0 && ffi::lua_type(l, -1) != ffi::LUA_TNIL;
+            ffi::lua_pop(l, 3);
+            if !same {
+                return false;
+            }
+            seen += 1;
+        }
+        let mut objects = 0;
+        ffi::lua_pushnil(l);
+        while ffi::lua_next(l, t) != 0 {
+            if ffi::lua_type(l, -1) == ffi::LUA_TTABLE || ffi::lua_type(l, -2) == ffi::LUA_TTABLE {
+                objects += 1;
+            }
+            ffi::lua_pop(l, 1);
+        }
+        seen == expected && objects == expected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlua::Lua;
+
+    /// Whether the value at `idx` is an object the walk must see, by the API.
+    unsafe fn is_object(l: *mut lua_State, idx: c_int) -> bool {
+        // SAFETY: a valid index; the upvalue probe pushes at most one value and pops it.
+        unsafe {
+            match ffi::lua_type(l, idx) {
+                ffi::LUA_TTABLE | ffi::LUA_TUSERDATA | ffi::LUA_TTHREAD => true,
+                ffi::LUA_TFUNCTION if ffi::lua_iscfunction(l, idx) == 0 => true,
+                // a C closure has upvalues, a light C function none
+                ffi::LUA_TFUNCTION => {
+                    let has = !ffi::lua_getupvalue(l, idx, 1).is_null();
+                    if has {
+                        ffi::lua_pop(l, 1);
+                    }
+                    has
+                }
+                _ => false,
+            }
+        }
+    }
+
+    /// The cursor over the table at `t` gives the entries `lua_next` gives that hold an
+    /// object on either side, each once, with its value.
+    unsafe fn check(l: *mut lua_State, t: c_int) -> Result<(), String> {
+        // SAFETY: each loop turn leaves the stack as it found it.
+        unsafe {
+            let mut expected = 0;
+            ffi::lua_pushnil(l);
+            while ffi::lua_next(l, t) != 0 {
+                if is_object(l, -1) || is_object(l, -2) {
+                    expected += 1;
+                }
+                ffi::lua_pop(l, 1);
+            }
+            let mut cursor = Cursor::new(l, t);
+            let mut seen = 0;
+            while let Some(slot) = cursor.next() {
+                slot.push(l);
+                ffi::lua_pushvalue(l, -2);
+                ffi::lua_rawget(l, t);
+                let same = ffi::lua_rawequal(l, -1, -2) != 0;
+                let key = ffi::describe(l, -3);
+                ffi::lua_pop(l, 3);
+                if !same {
+                    return Err(format!("key {key}: the cursor's value is not the table's"));
+                }
+                seen += 1;
+            }
+            if seen == expected {
+                Ok(())
+            } else {
+                Err(format!("cursor gave {seen} entries, lua_next {expected}"))
+            }
+        }
+    }
+
+    #[test]
+    fn the_layout_probe_passes_on_this_lua() {
+        let lua = Lua::new();
+        // SAFETY: the probe leaves the stack as it found it; one boolean is returned.
+        let ok: bool = unsafe {
+            lua.exec_raw((), |l| {
+                let ok = probe(l);
+                ffi::lua_pushboolean(l, ok as c_int);
+            })
+        }
+        .unwrap();
+        assert!(ok, "the layout probe failed on the vendored Lua 5.4");
+    }
+
+    #[test]
+    fn cursors_agree_with_lua_next_on_random_tables() {
+        let lua = Lua::new();
+        let tables: mlua::Table = lua
+            .load(
+                r#"
+                math.randomseed(7)
+                local objects = { {}, function() end, coroutine.create(print), io.stdout,
+                  print, ("x"):gmatch("."), "s", 1.5, true, 42 }
+                local function any() return objects[math.random(#objects)] end
+                local out = {}
+                for _ = 1, 400 do
+                  local t = {}
+                  for i = 1, math.random(0, 80) do
+                    local r, k = math.random()
+                    if r < 0.5 then k = i
+                    elseif r < 0.6 then k = math.random(1, 300)
+                    elseif r < 0.7 then k = "k" .. i
+                    elseif r < 0.8 then k = any()
+                    elseif r < 0.9 then k = i + 0.5
+                    else k = {} end
+                    t[k] = any()
+                  end
+                  for k in pairs(t) do
+                    if math.random() < 0.2 then t[k] = nil end
+                  end
+                  if math.random() < 0.5 then local _ = #t end
+                  out[#out + 1] = t
+                end
+                -- `#` lowers the array limit below an entry still in the array part
+                local a = {}
+                for i = 1, 16 do a[i] = {} end
+                for i = 10, 16 do a[i] = nil end
+                a[11] = {}
+                local _ = #a
+                out[#out + 1] = a
+                out[#out + 1] = setmetatable({ {} }, { __mode = "k" })
+                return out
+                "#,
+            )
+            .eval()
+            .unwrap();
+        let n = tables.raw_len() as ffi::lua_Integer;
+        // SAFETY: one table on the stack at a time; the answer is one string.
+        let failures: String = unsafe {
+            lua.exec_raw(tables, |l| {
+                let mut failures = String::new();
+                for i in 1..=n {
+                    ffi::lua_rawgeti(l, 1, i);
+                    if let Err(e) = check(l, ffi::lua_gettop(l)) {
+                        failures.push_str(&format!("table {i}: {e}\n"));
+                    }
+                    ffi::lua_pop(l, 1);
+                }
+                ffi::lua_settop(l, 0);
+                ffi::push_bytes(l, failures.as_bytes());
+            })
+        }
+        .unwrap();
+        assert!(failures.is_empty(), "{failures}");
+    }
+}
