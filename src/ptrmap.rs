@@ -45,25 +45,32 @@ const WORDS: usize = 1 << (PAGE_BITS - GRANULE_BITS - 6);
 /// for the CPU caches, where a hash set of pointers would not.
 #[derive(Default)]
 pub struct AddrSet {
-    pages: PtrMap<Box<[u64; WORDS]>>,
-    last: Option<usize>,
-    last_page: Option<Box<[u64; WORDS]>>,
+    /// page number -> its bitmap in `bitmaps`
+    pages: PtrMap<usize>,
+    bitmaps: Vec<[u64; WORDS]>,
+    /// the page of the last insert, and its bitmap
+    last: Option<(usize, usize)>,
 }
 
 impl AddrSet {
     /// Adds `addr`; true if it was not there.
     pub fn insert(&mut self, addr: usize) -> bool {
         let page = addr >> PAGE_BITS;
-        if self.last != Some(page) {
-            if let (Some(last), Some(bits)) = (self.last, self.last_page.take()) {
-                self.pages.insert(last, bits);
+        let at = match self.last {
+            Some((p, at)) if p == page => at,
+            _ => {
+                let bitmaps = &mut self.bitmaps;
+                let at = *self.pages.entry(page).or_insert_with(|| {
+                    bitmaps.push([0; WORDS]);
+                    bitmaps.len() - 1
+                });
+                self.last = Some((page, at));
+                at
             }
-            self.last_page = Some(self.pages.remove(&page).unwrap_or_else(|| Box::new([0; WORDS])));
-            self.last = Some(page);
-        }
+        };
         let granule = (addr & ((1 << PAGE_BITS) - 1)) >> GRANULE_BITS;
         let (word, bit) = (granule >> 6, 1u64 << (granule & 63));
-        match self.last_page.as_mut().and_then(|p| p.get_mut(word)) {
+        match self.bitmaps.get_mut(at).and_then(|b| b.get_mut(word)) {
             Some(w) if *w & bit == 0 => {
                 *w |= bit;
                 true

@@ -162,7 +162,8 @@ impl<'p> Walker<'p> {
         // SAFETY: plain pushes and reads of anchored functions.
         unsafe {
             let n_plans = plans.len();
-            let mut map = PtrMap::default();
+            let pairs = plans.iter().map(|p| p.fpairs.len()).sum();
+            let mut map = PtrMap::with_capacity_and_hasher(pairs, Default::default());
             let mut sources: Vec<Vec<u8>> = Vec::new();
             let mut enclosing = Vec::new();
             let mut visited = AddrSet::default();
