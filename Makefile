@@ -30,6 +30,7 @@ test: deps build test-rust check-specs test-lua53 test-lua54 test-luajit
 
 test-rust:
 	$(CARGO) test --locked
+	HOTRELOAD_PORTABLE_WALK=1 $(CARGO) test --locked
 
 test-lua54: build/lua54/hotreload.so
 	prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(SPECS)

@@ -158,22 +158,27 @@ impl Cursor {
         unsafe {
             let mut at = self.at;
             while at < self.asize {
-                let value = *self.array.add(at);
+                let slot = self.array.add(at);
                 at += 1;
-                if wanted(value.tt) {
+                if wanted((*slot).tt) {
                     self.at = at;
-                    return Some(Slot { key: TValue { value: at as u64, tt: VNUMINT }, value });
+                    return Some(Slot {
+                        key: TValue { value: at as u64, tt: VNUMINT },
+                        value: *slot,
+                    });
                 }
             }
             let mut i = at - self.asize;
             while i < self.nsize {
-                let n = &*self.node.add(i);
+                let n = self.node.add(i);
                 i += 1;
-                if !is_empty(n.tt) && (wanted(n.tt) || wanted(n.key_tt)) {
+                // the tags first: the value bits of an empty slot or a boolean are not set
+                let (tt, key_tt) = ((*n).tt, (*n).key_tt);
+                if !is_empty(tt) && (wanted(tt) || wanted(key_tt)) {
                     self.at = self.asize + i;
                     return Some(Slot {
-                        key: TValue { value: n.key_val, tt: n.key_tt },
-                        value: TValue { value: n.value, tt: n.tt },
+                        key: TValue { value: (*n).key_val, tt: key_tt },
+                        value: TValue { value: (*n).value, tt },
                     });
                 }
             }
@@ -237,7 +242,8 @@ pub unsafe fn pop(l: *mut lua_State, n: usize) {
 /// `luaH_realasize`: `#` may have lowered `alimit` below the size of the array part.
 fn real_asize(t: &Table) -> usize {
     let limit = t.alimit;
-    if t.flags & BITRAS == 0 || limit.is_power_of_two() {
+    // `ispow2`, for which 0 is a power of 2
+    if t.flags & BITRAS == 0 || limit & limit.wrapping_sub(1) == 0 {
         limit as usize
     } else {
         limit.next_power_of_two() as usize

@@ -537,17 +537,19 @@ impl<'p> Walker<'p> {
         Step::Api
     }
 
-    /// Closes the innermost frame, whose table is at `table`.
+    /// Closes the innermost frame, whose table is at `table`, once it has no entries left.
     unsafe fn leave(&mut self, l: *mut lua_State, table: c_int) {
-        // SAFETY: the frame owns the two slots from `table` up, and nothing is above them.
+        // SAFETY: read in place, the frame owns the two slots from `table` up, and nothing
+        // is above them; `lua_next` already popped the key.
         unsafe {
-            debug_assert_eq!(ffi::lua_gettop(l), table + 1);
             #[cfg(feature = "lua54")]
             if self.frames.last().is_some_and(|f| f.cursor.is_some()) {
+                debug_assert_eq!(ffi::lua_gettop(l), table + 1);
                 crate::rawtable::pop(l, 2);
                 self.frames.pop();
                 return;
             }
+            debug_assert_eq!(ffi::lua_gettop(l), table);
             ffi::lua_settop(l, table - 1);
             self.frames.pop();
         }
