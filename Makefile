@@ -7,6 +7,8 @@ LUAJIT ?= luajit
 LUA53  ?= lua5.3
 BUSTED ?= /usr/bin/busted
 SPECS  ?= $(sort $(wildcard spec/*_spec.lua))
+# the walk's specs again on Lua 5.4 with the portable traversal (lua_next)
+WALK_SPECS = spec/replace_spec.lua spec/lifecycle_spec.lua spec/fuzz_spec.lua
 
 FLAVOURS = lua54 luajit lua53
 MODULES  = $(FLAVOURS:%=build/%/hotreload.so)
@@ -68,8 +70,6 @@ fuzz: deps $(MODULES)
 # Also scheduled: the whole suite under an aggressive collector (both VMs, and generational
 # mode on 5.4), 10 000 reloads and a minute of a writer saving 20 files (spec/*_stress.lua),
 # and memcheck over the engine specs on Lua 5.4.
-# the walk's specs again with the portable traversal (lua_next) on Lua 5.4
-WALK_SPECS     = spec/replace_spec.lua spec/lifecycle_spec.lua spec/fuzz_spec.lua
 STRESS_SPECS   = spec/reloads_stress.lua spec/writer_stress.lua
 VALGRIND_SPECS = spec/reload_spec.lua spec/replace_spec.lua spec/lifecycle_spec.lua \
                  spec/badinput_spec.lua spec/watch_spec.lua spec/fuzz_spec.lua
