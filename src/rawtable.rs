@@ -382,15 +382,32 @@ unsafe fn probe_tables(l: *mut lua_State) -> bool {
 }
 
 /// A cursor over the table at `t` hands over exactly the entries `lua_next` gives whose key
-/// or value is an object the walk must see (`expected` of them), with the same values.
+/// or value is a table (`expected` of them), with the same values.
 unsafe fn agrees(l: *mut lua_State, t: c_int, expected: usize) -> bool {
-    // SAFETY: see `probe`; each turn pushes a key and a value and pops them.
+    // SAFETY: see `probe`; only checked table parts are read.
     unsafe {
         let tbl = &*(ffi::lua_topointer(l, t) as *const Table);
         let aligned = |p: usize| p != 0 && p.is_multiple_of(8);
         if real_asize(tbl) > 0 && !aligned(tbl.array as usize) || !aligned(tbl.node as usize) {
             return false;
         }
+        unsafe fn is_table(l: *mut lua_State, idx: c_int) -> bool {
+            // SAFETY: a valid index.
+            unsafe { ffi::lua_type(l, idx) == ffi::LUA_TTABLE }
+        }
+        cursor_slots(l, t) == Some(expected) && entries_holding(l, t, is_table) == expected
+    }
+}
+
+/// How many slots a cursor over the table at `t` hands over, if the value of each is the
+/// (non-nil) value `lua_rawget` finds for its key; `None` at the first that is not.
+///
+/// # Safety
+/// `t` absolute and a table whose layout the probe checked (or is checking); three free
+/// stack slots. Leaves the stack as it found it.
+unsafe fn cursor_slots(l: *mut lua_State, t: c_int) -> Option<usize> {
+    // SAFETY: each turn pushes a key and a value and pops them.
+    unsafe {
         let mut cursor = Cursor::new(l, t);
         let mut seen = 0;
         while let Some(slot) = cursor.next() {
@@ -400,19 +417,36 @@ unsafe fn agrees(l: *mut lua_State, t: c_int, expected: usize) -> bool {
             let same = ffi::lua_rawequal(l, -1, -2) != 0 && ffi::lua_type(l, -1) != ffi::LUA_TNIL;
             ffi::lua_pop(l, 3);
             if !same {
-                return false;
+                return None;
             }
             seen += 1;
         }
-        let mut objects = 0;
+        Some(seen)
+    }
+}
+
+/// How many entries of the table at `t` (by `lua_next`) have a key or a value for which
+/// `wanted` says yes.
+///
+/// # Safety
+/// `t` absolute; two free stack slots, and what `wanted` needs. Leaves the stack as it found
+/// it.
+unsafe fn entries_holding(
+    l: *mut lua_State,
+    t: c_int,
+    wanted: unsafe fn(*mut lua_State, c_int) -> bool,
+) -> usize {
+    // SAFETY: each turn pops the value `lua_next` pushed; `wanted` leaves the stack as is.
+    unsafe {
+        let mut n = 0;
         ffi::lua_pushnil(l);
         while ffi::lua_next(l, t) != 0 {
-            if ffi::lua_type(l, -1) == ffi::LUA_TTABLE || ffi::lua_type(l, -2) == ffi::LUA_TTABLE {
-                objects += 1;
+            if wanted(l, -1) || wanted(l, -2) {
+                n += 1;
             }
             ffi::lua_pop(l, 1);
         }
-        seen == expected && objects == expected
+        n
     }
 }
 
@@ -444,34 +478,13 @@ mod tests {
     /// The cursor over the table at `t` gives the entries `lua_next` gives that hold an
     /// object on either side, each once, with its value.
     unsafe fn check(l: *mut lua_State, t: c_int) -> Result<(), String> {
-        // SAFETY: each loop turn leaves the stack as it found it.
+        // SAFETY: both counts leave the stack as they found it.
         unsafe {
-            let mut expected = 0;
-            ffi::lua_pushnil(l);
-            while ffi::lua_next(l, t) != 0 {
-                if is_object(l, -1) || is_object(l, -2) {
-                    expected += 1;
-                }
-                ffi::lua_pop(l, 1);
-            }
-            let mut cursor = Cursor::new(l, t);
-            let mut seen = 0;
-            while let Some(slot) = cursor.next() {
-                slot.push(l);
-                ffi::lua_pushvalue(l, -2);
-                ffi::lua_rawget(l, t);
-                let same = ffi::lua_rawequal(l, -1, -2) != 0;
-                let key = ffi::describe(l, -3);
-                ffi::lua_pop(l, 3);
-                if !same {
-                    return Err(format!("key {key}: the cursor's value is not the table's"));
-                }
-                seen += 1;
-            }
-            if seen == expected {
-                Ok(())
-            } else {
-                Err(format!("cursor gave {seen} entries, lua_next {expected}"))
+            let expected = entries_holding(l, t, is_object);
+            match cursor_slots(l, t) {
+                Some(seen) if seen == expected => Ok(()),
+                Some(seen) => Err(format!("cursor gave {seen} entries, lua_next {expected}")),
+                None => Err("a cursor's value is not the table's".into()),
             }
         }
     }
