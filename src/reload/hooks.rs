@@ -1,12 +1,14 @@
 //! What runs user code around a merge: the module's own hooks (`__unload` on the old module
 //! before the merge, `__reload` on the merged one after), the program's listeners
 //! (`hotreload.before_reload`, `hotreload.on_reload`), and the report table they receive.
-//! All of it runs under `lua_pcall`: a hook's error never escapes as a Lua error.
+//! All of it runs under `lua_pcall`: a hook's error never escapes as a Lua error. Hooks that
+//! run while the reload holds the collector run with it released (`GcPause::lifted`): user
+//! code sees the collector as the program left it.
 
 use std::os::raw::{c_int, c_void};
 
 use super::Report;
-use crate::ffi::{self, lua_State};
+use crate::ffi::{self, GcPause, lua_State};
 
 /// Registry keys (their addresses) of the listener lists.
 pub static BEFORE: u8 = b'B';
@@ -30,7 +32,12 @@ pub enum Verdict {
 ///
 /// # Safety
 /// `module` absolute; a few free stack slots. Runs user code under protection.
-pub unsafe fn call_module_hook(l: *mut lua_State, module: c_int, hook: &[u8]) -> Verdict {
+pub unsafe fn call_module_hook(
+    l: *mut lua_State,
+    gc: &mut GcPause,
+    module: c_int,
+    hook: &[u8],
+) -> Verdict {
     // SAFETY: raw read, then a protected call; the stack is restored.
     unsafe {
         let top = ffi::lua_gettop(l);
@@ -43,7 +50,7 @@ pub unsafe fn call_module_hook(l: *mut lua_State, module: c_int, hook: &[u8]) ->
             return Verdict::Go;
         }
         ffi::lua_pushvalue(l, module);
-        let verdict = call(l, 1);
+        let verdict = gc.lifted(|| call(l, 1));
         ffi::lua_settop(l, top);
         verdict
     }
@@ -54,7 +61,13 @@ pub unsafe fn call_module_hook(l: *mut lua_State, module: c_int, hook: &[u8]) ->
 ///
 /// # Safety
 /// Absolute indices; a few free stack slots. Runs user code under protection.
-pub unsafe fn before_listeners(l: *mut lua_State, name: &[u8], old: c_int, new: c_int) -> Verdict {
+pub unsafe fn before_listeners(
+    l: *mut lua_State,
+    gc: &mut GcPause,
+    name: &[u8],
+    old: c_int,
+    new: c_int,
+) -> Verdict {
     // SAFETY: the list is read raw; each call is protected; the stack is restored.
     unsafe {
         let top = ffi::lua_gettop(l);
@@ -68,7 +81,7 @@ pub unsafe fn before_listeners(l: *mut lua_State, name: &[u8], old: c_int, new: 
             ffi::push_bytes(l, name);
             ffi::lua_pushvalue(l, old);
             ffi::lua_pushvalue(l, new);
-            verdict = call(l, 3);
+            verdict = gc.lifted(|| call(l, 3));
             if verdict != Verdict::Go {
                 break;
             }

@@ -174,10 +174,10 @@ pub unsafe fn batch(
             ffi::push_globals(l);
             let globals = loaded + 1;
             run.load_all(l, loaded, globals);
-            gc = Some(GcPause::new(l));
+            let pause = gc.insert(GcPause::new(l));
             run.plan_all(l);
-            run.consent_all(l);
-            run.apply_all(l, loaded);
+            run.consent_all(l, pause);
+            run.apply_all(l, loaded, pause);
             plans = run.take_plans();
             let walked = if opts.replace && !plans.is_empty() {
                 walk::replace(l, &mut plans)
@@ -392,7 +392,7 @@ impl Run<'_> {
     }
 
     /// Step 3: the `before_reload` listeners, then each old module's `__unload`.
-    unsafe fn consent_all(&mut self, l: *mut lua_State) {
+    unsafe fn consent_all(&mut self, l: *mut lua_State, gc: &mut GcPause) {
         for step in [Step::Listeners, Step::Unload] {
             for i in 0..self.jobs.len() {
                 let (Some(t), Some(job)) = (self.targets.get(i), self.jobs.get(i)) else { break };
@@ -402,8 +402,10 @@ impl Run<'_> {
                 // SAFETY: the running and new values are on the stack; user code is protected.
                 let verdict = unsafe {
                     match step {
-                        Step::Listeners => hooks::before_listeners(l, &t.name, job.live, job.new),
-                        Step::Unload => hooks::call_module_hook(l, job.live, b"__unload"),
+                        Step::Listeners => {
+                            hooks::before_listeners(l, gc, &t.name, job.live, job.new)
+                        }
+                        Step::Unload => hooks::call_module_hook(l, gc, job.live, b"__unload"),
                     }
                 };
                 let who = match step {
@@ -425,7 +427,7 @@ impl Run<'_> {
 
     /// Steps 4 and 5: apply each plan and set `package.loaded`, then call each merged
     /// module's `__reload`; a failing one is undone (in a transaction, all are).
-    unsafe fn apply_all(&mut self, l: *mut lua_State, loaded: c_int) {
+    unsafe fn apply_all(&mut self, l: *mut lua_State, loaded: c_int, gc: &mut GcPause) {
         // Everything from here to the results (the walk, hooks, reports, two results per job)
         // runs in this reserved space: nothing after the first write may fail for want of it.
         let need = c_int::try_from(2 * self.jobs.len()).unwrap_or(c_int::MAX / 2)
@@ -466,7 +468,7 @@ impl Run<'_> {
             let verdict = unsafe {
                 ffi::push_bytes(l, &t.name);
                 ffi::lua_rawget(l, loaded);
-                let v = hooks::call_module_hook(l, ffi::lua_gettop(l), b"__reload");
+                let v = hooks::call_module_hook(l, gc, ffi::lua_gettop(l), b"__reload");
                 ffi::lua_pop(l, 1);
                 v
             };
