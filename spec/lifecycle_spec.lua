@@ -340,6 +340,7 @@ describe("the collector during a reload", function()
     local junk = {}
     while collectgarbage("count") < 3 * heap do junk[#junk + 1] = {} end
     assert.is_false(finalized)
+    assert.is_true(#junk > 0)
     collectgarbage()
     assert.is_true(finalized) -- (the finalizer does run once a cycle ends)
   end)

@@ -108,8 +108,10 @@ struct Walker<'p> {
     /// table keys to rename once the walk is over: (table, old key, new key) triples
     keys: c_int,
     n_keys: ffi::lua_Integer,
+    /// chunk names and the functions of the plans by where they are in them, indexed the
+    /// first time an unpaired closure needs them (most reloads meet none)
     sources: Vec<Vec<u8>>,
-    enclosing: Vec<Enclosing>,
+    enclosing: Option<Vec<Enclosing>>,
     dumps: std::collections::HashMap<Ref, Option<Dump>>,
     current: usize,
     /// per plan
@@ -164,8 +166,6 @@ impl<'p> Walker<'p> {
             let n_plans = plans.len();
             let pairs = plans.iter().map(|p| p.fpairs.len()).sum();
             let mut map = PtrMap::with_capacity_and_hasher(pairs, Default::default());
-            let mut sources: Vec<Vec<u8>> = Vec::new();
-            let mut enclosing = Vec::new();
             let mut visited = AddrSet::default();
             let mut copies = PtrMap::default();
             for (pi, plan) in plans.iter().enumerate() {
@@ -177,29 +177,9 @@ impl<'p> Walker<'p> {
                 for &(old, new) in &plan.fpairs {
                     plan.push(l, old);
                     map.insert(ffi::lua_topointer(l, -1) as usize, (pi, new));
-                    let mut ar: ffi::lua_Debug = std::mem::zeroed();
-                    if ffi::lua_getinfo(l, c">S".as_ptr(), &mut ar) != 0 && !ar.source.is_null() {
-                        let source = CStr::from_ptr(ar.source).to_bytes();
-                        let at = match sources.iter().position(|s| s == source) {
-                            Some(at) => at,
-                            None => {
-                                sources.push(source.to_vec());
-                                sources.len() - 1
-                            }
-                        };
-                        enclosing.push(Enclosing {
-                            plan: pi,
-                            old,
-                            new,
-                            source: at,
-                            line: ar.linedefined,
-                            last_line: ar.lastlinedefined,
-                        });
-                    } // lua_getinfo(">S") popped the function either way
+                    ffi::lua_pop(l, 1);
                 }
             }
-            // innermost first: a closure belongs to the smallest function around it
-            enclosing.sort_by_key(|e| e.last_line - e.line);
             ffi::lua_createtable(l, 256, 0);
             let work = ffi::lua_gettop(l);
             ffi::lua_createtable(l, 0, 0);
@@ -217,13 +197,43 @@ impl<'p> Walker<'p> {
                 top: 0,
                 keys,
                 n_keys: 0,
-                sources,
-                enclosing,
+                sources: Vec::new(),
+                enclosing: None,
                 dumps: std::collections::HashMap::new(),
                 current: l as usize,
                 out: vec![Outcome::default(); n_plans],
             }
         }
+    }
+
+    /// The old functions of the plans by chunk and lines, innermost first: a closure belongs
+    /// to the smallest function around it.
+    unsafe fn enclosing(&mut self, l: *mut lua_State) -> &[Enclosing] {
+        // SAFETY: anchored functions are pushed one at a time; lua_getinfo(">S") pops each.
+        self.enclosing.get_or_insert_with(|| unsafe {
+            let mut all = Vec::new();
+            for (pi, plan) in self.plans.iter().enumerate() {
+                for &(old, new) in &plan.fpairs {
+                    plan.push(l, old);
+                    let mut ar: ffi::lua_Debug = std::mem::zeroed();
+                    if ffi::lua_getinfo(l, c">S".as_ptr(), &mut ar) == 0 || ar.source.is_null() {
+                        continue;
+                    }
+                    let source = CStr::from_ptr(ar.source).to_bytes();
+                    let at = match self.sources.iter().position(|s| s == source) {
+                        Some(at) => at,
+                        None => {
+                            self.sources.push(source.to_vec());
+                            self.sources.len() - 1
+                        }
+                    };
+                    let (line, last_line) = (ar.linedefined, ar.lastlinedefined);
+                    all.push(Enclosing { plan: pi, old, new, source: at, line, last_line });
+                }
+            }
+            all.sort_by_key(|e| e.last_line - e.line);
+            all
+        })
     }
 
     unsafe fn push_ref(&self, l: *mut lua_State, (pi, slot): Ref) {
@@ -780,6 +790,7 @@ impl<'p> Walker<'p> {
                 return None;
             }
             let source = CStr::from_ptr(ar.source).to_bytes();
+            let n_enclosing = self.enclosing(l).len();
             let src = self.sources.iter().position(|s| s == source)?;
             // a closure on a cell the new version made is the new version's own
             let mut i = 1;
@@ -792,8 +803,8 @@ impl<'p> Walker<'p> {
             }
             let (line, last) = (ar.linedefined, ar.lastlinedefined);
             let mut inside = None;
-            for e in 0..self.enclosing.len() {
-                let Some(enc) = self.enclosing.get(e) else { break };
+            for e in 0..n_enclosing {
+                let Some(enc) = self.enclosing.as_ref().and_then(|all| all.get(e)) else { break };
                 let (old, new) = ((enc.plan, enc.old), (enc.plan, enc.new));
                 if enc.source != src || enc.line > line || enc.last_line < last {
                     continue;

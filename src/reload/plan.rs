@@ -8,6 +8,7 @@
 //! of objects that are anchored or reachable from the two versions, which the plan does not
 //! change.
 
+use std::collections::hash_map::Entry;
 use std::os::raw::c_int;
 
 use super::base::{Builder, Decision, KeyRef, Kind, NodeId, Prior, Snapshot, Was, decide};
@@ -307,8 +308,8 @@ impl<'o> Planner<'o> {
             }
             let (keep, base) = if nv.object().is_some() {
                 let old = self.old;
-                let (d, b) = self.merge_slot(l, live, new, old.root());
-                (d == Decision::Keep, b)
+                let m = self.merge_slot(l, live, new, old.root());
+                (m.d == Decision::Keep, m.was)
             } else {
                 (false, Was::of(nv))
             };
@@ -409,18 +410,39 @@ impl<'o> Planner<'o> {
     }
 
     /// Decides one slot (a field, a metatable, an upvalue cell) whose running value is at
-    /// `live` and new value at `new`, queueing the walks it implies. Returns the decision and
-    /// the base to record for the new value.
+    /// `live` and new value at `new`, queueing the walks it implies.
     unsafe fn merge_slot<'v>(
         &mut self,
         l: *mut lua_State,
         live: c_int,
         new: c_int,
         prior: Prior,
+    ) -> Decided<'v> {
+        // SAFETY: valid absolute indices from the caller.
+        unsafe {
+            let (lv, nv): (Val<'v>, Val<'v>) = (read(l, live), read(l, new));
+            // nil, and LuaJIT's cdata, read as nil: only the API can tell them apart
+            let equal = match (lv, nv) {
+                (Val::Nil, Val::Nil) => ffi::lua_rawequal(l, live, new) != 0,
+                _ => raw_equal(lv, nv),
+            };
+            let (d, was) = self.decide_slot(l, live, new, lv, nv, prior);
+            Decided { d, was, live: lv, new: nv, equal }
+        }
+    }
+
+    /// `merge_slot` on the values `lv` and `nv` read at `live` and `new`.
+    unsafe fn decide_slot<'v>(
+        &mut self,
+        l: *mut lua_State,
+        live: c_int,
+        new: c_int,
+        lv: Val<'v>,
+        nv: Val<'v>,
+        prior: Prior,
     ) -> (Decision, Was<'v>) {
         // SAFETY: valid absolute indices from the caller; anchoring keeps objects alive.
         unsafe {
-            let (lv, nv): (Val, Val<'v>) = (read(l, live), read(l, new));
             match nv {
                 Val::Table(p) => {
                     if lv == nv || self.stop.contains(&p) {
@@ -428,8 +450,8 @@ impl<'o> Planner<'o> {
                         let d = if lv == nv { Decision::Keep } else { Decision::TakeNew };
                         return (d, Was::Opaque);
                     }
-                    let node = self.node_of(p);
-                    let o = self.obj(p);
+                    let o = self.new_obj(p);
+                    let node = o.node;
                     if o.flags & MERGED != 0 {
                         let into = o.pair;
                         let keep = matches!(lv, Val::Table(q) if self.objs.get(&q).is_some_and(|lo| lo.slot == into));
@@ -440,8 +462,8 @@ impl<'o> Planner<'o> {
                         && !self.stop.contains(&q)
                         && self.claim(q)
                     {
-                        let live_slot = self.anchor(l, live);
-                        let new_slot = self.anchor(l, new);
+                        let live_slot = self.anchor_val(l, live, lv);
+                        let new_slot = self.anchor_val(l, new, nv);
                         let o = self.obj(p);
                         o.pair = live_slot;
                         o.flags |= MERGED | QUEUED;
@@ -456,28 +478,29 @@ impl<'o> Planner<'o> {
                         });
                         return (Decision::Keep, Was::Node(node));
                     }
-                    self.reach(l, new);
+                    self.reach_val(l, new, nv);
                     (Decision::TakeNew, Was::Node(node))
                 }
                 Val::LuaFn(p) => {
                     if lv == nv {
                         return (Decision::Keep, Was::Opaque);
                     }
-                    let node = self.node_of(p);
+                    let o = self.new_obj(p);
+                    let node = o.node;
                     if let Val::LuaFn(q) = lv
-                        && self.obj(p).pair == 0
+                        && o.pair == 0
                         && self.claim(q)
                     {
-                        let live_slot = self.anchor(l, live);
-                        let new_slot = self.anchor(l, new);
+                        let live_slot = self.anchor_val(l, live, lv);
+                        let new_slot = self.anchor_val(l, new, nv);
                         let o = self.obj(p);
                         o.pair = live_slot;
-                        o.flags |= QUEUED;
+                        o.flags |= QUEUED | NEW_FN;
                         let base = self.old.child(prior, Kind::Func);
                         self.paired.push(Item::Fns { live: live_slot, new: new_slot, base, node });
                         return (Decision::TakeNew, Was::Node(node));
                     }
-                    self.reach(l, new);
+                    self.reach_val(l, new, nv);
                     (Decision::TakeNew, Was::Node(node))
                 }
                 // Code, even native: the new version's wins unless it is the very same one.
@@ -503,13 +526,16 @@ impl<'o> Planner<'o> {
 
     /// The mirror node of the new object at `p`.
     fn node_of(&mut self, p: usize) -> NodeId {
-        let node = self.obj(p).node;
-        if node != NO_NODE {
-            return node;
+        self.new_obj(p).node
+    }
+
+    /// What the planner knows about the new object at `p`, which has a mirror node.
+    fn new_obj(&mut self, p: usize) -> Obj {
+        let o = self.objs.entry(p).or_default();
+        if o.node == NO_NODE {
+            o.node = self.mirror.new_node();
         }
-        let node = self.mirror.new_node();
-        self.obj(p).node = node;
-        node
+        *o
     }
 
     /// Marks a running object as paired; false if it already was.
@@ -532,8 +558,14 @@ impl<'o> Planner<'o> {
     /// Queues a new object with no running counterpart (yet) for adoption.
     unsafe fn reach(&mut self, l: *mut lua_State, idx: c_int) {
         // SAFETY: valid index from the caller.
+        unsafe { self.reach_val(l, idx, read(l, idx)) }
+    }
+
+    /// `reach` of the value `v` read at `idx`.
+    unsafe fn reach_val(&mut self, l: *mut lua_State, idx: c_int, v: Val) {
+        // SAFETY: valid index from the caller.
         unsafe {
-            let (p, table) = match read(l, idx) {
+            let (p, table) = match v {
                 Val::Table(p) if !self.stop.contains(&p) => (p, true),
                 Val::LuaFn(p) => (p, false),
                 _ => return,
@@ -544,7 +576,7 @@ impl<'o> Planner<'o> {
             }
             self.obj(p).flags |= QUEUED;
             let node = self.node_of(p);
-            let new = self.anchor(l, idx);
+            let new = self.anchor_val(l, idx, v);
             self.adopt.push(if table {
                 Item::AdoptTable { new, node }
             } else {
@@ -588,9 +620,9 @@ impl<'o> Planner<'o> {
                         }
                         ffi::lua_pushvalue(l, k);
                         ffi::lua_rawget(l, ti);
-                        let (d, was) = self.merge_slot(l, top + 5, v, prior);
-                        self.mirror.field(node, key, was);
-                        self.record_set(l, live, k, top + 5, v, d);
+                        let m = self.merge_slot(l, top + 5, v, prior);
+                        self.mirror.field(node, key, m.was);
+                        self.record_set(l, live, k, v, &m);
                     }
                     None if kv.object().is_some() => {
                         let (k, v) = (self.anchor(l, k), self.anchor(l, v));
@@ -600,8 +632,8 @@ impl<'o> Planner<'o> {
                         // userdata or coroutine keys: the same object in both versions
                         ffi::lua_pushvalue(l, k);
                         ffi::lua_rawget(l, ti);
-                        let (d, _) = self.merge_slot(l, top + 5, v, Prior::Unknown);
-                        self.record_set(l, live, k, top + 5, v, d);
+                        let m = self.merge_slot(l, top + 5, v, Prior::Unknown);
+                        self.record_set(l, live, k, v, &m);
                     }
                 }
                 ffi::lua_settop(l, top + 3);
@@ -616,38 +648,26 @@ impl<'o> Planner<'o> {
         }
     }
 
-    /// Records `t[k] = new` if the decision takes the new value and it differs.
-    unsafe fn record_set(
-        &mut self,
-        l: *mut lua_State,
-        t: u32,
-        k: c_int,
-        live: c_int,
-        new: c_int,
-        d: Decision,
-    ) {
-        // SAFETY: valid indices from the caller.
-        unsafe {
-            self.count_value(l, live, new, d);
-            if d != Decision::Keep && ffi::lua_rawequal(l, live, new) == 0 {
-                let (k, v) = (self.capture(l, k), self.capture(l, new));
-                self.acts.push(Act::Set { t, k, v });
-            }
+    /// Records `t[k] = new` (`new` the stack index of `m.new`) if the decision takes the new
+    /// value and it differs.
+    unsafe fn record_set(&mut self, l: *mut lua_State, t: u32, k: c_int, new: c_int, m: &Decided) {
+        self.count_value(m);
+        if m.takes_new() {
+            // SAFETY: valid indices from the caller.
+            let (k, v) = unsafe { (self.capture(l, k), self.capture_val(l, new, m.new)) };
+            self.acts.push(Act::Set { t, k, v });
         }
     }
 
     /// Counts a data slot (not a function or a table, counted as such) for the report.
-    unsafe fn count_value(&mut self, l: *mut lua_State, live: c_int, new: c_int, d: Decision) {
-        // SAFETY: valid indices from the caller.
-        unsafe {
-            let data = |i| !matches!(ffi::lua_type(l, i), ffi::LUA_TFUNCTION | ffi::LUA_TTABLE);
-            if d == Decision::Keep {
-                if data(live) {
-                    self.counts.values_kept += 1;
-                }
-            } else if data(new) && ffi::lua_rawequal(l, live, new) == 0 {
-                self.counts.values_taken += 1;
+    fn count_value(&mut self, m: &Decided) {
+        let data = |v: Val| !matches!(v, Val::Table(_) | Val::LuaFn(_) | Val::CFn(_));
+        if m.d == Decision::Keep {
+            if data(m.live) {
+                self.counts.values_kept += 1;
             }
+        } else if data(m.new) && !m.equal {
+            self.counts.values_taken += 1;
         }
     }
 
@@ -705,10 +725,10 @@ impl<'o> Planner<'o> {
             }
             let prior = old.meta(base);
             if has_new {
-                let (d, was) = self.merge_slot(l, top + 1, top + 2, prior);
-                self.mirror.meta(node, was);
-                if d == Decision::TakeNew && ffi::lua_rawequal(l, top + 1, top + 2) == 0 {
-                    let mt = self.capture(l, top + 2);
+                let m = self.merge_slot(l, top + 1, top + 2, prior);
+                self.mirror.meta(node, m.was);
+                if m.takes_new() {
+                    let mt = self.capture_val(l, top + 2, m.new);
                     self.acts.push(Act::Meta { t: live, mt });
                 }
             } else if ffi::lua_type(l, top + 1) != ffi::LUA_TNIL && matches!(prior, Prior::Was(_)) {
@@ -737,8 +757,7 @@ impl<'o> Planner<'o> {
             let (fi, ni) = (top + 1, top + 2);
             self.mirror.begin(node, Kind::Func);
             self.fpairs.push((live, new));
-            self.new_fns.push(new);
-            self.mark_new_fn(l, ni);
+            self.new_fns.push(new); // (marked NEW_FN when paired)
             self.counts.functions_replaced += 1;
             let mut i = 1;
             while let Some(name) = ffi::get_upvalue(l, ni, i) {
@@ -753,16 +772,16 @@ impl<'o> Planner<'o> {
                 {
                     // the old value is now at top + 4
                     let old_id = ffi::upvalue_id(l, fi, j);
-                    if !self.cells.contains_key(&old_id) {
+                    if let Entry::Vacant(e) = self.cells.entry(old_id) {
                         // Rule 3: the new cell joins the old one; its value is decided like
                         // any data slot (rule 5), a table merges (rule 4), a function is new.
-                        self.cells.insert(old_id, Cell::Claimed);
+                        e.insert(Cell::Claimed);
                         self.cells.insert(id, Cell::Joined(live, j));
-                        let (d, was) = self.merge_slot(l, top + 4, value, prior);
-                        self.mirror.upvalue(node, name, was);
-                        self.count_value(l, top + 4, value, d);
-                        if d != Decision::Keep && ffi::lua_rawequal(l, top + 4, value) == 0 {
-                            let v = self.capture(l, value);
+                        let m = self.merge_slot(l, top + 4, value, prior);
+                        self.mirror.upvalue(node, name, m.was);
+                        self.count_value(&m);
+                        if m.takes_new() {
+                            let v = self.capture_val(l, value, m.new);
                             self.acts.push(Act::Up { f: live, n: j, v });
                         }
                         joined = true;
@@ -898,7 +917,7 @@ impl<'o> Planner<'o> {
                 }
                 None => ffi::lua_pushnil(l),
             }
-            let (dec, _) = self.merge_slot(l, live, vi, Prior::Unknown);
+            let dec = self.merge_slot(l, live, vi, Prior::Unknown).d;
             let renamed = matches!(kv, Val::LuaFn(_)) && ffi::lua_type(l, live) != ffi::LUA_TNIL;
             if let (true, Some(lk)) = (renamed, live_key) {
                 // old_function -> v becomes new_function -> v
@@ -941,34 +960,46 @@ impl<'o> Planner<'o> {
     /// Keeps the value at `idx` alive until the plan is applied; returns its slot. Objects
     /// get one slot each however often they are anchored.
     unsafe fn anchor(&mut self, l: *mut lua_State, idx: c_int) -> u32 {
+        // SAFETY: valid index.
+        unsafe { self.anchor_val(l, idx, read(l, idx)) }
+    }
+
+    /// `anchor` of the value `v` read at `idx`.
+    unsafe fn anchor_val(&mut self, l: *mut lua_State, idx: c_int, v: Val) -> u32 {
         // SAFETY: valid index; the anchor table is at `self.anchors`.
         unsafe {
-            let identity = match read(l, idx) {
+            let identity = match v {
                 Val::Table(p) | Val::LuaFn(p) | Val::CFn(p) | Val::Userdata(p) | Val::Thread(p) => {
                     Some(p)
                 }
                 _ => None,
             };
+            let slot = self.n_anchors + 1;
             if let Some(p) = identity {
-                let slot = self.obj(p).slot;
-                if slot != 0 {
-                    return slot;
+                let o = self.objs.entry(p).or_default();
+                if o.slot != 0 {
+                    return o.slot;
                 }
+                // (if the write below fails, the whole plan is thrown away)
+                o.slot = slot;
             }
-            self.n_anchors += 1;
+            self.n_anchors = slot;
             ffi::lua_pushvalue(l, idx);
-            ffi::lua_rawseti(l, self.anchors, ffi::lua_Integer::from(self.n_anchors));
-            if let Some(p) = identity {
-                self.obj(p).slot = self.n_anchors;
-            }
-            self.n_anchors
+            ffi::lua_rawseti(l, self.anchors, ffi::lua_Integer::from(slot));
+            slot
         }
     }
 
     /// The value at `idx` as an action operand.
     unsafe fn capture(&mut self, l: *mut lua_State, idx: c_int) -> Pv {
         // SAFETY: valid index.
-        unsafe { inline_operand(read(l, idx)).unwrap_or_else(|| Pv::Slot(self.anchor(l, idx))) }
+        unsafe { self.capture_val(l, idx, read(l, idx)) }
+    }
+
+    /// `capture` of the value `v` read at `idx`.
+    unsafe fn capture_val(&mut self, l: *mut lua_State, idx: c_int, v: Val) -> Pv {
+        // SAFETY: valid index.
+        unsafe { inline_operand(v).unwrap_or_else(|| Pv::Slot(self.anchor_val(l, idx, v))) }
     }
 
     unsafe fn push(&self, l: *mut lua_State, slot: u32) {
@@ -977,6 +1008,39 @@ impl<'o> Planner<'o> {
             ffi::lua_rawgeti(l, self.anchors, ffi::lua_Integer::from(slot));
         }
     }
+}
+
+/// A slot `merge_slot` decided: the decision, the base to record for the new value, the
+/// two values it read, and whether they are raw-equal.
+struct Decided<'v> {
+    d: Decision,
+    was: Was<'v>,
+    live: Val<'v>,
+    new: Val<'v>,
+    equal: bool,
+}
+
+impl Decided<'_> {
+    /// Whether the slot is to be written: the new value wins and is not the running one.
+    fn takes_new(&self) -> bool {
+        self.d != Decision::Keep && !self.equal
+    }
+}
+
+/// `lua_rawequal` of two values read from the stack, neither of them nil: strings by
+/// content (Lua interns short ones and compares long ones), objects by identity, and an
+/// integer equals the float of the same value (Lua 5.3+).
+fn raw_equal(a: Val, b: Val) -> bool {
+    match (a, b) {
+        (Val::Int(i), Val::Num(f)) | (Val::Num(f), Val::Int(i)) => float_is_int(f, i),
+        _ => a == b,
+    }
+}
+
+/// Whether the float `f` has exactly the integer value `i` (as Lua's `F2Ieq` conversion).
+fn float_is_int(f: f64, i: i64) -> bool {
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2^63
+    f.fract() == 0.0 && (-LIMIT..LIMIT).contains(&f) && f as i64 == i
 }
 
 /// A value that an operand carries inline (no anchor needed), or `None` for an object.
@@ -1074,4 +1138,50 @@ pub unsafe fn stop_set(l: *mut lua_State, name: &[u8]) -> PtrSet {
         ffi::lua_settop(l, top);
     }
     stop
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlua::Lua;
+
+    /// `raw_equal` on values read from the stack agrees with `lua_rawequal` on the values
+    /// themselves, for every pair of a set that has the corner cases.
+    #[test]
+    fn raw_equal_agrees_with_lua_rawequal() {
+        let lua = Lua::new();
+        let values = r#"
+            local long = ("x"):rep(100)
+            local t, f = {}, function() end
+            return { 1, 1.0, -1, 0, -0.0, 0.5, 2^53, 2^53 + 1.0, math.maxinteger,
+                     math.maxinteger + 0.0, math.mininteger, math.mininteger + 0.0, 2^63, -2^63,
+                     0/0, 1/0, -1/0, "1", "a", "a", long, long .. "", ("x"):rep(99) .. "y",
+                     true, false, t, t, {}, f, f, print, string.len }
+        "#;
+        let list: mlua::Table = lua.load(values).eval().unwrap();
+        // SAFETY: the list is pushed once; each pair of its values is pushed and popped.
+        let mismatches: Vec<String> = unsafe {
+            lua.exec_raw(list, |l| {
+                let n = ffi::lua_rawlen(l, 1) as ffi::lua_Integer;
+                let mut bad = Vec::new();
+                for i in 1..=n {
+                    for j in 1..=n {
+                        ffi::lua_rawgeti(l, 1, i);
+                        ffi::lua_rawgeti(l, 1, j);
+                        let lua_says = ffi::lua_rawequal(l, -2, -1) != 0;
+                        if raw_equal(read(l, -2), read(l, -1)) != lua_says {
+                            bad.push(format!("items {i} and {j}: Lua says {lua_says}"));
+                        }
+                        ffi::lua_pop(l, 2);
+                    }
+                }
+                let text = bad.join("; ");
+                ffi::lua_settop(l, 0);
+                ffi::push_bytes(l, text.as_bytes());
+            })
+        }
+        .map(|s: String| s.split("; ").filter(|m| !m.is_empty()).map(String::from).collect())
+        .unwrap();
+        assert!(mismatches.is_empty(), "{mismatches:?}");
+    }
 }
