@@ -36,6 +36,26 @@ function lib.time(f, runs, prepare)
   return lib.median(samples)
 end
 
+--- Medians over `runs` rounds of the times of several operations, timed in turn within each
+--- round, so that a change in the machine's load hits all of them alike. `ops` is a list of
+--- `{ f, prepare }` (`prepare()`, if given, runs untimed before each `f()`); returns the
+--- medians in seconds, in the order of `ops`.
+function lib.interleaved(ops, runs)
+  local samples = {}
+  for i = 1, #ops do samples[i] = {} end
+  for r = 1, runs do
+    for i, op in ipairs(ops) do
+      if op[2] then op[2]() end
+      local t0 = lib.now()
+      op[1]()
+      samples[i][r] = lib.now() - t0
+    end
+  end
+  local medians = {}
+  for i = 1, #ops do medians[i] = lib.median(samples[i]) end
+  return (table.unpack or unpack)(medians)
+end
+
 --- Full collections until the heap settles.
 function lib.collect()
   for _ = 1, 3 do collectgarbage("collect") end

@@ -17,7 +17,7 @@ local quick = os.getenv("HOTRELOAD_BENCH_QUICK")
 return function()
   local dir = lib.scratch()
   local n = quick and 300 or 3000
-  local runs = quick and 3 or 7
+  local runs = quick and 3 or 9
   local name, naive = "bench_big", "bench_big_naive"
   local path, naive_path = dir .. "/" .. name .. ".lua", dir .. "/" .. naive .. ".lua"
   lib.write(path, gen.module(n, "v0"))
@@ -31,22 +31,26 @@ return function()
     version = version + 1
     lib.write(p, gen.module(n, "v" .. version))
   end
-  local function sample(prepare, f)
-    return lib.time(f, runs, function()
-      prepare()
+  local function fresh(p)
+    return function()
+      edit(p)
       lib.collect()
-    end)
+    end
   end
-  local compile = sample(function() edit(path) end, function() assert(loadfile(path))() end)
-  local reload = sample(function() edit(path) end, function() assert(hotreload.reload(name)) end)
-  local merge = sample(function() edit(path) end,
-    function() assert(hotreload.reload(name, { replace = false })) end)
-  local copy = sample(function() edit(naive_path) end, function() naive_reload(naive) end)
+  -- all four timed in turn in each round (see lib.interleaved)
+  local compile, reload, merge, copy = lib.interleaved({
+    { function() assert(loadfile(path))() end, fresh(path) },
+    { function() assert(hotreload.reload(name)) end, fresh(path) },
+    { function() assert(hotreload.reload(name, { replace = false })) end, fresh(path) },
+    { function() naive_reload(naive) end, fresh(naive_path) },
+  }, runs)
 
   -- figure 2: the same reload over a big heap, against a full collection of it
   local heap = gen.heap(quick and 60000 or 600000) -- 2 tables + 1 string per entry
-  local full_gc = lib.time(function() collectgarbage("collect") end, quick and 3 or 5)
-  local big = sample(function() edit(path) end, function() assert(hotreload.reload(name)) end)
+  local full_gc, big = lib.interleaved({
+    { function() collectgarbage("collect") end },
+    { function() assert(hotreload.reload(name)) end, fresh(path) },
+  }, quick and 3 or 5)
   local objects = #heap * 3
   heap = nil -- luacheck: ignore
   lib.collect()
