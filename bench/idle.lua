@@ -15,9 +15,7 @@ return function()
   local function idle() for _ = 1, n do poll() end end
   if lib.jit then lib.jit.off() end
   idle() -- warm up
-  local t_empty = lib.time(empty, 9)
-  local t_raw = lib.time(raw, 9)
-  local t_poll = lib.time(idle, 9)
+  local t_empty, t_raw, t_poll = lib.interleaved({ { empty }, { raw }, { idle } }, 9)
   collectgarbage()
   collectgarbage("stop")
   local before = collectgarbage("count")

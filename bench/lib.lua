@@ -23,19 +23,6 @@ function lib.percentile(xs, p)
   return t[math.max(1, math.ceil(#t * p))]
 end
 
---- Median over `runs` runs of the time `f()` takes, in seconds; `prepare()`, if given, runs
---- untimed before each run.
-function lib.time(f, runs, prepare)
-  local samples = {}
-  for i = 1, runs or 7 do
-    if prepare then prepare() end
-    local t0 = lib.now()
-    f()
-    samples[i] = lib.now() - t0
-  end
-  return lib.median(samples)
-end
-
 --- Medians over `runs` rounds of the times of several operations, timed in turn within each
 --- round, so that a change in the machine's load hits all of them alike. `ops` is a list of
 --- `{ f, prepare }` (`prepare()`, if given, runs untimed before each `f()`); returns the

@@ -16,11 +16,12 @@ return function()
     version = version + 1
     lib.write(path, gen.module(n, "s" .. version, 200))
   end
-  local function sample(path, n, f)
-    return lib.time(f, quick and 2 or 5, function()
+  local runs = quick and 2 or 5
+  local function fresh(path, n)
+    return function()
       edit(path, n)
       lib.collect()
-    end) * 1e3
+    end
   end
   local sizes = quick and { 100, 1000 } or { 100, 1000, 10000 }
   for _, n in ipairs(sizes) do
@@ -28,20 +29,24 @@ return function()
     local path = dir .. "/" .. name .. ".lua"
     edit(path, n)
     require(name)
-    local compile = sample(path, n, function() assert(loadfile(path))() end)
-    local reload = sample(path, n, function() assert(hotreload.reload(name)) end)
+    local compile, reload = lib.interleaved({
+      { function() assert(loadfile(path))() end, fresh(path, n) },
+      { function() assert(hotreload.reload(name)) end, fresh(path, n) },
+    }, runs)
     rows[#rows + 1] = { figure = ("scaling: reload of %d functions vs loadfile+run"):format(n),
-      value = reload, baseline = compile, unit = "ms" }
+      value = reload * 1e3, baseline = compile * 1e3, unit = "ms" }
   end
   local name = "bench_scale_1000"
   local path = dir .. "/" .. name .. ".lua"
   for _, tables in ipairs(quick and { 0, 10000 } or { 0, 100000, 1000000 }) do
     lib.collect() -- the previous heap goes
     local heap = gen.heap(tables)
-    local full_gc = lib.time(function() collectgarbage("collect") end, 3)
-    local reload = sample(path, 1000, function() assert(hotreload.reload(name)) end)
+    local full_gc, reload = lib.interleaved({
+      { function() collectgarbage("collect") end },
+      { function() assert(hotreload.reload(name)) end, fresh(path, 1000) },
+    }, runs)
     rows[#rows + 1] = { figure = ("scaling: reload with %dk heap tables vs full GC"):format(
-      math.floor(#heap * 2 / 1000)), value = reload, baseline = full_gc * 1e3, unit = "ms" }
+      math.floor(#heap * 2 / 1000)), value = reload * 1e3, baseline = full_gc * 1e3, unit = "ms" }
   end
   lib.remove_tree(dir)
   return rows
