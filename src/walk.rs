@@ -170,7 +170,9 @@ impl<'p> Walker<'p> {
             let mut copies = PtrMap::default();
             for (pi, plan) in plans.iter().enumerate() {
                 visited.insert(ffi::lua_topointer(l, plan.anchors) as usize);
-                for (p, live) in plan.merged() {
+                let (n, merged) = plan.merged();
+                copies.reserve(n);
+                for (p, live) in merged {
                     copies.insert(p, (pi, live));
                     visited.insert(p);
                 }

@@ -3,9 +3,13 @@
 //! that decides, for one data slot, whether the running value or the new source's value wins.
 //!
 //! The mirror holds no Lua references, so it never keeps an old version alive (rule 11). It
-//! is flat (one entry vector, one byte arena, one hash index) because a reload builds a new
-//! one of every table and function of the module.
+//! is flat (one entry vector, one byte arena) because a reload builds a new one of every
+//! table and function of the module. A table's entries are recorded in the order the VM
+//! traversed it, and the next version, built by the same code, is traversed in the same
+//! order: lookups try the entry after the last one found ([`Cursor`]) and fall back to a hash
+//! index, built on the first miss.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
@@ -168,8 +172,6 @@ struct Entry {
     node: NodeId,
     key: EKey,
     base: Stored,
-    /// Next entry with the same index hash.
-    next: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -183,15 +185,26 @@ struct NodeRec {
 
 const NONE: u32 = u32::MAX;
 
-type Index = HashMap<u64, u32, BuildHasherDefault<PtrHasher>>;
+/// Key hash -> last entry with that hash, and for each entry the previous one with its hash.
+#[derive(Debug, Default)]
+struct Index {
+    last: HashMap<u64, u32, BuildHasherDefault<PtrHasher>>,
+    prev: Vec<u32>,
+}
+
+/// Where the next lookup in one base table starts: just after the last entry found.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cursor(u32);
 
 /// The mirror of one loaded version of a module.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     nodes: Vec<NodeRec>,
     entries: Vec<Entry>,
-    index: Index,
+    /// Field keys by hash, built on the first lookup the cursor misses.
+    index: OnceCell<Index>,
     bytes: Vec<u8>,
+    upvalues: usize,
     root: Stored,
     /// The globals its top level assigned.
     pub globals: Option<NodeId>,
@@ -253,9 +266,10 @@ impl Snapshot {
         Prior::Was(self.view(self.root))
     }
 
-    /// Number of walked tables and functions (a capacity hint for the next mirror).
-    pub fn size(&self) -> (usize, usize) {
-        (self.nodes.len(), self.entries.len())
+    /// Numbers of walked tables and functions, of entries and of upvalues (capacity hints
+    /// for the next reload).
+    pub fn size(&self) -> (usize, usize, usize) {
+        (self.nodes.len(), self.entries.len(), self.upvalues)
     }
 
     /// The node a slot's base points to, if it is a walked object of this kind.
@@ -266,24 +280,62 @@ impl Snapshot {
         }
     }
 
-    pub fn field(&self, table: Option<NodeId>, key: KeyRef) -> Prior<'_> {
+    /// A cursor at the first entry of `table`.
+    pub fn cursor(&self, table: Option<NodeId>) -> Cursor {
+        Cursor(self.node(table, Kind::Table).map_or(NONE, |n| n.start))
+    }
+
+    /// The base of `table[key]`. `cur`, from [`Snapshot::cursor`] for the same table, moves to
+    /// the entry after the one found.
+    pub fn field(&self, table: Option<NodeId>, key: KeyRef, cur: &mut Cursor) -> Prior<'_> {
         let Some(id) = table.filter(|_| self.node(table, Kind::Table).is_some()) else {
             return Prior::Unknown;
         };
-        let mut at = self.index.get(&key_hash(id, key)).copied().unwrap_or(NONE);
-        while let Some(e) = self.entries.get(at as usize) {
-            let same = e.node == id
+        let same = |e: &Entry| {
+            e.node == id
                 && match (e.key, key) {
                     (EKey::Str(s), KeyRef::Str(k)) => self.bytes(s) == k,
                     (EKey::Other(a), KeyRef::Other(b)) => a == b,
                     _ => false,
-                };
-            if same {
-                return Prior::Was(self.view(e.base));
+                }
+        };
+        let mut at = cur.0;
+        if !self.entries.get(at as usize).is_some_and(same) {
+            let index = self.index.get_or_init(|| self.build_index());
+            at = index.last.get(&key_hash(id, key)).copied().unwrap_or(NONE);
+            while let Some(e) = self.entries.get(at as usize) {
+                if same(e) {
+                    break;
+                }
+                at = index.prev.get(at as usize).copied().unwrap_or(NONE);
             }
-            at = e.next;
         }
-        Prior::Absent
+        match self.entries.get(at as usize) {
+            Some(e) => {
+                cur.0 = at + 1;
+                Prior::Was(self.view(e.base))
+            }
+            None => Prior::Absent,
+        }
+    }
+
+    fn build_index(&self) -> Index {
+        let mut index = Index::default();
+        index.last.reserve(self.entries.len());
+        index.prev.reserve(self.entries.len());
+        for (at, e) in self.entries.iter().enumerate() {
+            let key = match e.key {
+                EKey::Str(s) => KeyRef::Str(self.bytes(s)),
+                EKey::Other(k) => KeyRef::Other(k),
+                EKey::Meta | EKey::Up(_) => {
+                    index.prev.push(NONE);
+                    continue;
+                }
+            };
+            let prev = index.last.insert(key_hash(e.node, key), at as u32);
+            index.prev.push(prev.unwrap_or(NONE));
+        }
+        index
     }
 
     pub fn meta(&self, table: Option<NodeId>) -> Prior<'_> {
@@ -293,14 +345,17 @@ impl Snapshot {
     }
 
     /// The base of the upvalue called `name` (a function has at most one per name; unnamed
-    /// upvalues of stripped functions are never matched).
-    pub fn upvalue(&self, func: Option<NodeId>, name: &[u8]) -> Prior<'_> {
+    /// upvalues of stripped functions are never matched), looked for first at position
+    /// `hint` (1-based, as upvalue indices: versions usually keep the order).
+    pub fn upvalue(&self, func: Option<NodeId>, name: &[u8], hint: usize) -> Prior<'_> {
         let Some(n) = self.node(func, Kind::Func) else { return Prior::Unknown };
         if name.is_empty() {
             return Prior::Unknown;
         }
-        let found =
-            self.range(n).iter().find(|e| matches!(e.key, EKey::Up(s) if self.bytes(s) == name));
+        let range = self.range(n);
+        let named = |e: &&Entry| matches!(e.key, EKey::Up(s) if self.bytes(s) == name);
+        let found = range.get(hint.wrapping_sub(1)).filter(named);
+        let found = found.or_else(|| range.iter().find(named));
         found.map_or(Prior::Absent, |e| Prior::Was(self.view(e.base)))
     }
 
@@ -333,7 +388,6 @@ impl Builder {
         let mut s = Snapshot::default();
         s.nodes.reserve(like.nodes.len());
         s.entries.reserve(like.entries.len());
-        s.index.reserve(like.index.len());
         s.bytes.reserve(like.bytes.len());
         Builder { s }
     }
@@ -369,42 +423,37 @@ impl Builder {
         }
     }
 
-    fn push(&mut self, id: NodeId, key: EKey, base: Stored, next: u32) -> bool {
+    fn push(&mut self, id: NodeId, key: EKey, base: Stored) {
         let at = self.s.entries.len() as u32;
-        let Some(n) = self.s.nodes.get_mut(id as usize) else { return false };
+        let Some(n) = self.s.nodes.get_mut(id as usize) else { return };
         if n.end != at {
             // Not filled in one go: forget the node rather than give a wrong base.
             n.kind = Kind::Unvisited;
-            return false;
+            return;
         }
         n.end = at + 1;
         n.fields += u32::from(matches!(key, EKey::Str(_) | EKey::Other(_)));
-        self.s.entries.push(Entry { node: id, key, base, next });
-        true
+        self.s.entries.push(Entry { node: id, key, base });
     }
 
     pub fn field(&mut self, id: NodeId, key: KeyRef, w: Was) {
-        let h = key_hash(id, key);
-        let next = self.s.index.get(&h).copied().unwrap_or(NONE);
         let ekey = match key {
             KeyRef::Str(s) => EKey::Str(self.span(s)),
             KeyRef::Other(k) => EKey::Other(k),
         };
         let base = self.store(w);
-        let at = self.s.entries.len() as u32;
-        if self.push(id, ekey, base, next) {
-            self.s.index.insert(h, at);
-        }
+        self.push(id, ekey, base);
     }
 
     pub fn meta(&mut self, id: NodeId, w: Was) {
         let base = self.store(w);
-        self.push(id, EKey::Meta, base, NONE);
+        self.push(id, EKey::Meta, base);
     }
 
     pub fn upvalue(&mut self, id: NodeId, name: &[u8], w: Was) {
         let (name, base) = (self.span(name), self.store(w));
-        self.push(id, EKey::Up(name), base, NONE);
+        self.push(id, EKey::Up(name), base);
+        self.s.upvalues += 1;
     }
 
     /// Records the base of the module value itself.
@@ -458,6 +507,13 @@ mod tests {
         assert_eq!(decide(Prior::Was(nan), Val::Num(1.0), Val::Num(f64::NAN)), Keep);
     }
 
+    impl Snapshot {
+        /// `field` with a fresh cursor.
+        fn find(&self, table: Option<NodeId>, key: KeyRef) -> Prior<'_> {
+            self.field(table, key, &mut self.cursor(table))
+        }
+    }
+
     fn sample() -> (Snapshot, NodeId, NodeId) {
         let mut b = Builder::default();
         let t = b.new_node();
@@ -482,22 +538,22 @@ mod tests {
         let (s, t, f) = sample();
         let root = s.child(s.root(), Kind::Table);
         assert_eq!(root, Some(t));
-        assert_eq!(s.field(root, KeyRef::Str(b"count")), Prior::Was(Was::Int(0)));
-        assert_eq!(s.field(root, KeyRef::Other(Key::Int(1))), Prior::Was(Was::Bool(true)));
-        assert_eq!(s.field(root, KeyRef::Str(b"name")), Prior::Was(Was::Str(b"hero")));
-        assert_eq!(s.field(root, KeyRef::Str(b"gone")), Prior::Absent);
-        assert_eq!(s.field(None, KeyRef::Str(b"count")), Prior::Unknown);
-        assert_eq!(s.field(Some(f), KeyRef::Str(b"count")), Prior::Unknown, "kind checked");
+        assert_eq!(s.find(root, KeyRef::Str(b"count")), Prior::Was(Was::Int(0)));
+        assert_eq!(s.find(root, KeyRef::Other(Key::Int(1))), Prior::Was(Was::Bool(true)));
+        assert_eq!(s.find(root, KeyRef::Str(b"name")), Prior::Was(Was::Str(b"hero")));
+        assert_eq!(s.find(root, KeyRef::Str(b"gone")), Prior::Absent);
+        assert_eq!(s.find(None, KeyRef::Str(b"count")), Prior::Unknown);
+        assert_eq!(s.find(Some(f), KeyRef::Str(b"count")), Prior::Unknown, "kind checked");
         assert_eq!(s.len(root), 4);
         assert_eq!(s.keys(root).count(), 4);
         assert_eq!(s.meta(root), Prior::Was(Was::Opaque));
 
-        let fnode = s.child(s.field(root, KeyRef::Str(b"f")), Kind::Func);
+        let fnode = s.child(s.find(root, KeyRef::Str(b"f")), Kind::Func);
         assert_eq!(fnode, Some(f));
-        assert_eq!(s.child(s.field(root, KeyRef::Str(b"f")), Kind::Table), None, "kind checked");
-        assert_eq!(s.upvalue(fnode, b"n"), Prior::Was(Was::Int(1)));
-        assert_eq!(s.upvalue(fnode, b"m"), Prior::Absent);
-        assert_eq!(s.upvalue(fnode, b""), Prior::Unknown, "unnamed never matches");
+        assert_eq!(s.child(s.find(root, KeyRef::Str(b"f")), Kind::Table), None, "kind checked");
+        assert_eq!(s.upvalue(fnode, b"n", 1), Prior::Was(Was::Int(1)));
+        assert_eq!(s.upvalue(fnode, b"m", 1), Prior::Absent);
+        assert_eq!(s.upvalue(fnode, b"", 1), Prior::Unknown, "unnamed never matches");
         assert_eq!(s.meta(fnode), Prior::Unknown);
     }
 
@@ -515,10 +571,58 @@ mod tests {
         let s = b.finish(None);
         for i in (0..5000i64).step_by(97) {
             let k = format!("key_with_a_long_common_prefix_{i}");
-            assert_eq!(s.field(Some(t), KeyRef::Str(k.as_bytes())), Prior::Was(Was::Int(i)));
-            assert_eq!(s.field(Some(t), KeyRef::Other(Key::Int(i))), Prior::Was(Was::Int(-i)));
+            assert_eq!(s.find(Some(t), KeyRef::Str(k.as_bytes())), Prior::Was(Was::Int(i)));
+            assert_eq!(s.find(Some(t), KeyRef::Other(Key::Int(i))), Prior::Was(Was::Int(-i)));
         }
         assert_eq!(s.len(Some(t)), 10000);
+    }
+
+    #[test]
+    fn cursor_follows_the_recorded_order_and_falls_back_to_the_index() {
+        let mut b = Builder::default();
+        let t = b.new_node();
+        let u = b.new_node();
+        b.begin(t, Kind::Table);
+        for i in 0..100i64 {
+            b.field(t, KeyRef::Other(Key::Int(i)), Was::Int(i * 10));
+        }
+        b.begin(u, Kind::Table);
+        b.field(u, KeyRef::Other(Key::Int(0)), Was::Int(-1));
+        let s = b.finish(None);
+        let mut cur = s.cursor(Some(t));
+        for i in 0..100i64 {
+            assert_eq!(
+                s.field(Some(t), KeyRef::Other(Key::Int(i)), &mut cur),
+                Prior::Was(Was::Int(i * 10))
+            );
+        }
+        assert!(s.index.get().is_none(), "keys in the recorded order need no index");
+        // past the end of `t` the next entry is `u`'s key 0: not `t`'s
+        assert_eq!(s.field(Some(t), KeyRef::Other(Key::Int(0)), &mut cur), Prior::Was(Was::Int(0)));
+        let mut cur = s.cursor(Some(t));
+        for i in (0..100i64).rev() {
+            assert_eq!(
+                s.field(Some(t), KeyRef::Other(Key::Int(i)), &mut cur),
+                Prior::Was(Was::Int(i * 10))
+            );
+        }
+        assert_eq!(s.field(Some(t), KeyRef::Other(Key::Int(100)), &mut cur), Prior::Absent);
+        assert_eq!(s.find(Some(u), KeyRef::Other(Key::Int(0))), Prior::Was(Was::Int(-1)));
+        assert_eq!(s.find(Some(u), KeyRef::Other(Key::Int(1))), Prior::Absent);
+    }
+
+    #[test]
+    fn upvalues_found_out_of_order() {
+        let mut b = Builder::default();
+        let f = b.new_node();
+        b.begin(f, Kind::Func);
+        b.upvalue(f, b"a", Was::Int(1));
+        b.upvalue(f, b"b", Was::Int(2));
+        let s = b.finish(None);
+        assert_eq!(s.upvalue(Some(f), b"b", 2), Prior::Was(Was::Int(2)));
+        assert_eq!(s.upvalue(Some(f), b"b", 1), Prior::Was(Was::Int(2)));
+        assert_eq!(s.upvalue(Some(f), b"a", 5), Prior::Was(Was::Int(1)));
+        assert_eq!(s.upvalue(Some(f), b"c", 1), Prior::Absent);
     }
 
     #[test]
@@ -533,9 +637,9 @@ mod tests {
         b.field(t, KeyRef::Str(b"late"), Was::Int(3)); // t is no longer the open node
         let v = b.new_node();
         let s = b.finish(None);
-        assert_eq!(s.field(Some(t), KeyRef::Str(b"a")), Prior::Unknown);
-        assert_eq!(s.field(Some(u), KeyRef::Str(b"b")), Prior::Was(Was::Int(2)));
-        assert_eq!(s.field(Some(v), KeyRef::Str(b"x")), Prior::Unknown);
+        assert_eq!(s.find(Some(t), KeyRef::Str(b"a")), Prior::Unknown);
+        assert_eq!(s.find(Some(u), KeyRef::Str(b"b")), Prior::Was(Was::Int(2)));
+        assert_eq!(s.find(Some(v), KeyRef::Str(b"x")), Prior::Unknown);
     }
 
     #[test]

@@ -121,6 +121,7 @@ pub struct Plan {
     pub acts: Vec<Act>,
     pub joins: Vec<Join>,
     objs: PtrMap<Obj>,
+    n_merged: usize,
     cells: PtrMap<Cell>,
     /// (old function, new function) anchor slots, for replacing references elsewhere.
     pub fpairs: Vec<(u32, u32)>,
@@ -137,9 +138,10 @@ impl Plan {
     }
 
     /// (address, running table slot) of every new table merged into a running one: the new
-    /// copies that are garbage once applied.
-    pub fn merged(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
-        self.objs.iter().filter(|(_, o)| o.flags & MERGED != 0).map(|(&p, o)| (p, o.pair))
+    /// copies that are garbage once applied. Also returns how many there are.
+    pub fn merged(&self) -> (usize, impl Iterator<Item = (usize, u32)> + '_) {
+        let all = self.objs.iter().filter(|(_, o)| o.flags & MERGED != 0);
+        (self.n_merged, all.map(|(&p, o)| (p, o.pair)))
     }
 
     /// Whether the function at `p` belongs to the new version (as the plan walked it).
@@ -226,6 +228,7 @@ pub struct Planner<'o> {
     anchors: c_int,
     n_anchors: u32,
     objs: PtrMap<Obj>,
+    n_merged: usize,
     cells: PtrMap<Cell>,
     stop: PtrSet,
     mirror: Builder,
@@ -234,8 +237,10 @@ pub struct Planner<'o> {
     paired: Vec<Item>,
     adopt: Vec<Item>,
     deferred: Vec<Deferred>,
-    /// every upvalue of every new function walked: (function slot, index, cell id)
-    upv: Vec<(u32, c_int, usize)>,
+    joins: Vec<Join>,
+    /// Upvalues of paired functions whose cell joined none when met (function slot, index,
+    /// cell id): a function paired later may still join it.
+    unjoined: Vec<(u32, c_int, usize)>,
     new_fns: Vec<u32>,
     fpairs: Vec<(u32, u32)>,
     acts: Vec<Act>,
@@ -253,22 +258,24 @@ impl<'o> Planner<'o> {
     /// Inside `protect`.
     pub unsafe fn new(l: *mut lua_State, old: &'o Snapshot, stop: PtrSet) -> Planner<'o> {
         // The new version is usually the size of the old one: size everything after it.
-        let (nodes, entries) = old.size();
+        let (nodes, _, upvalues) = old.size();
         // SAFETY: plain pushes; a memory error unwinds to `protect`.
         let anchors = unsafe {
             ffi::luaL_checkstack(l, STACK_NEEDED, c"hotreload: Lua stack exhausted".as_ptr());
             ffi::lua_createtable(l, c_int::try_from(nodes * 2).unwrap_or(0).max(64), 0);
             ffi::lua_gettop(l)
         };
+        // both versions' objects, and room for a few more before the first rehash
         let mut objs = PtrMap::default();
-        objs.reserve(nodes * 2);
+        objs.reserve(nodes * 2 + nodes / 4 + 64);
         let mut cells = PtrMap::default();
-        cells.reserve(entries / 2);
+        cells.reserve(upvalues * 2 + upvalues / 4 + 64);
         Planner {
             old,
             anchors,
             n_anchors: 0,
             objs,
+            n_merged: 0,
             cells,
             stop,
             mirror: Builder::sized_like(old),
@@ -277,7 +284,8 @@ impl<'o> Planner<'o> {
             paired: Vec::new(),
             adopt: Vec::new(),
             deferred: Vec::new(),
-            upv: Vec::with_capacity(entries / 2),
+            joins: Vec::with_capacity(upvalues),
+            unjoined: Vec::new(),
             new_fns: Vec::with_capacity(nodes / 2),
             fpairs: Vec::new(),
             acts: Vec::new(),
@@ -362,21 +370,21 @@ impl<'o> Planner<'o> {
             while let Some(item) = self.adopt.pop() {
                 self.process(l, item);
             }
-            let mut joins = Vec::with_capacity(self.upv.len());
-            for &(new_fn, n, id) in &self.upv {
+            for &(new_fn, n, id) in &self.unjoined {
                 if let Some(&Cell::Joined(old_fn, old_n)) = self.cells.get(&id) {
-                    joins.push(Join { new_fn, n, old_fn, old_n });
+                    self.joins.push(Join { new_fn, n, old_fn, old_n });
                 }
             }
-            self.counts.upvalues_joined = joins.len() as u32;
+            self.counts.upvalues_joined = self.joins.len() as u32;
             #[cfg(feature = "luajit")]
             self.plan_fenvs(l);
             Plan {
                 anchors: self.anchors,
                 n_anchors: self.n_anchors,
                 acts: self.acts,
-                joins,
+                joins: self.joins,
                 objs: self.objs,
+                n_merged: self.n_merged,
                 cells: self.cells,
                 fpairs: self.fpairs,
                 root: self.root.unwrap_or(Pv::Nil),
@@ -460,13 +468,10 @@ impl<'o> Planner<'o> {
                     }
                     if let Val::Table(q) = lv
                         && !self.stop.contains(&q)
-                        && self.claim(q)
+                        && let Some(live_slot) = self.claim(l, live, q)
                     {
-                        let live_slot = self.anchor_val(l, live, lv);
-                        let new_slot = self.anchor_val(l, new, nv);
-                        let o = self.obj(p);
-                        o.pair = live_slot;
-                        o.flags |= MERGED | QUEUED;
+                        let new_slot = self.pair_new(l, new, p, live_slot, MERGED | QUEUED);
+                        self.n_merged += 1;
                         let base = self.old.child(prior, Kind::Table);
                         let scope = Scope::Module;
                         self.paired.push(Item::Tables {
@@ -489,13 +494,9 @@ impl<'o> Planner<'o> {
                     let node = o.node;
                     if let Val::LuaFn(q) = lv
                         && o.pair == 0
-                        && self.claim(q)
+                        && let Some(live_slot) = self.claim(l, live, q)
                     {
-                        let live_slot = self.anchor_val(l, live, lv);
-                        let new_slot = self.anchor_val(l, new, nv);
-                        let o = self.obj(p);
-                        o.pair = live_slot;
-                        o.flags |= QUEUED | NEW_FN;
+                        let new_slot = self.pair_new(l, new, p, live_slot, QUEUED | NEW_FN);
                         let base = self.old.child(prior, Kind::Func);
                         self.paired.push(Item::Fns { live: live_slot, new: new_slot, base, node });
                         return (Decision::TakeNew, Was::Node(node));
@@ -538,12 +539,33 @@ impl<'o> Planner<'o> {
         *o
     }
 
-    /// Marks a running object as paired; false if it already was.
-    fn claim(&mut self, q: usize) -> bool {
-        let o = self.obj(q);
-        let fresh = o.flags & CLAIMED == 0;
+    /// Marks the running object `q`, at `idx`, as paired and anchors it; `None` if it
+    /// already was paired.
+    unsafe fn claim(&mut self, l: *mut lua_State, idx: c_int, q: usize) -> Option<u32> {
+        let o = self.objs.entry(q).or_default();
+        if o.flags & CLAIMED != 0 {
+            return None;
+        }
         o.flags |= CLAIMED;
-        fresh
+        // SAFETY: valid index from the caller.
+        Some(unsafe { anchor_obj(l, self.anchors, &mut self.n_anchors, o, idx) })
+    }
+
+    /// Pairs the new object `p`, at `idx`, with the running one anchored in `live_slot`, and
+    /// anchors it; returns its slot.
+    unsafe fn pair_new(
+        &mut self,
+        l: *mut lua_State,
+        idx: c_int,
+        p: usize,
+        live_slot: u32,
+        flags: u8,
+    ) -> u32 {
+        let o = self.objs.entry(p).or_default();
+        o.pair = live_slot;
+        o.flags |= flags;
+        // SAFETY: valid index from the caller.
+        unsafe { anchor_obj(l, self.anchors, &mut self.n_anchors, o, idx) }
     }
 
     /// The base to record for a value reached without deciding it (a walked object's node).
@@ -608,13 +630,14 @@ impl<'o> Planner<'o> {
             let (ti, ni) = (top + 1, top + 2);
             self.mirror.begin(node, Kind::Table);
             let mut seen_in_base = 0usize;
+            let mut cur = old.cursor(base);
             ffi::lua_pushnil(l);
             while ffi::lua_next(l, ni) != 0 {
                 let (k, v) = (top + 3, top + 4);
                 let kv = read(l, k);
                 match KeyRef::of(kv) {
                     Some(key) => {
-                        let prior = old.field(base, key);
+                        let prior = old.field(base, key, &mut cur);
                         if matches!(prior, Prior::Was(_)) {
                             seen_in_base += 1;
                         }
@@ -763,36 +786,46 @@ impl<'o> Planner<'o> {
             while let Some(name) = ffi::get_upvalue(l, ni, i) {
                 let value = top + 3;
                 let id = ffi::upvalue_id(l, ni, i);
-                self.upv.push((new, i, id));
-                let prior = old.upvalue(base, name);
+                let prior = old.upvalue(base, name, i as usize);
                 let mut joined = false;
-                if !name.is_empty()
-                    && !self.cells.contains_key(&id)
-                    && let Some(j) = find_upvalue(l, fi, name, i)
-                {
-                    // the old value is now at top + 4
-                    let old_id = ffi::upvalue_id(l, fi, j);
-                    if let Entry::Vacant(e) = self.cells.entry(old_id) {
-                        // Rule 3: the new cell joins the old one; its value is decided like
-                        // any data slot (rule 5), a table merges (rule 4), a function is new.
-                        e.insert(Cell::Claimed);
-                        self.cells.insert(id, Cell::Joined(live, j));
-                        let m = self.merge_slot(l, top + 4, value, prior);
-                        self.mirror.upvalue(node, name, m.was);
-                        self.count_value(&m);
-                        if m.takes_new() {
-                            let v = self.capture_val(l, value, m.new);
-                            self.acts.push(Act::Up { f: live, n: j, v });
+                match self.cells.get(&id) {
+                    // a cell shared with a function paired before
+                    Some(&Cell::Joined(old_fn, old_n)) => {
+                        self.joins.push(Join { new_fn: new, n: i, old_fn, old_n });
+                    }
+                    Some(_) => {}
+                    None => {
+                        if !name.is_empty()
+                            && let Some(j) = find_upvalue(l, fi, name, i)
+                        {
+                            // the old value is now at top + 4
+                            let old_id = ffi::upvalue_id(l, fi, j);
+                            if let Entry::Vacant(e) = self.cells.entry(old_id) {
+                                // Rule 3: the new cell joins the old one; its value is decided
+                                // like any data slot (rule 5), a table merges (rule 4), a
+                                // function is new.
+                                e.insert(Cell::Claimed);
+                                self.cells.insert(id, Cell::Joined(live, j));
+                                self.joins.push(Join { new_fn: new, n: i, old_fn: live, old_n: j });
+                                let m = self.merge_slot(l, top + 4, value, prior);
+                                self.mirror.upvalue(node, name, m.was);
+                                self.count_value(&m);
+                                if m.takes_new() {
+                                    let v = self.capture_val(l, value, m.new);
+                                    self.acts.push(Act::Up { f: live, n: j, v });
+                                }
+                                joined = true;
+                            }
                         }
-                        joined = true;
+                        if !joined {
+                            self.unjoined.push((new, i, id));
+                            self.adopt.push(Item::Cell { f: new, n: i });
+                        }
                     }
                 }
                 if !joined {
                     let was = self.base_of(read(l, value));
                     self.mirror.upvalue(node, name, was);
-                    if !self.cells.contains_key(&id) {
-                        self.adopt.push(Item::Cell { f: new, n: i });
-                    }
                 }
                 ffi::lua_settop(l, top + 2);
                 i += 1;
@@ -866,10 +899,16 @@ impl<'o> Planner<'o> {
             let mut i = 1;
             while let Some(name) = ffi::get_upvalue(l, fi, i) {
                 let id = ffi::upvalue_id(l, fi, i);
-                self.upv.push((new, i, id));
                 let was = self.base_of(read(l, top + 2));
                 self.mirror.upvalue(node, name, was);
-                self.adopt_cell(l, new, i, id, top + 2);
+                // (every pair is planned: a cell joined by now stays so)
+                match self.cells.get(&id) {
+                    Some(&Cell::Joined(old_fn, old_n)) => {
+                        self.joins.push(Join { new_fn: new, n: i, old_fn, old_n });
+                    }
+                    Some(_) => {}
+                    None => self.adopt_cell(l, new, i, id, top + 2),
+                }
                 ffi::lua_settop(l, fi);
                 i += 1;
             }
@@ -944,11 +983,19 @@ impl<'o> Planner<'o> {
     unsafe fn plan_fenvs(&mut self, l: *mut lua_State) {
         // SAFETY: anchored functions; lua_getfenv pushes one value.
         unsafe {
+            // functions of one version mostly share one environment: ask once per table
+            let mut last: Option<(Val, bool)> = None;
             for i in 0..self.new_fns.len() {
                 let Some(&f) = self.new_fns.get(i) else { break };
                 self.push(l, f);
                 ffi::lua_getfenv(l, -1);
-                if self.is_merged(read(l, -1)) {
+                let env = read(l, -1);
+                let merged = match last {
+                    Some((e, m)) if e == env => m,
+                    _ => self.is_merged(env),
+                };
+                last = Some((env, merged));
+                if merged {
                     let env = self.capture(l, ffi::lua_gettop(l));
                     self.acts.push(Act::Fenv { f, env });
                 }
@@ -974,19 +1021,13 @@ impl<'o> Planner<'o> {
                 }
                 _ => None,
             };
-            let slot = self.n_anchors + 1;
-            if let Some(p) = identity {
-                let o = self.objs.entry(p).or_default();
-                if o.slot != 0 {
-                    return o.slot;
+            match identity {
+                Some(p) => {
+                    let o = self.objs.entry(p).or_default();
+                    anchor_obj(l, self.anchors, &mut self.n_anchors, o, idx)
                 }
-                // (if the write below fails, the whole plan is thrown away)
-                o.slot = slot;
+                None => anchor_new(l, self.anchors, &mut self.n_anchors, idx),
             }
-            self.n_anchors = slot;
-            ffi::lua_pushvalue(l, idx);
-            ffi::lua_rawseti(l, self.anchors, ffi::lua_Integer::from(slot));
-            slot
         }
     }
 
@@ -1008,6 +1049,40 @@ impl<'o> Planner<'o> {
             ffi::lua_rawgeti(l, self.anchors, ffi::lua_Integer::from(slot));
         }
     }
+}
+
+/// The anchor slot of the object `o`, at `idx`: anchored in a new slot the first time.
+///
+/// # Safety
+/// As [`anchor_new`].
+unsafe fn anchor_obj(
+    l: *mut lua_State,
+    anchors: c_int,
+    n: &mut u32,
+    o: &mut Obj,
+    idx: c_int,
+) -> u32 {
+    if o.slot == 0 {
+        // (if the write fails, the whole plan is thrown away)
+        // SAFETY: forwarded.
+        o.slot = unsafe { anchor_new(l, anchors, n, idx) };
+    }
+    o.slot
+}
+
+/// Stores the value at `idx` in the next slot of the anchor table at `anchors`, of which `n`
+/// slots are taken; returns the slot.
+///
+/// # Safety
+/// Valid indices; one free stack slot; inside `protect` (allocates).
+unsafe fn anchor_new(l: *mut lua_State, anchors: c_int, n: &mut u32, idx: c_int) -> u32 {
+    *n += 1;
+    // SAFETY: as documented.
+    unsafe {
+        ffi::lua_pushvalue(l, idx);
+        ffi::lua_rawseti(l, anchors, ffi::lua_Integer::from(*n));
+    }
+    *n
 }
 
 /// A slot `merge_slot` decided: the decision, the base to record for the new value, the
