@@ -19,7 +19,7 @@ local quick = os.getenv("HOTRELOAD_BENCH_QUICK")
 return function()
   local dir = lib.scratch()
   local n = quick and 300 or 3000
-  local runs = quick and 3 or 9
+  local runs = quick and 3 or 25
   local name, naive = "bench_big", "bench_big_naive"
   local path, naive_path = dir .. "/" .. name .. ".lua", dir .. "/" .. naive .. ".lua"
   -- every run compiles a new version: each tag changes every function body
