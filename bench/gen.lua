@@ -1,5 +1,7 @@
 -- Generators of the benchmark workloads: a module of `n` functions (each with its own
 -- upvalues, in nested tables, next to a 2000-entry data table) and a heap of live tables.
+local lib = require "bench.lib"
+
 local gen = {}
 
 --- Source of a module of `n` functions; `tag` changes every function's body.
@@ -17,6 +19,30 @@ function gen.module(n, tag, data)
   end
   out[#out + 1] = "return M"
   return table.concat(out, "\n")
+end
+
+--- New versions of generated modules, for timed runs. `edit(path, n)` writes a module of `n`
+--- functions (and `data` data entries) whose every function body differs from every earlier
+--- version's; `fresh(path, n)` is the preparation step `lib.interleaved` runs before an
+--- operation: edit, then a full collection; `load_run(path, n)` is the baseline operation,
+--- `loadfile` + run of a fresh version.
+function gen.versions(tag, data)
+  local version = 0
+  local v = {}
+  function v.edit(path, n)
+    version = version + 1
+    lib.write(path, gen.module(n, tag .. version, data))
+  end
+  function v.fresh(path, n)
+    return function()
+      v.edit(path, n)
+      lib.collect()
+    end
+  end
+  function v.load_run(path, n)
+    return { function() assert(loadfile(path))() end, v.fresh(path, n) }
+  end
+  return v
 end
 
 --- A heap of about `tables` live tables: entries of { i, tostring(i), { x = i } } (two tables

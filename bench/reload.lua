@@ -23,44 +23,31 @@ return function()
   local name, naive = "bench_big", "bench_big_naive"
   local path, naive_path = dir .. "/" .. name .. ".lua", dir .. "/" .. naive .. ".lua"
   -- every run compiles a new version: each tag changes every function body
-  local version = 0
-  local function edit(p)
-    version = version + 1
-    lib.write(p, gen.module(n, "v" .. version))
-  end
-  local function fresh(p)
-    return function()
-      edit(p)
-      lib.collect()
-    end
-  end
-  local function compile(p)
-    return { function() assert(loadfile(p))() end, fresh(p) }
-  end
+  local v = gen.versions("v")
 
   -- each group timed in turn in each round (see lib.interleaved)
-  lib.write(naive_path, gen.module(n, "v0"))
+  v.edit(naive_path, n)
   require(naive)
   local naive_compile, copy = lib.interleaved({
-    compile(naive_path),
-    { function() naive_reload(naive) end, fresh(naive_path) },
+    v.load_run(naive_path, n),
+    { function() naive_reload(naive) end, v.fresh(naive_path, n) },
   }, runs)
   package.loaded[naive] = nil
   lib.collect()
 
-  lib.write(path, gen.module(n, "v0"))
+  v.edit(path, n)
   require(name)
   local load_run, reload, merge = lib.interleaved({
-    compile(path),
-    { function() assert(hotreload.reload(name)) end, fresh(path) },
-    { function() assert(hotreload.reload(name, { replace = false })) end, fresh(path) },
+    v.load_run(path, n),
+    { function() assert(hotreload.reload(name)) end, v.fresh(path, n) },
+    { function() assert(hotreload.reload(name, { replace = false })) end, v.fresh(path, n) },
   }, runs)
 
   -- figure 2: the same reload over a big heap, against a full collection of it
   local heap = gen.heap(quick and 60000 or 600000) -- 2 tables + 1 string per entry
   local full_gc, big = lib.interleaved({
     { function() collectgarbage("collect") end },
-    { function() assert(hotreload.reload(name)) end, fresh(path) },
+    { function() assert(hotreload.reload(name)) end, v.fresh(path, n) },
   }, quick and 3 or 5)
   local objects = #heap * 3
   heap = nil -- luacheck: ignore

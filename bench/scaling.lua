@@ -11,27 +11,17 @@ local quick = os.getenv("HOTRELOAD_BENCH_QUICK")
 return function()
   local dir = lib.scratch()
   local rows = {}
-  local version = 0
-  local function edit(path, n)
-    version = version + 1
-    lib.write(path, gen.module(n, "s" .. version, 200))
-  end
+  local v = gen.versions("s", 200)
   local runs = quick and 2 or 5
-  local function fresh(path, n)
-    return function()
-      edit(path, n)
-      lib.collect()
-    end
-  end
   local sizes = quick and { 100, 1000 } or { 100, 1000, 10000 }
   for _, n in ipairs(sizes) do
     local name = "bench_scale_" .. n
     local path = dir .. "/" .. name .. ".lua"
-    edit(path, n)
+    v.edit(path, n)
     require(name)
     local compile, reload = lib.interleaved({
-      { function() assert(loadfile(path))() end, fresh(path, n) },
-      { function() assert(hotreload.reload(name)) end, fresh(path, n) },
+      v.load_run(path, n),
+      { function() assert(hotreload.reload(name)) end, v.fresh(path, n) },
     }, runs)
     rows[#rows + 1] = { figure = ("scaling: reload of %d functions vs loadfile+run"):format(n),
       value = reload * 1e3, baseline = compile * 1e3, unit = "ms" }
@@ -43,7 +33,7 @@ return function()
     local heap = gen.heap(tables)
     local full_gc, reload = lib.interleaved({
       { function() collectgarbage("collect") end },
-      { function() assert(hotreload.reload(name)) end, fresh(path, 1000) },
+      { function() assert(hotreload.reload(name)) end, v.fresh(path, 1000) },
     }, runs)
     rows[#rows + 1] = { figure = ("scaling: reload with %dk heap tables vs full GC"):format(
       math.floor(#heap * 2 / 1000)), value = reload * 1e3, baseline = full_gc * 1e3, unit = "ms" }
