@@ -7,7 +7,7 @@ LUAJIT ?= luajit
 LUA53  ?= lua5.3
 BUSTED ?= /usr/bin/busted
 SPECS  ?= $(sort $(wildcard spec/*_spec.lua))
-# the walk's specs again on Lua 5.4 with the portable traversal (lua_next)
+# the walk's specs again with the portable reads (lua_next on 5.4, API slot reads on LuaJIT)
 WALK_SPECS = spec/replace_spec.lua spec/lifecycle_spec.lua spec/fuzz_spec.lua
 
 FLAVOURS = lua54 luajit lua53
@@ -43,6 +43,7 @@ test-lua53: build/lua53/hotreload.so
 
 test-luajit: build/luajit/hotreload.so
 	prove --exec '$(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP' $(SPECS)
+	HOTRELOAD_PORTABLE_WALK=1 prove --exec '$(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP' $(WALK_SPECS)
 
 # The rule specs must fail against the seed document's naive reloader.
 check-specs: $(MODULES)

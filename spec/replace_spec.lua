@@ -204,6 +204,12 @@ describe("replacing old functions everywhere", function()
     assert.equal(in_place and "in place" or "lua_next", hotreload.table_walk)
   end)
 
+  it("reads stack slots in place on LuaJIT unless told not to, through the API elsewhere", function()
+    local portable = os.getenv("HOTRELOAD_PORTABLE_WALK")
+    local in_place = hotreload.flavor == "luajit" and (portable == nil or portable == "0")
+    assert.equal(in_place and "in place" or "api", hotreload.slot_reads)
+  end)
+
   it("reaches per-type metatables", function()
     local name, edit = versions(basic)
     local M = require(name)

@@ -76,6 +76,9 @@ pub unsafe fn open(l: *mut lua_State, exports: &[(&std::ffi::CStr, ffi::lua_CFun
         let walk: &[u8] = if walk::reads_in_place(l) { b"in place" } else { b"lua_next" };
         ffi::push_bytes(l, walk);
         ffi::lua_setfield(l, module, c"table_walk".as_ptr());
+        let slots: &[u8] = if ffi::reads_slots_in_place(l) { b"in place" } else { b"api" };
+        ffi::push_bytes(l, slots);
+        ffi::lua_setfield(l, module, c"slot_reads".as_ptr());
         1
     }
 }

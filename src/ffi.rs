@@ -76,7 +76,38 @@ impl Val<'_> {
 ///
 /// # Safety
 /// `idx` must be a valid index of `l`.
+#[inline]
 pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Val<'a> {
+    // SAFETY: forwarded.
+    #[cfg(feature = "luajit")]
+    if let Some(v) = unsafe { crate::jitraw::read(l, idx) } {
+        return v;
+    }
+    // SAFETY: forwarded.
+    unsafe { read_by_api(l, idx) }
+}
+
+/// Whether `read` decodes stack slots in place (LuaJIT, see `jitraw`) rather than through
+/// the API; the first call checks the layout.
+///
+/// # Safety
+/// Inside a protected call, with 8 free stack slots.
+pub unsafe fn reads_slots_in_place(l: *mut lua_State) -> bool {
+    #[cfg(feature = "luajit")]
+    // SAFETY: forwarded.
+    return unsafe { crate::jitraw::usable(l) };
+    #[cfg(not(feature = "luajit"))]
+    {
+        let _ = l;
+        false
+    }
+}
+
+/// `read` through the C API alone.
+///
+/// # Safety
+/// As `read`.
+pub unsafe fn read_by_api<'a>(l: *mut lua_State, idx: c_int) -> Val<'a> {
     // SAFETY: the caller guarantees a valid index; every accessor below matches the type tag.
     unsafe {
         match lua_type(l, idx) {

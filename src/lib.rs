@@ -20,6 +20,8 @@ pub mod api;
 pub mod capture;
 pub mod error;
 pub mod ffi;
+#[cfg(feature = "luajit")]
+pub mod jitraw;
 pub mod modname;
 pub mod poll;
 pub mod proto;

@@ -170,9 +170,9 @@ impl<'p> Walker<'p> {
             let mut copies = PtrMap::default();
             for (pi, plan) in plans.iter().enumerate() {
                 visited.insert(ffi::lua_topointer(l, plan.anchors) as usize);
-                let (n, merged) = plan.merged();
-                copies.reserve(n);
-                for (p, live) in merged {
+                let merged = plan.merged();
+                copies.reserve(merged.len());
+                for &(p, live) in merged {
                     copies.insert(p, (pi, live));
                     visited.insert(p);
                 }

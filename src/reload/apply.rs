@@ -39,11 +39,10 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan) -> Vec<Undo> {
                         _ => (false, Pv::Nil),
                     };
                     push_slot(l, plan, t);
-                    push(l, plan, k, resolve_key);
+                    let k = push(l, plan, k, resolve_key);
                     ffi::lua_pushvalue(l, -1);
                     ffi::lua_rawget(l, top + 1);
                     let old = plan.capture(l, -1);
-                    let k = plan.capture(l, top + 2);
                     ffi::lua_pop(l, 1);
                     push(l, plan, value, true);
                     ffi::lua_rawset(l, top + 1);
@@ -81,12 +80,18 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan) -> Vec<Undo> {
             }
             ffi::lua_settop(l, top);
         }
+        // a function's joins are consecutive: its two functions stay pushed across them
+        let mut pushed = None;
         for j in &plan.joins {
-            push_slot(l, plan, j.new_fn);
-            push_slot(l, plan, j.old_fn);
-            ffi::join_upvalue(l, -2, j.n, -1, j.old_n);
-            ffi::lua_pop(l, 2);
+            if pushed != Some((j.new_fn, j.old_fn)) {
+                ffi::lua_settop(l, top);
+                push_slot(l, plan, j.new_fn);
+                push_slot(l, plan, j.old_fn);
+                pushed = Some((j.new_fn, j.old_fn));
+            }
+            ffi::join_upvalue(l, top + 1, j.n, top + 2, j.old_n);
         }
+        ffi::lua_settop(l, top);
     }
     log
 }
@@ -157,12 +162,13 @@ unsafe fn still(l: *mut lua_State, plan: &Plan, new: Pv) -> bool {
     }
 }
 
-/// Pushes an operand. With `resolve`, a table of the new version that merged into a running
-/// table is pushed as that running table, so no reference to the discarded copy survives.
+/// Pushes an operand, and returns it as pushed. With `resolve`, a table of the new version
+/// that merged into a running table is pushed as that running table, so no reference to the
+/// discarded copy survives.
 ///
 /// # Safety
 /// One free stack slot; the plan's anchors in place.
-pub unsafe fn push(l: *mut lua_State, plan: &Plan, v: Pv, resolve: bool) {
+pub unsafe fn push(l: *mut lua_State, plan: &Plan, v: Pv, resolve: bool) -> Pv {
     // SAFETY: one push per arm (the resolved case replaces the value it pushed).
     unsafe {
         match v {
@@ -178,10 +184,12 @@ pub unsafe fn push(l: *mut lua_State, plan: &Plan, v: Pv, resolve: bool) {
                 {
                     ffi::lua_pop(l, 1);
                     push_slot(l, plan, live);
+                    return Pv::Slot(live);
                 }
             }
         }
     }
+    v
 }
 
 unsafe fn push_slot(l: *mut lua_State, plan: &Plan, slot: u32) {

@@ -121,7 +121,8 @@ pub struct Plan {
     pub acts: Vec<Act>,
     pub joins: Vec<Join>,
     objs: PtrMap<Obj>,
-    n_merged: usize,
+    /// (address, running table slot) of every new table merged into a running one.
+    merged: Vec<(usize, u32)>,
     cells: PtrMap<Cell>,
     /// (old function, new function) anchor slots, for replacing references elsewhere.
     pub fpairs: Vec<(u32, u32)>,
@@ -138,10 +139,9 @@ impl Plan {
     }
 
     /// (address, running table slot) of every new table merged into a running one: the new
-    /// copies that are garbage once applied. Also returns how many there are.
-    pub fn merged(&self) -> (usize, impl Iterator<Item = (usize, u32)> + '_) {
-        let all = self.objs.iter().filter(|(_, o)| o.flags & MERGED != 0);
-        (self.n_merged, all.map(|(&p, o)| (p, o.pair)))
+    /// copies that are garbage once applied.
+    pub fn merged(&self) -> &[(usize, u32)] {
+        &self.merged
     }
 
     /// Whether the function at `p` belongs to the new version (as the plan walked it).
@@ -228,7 +228,7 @@ pub struct Planner<'o> {
     anchors: c_int,
     n_anchors: u32,
     objs: PtrMap<Obj>,
-    n_merged: usize,
+    merged: Vec<(usize, u32)>,
     cells: PtrMap<Cell>,
     stop: PtrSet,
     mirror: Builder,
@@ -275,7 +275,7 @@ impl<'o> Planner<'o> {
             anchors,
             n_anchors: 0,
             objs,
-            n_merged: 0,
+            merged: Vec::with_capacity(nodes),
             cells,
             stop,
             mirror: Builder::sized_like(old),
@@ -384,7 +384,7 @@ impl<'o> Planner<'o> {
                 acts: self.acts,
                 joins: self.joins,
                 objs: self.objs,
-                n_merged: self.n_merged,
+                merged: self.merged,
                 cells: self.cells,
                 fpairs: self.fpairs,
                 root: self.root.unwrap_or(Pv::Nil),
@@ -471,7 +471,7 @@ impl<'o> Planner<'o> {
                         && let Some(live_slot) = self.claim(l, live, q)
                     {
                         let new_slot = self.pair_new(l, new, p, live_slot, MERGED | QUEUED);
-                        self.n_merged += 1;
+                        self.merged.push((p, live_slot));
                         let base = self.old.child(prior, Kind::Table);
                         let scope = Scope::Module;
                         self.paired.push(Item::Tables {
