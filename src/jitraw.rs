@@ -15,6 +15,11 @@
 //! What it reads: only values the API would give the same way — nil, booleans, numbers,
 //! strings, tables, functions and threads. Anything else (userdata, whose `lua_topointer` is
 //! its payload, light userdata, cdata) and pseudo-indices go through the API.
+//!
+//! The VM walk also reads a Lua function's upvalue cells and environment in place (the
+//! `GCfuncL` and `GCupval` layouts, probed the same way), so that it only calls the API for
+//! cells that hold an object: `lua_getupvalue` finds each upvalue's name in the function's
+//! debug information first, which the walk has no use for.
 
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -53,6 +58,14 @@ const FFID_OFFSET: usize = 10;
 const STR_DATA_OFFSET: usize = 24;
 /// Where `GCstr.len` may be: after `hash` (2.1 from 2020 on, with `sid`), or before it.
 const STR_LEN_OFFSETS: [usize; 2] = [20, 16];
+/// `GCfunc`: its environment, and for a Lua function, its upvalue count and cells.
+const FN_NUPVALUES_OFFSET: usize = 11;
+const FN_ENV_OFFSET: usize = 16;
+const FN_UVPTR_OFFSET: usize = 40;
+/// `GCupval.v`: where the cell's value is (in the cell once closed, on a stack while open).
+const UV_V_OFFSET: usize = 32;
+/// Tags of the objects the walk must see besides tables and functions.
+const TUDATA: u32 = !12;
 /// Marks a pseudo-index (`LUA_REGISTRYINDEX` and below).
 const PSEUDO: c_int = -10000;
 
@@ -98,6 +111,84 @@ pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Option<Val<'a>> {
             return Some(Val::Nil); // an acceptable index past the top: none, read as nil
         }
         decode(*slot, len_offset)
+    }
+}
+
+/// A value read in place (a GC64 `TValue`).
+#[derive(Clone, Copy)]
+pub struct Raw(u64);
+
+impl Raw {
+    /// A table, a function, a full userdata or a thread: a value the walk must look at.
+    pub fn is_object(self) -> bool {
+        matches!(itype(self.0), TTAB | TFUNC | TUDATA | TTHREAD)
+    }
+}
+
+fn itype(tv: u64) -> u32 {
+    ((tv as i64) >> 47) as u32
+}
+
+/// The upvalue cells of a Lua function, read in place.
+pub struct Upvalues {
+    uvptr: *const usize,
+    n: c_int,
+}
+
+impl Upvalues {
+    /// How many upvalues the function has.
+    pub fn count(&self) -> c_int {
+        self.n
+    }
+
+    /// Upvalue `n` (from 1): the address of its cell (`lua_upvalueid`), and its value.
+    ///
+    /// # Safety
+    /// `1 <= n <= count()`; the function is still alive.
+    pub unsafe fn get(&self, n: c_int) -> (usize, Raw) {
+        // SAFETY: the probe checked the layout; `n` is within the cells.
+        unsafe {
+            let cell = *self.uvptr.add(n as usize - 1);
+            let v = *((cell + UV_V_OFFSET) as *const *const u64);
+            (cell, Raw(*v))
+        }
+    }
+}
+
+/// The upvalues of the function at `idx` if it is a Lua function and reads are in place.
+///
+/// # Safety
+/// `idx` must be a valid index of `l`.
+pub unsafe fn upvalues(l: *mut lua_State, idx: c_int) -> Option<Upvalues> {
+    // SAFETY: forwarded; a Lua function's header and cell array are read as probed.
+    unsafe {
+        let Some(Val::LuaFn(p)) = read(l, idx) else { return None };
+        let n = *((p + FN_NUPVALUES_OFFSET) as *const u8);
+        Some(Upvalues { uvptr: (p + FN_UVPTR_OFFSET) as *const usize, n: c_int::from(n) })
+    }
+}
+
+/// The address of the environment table of the function at `p` (a `Val::LuaFn` or `CFn`
+/// address `read` gave).
+///
+/// # Safety
+/// `p` is a live function; the layout was probed.
+pub unsafe fn env_of(p: usize) -> usize {
+    // SAFETY: as documented.
+    unsafe { *((p + FN_ENV_OFFSET) as *const usize) }
+}
+
+/// Pushes a value read in place, as `lua_pushvalue` would.
+///
+/// # Safety
+/// A free stack slot (reserved with `lua_checkstack`); `v` is still alive.
+pub unsafe fn push(l: *mut lua_State, v: Raw) {
+    // SAFETY: the probe checked where `top` is; the caller reserved the slot.
+    unsafe {
+        let head = l as *mut StateHead;
+        let top = (*head).top as *mut u64;
+        *top = v.0;
+        (*head).top = top.add(1);
     }
 }
 
@@ -222,7 +313,51 @@ unsafe fn probe_values(l: *mut lua_State) -> Option<usize> {
             let from_api = ffi::read_by_api(l, idx);
             read(l, idx) == Some(from_api) && read(l, idx - all - 1) == Some(from_api)
         });
+        let ok = same && probe_functions(l);
         LAYOUT.store(UNKNOWN, Ordering::Relaxed);
-        same.then_some(found)
+        ok.then_some(found)
+    }
+}
+
+/// Upvalue cells, their values and a function's environment read in place agree with
+/// `lua_upvalueid`, `lua_getupvalue` and `lua_getfenv`, and a value pushed in place is the
+/// value. Runs with `LAYOUT` set to the layout found so far.
+unsafe fn probe_functions(l: *mut lua_State) -> bool {
+    let chunk =
+        c"local n, t, s, f = 1.5, {}, 'cell', print return function() return n, t, s, f end";
+    // SAFETY: see `probe`; the closure and its values are on the stack while read.
+    unsafe {
+        if ffi::luaL_loadstring(l, chunk.as_ptr()) != 0 || ffi::lua_pcall(l, 0, 1, 0) != 0 {
+            return false;
+        }
+        let f = ffi::lua_gettop(l);
+        let Some(ups) = upvalues(l, f) else { return false };
+        if ups.count() != 4 {
+            return false;
+        }
+        for n in 1..=ups.count() {
+            let (cell, value) = ups.get(n);
+            if cell != ffi::lua_upvalueid(l, f, n) as usize
+                || ffi::lua_getupvalue(l, f, n).is_null()
+            {
+                return false;
+            }
+            let from_api = ffi::read_by_api(l, -1);
+            push(l, value);
+            let same = ffi::lua_rawequal(l, -1, -2) != 0 && read(l, -1) == Some(from_api);
+            let object = matches!(from_api, Val::Table(_) | Val::LuaFn(_) | Val::CFn(_));
+            ffi::lua_pop(l, 2);
+            if !same || value.is_object() != object {
+                return false;
+            }
+        }
+        // a C function (the `print` in cell 4) has none to read in place
+        ffi::lua_getupvalue(l, f, 4);
+        let native = upvalues(l, -1).is_none();
+        ffi::lua_getfenv(l, f);
+        let env = ffi::lua_topointer(l, -1) as usize;
+        let Some(Val::LuaFn(p)) = read(l, f) else { return false };
+        ffi::lua_pop(l, 2);
+        native && env != 0 && env_of(p) == env
     }
 }

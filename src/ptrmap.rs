@@ -53,6 +53,20 @@ pub struct AddrSet {
 }
 
 impl AddrSet {
+    /// Whether `addr` is in the set.
+    pub fn contains(&self, addr: usize) -> bool {
+        let page = addr >> PAGE_BITS;
+        let at = match self.last {
+            Some((p, at)) if p == page => Some(at),
+            _ => self.pages.get(&page).copied(),
+        };
+        let granule = (addr & ((1 << PAGE_BITS) - 1)) >> GRANULE_BITS;
+        let (word, bit) = (granule >> 6, 1u64 << (granule & 63));
+        at.and_then(|at| self.bitmaps.get(at))
+            .and_then(|b| b.get(word))
+            .is_some_and(|w| w & bit != 0)
+    }
+
     /// Adds `addr`; true if it was not there.
     pub fn insert(&mut self, addr: usize) -> bool {
         let page = addr >> PAGE_BITS;
@@ -108,7 +122,9 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let addr = if i % 7 == 0 { (x as usize) & !7 } else { 0x5500_0000 + (i % 3000) * 24 };
+            assert_eq!(s.contains(addr), reference.contains(&addr), "at {i}: {addr:#x}");
             assert_eq!(s.insert(addr), reference.insert(addr), "at {i}: {addr:#x}");
+            assert!(s.contains(addr));
         }
         assert!(!s.insert(0x5500_0000));
         assert!(s.insert(0x5500_0008), "neighbouring granule");

@@ -604,32 +604,66 @@ impl<'p> Walker<'p> {
     }
 
     unsafe fn visit_function(&mut self, l: *mut lua_State, f: c_int) {
-        // SAFETY: upvalue indices come from lua_getupvalue, which stops at the last one;
-        // joins only ever involve Lua functions.
+        // SAFETY: upvalue indices come from lua_getupvalue, which stops at the last one, or
+        // from the count read in place; joins only ever involve Lua functions.
         unsafe {
-            let lua_fn = ffi::lua_iscfunction(l, f) == 0;
-            let new_fn = self.is_new_fn(ffi::lua_topointer(l, f) as usize);
-            let mut i = 1;
-            while ffi::get_upvalue(l, f, i).is_some() {
-                if lua_fn && !new_fn {
-                    // a closure of the new version the plan never reached: same cells as
-                    // the plan's functions
-                    if let Some((old_fn, old_n)) = self.joined_cell(ffi::upvalue_id(l, f, i)) {
-                        ffi::lua_pop(l, 1);
-                        self.push_ref(l, old_fn);
-                        ffi::join_upvalue(l, f, i, -1, old_n);
-                        ffi::lua_pop(l, 1);
+            let (lua_fn, p) = match ffi::read(l, f) {
+                ffi::Val::LuaFn(p) => (true, p),
+                ffi::Val::CFn(p) => (false, p),
+                _ => return,
+            };
+            let new_fn = self.is_new_fn(p);
+            #[cfg(feature = "luajit")]
+            if let Some(ups) = crate::jitraw::upvalues(l, f) {
+                for i in 1..=ups.count() {
+                    let (cell, value) = ups.get(i);
+                    if !new_fn && self.joined_cell(cell).is_some() {
                         ffi::lua_getupvalue(l, f, i);
+                        self.upvalue(l, f, i, true);
+                    } else if value.is_object() {
+                        crate::jitraw::push(l, value);
+                        self.upvalue(l, f, i, false);
                     }
                 }
-                if self.push_replacement(l) {
-                    ffi::lua_setupvalue(l, f, i);
+                if self.needs_visit(crate::jitraw::env_of(p)) {
+                    self.visit_env(l, f);
                 }
-                ffi::lua_pop(l, 1);
+                return;
+            }
+            let mut i = 1;
+            while ffi::get_upvalue(l, f, i).is_some() {
+                self.upvalue(l, f, i, lua_fn && !new_fn);
                 i += 1;
             }
             self.visit_env(l, f);
         }
+    }
+
+    /// Upvalue `i` of the function at `f`, whose value was just pushed (and is popped): its
+    /// replacement if it has one. With `join`, a closure of the new version the plan never
+    /// reached first gets the cell the plan's functions joined, if its cell is one of theirs.
+    unsafe fn upvalue(&mut self, l: *mut lua_State, f: c_int, i: c_int, join: bool) {
+        // SAFETY: `f` is a function with an upvalue `i`; one value above it, popped.
+        unsafe {
+            if join && let Some((old_fn, old_n)) = self.joined_cell(ffi::upvalue_id(l, f, i)) {
+                ffi::lua_pop(l, 1);
+                self.push_ref(l, old_fn);
+                ffi::join_upvalue(l, f, i, -1, old_n);
+                ffi::lua_pop(l, 1);
+                ffi::lua_getupvalue(l, f, i);
+            }
+            if self.push_replacement(l) {
+                ffi::lua_setupvalue(l, f, i);
+            }
+            ffi::lua_pop(l, 1);
+        }
+    }
+
+    /// Whether the table at `p` needs the walk: not seen yet (to walk), or a merged copy (to
+    /// replace). The in-place path asks before pushing a function's environment.
+    #[cfg(feature = "luajit")]
+    fn needs_visit(&self, p: usize) -> bool {
+        !self.visited.contains(p) || self.copies.contains_key(&p)
     }
 
     /// LuaJIT: function, thread and userdata environments.

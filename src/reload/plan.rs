@@ -8,12 +8,11 @@
 //! of objects that are anchored or reachable from the two versions, which the plan does not
 //! change.
 
-use std::collections::hash_map::Entry;
 use std::os::raw::c_int;
 
 use super::base::{Builder, Decision, KeyRef, Kind, NodeId, Prior, Snapshot, Was, decide};
 use crate::ffi::{self, Val, lua_State, read};
-use crate::ptrmap::{PtrMap, PtrSet};
+use crate::ptrmap::{AddrSet, PtrMap, PtrSet};
 
 /// A value an action writes: inline data, or a slot of the anchor table.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -90,8 +89,6 @@ struct Obj {
 const NO_NODE: NodeId = NodeId::MAX;
 /// A new object queued for a walk (paired or adopted).
 const QUEUED: u8 = 1;
-/// A running object already paired with a new one.
-const CLAIMED: u8 = 2;
 /// A new table merged into `pair`: references to it are redirected there.
 const MERGED: u8 = 4;
 /// A function of the new version (walked as one).
@@ -108,7 +105,7 @@ impl Default for Obj {
 enum Cell {
     /// A new cell that joins upvalue `.1` of old function `.0`.
     Joined(u32, c_int),
-    /// An old cell some new cell joins.
+    /// An old cell some new cell joins (kept in `Planner::claimed_cells`, not in the map).
     Claimed,
     /// A new cell that stays new.
     Adopted,
@@ -227,7 +224,13 @@ pub struct Planner<'o> {
     old: &'o Snapshot,
     anchors: c_int,
     n_anchors: u32,
+    /// the new version's objects (and any running one anchored as a value)
     objs: PtrMap<Obj>,
+    /// running objects already paired with a new one, and old cells a new cell joins: sets
+    /// of addresses in the order they were allocated, so bitmaps (`AddrSet`) hold them in a
+    /// fraction of the memory a hash map would, and their lookups mostly hit the cache
+    claimed: AddrSet,
+    claimed_cells: AddrSet,
     merged: Vec<(usize, u32)>,
     cells: PtrMap<Cell>,
     stop: PtrSet,
@@ -262,19 +265,23 @@ impl<'o> Planner<'o> {
         // SAFETY: plain pushes; a memory error unwinds to `protect`.
         let anchors = unsafe {
             ffi::luaL_checkstack(l, STACK_NEEDED, c"hotreload: Lua stack exhausted".as_ptr());
-            ffi::lua_createtable(l, c_int::try_from(nodes * 2).unwrap_or(0).max(64), 0);
+            // both versions' objects, and a quarter more for strings (keys written anew)
+            let slots = nodes * 2 + nodes / 2;
+            ffi::lua_createtable(l, c_int::try_from(slots).unwrap_or(0).max(64), 0);
             ffi::lua_gettop(l)
         };
-        // both versions' objects, and room for a few more before the first rehash
+        // the new version's objects and cells, and room for a few more before the first rehash
         let mut objs = PtrMap::default();
-        objs.reserve(nodes * 2 + nodes / 4 + 64);
+        objs.reserve(nodes + nodes / 4 + 64);
         let mut cells = PtrMap::default();
-        cells.reserve(upvalues * 2 + upvalues / 4 + 64);
+        cells.reserve(upvalues + upvalues / 4 + 64);
         Planner {
             old,
             anchors,
             n_anchors: 0,
             objs,
+            claimed: AddrSet::default(),
+            claimed_cells: AddrSet::default(),
             merged: Vec::with_capacity(nodes),
             cells,
             stop,
@@ -461,8 +468,14 @@ impl<'o> Planner<'o> {
                     let o = self.new_obj(p);
                     let node = o.node;
                     if o.flags & MERGED != 0 {
-                        let into = o.pair;
-                        let keep = matches!(lv, Val::Table(q) if self.objs.get(&q).is_some_and(|lo| lo.slot == into));
+                        // a table of the new version met again: kept if the running slot
+                        // already holds the table it merged into
+                        let keep = matches!(lv, Val::Table(_)) && {
+                            self.push(l, o.pair);
+                            let same = ffi::lua_rawequal(l, live, -1) != 0;
+                            ffi::lua_pop(l, 1);
+                            same
+                        };
                         let d = if keep { Decision::Keep } else { Decision::TakeNew };
                         return (d, Was::Node(node));
                     }
@@ -542,13 +555,20 @@ impl<'o> Planner<'o> {
     /// Marks the running object `q`, at `idx`, as paired and anchors it; `None` if it
     /// already was paired.
     unsafe fn claim(&mut self, l: *mut lua_State, idx: c_int, q: usize) -> Option<u32> {
-        let o = self.objs.entry(q).or_default();
-        if o.flags & CLAIMED != 0 {
+        if !self.claimed.insert(q) {
             return None;
         }
-        o.flags |= CLAIMED;
         // SAFETY: valid index from the caller.
-        Some(unsafe { anchor_obj(l, self.anchors, &mut self.n_anchors, o, idx) })
+        Some(unsafe { anchor_new(l, self.anchors, &mut self.n_anchors, idx) })
+    }
+
+    /// What the planner knows about the cell `id`.
+    fn cell(&self, id: usize) -> Option<Cell> {
+        match self.cells.get(&id) {
+            Some(&c) => Some(c),
+            None if self.claimed_cells.contains(id) => Some(Cell::Claimed),
+            None => None,
+        }
     }
 
     /// Pairs the new object `p`, at `idx`, with the running one anchored in `live_slot`, and
@@ -788,9 +808,9 @@ impl<'o> Planner<'o> {
                 let id = ffi::upvalue_id(l, ni, i);
                 let prior = old.upvalue(base, name, i as usize);
                 let mut joined = false;
-                match self.cells.get(&id) {
+                match self.cell(id) {
                     // a cell shared with a function paired before
-                    Some(&Cell::Joined(old_fn, old_n)) => {
+                    Some(Cell::Joined(old_fn, old_n)) => {
                         self.joins.push(Join { new_fn: new, n: i, old_fn, old_n });
                     }
                     Some(_) => {}
@@ -800,11 +820,11 @@ impl<'o> Planner<'o> {
                         {
                             // the old value is now at top + 4
                             let old_id = ffi::upvalue_id(l, fi, j);
-                            if let Entry::Vacant(e) = self.cells.entry(old_id) {
+                            if self.cell(old_id).is_none() {
                                 // Rule 3: the new cell joins the old one; its value is decided
                                 // like any data slot (rule 5), a table merges (rule 4), a
                                 // function is new.
-                                e.insert(Cell::Claimed);
+                                self.claimed_cells.insert(old_id);
                                 self.cells.insert(id, Cell::Joined(live, j));
                                 self.joins.push(Join { new_fn: new, n: i, old_fn: live, old_n: j });
                                 let m = self.merge_slot(l, top + 4, value, prior);
@@ -902,8 +922,8 @@ impl<'o> Planner<'o> {
                 let was = self.base_of(read(l, top + 2));
                 self.mirror.upvalue(node, name, was);
                 // (every pair is planned: a cell joined by now stays so)
-                match self.cells.get(&id) {
-                    Some(&Cell::Joined(old_fn, old_n)) => {
+                match self.cell(id) {
+                    Some(Cell::Joined(old_fn, old_n)) => {
                         self.joins.push(Join { new_fn: new, n: i, old_fn, old_n });
                     }
                     Some(_) => {}
@@ -919,7 +939,7 @@ impl<'o> Planner<'o> {
     /// A new cell that joins no old one: its value stays, but a table in it that merged into
     /// a running table is replaced by that table.
     unsafe fn adopt_cell(&mut self, l: *mut lua_State, f: u32, n: c_int, id: usize, value: c_int) {
-        if self.cells.contains_key(&id) {
+        if self.cell(id).is_some() {
             return;
         }
         self.cells.insert(id, Cell::Adopted);
