@@ -465,7 +465,13 @@ impl<'o> Planner<'o> {
                         let d = if lv == nv { Decision::Keep } else { Decision::TakeNew };
                         return (d, Was::Opaque);
                     }
-                    let o = self.new_obj(p);
+                    let q = match lv {
+                        Val::Table(q) if !self.stop.contains(&q) => Some(q),
+                        _ => None,
+                    };
+                    let not_merged = |o: &Obj| o.flags & MERGED == 0;
+                    let (o, paired) =
+                        self.meet(l, (live, new), (q, p), not_merged, MERGED | QUEUED);
                     let node = o.node;
                     if o.flags & MERGED != 0 {
                         // a table of the new version met again: kept if the running slot
@@ -479,11 +485,7 @@ impl<'o> Planner<'o> {
                         let d = if keep { Decision::Keep } else { Decision::TakeNew };
                         return (d, Was::Node(node));
                     }
-                    if let Val::Table(q) = lv
-                        && !self.stop.contains(&q)
-                        && let Some(live_slot) = self.claim(l, live, q)
-                    {
-                        let new_slot = self.pair_new(l, new, p, live_slot, MERGED | QUEUED);
+                    if let Some((live_slot, new_slot)) = paired {
                         self.merged.push((p, live_slot));
                         let base = self.old.child(prior, Kind::Table);
                         let scope = Scope::Module;
@@ -503,13 +505,14 @@ impl<'o> Planner<'o> {
                     if lv == nv {
                         return (Decision::Keep, Was::Opaque);
                     }
-                    let o = self.new_obj(p);
+                    let q = match lv {
+                        Val::LuaFn(q) => Some(q),
+                        _ => None,
+                    };
+                    let unpaired = |o: &Obj| o.pair == 0;
+                    let (o, paired) = self.meet(l, (live, new), (q, p), unpaired, QUEUED | NEW_FN);
                     let node = o.node;
-                    if let Val::LuaFn(q) = lv
-                        && o.pair == 0
-                        && let Some(live_slot) = self.claim(l, live, q)
-                    {
-                        let new_slot = self.pair_new(l, new, p, live_slot, QUEUED | NEW_FN);
+                    if let Some((live_slot, new_slot)) = paired {
                         let base = self.old.child(prior, Kind::Func);
                         self.paired.push(Item::Fns { live: live_slot, new: new_slot, base, node });
                         return (Decision::TakeNew, Was::Node(node));
@@ -552,14 +555,37 @@ impl<'o> Planner<'o> {
         *o
     }
 
-    /// Marks the running object `q`, at `idx`, as paired and anchors it; `None` if it
-    /// already was paired.
-    unsafe fn claim(&mut self, l: *mut lua_State, idx: c_int, q: usize) -> Option<u32> {
-        if !self.claimed.insert(q) {
-            return None;
+    /// Meets the new object `p`, at stack index `new`, in a slot whose running value is the
+    /// object `q` (if any), at `live`: gives `p` a mirror node if it has none, and if
+    /// `may_pair` says so of `p` and `q` was not paired yet, pairs them (marking `p` with
+    /// `flags`) and anchors both. Returns what was known of `p` before pairing, and the
+    /// (running, new) anchor slots if they were paired now. One lookup of `p` in all.
+    unsafe fn meet(
+        &mut self,
+        l: *mut lua_State,
+        (live, new): (c_int, c_int),
+        (q, p): (Option<usize>, usize),
+        may_pair: impl Fn(&Obj) -> bool,
+        flags: u8,
+    ) -> (Obj, Option<(u32, u32)>) {
+        let Planner { objs, mirror, claimed, anchors, n_anchors, .. } = self;
+        let o = objs.entry(p).or_default();
+        if o.node == NO_NODE {
+            o.node = mirror.new_node();
         }
-        // SAFETY: valid index from the caller.
-        Some(unsafe { anchor_new(l, self.anchors, &mut self.n_anchors, idx) })
+        let before = *o;
+        match q {
+            Some(q) if may_pair(o) && claimed.insert(q) => {
+                // SAFETY: valid indices from the caller.
+                let live_slot = unsafe { anchor_new(l, *anchors, n_anchors, live) };
+                o.pair = live_slot;
+                o.flags |= flags;
+                // SAFETY: as above.
+                let new_slot = unsafe { anchor_obj(l, *anchors, n_anchors, o, new) };
+                (before, Some((live_slot, new_slot)))
+            }
+            _ => (before, None),
+        }
     }
 
     /// What the planner knows about the cell `id`.
@@ -569,23 +595,6 @@ impl<'o> Planner<'o> {
             None if self.claimed_cells.contains(id) => Some(Cell::Claimed),
             None => None,
         }
-    }
-
-    /// Pairs the new object `p`, at `idx`, with the running one anchored in `live_slot`, and
-    /// anchors it; returns its slot.
-    unsafe fn pair_new(
-        &mut self,
-        l: *mut lua_State,
-        idx: c_int,
-        p: usize,
-        live_slot: u32,
-        flags: u8,
-    ) -> u32 {
-        let o = self.objs.entry(p).or_default();
-        o.pair = live_slot;
-        o.flags |= flags;
-        // SAFETY: valid index from the caller.
-        unsafe { anchor_obj(l, self.anchors, &mut self.n_anchors, o, idx) }
     }
 
     /// The base to record for a value reached without deciding it (a walked object's node).
