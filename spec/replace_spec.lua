@@ -204,9 +204,10 @@ describe("replacing old functions everywhere", function()
     assert.equal(in_place and "in place" or "lua_next", hotreload.table_walk)
   end)
 
-  it("reads stack slots in place on LuaJIT unless told not to, through the API elsewhere", function()
+  it("reads stack slots in place on LuaJIT and Lua 5.4 unless told not to, by the API elsewhere", function()
     local portable = os.getenv("HOTRELOAD_PORTABLE_WALK")
-    local in_place = hotreload.flavor == "luajit" and (portable == nil or portable == "0")
+    local flavor = hotreload.flavor
+    local in_place = (flavor == "luajit" or flavor == "lua54") and (portable == nil or portable == "0")
     assert.equal(in_place and "in place" or "api", hotreload.slot_reads)
   end)
 

@@ -84,11 +84,16 @@ pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Val<'a> {
         return v;
     }
     // SAFETY: forwarded.
+    #[cfg(feature = "lua54")]
+    if let Some(v) = unsafe { crate::rawslot::read(l, idx) } {
+        return v;
+    }
+    // SAFETY: forwarded.
     unsafe { read_by_api(l, idx) }
 }
 
-/// Whether `read` decodes stack slots in place (LuaJIT, see `jitraw`) rather than through
-/// the API; the first call checks the layout.
+/// Whether `read` decodes stack slots in place (LuaJIT and Lua 5.4, see `jitraw` and
+/// `rawslot`) rather than through the API; the first call checks the layout.
 ///
 /// # Safety
 /// Inside a protected call, with 8 free stack slots.
@@ -96,7 +101,10 @@ pub unsafe fn reads_slots_in_place(l: *mut lua_State) -> bool {
     #[cfg(feature = "luajit")]
     // SAFETY: forwarded.
     return unsafe { crate::jitraw::usable(l) };
-    #[cfg(not(feature = "luajit"))]
+    #[cfg(feature = "lua54")]
+    // SAFETY: forwarded.
+    return unsafe { crate::rawslot::usable(l) };
+    #[cfg(not(any(feature = "luajit", feature = "lua54")))]
     {
         let _ = l;
         false

@@ -28,6 +28,8 @@ pub mod proto;
 pub mod ptrmap;
 pub mod queue;
 #[cfg(feature = "lua54")]
+pub mod rawslot;
+#[cfg(feature = "lua54")]
 pub mod rawtable;
 pub mod reload;
 pub mod state;

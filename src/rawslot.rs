@@ -1,0 +1,251 @@
+//! Lua 5.4 only: reads a stack slot as plain data in place, instead of through two or three
+//! API calls (`lua_type`, then `lua_isinteger`, `lua_topointer` or `lua_tolstring`) — the
+//! counterpart of `jitraw` for LuaJIT.
+//!
+//! Why: the merge planner reads every key and value of both versions; those calls were about
+//! a tenth of its instructions.
+//!
+//! What it relies on: the layout of `TValue`, `TString` and the head of `lua_State` and
+//! `CallInfo` (`lobject.h`, `lstate.h`), identical from Lua 5.4.0 to 5.4.9 (5.4.6 made the
+//! stack pointers a union whose pointer member is the one in use outside a reallocation).
+//! That is not Lua's API, so [`probe`] checks it against the API on values of every kind when
+//! a state opens the module; if any answer differs, reads keep to the API.
+//! `HOTRELOAD_PORTABLE_WALK=1` in the environment forces that too.
+//!
+//! What it reads: nil, booleans, numbers, strings, tables, Lua closures and threads. Anything
+//! else (userdata, C functions, light userdata) and pseudo-indices go through the API.
+
+use std::os::raw::c_int;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::ffi::{self, Val, lua_State};
+
+/// `TValue` (`lobject.h`): a value and its type tag.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TValue {
+    value: u64,
+    tt: u8,
+}
+
+/// The head of `lua_State` (`lstate.h`), up to the current call.
+#[repr(C)]
+struct StateHead {
+    _next: u64,
+    _tt: u8,
+    _marked: u8,
+    _status: u8,
+    _allowhook: u8,
+    _nci: u16,
+    top: *const TValue,
+    _l_g: u64,
+    ci: *const *const TValue,
+}
+
+/// Type tags with their variant bits and the collectable bit (`lobject.h`, `makevariant`).
+const VNIL: u8 = 0x00;
+const VFALSE: u8 = 0x01;
+const VTRUE: u8 = 0x11;
+const VNUMINT: u8 = 0x03;
+const VNUMFLT: u8 = 0x13;
+const COLLECTABLE: u8 = 0x40;
+const VSHRSTR: u8 = 0x04 | COLLECTABLE;
+const VLNGSTR: u8 = 0x14 | COLLECTABLE;
+const VTABLE: u8 = 0x05 | COLLECTABLE;
+const VLCL: u8 = 0x06 | COLLECTABLE;
+const VTHREAD: u8 = 0x08 | COLLECTABLE;
+/// `TString`: the length of a short string, of a long one, and the characters.
+const SHRLEN_OFFSET: usize = 11;
+const LNGLEN_OFFSET: usize = 16;
+const CONTENTS_OFFSET: usize = 24;
+/// Marks a pseudo-index (`LUA_REGISTRYINDEX` and upvalue indices below it).
+const PSEUDO: c_int = ffi::LUA_REGISTRYINDEX;
+
+const UNKNOWN: u8 = 0;
+const YES: u8 = 1;
+const NO: u8 = 2;
+static LAYOUT: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+/// Probes the layout once per process (one process links one Lua); true if reads are made
+/// in place from now on.
+///
+/// # Safety
+/// Inside a protected call (the probe allocates), with 8 free stack slots.
+pub unsafe fn usable(l: *mut lua_State) -> bool {
+    if LAYOUT.load(Ordering::Relaxed) == UNKNOWN {
+        let off = std::env::var_os("HOTRELOAD_PORTABLE_WALK").is_some_and(|v| v != "0");
+        // SAFETY: forwarded.
+        let ok = !off && unsafe { probe(l) };
+        LAYOUT.store(if ok { YES } else { NO }, Ordering::Relaxed);
+    }
+    LAYOUT.load(Ordering::Relaxed) == YES
+}
+
+/// The value at `idx` as `ffi::read` gives it, or `None` where the API must answer.
+///
+/// # Safety
+/// `idx` must be a valid index of `l`.
+#[inline]
+pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Option<Val<'a>> {
+    if LAYOUT.load(Ordering::Relaxed) != YES || idx <= PSEUDO {
+        return None;
+    }
+    // SAFETY: the probe checked the layout; a valid positive index is above the current
+    // function (`ci->func`), a negative one below `top` (as `index2value` computes them).
+    unsafe {
+        let head = &*(l as *const StateHead);
+        let slot = if idx > 0 {
+            let func = *head.ci;
+            let s = func.add(idx as usize);
+            if s >= head.top {
+                return Some(Val::Nil); // an acceptable index past the top: none, read as nil
+            }
+            s
+        } else {
+            head.top.offset(idx as isize)
+        };
+        decode(*slot)
+    }
+}
+
+/// A `TValue` as `ffi::read` gives it, or `None` for the kinds left to the API.
+///
+/// # Safety
+/// `v` is a live value and the probe checked the layout.
+unsafe fn decode<'a>(v: TValue) -> Option<Val<'a>> {
+    let p = v.value as usize;
+    // SAFETY: `p` is the object the tag says; the fields read are in its header.
+    unsafe {
+        Some(match v.tt {
+            VNIL => Val::Nil,
+            VFALSE => Val::Bool(false),
+            VTRUE => Val::Bool(true),
+            VNUMINT => Val::Int(v.value as i64),
+            VNUMFLT => Val::Num(f64::from_bits(v.value)),
+            VSHRSTR => {
+                let len = usize::from(*((p + SHRLEN_OFFSET) as *const u8));
+                Val::Str(std::slice::from_raw_parts((p + CONTENTS_OFFSET) as *const u8, len))
+            }
+            VLNGSTR => {
+                let len = *((p + LNGLEN_OFFSET) as *const usize);
+                Val::Str(std::slice::from_raw_parts((p + CONTENTS_OFFSET) as *const u8, len))
+            }
+            VTABLE => Val::Table(p),
+            VLCL => Val::LuaFn(p),
+            VTHREAD => Val::Thread(p),
+            _ => return None,
+        })
+    }
+}
+
+/// Checks the layout against the API: every kind this module decodes (and a few it leaves
+/// to the API), read at positive and negative indices, must read as `ffi::read_by_api` has
+/// them.
+///
+/// # Safety
+/// Inside a protected call, with 8 free stack slots. Leaves the stack as it found it.
+unsafe fn probe(l: *mut lua_State) -> bool {
+    if cfg!(not(target_pointer_width = "64")) {
+        return false;
+    }
+    unsafe extern "C-unwind" fn native(_: *mut lua_State) -> c_int {
+        0
+    }
+    // SAFETY: the head of a `lua_State` and of its `CallInfo` are larger than what is read
+    // in any 5.4; a slot is only decoded once `top` and `ci->func` bracket the pushed values,
+    // and an object only once its tag matched the API's type.
+    unsafe {
+        if ffi::lua_version(l) != 504.0 {
+            return false;
+        }
+        let top = ffi::lua_gettop(l);
+        let first = top + 1;
+        ffi::lua_pushinteger(l, -0x1234_5678_9abc);
+        ffi::lua_pushnumber(l, 2.5);
+        ffi::lua_pushboolean(l, 1);
+        ffi::lua_pushboolean(l, 0);
+        ffi::lua_pushnil(l);
+        ffi::push_bytes(l, b"hotreload");
+        ffi::push_bytes(l, &[b'x'; 60]); // a long string (over LUAI_MAXSHORTLEN)
+        ffi::lua_createtable(l, 0, 0);
+        ffi::lua_pushthread(l);
+        let ok = ffi::luaL_loadstring(l, c"return".as_ptr()) == 0 && {
+            ffi::lua_pushcfunction(l, native);
+            let last = ffi::lua_gettop(l);
+            let head = l as *const StateHead;
+            let func = *(*head).ci;
+            let bracketed = func.add(last as usize).add(1) == (*head).top;
+            let tags =
+                [VNUMINT, VNUMFLT, VTRUE, VFALSE, VNIL, VSHRSTR, VLNGSTR, VTABLE, VTHREAD, VLCL];
+            let tagged = bracketed
+                && (first..last).zip(tags).all(|(idx, tt)| (*func.add(idx as usize)).tt == tt);
+            LAYOUT.store(YES, Ordering::Relaxed);
+            let same = tagged
+                && (first..=last).all(|idx| {
+                    let by_api = ffi::read_by_api(l, idx);
+                    let agree = |v: Option<Val>| v.is_none_or(|v| v == by_api);
+                    agree(read(l, idx)) && agree(read(l, idx - last - 1))
+                })
+                && (first..last).all(|idx| read(l, idx).is_some())
+                && read(l, last).is_none();
+            LAYOUT.store(UNKNOWN, Ordering::Relaxed);
+            same
+        };
+        ffi::lua_settop(l, top);
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlua::Lua;
+
+    #[test]
+    fn reads_agree_with_the_api_on_the_vendored_lua() {
+        let lua = Lua::new();
+        let values: mlua::Table = lua
+            .load(
+                r#"
+                return { 0, -7, 1.5, 0/0, math.huge, "", "short", ("long"):rep(40), {}, true,
+                  false, print, function() end, coroutine.create(print), io.stdout,
+                  string.rep("\0", 3) }
+                "#,
+            )
+            .eval()
+            .unwrap();
+        let n = values.raw_len() as ffi::lua_Integer;
+        // SAFETY: the values are pushed one above the other, read and popped; one boolean is
+        // returned.
+        let failures: String = unsafe {
+            lua.exec_raw(values, |l| {
+                let mut failures = String::new();
+                if !usable(l) {
+                    failures.push_str("the layout probe failed");
+                }
+                for i in 1..=n {
+                    ffi::lua_rawgeti(l, 1, i);
+                }
+                let top = ffi::lua_gettop(l);
+                for idx in 2..=top {
+                    let by_api = ffi::read_by_api(l, idx);
+                    for at in [idx, idx - top - 1] {
+                        match read(l, at) {
+                            // NaN is not equal to itself: compare the bits
+                            Some(Val::Num(a)) if matches!(by_api, Val::Num(b) if a.to_bits() == b.to_bits()) => {}
+                            Some(v) if v != by_api => failures.push_str(&format!("{idx}@{at}: {v:?} vs {by_api:?}\n")),
+                            _ => {}
+                        }
+                    }
+                }
+                if read(l, top + 1) != Some(Val::Nil) {
+                    failures.push_str("past the top is not nil\n");
+                }
+                ffi::lua_settop(l, 0);
+                ffi::push_bytes(l, failures.as_bytes());
+            })
+        }
+        .unwrap();
+        assert!(failures.is_empty(), "{failures}");
+    }
+}
