@@ -14,6 +14,10 @@
 //!
 //! What it reads: nil, booleans, numbers, strings, tables, Lua closures and threads. Anything
 //! else (userdata, C functions, light userdata) and pseudo-indices go through the API.
+//!
+//! The VM walk also reads a Lua closure's upvalue cells in place (`LClosure`, `UpVal`), so
+//! that it only calls the API for cells that hold an object: `lua_getupvalue` also fetches
+//! each upvalue's name from the prototype, which the walk has no use for.
 
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -54,6 +58,10 @@ const VLNGSTR: u8 = 0x14 | COLLECTABLE;
 const VTABLE: u8 = 0x05 | COLLECTABLE;
 const VLCL: u8 = 0x06 | COLLECTABLE;
 const VTHREAD: u8 = 0x08 | COLLECTABLE;
+/// `LClosure`: its upvalue count and cells; `UpVal.v`: where the cell's value is.
+const NUPVALUES_OFFSET: usize = 10;
+const UPVALS_OFFSET: usize = 32;
+const UV_V_OFFSET: usize = 16;
 /// `TString`: the length of a short string, of a long one, and the characters.
 const SHRLEN_OFFSET: usize = 11;
 const LNGLEN_OFFSET: usize = 16;
@@ -87,7 +95,19 @@ pub unsafe fn usable(l: *mut lua_State) -> bool {
 /// `idx` must be a valid index of `l`.
 #[inline]
 pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Option<Val<'a>> {
-    if LAYOUT.load(Ordering::Relaxed) != YES || idx <= PSEUDO {
+    if LAYOUT.load(Ordering::Relaxed) != YES {
+        return None;
+    }
+    // SAFETY: forwarded.
+    unsafe { read_unchecked(l, idx) }
+}
+
+/// `read` whatever the probe said.
+///
+/// # Safety
+/// As `read`, and the layout is the probed one.
+unsafe fn read_unchecked<'a>(l: *mut lua_State, idx: c_int) -> Option<Val<'a>> {
+    if idx <= PSEUDO {
         return None;
     }
     // SAFETY: the probe checked the layout; a valid positive index is above the current
@@ -105,6 +125,73 @@ pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Option<Val<'a>> {
             head.top.offset(idx as isize)
         };
         decode(*slot)
+    }
+}
+
+/// A value read in place.
+#[derive(Clone, Copy)]
+pub struct Raw(TValue);
+
+impl Raw {
+    /// A table, a Lua or C closure, a full userdata or a thread: a value the walk must look
+    /// at (not a light C function: it has no upvalues).
+    pub fn is_object(self) -> bool {
+        self.0.tt & COLLECTABLE != 0 && (5..=8).contains(&(self.0.tt & 0x0f))
+    }
+}
+
+/// The upvalue cells of a Lua closure, read in place.
+pub struct Upvalues {
+    upvals: *const usize,
+    n: c_int,
+}
+
+impl Upvalues {
+    /// How many upvalues the closure has.
+    pub fn count(&self) -> c_int {
+        self.n
+    }
+
+    /// Upvalue `n` (from 1): the address of its cell (`lua_upvalueid`), and its value.
+    ///
+    /// # Safety
+    /// `1 <= n <= count()`; the closure is still alive.
+    pub unsafe fn get(&self, n: c_int) -> (usize, Raw) {
+        // SAFETY: the probe checked the layout; `n` is within the cells.
+        unsafe {
+            let cell = *self.upvals.add(n as usize - 1);
+            let v = *((cell + UV_V_OFFSET) as *const *const TValue);
+            (cell, Raw(*v))
+        }
+    }
+}
+
+/// The upvalues of the function at `idx` if it is a Lua closure and reads are in place.
+///
+/// # Safety
+/// `idx` must be a valid index of `l`.
+pub unsafe fn upvalues(l: *mut lua_State, idx: c_int) -> Option<Upvalues> {
+    // SAFETY: forwarded; a Lua closure's header and cell array are read as probed.
+    unsafe {
+        let Some(Val::LuaFn(p)) = read(l, idx) else { return None };
+        let n = *((p + NUPVALUES_OFFSET) as *const u8);
+        Some(Upvalues { upvals: (p + UPVALS_OFFSET) as *const usize, n: c_int::from(n) })
+    }
+}
+
+/// Pushes a value read in place, as `lua_pushvalue` would (`setobj2s`, `api_incr_top`).
+///
+/// # Safety
+/// A free stack slot (reserved with `lua_checkstack`); `v` is still alive.
+pub unsafe fn push(l: *mut lua_State, v: Raw) {
+    // SAFETY: the probe checked where `top` is; the caller reserved the slot. Only the
+    // value and the tag are written, as `setobj2s` does.
+    unsafe {
+        let head = l as *mut StateHead;
+        let top = (*head).top as *mut TValue;
+        (*top).value = v.0.value;
+        (*top).tt = v.0.tt;
+        (*head).top = top.add(1);
     }
 }
 
@@ -188,10 +275,44 @@ unsafe fn probe(l: *mut lua_State) -> bool {
                 })
                 && (first..last).all(|idx| read(l, idx).is_some())
                 && read(l, last).is_none();
+            let ok = same && probe_upvalues(l);
             LAYOUT.store(UNKNOWN, Ordering::Relaxed);
-            same
+            ok
         };
         ffi::lua_settop(l, top);
+        ok
+    }
+}
+
+/// Upvalue cells and their values read in place agree with `lua_upvalueid` and
+/// `lua_getupvalue`, and a value pushed in place is the value. Runs with `LAYOUT` set.
+unsafe fn probe_upvalues(l: *mut lua_State) -> bool {
+    let chunk =
+        c"local n, t, s, f = 1.5, {}, 'cell', print return function() return n, t, s, f end";
+    // SAFETY: see `probe`; the closure and its values are on the stack while read.
+    unsafe {
+        if ffi::luaL_loadstring(l, chunk.as_ptr()) != 0 || ffi::lua_pcall(l, 0, 1, 0) != 0 {
+            return false;
+        }
+        let f = ffi::lua_gettop(l);
+        let Some(ups) = upvalues(l, f) else { return false };
+        // (4 cells: Lua 5.4 adds no _ENV upvalue to a function that uses no global)
+        let mut ok = ups.count() == 4;
+        for n in 1..=ups.count().min(4) {
+            let (cell, value) = ups.get(n);
+            ok &= cell == ffi::lua_upvalueid(l, f, n) as usize;
+            ok &= !ffi::lua_getupvalue(l, f, n).is_null();
+            let by_api = ffi::read_by_api(l, -1);
+            push(l, value);
+            ok &= ffi::lua_rawequal(l, -1, -2) != 0 && read(l, -1).is_none_or(|v| v == by_api);
+            let object = !matches!(by_api, Val::Nil | Val::Num(_) | Val::Str(_) | Val::CFn(_));
+            ok &= value.is_object() == object;
+            ffi::lua_pop(l, 2);
+        }
+        // a C function (the `print` in cell 4) has none to read in place
+        ffi::lua_getupvalue(l, f, 4);
+        ok &= upvalues(l, -1).is_none();
+        ffi::lua_pop(l, 2);
         ok
     }
 }
@@ -220,7 +341,7 @@ mod tests {
         let failures: String = unsafe {
             lua.exec_raw(values, |l| {
                 let mut failures = String::new();
-                if !usable(l) {
+                if !probe(l) {
                     failures.push_str("the layout probe failed");
                 }
                 for i in 1..=n {
@@ -230,7 +351,7 @@ mod tests {
                 for idx in 2..=top {
                     let by_api = ffi::read_by_api(l, idx);
                     for at in [idx, idx - top - 1] {
-                        match read(l, at) {
+                        match read_unchecked(l, at) {
                             // NaN is not equal to itself: compare the bits
                             Some(Val::Num(a)) if matches!(by_api, Val::Num(b) if a.to_bits() == b.to_bits()) => {}
                             Some(v) if v != by_api => failures.push_str(&format!("{idx}@{at}: {v:?} vs {by_api:?}\n")),
@@ -238,7 +359,7 @@ mod tests {
                         }
                     }
                 }
-                if read(l, top + 1) != Some(Val::Nil) {
+                if read_unchecked(l, top + 1) != Some(Val::Nil) {
                     failures.push_str("past the top is not nil\n");
                 }
                 ffi::lua_settop(l, 0);

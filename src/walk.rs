@@ -25,6 +25,12 @@ use crate::proto::Dump;
 use crate::ptrmap::{AddrSet, PtrMap};
 use crate::reload::plan::Plan;
 
+/// Upvalue cells read in place (see `jitraw`, `rawslot`).
+#[cfg(feature = "luajit")]
+use crate::jitraw as raw;
+#[cfg(feature = "lua54")]
+use crate::rawslot as raw;
+
 /// What the walk did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -613,19 +619,20 @@ impl<'p> Walker<'p> {
                 _ => return,
             };
             let new_fn = self.is_new_fn(p);
-            #[cfg(feature = "luajit")]
-            if let Some(ups) = crate::jitraw::upvalues(l, f) {
+            #[cfg(any(feature = "luajit", feature = "lua54"))]
+            if let Some(ups) = raw::upvalues(l, f) {
                 for i in 1..=ups.count() {
                     let (cell, value) = ups.get(i);
                     if !new_fn && self.joined_cell(cell).is_some() {
                         ffi::lua_getupvalue(l, f, i);
                         self.upvalue(l, f, i, true);
                     } else if value.is_object() {
-                        crate::jitraw::push(l, value);
+                        raw::push(l, value);
                         self.upvalue(l, f, i, false);
                     }
                 }
-                if self.needs_visit(crate::jitraw::env_of(p)) {
+                #[cfg(feature = "luajit")]
+                if self.needs_visit(raw::env_of(p)) {
                     self.visit_env(l, f);
                 }
                 return;
