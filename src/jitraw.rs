@@ -263,7 +263,9 @@ unsafe fn probe_values(l: *mut lua_State) -> Option<usize> {
         let head = l as *const StateHead;
         let (base, top) = ((*head).base, (*head).top);
         let aligned = |p: *const u64| !p.is_null() && (p as usize).is_multiple_of(8);
-        if !aligned(base) || !aligned(top) || top.offset_from(base) != last as isize {
+        // (addresses, not pointer offsets: until checked, `base` and `top` may be anything)
+        let slots = (top as isize).wrapping_sub(base as isize) / 8;
+        if !aligned(base) || !aligned(top) || slots != last as isize {
             return None;
         }
         let tags = [TFALSE, TTRUE, TFALSE, TNIL, TTAB, TFUNC, TFUNC, TTHREAD];

@@ -261,7 +261,7 @@ unsafe fn probe(l: *mut lua_State) -> bool {
             let last = ffi::lua_gettop(l);
             let head = l as *const StateHead;
             let func = *(*head).ci;
-            let bracketed = func.add(last as usize).add(1) == (*head).top;
+            let bracketed = func.wrapping_add(last as usize + 1) == (*head).top;
             let tags =
                 [VNUMINT, VNUMFLT, VTRUE, VFALSE, VNIL, VSHRSTR, VLNGSTR, VTABLE, VTHREAD, VLCL];
             let tagged = bracketed
