@@ -50,7 +50,8 @@ const TSTR: u32 = !4;
 const TTHREAD: u32 = !6;
 const TFUNC: u32 = !8;
 const TTAB: u32 = !11;
-/// Tags below this are doubles (`LJ_TISNUM`, no dual-number mode on 64-bit targets).
+/// Tags below this are doubles (`LJ_TISNUM`); in a dual-number build (arm64), integers are
+/// tagged with it and go through the API.
 const TISNUM: u32 = !13;
 /// `GCfunc.ffid` (after the 10-byte `GCHeader`): 0 for a Lua function.
 const FFID_OFFSET: usize = 10;
@@ -78,7 +79,7 @@ static LAYOUT: AtomicU8 = AtomicU8::new(UNKNOWN);
 /// made in place from now on.
 ///
 /// # Safety
-/// Inside a protected call (the probe allocates), with 8 free stack slots.
+/// Inside a protected call (the probe allocates and reserves its stack).
 pub unsafe fn usable(l: *mut lua_State) -> bool {
     if LAYOUT.load(Ordering::Relaxed) == UNKNOWN {
         let off = std::env::var_os("HOTRELOAD_PORTABLE_WALK").is_some_and(|v| v != "0");
@@ -97,16 +98,31 @@ pub unsafe fn usable(l: *mut lua_State) -> bool {
 #[inline]
 pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Option<Val<'a>> {
     let layout = LAYOUT.load(Ordering::Relaxed);
-    if layout == UNKNOWN || layout == NO || idx <= PSEUDO {
+    if layout == UNKNOWN || layout == NO {
         return None;
     }
-    let len_offset = STR_LEN_OFFSETS[usize::from(layout - 1) & 1];
-    // SAFETY: the probe checked the layout; a valid index is below `top` and, if negative,
-    // at or above `base` (as `index2adr` computes it).
+    // SAFETY: forwarded; the probe found this layout.
+    unsafe { read_with(l, idx, STR_LEN_OFFSETS[usize::from(layout - 1) & 1]) }
+}
+
+/// `read` with the string length at `len_offset`, whatever `LAYOUT` says (the probe checks
+/// a candidate layout this way before publishing it).
+///
+/// # Safety
+/// As `read`, and the layout is the one probed, with that offset.
+unsafe fn read_with<'a>(l: *mut lua_State, idx: c_int, len_offset: usize) -> Option<Val<'a>> {
+    if idx <= PSEUDO {
+        return None;
+    }
+    // SAFETY: a valid index is below `top` and, if negative, at or above `base` (as
+    // `index2adr` computes it); an acceptable one past the top is compared before reading.
     unsafe {
         let head = &*(l as *const StateHead);
-        let slot =
-            if idx > 0 { head.base.add(idx as usize - 1) } else { head.top.offset(idx as isize) };
+        let slot = if idx > 0 {
+            head.base.wrapping_add(idx as usize - 1)
+        } else {
+            head.top.wrapping_offset(idx as isize)
+        };
         if slot >= head.top {
             return Some(Val::Nil); // an acceptable index past the top: none, read as nil
         }
@@ -136,19 +152,38 @@ pub struct Upvalues {
 }
 
 impl Upvalues {
+    /// The cells of the Lua function at `p`.
+    ///
+    /// # Safety
+    /// `p` is a live Lua function; the layout was probed (or is being probed).
+    unsafe fn of(p: usize) -> Upvalues {
+        // SAFETY: as documented.
+        let n = unsafe { *((p + FN_NUPVALUES_OFFSET) as *const u8) };
+        Upvalues { uvptr: (p + FN_UVPTR_OFFSET) as *const usize, n: c_int::from(n) }
+    }
+
     /// How many upvalues the function has.
     pub fn count(&self) -> c_int {
         self.n
     }
 
-    /// Upvalue `n` (from 1): the address of its cell (`lua_upvalueid`), and its value.
+    /// The address of cell `n` (from 1), as `lua_upvalueid` gives it.
     ///
     /// # Safety
     /// `1 <= n <= count()`; the function is still alive.
+    unsafe fn cell(&self, n: c_int) -> usize {
+        // SAFETY: as documented.
+        unsafe { *self.uvptr.add(n as usize - 1) }
+    }
+
+    /// Upvalue `n` (from 1): the address of its cell (`lua_upvalueid`), and its value.
+    ///
+    /// # Safety
+    /// As `cell`.
     pub unsafe fn get(&self, n: c_int) -> (usize, Raw) {
         // SAFETY: the probe checked the layout; `n` is within the cells.
         unsafe {
-            let cell = *self.uvptr.add(n as usize - 1);
+            let cell = self.cell(n);
             let v = *((cell + UV_V_OFFSET) as *const *const u64);
             (cell, Raw(*v))
         }
@@ -163,8 +198,7 @@ pub unsafe fn upvalues(l: *mut lua_State, idx: c_int) -> Option<Upvalues> {
     // SAFETY: forwarded; a Lua function's header and cell array are read as probed.
     unsafe {
         let Some(Val::LuaFn(p)) = read(l, idx) else { return None };
-        let n = *((p + FN_NUPVALUES_OFFSET) as *const u8);
-        Some(Upvalues { uvptr: (p + FN_UVPTR_OFFSET) as *const usize, n: c_int::from(n) })
+        Some(Upvalues::of(p))
     }
 }
 
@@ -225,11 +259,13 @@ unsafe fn decode<'a>(tv: u64, len_offset: usize) -> Option<Val<'a>> {
 /// positive and negative indices; returns the index of the string length's offset.
 ///
 /// # Safety
-/// Inside a protected call, with 8 free stack slots. Leaves the stack as it found it.
+/// Inside a protected call. Leaves the stack as it found it.
 unsafe fn probe(l: *mut lua_State) -> Option<usize> {
     if cfg!(not(target_pointer_width = "64")) {
         return None;
     }
+    // SAFETY: reserves the slots the probe pushes (about 14).
+    unsafe { ffi::luaL_checkstack(l, 20, c"hotreload: Lua stack exhausted".as_ptr()) };
     // SAFETY: `base` and `top` are read from the head of a `lua_State`, larger than
     // `StateHead` in any LuaJIT; only slots between them are read, and an object is only
     // read once its tag and address matched the API's answer for it.
@@ -245,7 +281,7 @@ unsafe fn probe_values(l: *mut lua_State) -> Option<usize> {
     unsafe extern "C-unwind" fn native(_: *mut lua_State) -> c_int {
         0
     }
-    // SAFETY: see `probe`; seven pushes.
+    // SAFETY: see `probe`; the pushes are within what `probe` reserved.
     unsafe {
         let first = ffi::lua_gettop(l) + 1;
         ffi::lua_pushnumber(l, -1.5e300);
@@ -308,57 +344,64 @@ unsafe fn probe_values(l: *mut lua_State) -> Option<usize> {
             }
         }
         let found = agree.iter().position(|&ok| ok)?;
-        // and the public reader agrees with `ffi::read`'s API path on every slot, both ways
-        LAYOUT.store(found as u8 + 1, Ordering::Relaxed);
+        let len_offset = STR_LEN_OFFSETS[found];
+        // and the reader agrees with `ffi::read`'s API path on every slot, both ways
         let all = ffi::lua_gettop(l);
         let same = (first..=all).all(|idx| {
             let from_api = ffi::read_by_api(l, idx);
-            read(l, idx) == Some(from_api) && read(l, idx - all - 1) == Some(from_api)
+            let at = |i| read_with(l, i, len_offset);
+            at(idx) == Some(from_api) && at(idx - all - 1) == Some(from_api)
         });
-        let ok = same && probe_functions(l);
-        LAYOUT.store(UNKNOWN, Ordering::Relaxed);
-        ok.then_some(found)
+        (same && probe_functions(l, len_offset)).then_some(found)
     }
 }
 
 /// Upvalue cells, their values and a function's environment read in place agree with
 /// `lua_upvalueid`, `lua_getupvalue` and `lua_getfenv`, and a value pushed in place is the
-/// value. Runs with `LAYOUT` set to the layout found so far.
-unsafe fn probe_functions(l: *mut lua_State) -> bool {
-    let chunk =
-        c"local n, t, s, f = 1.5, {}, 'cell', print return function() return n, t, s, f end";
-    // SAFETY: see `probe`; the closure and its values are on the stack while read.
+/// value. Reads with the layout found so far (`len_offset`), not yet published.
+unsafe fn probe_functions(l: *mut lua_State, len_offset: usize) -> bool {
+    unsafe extern "C-unwind" fn native(_: *mut lua_State) -> c_int {
+        0
+    }
+    let chunk = c"local n, t, s, f = 1.5, {}, 'cell', ... return function() return n, t, s, f end";
+    // SAFETY: see `probe`; the closure and its values are on the stack while read; a cell's
+    // address is compared with `lua_upvalueid` before the cell is read.
     unsafe {
-        if ffi::luaL_loadstring(l, chunk.as_ptr()) != 0 || ffi::lua_pcall(l, 0, 1, 0) != 0 {
+        if ffi::luaL_loadstring(l, chunk.as_ptr()) != 0 {
+            return false;
+        }
+        ffi::lua_pushcfunction(l, native);
+        if ffi::lua_pcall(l, 1, 1, 0) != 0 {
             return false;
         }
         let f = ffi::lua_gettop(l);
-        let Some(ups) = upvalues(l, f) else { return false };
+        let Some(Val::LuaFn(p)) = read_with(l, f, len_offset) else { return false };
+        let ups = Upvalues::of(p);
         if ups.count() != 4 {
             return false;
         }
         for n in 1..=ups.count() {
-            let (cell, value) = ups.get(n);
-            if cell != ffi::lua_upvalueid(l, f, n) as usize
+            if ups.cell(n) != ffi::lua_upvalueid(l, f, n) as usize
                 || ffi::lua_getupvalue(l, f, n).is_null()
             {
                 return false;
             }
+            let (_, value) = ups.get(n);
             let from_api = ffi::read_by_api(l, -1);
             push(l, value);
-            let same = ffi::lua_rawequal(l, -1, -2) != 0 && read(l, -1) == Some(from_api);
+            let same =
+                ffi::lua_rawequal(l, -1, -2) != 0 && read_with(l, -1, len_offset) == Some(from_api);
             let object = matches!(from_api, Val::Table(_) | Val::LuaFn(_) | Val::CFn(_));
             ffi::lua_pop(l, 2);
             if !same || value.is_object() != object {
                 return false;
             }
         }
-        // a C function (the `print` in cell 4) has none to read in place
+        // the C function in cell 4 has no cells to read in place
         ffi::lua_getupvalue(l, f, 4);
-        let native = upvalues(l, -1).is_none();
+        let native = matches!(read_with(l, -1, len_offset), Some(Val::CFn(_)));
         ffi::lua_getfenv(l, f);
         let env = ffi::lua_topointer(l, -1) as usize;
-        let Some(Val::LuaFn(p)) = read(l, f) else { return false };
         ffi::lua_pop(l, 2);
         native && env != 0 && env_of(p) == env
     }

@@ -78,7 +78,7 @@ static LAYOUT: AtomicU8 = AtomicU8::new(UNKNOWN);
 /// in place from now on.
 ///
 /// # Safety
-/// Inside a protected call (the probe allocates), with 8 free stack slots.
+/// Inside a protected call (the probe allocates and reserves its stack).
 pub unsafe fn usable(l: *mut lua_State) -> bool {
     if LAYOUT.load(Ordering::Relaxed) == UNKNOWN {
         let off = std::env::var_os("HOTRELOAD_PORTABLE_WALK").is_some_and(|v| v != "0");
@@ -116,13 +116,13 @@ unsafe fn read_unchecked<'a>(l: *mut lua_State, idx: c_int) -> Option<Val<'a>> {
         let head = &*(l as *const StateHead);
         let slot = if idx > 0 {
             let func = *head.ci;
-            let s = func.add(idx as usize);
+            let s = func.wrapping_add(idx as usize);
             if s >= head.top {
                 return Some(Val::Nil); // an acceptable index past the top: none, read as nil
             }
             s
         } else {
-            head.top.offset(idx as isize)
+            head.top.wrapping_offset(idx as isize)
         };
         decode(*slot)
     }
@@ -147,19 +147,38 @@ pub struct Upvalues {
 }
 
 impl Upvalues {
+    /// The cells of the Lua closure at `p`.
+    ///
+    /// # Safety
+    /// `p` is a live Lua closure; the layout was probed (or is being probed).
+    unsafe fn of(p: usize) -> Upvalues {
+        // SAFETY: as documented.
+        let n = unsafe { *((p + NUPVALUES_OFFSET) as *const u8) };
+        Upvalues { upvals: (p + UPVALS_OFFSET) as *const usize, n: c_int::from(n) }
+    }
+
     /// How many upvalues the closure has.
     pub fn count(&self) -> c_int {
         self.n
     }
 
-    /// Upvalue `n` (from 1): the address of its cell (`lua_upvalueid`), and its value.
+    /// The address of cell `n` (from 1), as `lua_upvalueid` gives it.
     ///
     /// # Safety
     /// `1 <= n <= count()`; the closure is still alive.
+    unsafe fn cell(&self, n: c_int) -> usize {
+        // SAFETY: as documented.
+        unsafe { *self.upvals.add(n as usize - 1) }
+    }
+
+    /// Upvalue `n` (from 1): the address of its cell (`lua_upvalueid`), and its value.
+    ///
+    /// # Safety
+    /// As `cell`.
     pub unsafe fn get(&self, n: c_int) -> (usize, Raw) {
         // SAFETY: the probe checked the layout; `n` is within the cells.
         unsafe {
-            let cell = *self.upvals.add(n as usize - 1);
+            let cell = self.cell(n);
             let v = *((cell + UV_V_OFFSET) as *const *const TValue);
             (cell, Raw(*v))
         }
@@ -174,8 +193,7 @@ pub unsafe fn upvalues(l: *mut lua_State, idx: c_int) -> Option<Upvalues> {
     // SAFETY: forwarded; a Lua closure's header and cell array are read as probed.
     unsafe {
         let Some(Val::LuaFn(p)) = read(l, idx) else { return None };
-        let n = *((p + NUPVALUES_OFFSET) as *const u8);
-        Some(Upvalues { upvals: (p + UPVALS_OFFSET) as *const usize, n: c_int::from(n) })
+        Some(Upvalues::of(p))
     }
 }
 
@@ -230,7 +248,7 @@ unsafe fn decode<'a>(v: TValue) -> Option<Val<'a>> {
 /// them.
 ///
 /// # Safety
-/// Inside a protected call, with 8 free stack slots. Leaves the stack as it found it.
+/// Inside a protected call. Leaves the stack as it found it.
 unsafe fn probe(l: *mut lua_State) -> bool {
     if cfg!(not(target_pointer_width = "64")) {
         return false;
@@ -240,11 +258,13 @@ unsafe fn probe(l: *mut lua_State) -> bool {
     }
     // SAFETY: the head of a `lua_State` and of its `CallInfo` are larger than what is read
     // in any 5.4; a slot is only decoded once `top` and `ci->func` bracket the pushed values,
-    // and an object only once its tag matched the API's type.
+    // an object only once its tag matched the API's type, and a string's length only once
+    // its characters are where `lua_tolstring` has them.
     unsafe {
         if ffi::lua_version(l) != 504.0 {
             return false;
         }
+        ffi::luaL_checkstack(l, 20, c"hotreload: Lua stack exhausted".as_ptr());
         let top = ffi::lua_gettop(l);
         let first = top + 1;
         ffi::lua_pushinteger(l, -0x1234_5678_9abc);
@@ -266,18 +286,27 @@ unsafe fn probe(l: *mut lua_State) -> bool {
                 [VNUMINT, VNUMFLT, VTRUE, VFALSE, VNIL, VSHRSTR, VLNGSTR, VTABLE, VTHREAD, VLCL];
             let tagged = bracketed
                 && (first..last).zip(tags).all(|(idx, tt)| (*func.add(idx as usize)).tt == tt);
-            LAYOUT.store(YES, Ordering::Relaxed);
-            let same = tagged
+            let strings = tagged
+                && [first + 5, first + 6].iter().all(|&idx| {
+                    let mut len = 0usize;
+                    let chars = ffi::lua_tolstring(l, idx, &mut len) as usize;
+                    let p = (*func.add(idx as usize)).value as usize;
+                    let found = if idx == first + 5 {
+                        usize::from(*((p + SHRLEN_OFFSET) as *const u8))
+                    } else {
+                        *((p + LNGLEN_OFFSET) as *const usize)
+                    };
+                    chars == p + CONTENTS_OFFSET && found == len
+                });
+            let same = strings
                 && (first..=last).all(|idx| {
                     let by_api = ffi::read_by_api(l, idx);
                     let agree = |v: Option<Val>| v.is_none_or(|v| v == by_api);
-                    agree(read(l, idx)) && agree(read(l, idx - last - 1))
+                    agree(read_unchecked(l, idx)) && agree(read_unchecked(l, idx - last - 1))
                 })
-                && (first..last).all(|idx| read(l, idx).is_some())
-                && read(l, last).is_none();
-            let ok = same && probe_upvalues(l);
-            LAYOUT.store(UNKNOWN, Ordering::Relaxed);
-            ok
+                && (first..last).all(|idx| read_unchecked(l, idx).is_some())
+                && read_unchecked(l, last).is_none();
+            same && probe_upvalues(l)
         };
         ffi::lua_settop(l, top);
         ok
@@ -285,35 +314,52 @@ unsafe fn probe(l: *mut lua_State) -> bool {
 }
 
 /// Upvalue cells and their values read in place agree with `lua_upvalueid` and
-/// `lua_getupvalue`, and a value pushed in place is the value. Runs with `LAYOUT` set.
+/// `lua_getupvalue`, and a value pushed in place is the value. Reads with the layout being
+/// probed, not yet published.
 unsafe fn probe_upvalues(l: *mut lua_State) -> bool {
-    let chunk =
-        c"local n, t, s, f = 1.5, {}, 'cell', print return function() return n, t, s, f end";
-    // SAFETY: see `probe`; the closure and its values are on the stack while read.
+    unsafe extern "C-unwind" fn native(_: *mut lua_State) -> c_int {
+        0
+    }
+    let chunk = c"local n, t, s, f = 1.5, {}, 'cell', ... return function() return n, t, s, f end";
+    // SAFETY: see `probe`; the closure and its values are on the stack while read; a cell's
+    // address is compared with `lua_upvalueid` before the cell is read.
     unsafe {
-        if ffi::luaL_loadstring(l, chunk.as_ptr()) != 0 || ffi::lua_pcall(l, 0, 1, 0) != 0 {
+        if ffi::luaL_loadstring(l, chunk.as_ptr()) != 0 {
+            return false;
+        }
+        ffi::lua_pushcfunction(l, native);
+        if ffi::lua_pcall(l, 1, 1, 0) != 0 {
             return false;
         }
         let f = ffi::lua_gettop(l);
-        let Some(ups) = upvalues(l, f) else { return false };
+        let Some(Val::LuaFn(p)) = read_unchecked(l, f) else { return false };
+        let ups = Upvalues::of(p);
         // (4 cells: Lua 5.4 adds no _ENV upvalue to a function that uses no global)
-        let mut ok = ups.count() == 4;
-        for n in 1..=ups.count().min(4) {
-            let (cell, value) = ups.get(n);
-            ok &= cell == ffi::lua_upvalueid(l, f, n) as usize;
-            ok &= !ffi::lua_getupvalue(l, f, n).is_null();
+        if ups.count() != 4 {
+            return false;
+        }
+        for n in 1..=ups.count() {
+            if ups.cell(n) != ffi::lua_upvalueid(l, f, n) as usize
+                || ffi::lua_getupvalue(l, f, n).is_null()
+            {
+                return false;
+            }
+            let (_, value) = ups.get(n);
             let by_api = ffi::read_by_api(l, -1);
             push(l, value);
-            ok &= ffi::lua_rawequal(l, -1, -2) != 0 && read(l, -1).is_none_or(|v| v == by_api);
+            let same = ffi::lua_rawequal(l, -1, -2) != 0
+                && read_unchecked(l, -1).is_none_or(|v| v == by_api);
             let object = !matches!(by_api, Val::Nil | Val::Num(_) | Val::Str(_) | Val::CFn(_));
-            ok &= value.is_object() == object;
             ffi::lua_pop(l, 2);
+            if !same || value.is_object() != object {
+                return false;
+            }
         }
-        // a C function (the `print` in cell 4) has none to read in place
+        // the light C function in cell 4 is not a closure with cells to read in place
         ffi::lua_getupvalue(l, f, 4);
-        ok &= upvalues(l, -1).is_none();
-        ffi::lua_pop(l, 2);
-        ok
+        let native = read_unchecked(l, -1).is_none();
+        ffi::lua_pop(l, 1);
+        native
     }
 }
 
