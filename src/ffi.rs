@@ -111,6 +111,12 @@ pub unsafe fn reads_slots_in_place(l: *mut lua_State) -> bool {
     }
 }
 
+/// Whether `HOTRELOAD_PORTABLE_WALK` (set, and not `0`) keeps the engine to the C API: no
+/// layout-dependent reads (`rawtable`, `rawslot`, `jitraw`).
+pub fn portable() -> bool {
+    std::env::var_os("HOTRELOAD_PORTABLE_WALK").is_some_and(|v| v != "0")
+}
+
 /// `read` through the C API alone.
 ///
 /// # Safety

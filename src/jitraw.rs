@@ -16,14 +16,13 @@
 //! strings, tables, functions and threads. Anything else (userdata, whose `lua_topointer` is
 //! its payload, light userdata, cdata) and pseudo-indices go through the API.
 //!
-//! The VM walk also reads a Lua function's upvalue cells and environment in place (the
-//! `GCfuncL` and `GCupval` layouts, probed the same way), so that it only calls the API for
-//! cells that hold an object: `lua_getupvalue` finds each upvalue's name in the function's
-//! debug information first, which the walk has no use for.
+//! The VM walk also reads a Lua function's upvalue cells (`GCfuncL`, `GCupval`; see
+//! `cells`) and its environment in place, probed the same way.
 
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::cells::{self, Layout, Probe};
 use crate::ffi::{self, Val, lua_State};
 
 /// The head of `lua_State` (`lj_obj.h`, GC64), up to `top`.
@@ -59,12 +58,11 @@ const FFID_OFFSET: usize = 10;
 const STR_DATA_OFFSET: usize = 24;
 /// Where `GCstr.len` may be: after `hash` (2.1 from 2020 on, with `sid`), or before it.
 const STR_LEN_OFFSETS: [usize; 2] = [20, 16];
-/// `GCfunc`: its environment, and for a Lua function, its upvalue count and cells.
-const FN_NUPVALUES_OFFSET: usize = 11;
+/// `GCfunc`: its environment.
 const FN_ENV_OFFSET: usize = 16;
-const FN_UVPTR_OFFSET: usize = 40;
-/// `GCupval.v`: where the cell's value is (in the cell once closed, on a stack while open).
-const UV_V_OFFSET: usize = 32;
+/// `GCfuncL`: its upvalue count and cells (`uvptr`); `GCupval.v`: where the cell's value is
+/// (in the cell once closed, on a stack while open).
+const CELLS: Layout = Layout { count: 11, cells: 40, value: 32 };
 /// Tags of the objects the walk must see besides tables and functions.
 const TUDATA: u32 = !12;
 /// Marks a pseudo-index (`LUA_REGISTRYINDEX` and below).
@@ -82,7 +80,7 @@ static LAYOUT: AtomicU8 = AtomicU8::new(UNKNOWN);
 /// Inside a protected call (the probe allocates and reserves its stack).
 pub unsafe fn usable(l: *mut lua_State) -> bool {
     if LAYOUT.load(Ordering::Relaxed) == UNKNOWN {
-        let off = std::env::var_os("HOTRELOAD_PORTABLE_WALK").is_some_and(|v| v != "0");
+        let off = ffi::portable();
         // SAFETY: forwarded.
         let found = if off { None } else { unsafe { probe(l) } };
         let answer = found.and_then(|i| u8::try_from(i + 1).ok()).unwrap_or(NO);
@@ -132,6 +130,7 @@ unsafe fn read_with<'a>(l: *mut lua_State, idx: c_int, len_offset: usize) -> Opt
 
 /// A value read in place (a GC64 `TValue`).
 #[derive(Clone, Copy)]
+#[repr(transparent)]
 pub struct Raw(u64);
 
 impl Raw {
@@ -146,49 +145,7 @@ fn itype(tv: u64) -> u32 {
 }
 
 /// The upvalue cells of a Lua function, read in place.
-pub struct Upvalues {
-    uvptr: *const usize,
-    n: c_int,
-}
-
-impl Upvalues {
-    /// The cells of the Lua function at `p`.
-    ///
-    /// # Safety
-    /// `p` is a live Lua function; the layout was probed (or is being probed).
-    unsafe fn of(p: usize) -> Upvalues {
-        // SAFETY: as documented.
-        let n = unsafe { *((p + FN_NUPVALUES_OFFSET) as *const u8) };
-        Upvalues { uvptr: (p + FN_UVPTR_OFFSET) as *const usize, n: c_int::from(n) }
-    }
-
-    /// How many upvalues the function has.
-    pub fn count(&self) -> c_int {
-        self.n
-    }
-
-    /// The address of cell `n` (from 1), as `lua_upvalueid` gives it.
-    ///
-    /// # Safety
-    /// `1 <= n <= count()`; the function is still alive.
-    unsafe fn cell(&self, n: c_int) -> usize {
-        // SAFETY: as documented.
-        unsafe { *self.uvptr.add(n as usize - 1) }
-    }
-
-    /// Upvalue `n` (from 1): the address of its cell (`lua_upvalueid`), and its value.
-    ///
-    /// # Safety
-    /// As `cell`.
-    pub unsafe fn get(&self, n: c_int) -> (usize, Raw) {
-        // SAFETY: the probe checked the layout; `n` is within the cells.
-        unsafe {
-            let cell = self.cell(n);
-            let v = *((cell + UV_V_OFFSET) as *const *const u64);
-            (cell, Raw(*v))
-        }
-    }
-}
+pub type Upvalues = cells::Upvalues<Raw>;
 
 /// The upvalues of the function at `idx` if it is a Lua function and reads are in place.
 ///
@@ -198,7 +155,7 @@ pub unsafe fn upvalues(l: *mut lua_State, idx: c_int) -> Option<Upvalues> {
     // SAFETY: forwarded; a Lua function's header and cell array are read as probed.
     unsafe {
         let Some(Val::LuaFn(p)) = read(l, idx) else { return None };
-        Some(Upvalues::of(p))
+        Some(Upvalues::of(p, &CELLS))
     }
 }
 
@@ -356,47 +313,20 @@ unsafe fn probe_values(l: *mut lua_State) -> Option<usize> {
     }
 }
 
-/// Upvalue cells, their values and a function's environment read in place agree with
-/// `lua_upvalueid`, `lua_getupvalue` and `lua_getfenv`, and a value pushed in place is the
-/// value. Reads with the layout found so far (`len_offset`), not yet published.
+/// Upvalue cells and their values read in place agree with the API (`cells::probe`), a C
+/// function has no cells to read in place, and a function's environment read in place is
+/// the one `lua_getfenv` gives. Reads with the layout found so far (`len_offset`), not yet
+/// published.
 unsafe fn probe_functions(l: *mut lua_State, len_offset: usize) -> bool {
-    unsafe extern "C-unwind" fn native(_: *mut lua_State) -> c_int {
-        0
-    }
-    let chunk = c"local n, t, s, f = 1.5, {}, 'cell', ... return function() return n, t, s, f end";
-    // SAFETY: see `probe`; the closure and its values are on the stack while read; a cell's
-    // address is compared with `lua_upvalueid` before the cell is read.
+    let read = |idx| {
+        // SAFETY: the probe's own slots, with the layout being checked.
+        unsafe { read_with(l, idx, len_offset) }
+    };
+    let with =
+        Probe { layout: &CELLS, read, push, is_object: Raw::is_object, c_function_is_object: true };
+    // SAFETY: see `probe`; the closure stays on the stack while its cells are read.
     unsafe {
-        if ffi::luaL_loadstring(l, chunk.as_ptr()) != 0 {
-            return false;
-        }
-        ffi::lua_pushcfunction(l, native);
-        if ffi::lua_pcall(l, 1, 1, 0) != 0 {
-            return false;
-        }
-        let f = ffi::lua_gettop(l);
-        let Some(Val::LuaFn(p)) = read_with(l, f, len_offset) else { return false };
-        let ups = Upvalues::of(p);
-        if ups.count() != 4 {
-            return false;
-        }
-        for n in 1..=ups.count() {
-            if ups.cell(n) != ffi::lua_upvalueid(l, f, n) as usize
-                || ffi::lua_getupvalue(l, f, n).is_null()
-            {
-                return false;
-            }
-            let (_, value) = ups.get(n);
-            let from_api = ffi::read_by_api(l, -1);
-            push(l, value);
-            let same =
-                ffi::lua_rawequal(l, -1, -2) != 0 && read_with(l, -1, len_offset) == Some(from_api);
-            let object = matches!(from_api, Val::Table(_) | Val::LuaFn(_) | Val::CFn(_));
-            ffi::lua_pop(l, 2);
-            if !same || value.is_object() != object {
-                return false;
-            }
-        }
+        let Some((f, p)) = cells::probe(l, &with) else { return false };
         // the C function in cell 4 has no cells to read in place
         ffi::lua_getupvalue(l, f, 4);
         let native = matches!(read_with(l, -1, len_offset), Some(Val::CFn(_)));

@@ -18,6 +18,8 @@
 
 pub mod api;
 pub mod capture;
+#[cfg(any(feature = "luajit", feature = "lua54"))]
+pub mod cells;
 pub mod error;
 pub mod ffi;
 #[cfg(feature = "luajit")]

@@ -15,53 +15,28 @@
 //! What it reads: nil, booleans, numbers, strings, tables, Lua closures and threads. Anything
 //! else (userdata, C functions, light userdata) and pseudo-indices go through the API.
 //!
-//! The VM walk also reads a Lua closure's upvalue cells in place (`LClosure`, `UpVal`), so
-//! that it only calls the API for cells that hold an object: `lua_getupvalue` also fetches
-//! each upvalue's name from the prototype, which the walk has no use for.
+//! The VM walk also reads a Lua closure's upvalue cells in place (`LClosure`, `UpVal`; see
+//! `cells`). Values, the stack head and in-place pushes are `rawtable`'s.
 
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::cells::{self, Layout, Probe};
 use crate::ffi::{self, Val, lua_State};
-
-/// `TValue` (`lobject.h`): a value and its type tag.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct TValue {
-    value: u64,
-    tt: u8,
-}
-
-/// The head of `lua_State` (`lstate.h`), up to the current call.
-#[repr(C)]
-struct StateHead {
-    _next: u64,
-    _tt: u8,
-    _marked: u8,
-    _status: u8,
-    _allowhook: u8,
-    _nci: u16,
-    top: *const TValue,
-    _l_g: u64,
-    ci: *const *const TValue,
-}
+use crate::rawtable::{self, COLLECTABLE, StateHead, TValue, VNUMINT};
 
 /// Type tags with their variant bits and the collectable bit (`lobject.h`, `makevariant`).
 const VNIL: u8 = 0x00;
 const VFALSE: u8 = 0x01;
 const VTRUE: u8 = 0x11;
-const VNUMINT: u8 = 0x03;
 const VNUMFLT: u8 = 0x13;
-const COLLECTABLE: u8 = 0x40;
 const VSHRSTR: u8 = 0x04 | COLLECTABLE;
 const VLNGSTR: u8 = 0x14 | COLLECTABLE;
 const VTABLE: u8 = 0x05 | COLLECTABLE;
 const VLCL: u8 = 0x06 | COLLECTABLE;
 const VTHREAD: u8 = 0x08 | COLLECTABLE;
-/// `LClosure`: its upvalue count and cells; `UpVal.v`: where the cell's value is.
-const NUPVALUES_OFFSET: usize = 10;
-const UPVALS_OFFSET: usize = 32;
-const UV_V_OFFSET: usize = 16;
+/// `LClosure`: its upvalue count and cells (`upvals`); `UpVal.v`: where the cell's value is.
+const CELLS: Layout = Layout { count: 10, cells: 32, value: 16 };
 /// `TString`: the length of a short string, of a long one, and the characters.
 const SHRLEN_OFFSET: usize = 11;
 const LNGLEN_OFFSET: usize = 16;
@@ -81,7 +56,7 @@ static LAYOUT: AtomicU8 = AtomicU8::new(UNKNOWN);
 /// Inside a protected call (the probe allocates and reserves its stack).
 pub unsafe fn usable(l: *mut lua_State) -> bool {
     if LAYOUT.load(Ordering::Relaxed) == UNKNOWN {
-        let off = std::env::var_os("HOTRELOAD_PORTABLE_WALK").is_some_and(|v| v != "0");
+        let off = ffi::portable();
         // SAFETY: forwarded.
         let ok = !off && unsafe { probe(l) };
         LAYOUT.store(if ok { YES } else { NO }, Ordering::Relaxed);
@@ -130,60 +105,19 @@ unsafe fn read_unchecked<'a>(l: *mut lua_State, idx: c_int) -> Option<Val<'a>> {
 
 /// A value read in place.
 #[derive(Clone, Copy)]
+#[repr(transparent)]
 pub struct Raw(TValue);
 
 impl Raw {
     /// A table, a Lua or C closure, a full userdata or a thread: a value the walk must look
     /// at (not a light C function: it has no upvalues).
     pub fn is_object(self) -> bool {
-        self.0.tt & COLLECTABLE != 0 && (5..=8).contains(&(self.0.tt & 0x0f))
+        rawtable::wanted(self.0.tt)
     }
 }
 
 /// The upvalue cells of a Lua closure, read in place.
-pub struct Upvalues {
-    upvals: *const usize,
-    n: c_int,
-}
-
-impl Upvalues {
-    /// The cells of the Lua closure at `p`.
-    ///
-    /// # Safety
-    /// `p` is a live Lua closure; the layout was probed (or is being probed).
-    unsafe fn of(p: usize) -> Upvalues {
-        // SAFETY: as documented.
-        let n = unsafe { *((p + NUPVALUES_OFFSET) as *const u8) };
-        Upvalues { upvals: (p + UPVALS_OFFSET) as *const usize, n: c_int::from(n) }
-    }
-
-    /// How many upvalues the closure has.
-    pub fn count(&self) -> c_int {
-        self.n
-    }
-
-    /// The address of cell `n` (from 1), as `lua_upvalueid` gives it.
-    ///
-    /// # Safety
-    /// `1 <= n <= count()`; the closure is still alive.
-    unsafe fn cell(&self, n: c_int) -> usize {
-        // SAFETY: as documented.
-        unsafe { *self.upvals.add(n as usize - 1) }
-    }
-
-    /// Upvalue `n` (from 1): the address of its cell (`lua_upvalueid`), and its value.
-    ///
-    /// # Safety
-    /// As `cell`.
-    pub unsafe fn get(&self, n: c_int) -> (usize, Raw) {
-        // SAFETY: the probe checked the layout; `n` is within the cells.
-        unsafe {
-            let cell = self.cell(n);
-            let v = *((cell + UV_V_OFFSET) as *const *const TValue);
-            (cell, Raw(*v))
-        }
-    }
-}
+pub type Upvalues = cells::Upvalues<Raw>;
 
 /// The upvalues of the function at `idx` if it is a Lua closure and reads are in place.
 ///
@@ -193,7 +127,7 @@ pub unsafe fn upvalues(l: *mut lua_State, idx: c_int) -> Option<Upvalues> {
     // SAFETY: forwarded; a Lua closure's header and cell array are read as probed.
     unsafe {
         let Some(Val::LuaFn(p)) = read(l, idx) else { return None };
-        Some(Upvalues::of(p))
+        Some(Upvalues::of(p, &CELLS))
     }
 }
 
@@ -202,15 +136,8 @@ pub unsafe fn upvalues(l: *mut lua_State, idx: c_int) -> Option<Upvalues> {
 /// # Safety
 /// A free stack slot (reserved with `lua_checkstack`); `v` is still alive.
 pub unsafe fn push(l: *mut lua_State, v: Raw) {
-    // SAFETY: the probe checked where `top` is; the caller reserved the slot. Only the
-    // value and the tag are written, as `setobj2s` does.
-    unsafe {
-        let head = l as *mut StateHead;
-        let top = (*head).top as *mut TValue;
-        (*top).value = v.0.value;
-        (*top).tt = v.0.tt;
-        (*head).top = top.add(1);
-    }
+    // SAFETY: forwarded (the layout of the stack top is `rawtable`'s, probed there too).
+    unsafe { rawtable::push(l, v.0) }
 }
 
 /// A `TValue` as `ffi::read` gives it, or `None` for the kinds left to the API.
@@ -313,49 +240,24 @@ unsafe fn probe(l: *mut lua_State) -> bool {
     }
 }
 
-/// Upvalue cells and their values read in place agree with `lua_upvalueid` and
-/// `lua_getupvalue`, and a value pushed in place is the value. Reads with the layout being
-/// probed, not yet published.
+/// Upvalue cells and their values read in place agree with the API (`cells::probe`), and
+/// a light C function is not a closure with cells to read in place. Reads with the layout
+/// being probed, not yet published.
 unsafe fn probe_upvalues(l: *mut lua_State) -> bool {
-    unsafe extern "C-unwind" fn native(_: *mut lua_State) -> c_int {
-        0
-    }
-    let chunk = c"local n, t, s, f = 1.5, {}, 'cell', ... return function() return n, t, s, f end";
-    // SAFETY: see `probe`; the closure and its values are on the stack while read; a cell's
-    // address is compared with `lua_upvalueid` before the cell is read.
+    let read = |idx| {
+        // SAFETY: the probe's own slots, with the layout being checked.
+        unsafe { read_unchecked(l, idx) }
+    };
+    let with = Probe {
+        layout: &CELLS,
+        read,
+        push,
+        is_object: Raw::is_object,
+        c_function_is_object: false,
+    };
+    // SAFETY: see `probe`; the closure stays on the stack while its cells are read.
     unsafe {
-        if ffi::luaL_loadstring(l, chunk.as_ptr()) != 0 {
-            return false;
-        }
-        ffi::lua_pushcfunction(l, native);
-        if ffi::lua_pcall(l, 1, 1, 0) != 0 {
-            return false;
-        }
-        let f = ffi::lua_gettop(l);
-        let Some(Val::LuaFn(p)) = read_unchecked(l, f) else { return false };
-        let ups = Upvalues::of(p);
-        // (4 cells: Lua 5.4 adds no _ENV upvalue to a function that uses no global)
-        if ups.count() != 4 {
-            return false;
-        }
-        for n in 1..=ups.count() {
-            if ups.cell(n) != ffi::lua_upvalueid(l, f, n) as usize
-                || ffi::lua_getupvalue(l, f, n).is_null()
-            {
-                return false;
-            }
-            let (_, value) = ups.get(n);
-            let by_api = ffi::read_by_api(l, -1);
-            push(l, value);
-            let same = ffi::lua_rawequal(l, -1, -2) != 0
-                && read_unchecked(l, -1).is_none_or(|v| v == by_api);
-            let object = !matches!(by_api, Val::Nil | Val::Num(_) | Val::Str(_) | Val::CFn(_));
-            ffi::lua_pop(l, 2);
-            if !same || value.is_object() != object {
-                return false;
-            }
-        }
-        // the light C function in cell 4 is not a closure with cells to read in place
+        let Some((f, _)) = cells::probe(l, &with) else { return false };
         ffi::lua_getupvalue(l, f, 4);
         let native = read_unchecked(l, -1).is_none();
         ffi::lua_pop(l, 1);

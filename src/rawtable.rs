@@ -26,9 +26,9 @@ use crate::ffi::{self, lua_State};
 /// `TValue`: a value and its type tag (`lobject.h`).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct TValue {
-    value: u64,
-    tt: u8,
+pub(crate) struct TValue {
+    pub(crate) value: u64,
+    pub(crate) tt: u8,
 }
 
 /// `Node`: a hash slot, its value first (`lobject.h`).
@@ -56,28 +56,31 @@ struct Table {
     metatable: *const c_void,
 }
 
-/// The head of `lua_State` (`lstate.h`), up to the first free stack slot.
+/// The head of `lua_State` (`lstate.h`), up to the current call (whose `func` is the first
+/// field of a `CallInfo`); this module only uses `top`, `rawslot` both.
 #[repr(C)]
-struct StateHead {
+pub(crate) struct StateHead {
     _next: *const c_void,
     _tt: u8,
     _marked: u8,
     _status: u8,
     _allowhook: u8,
     _nci: u16,
-    top: *mut TValue,
+    pub(crate) top: *mut TValue,
+    _l_g: *const c_void,
+    pub(crate) ci: *const *const TValue,
 }
 
 /// Type tags (`lobject.h`): the low nibble is the basic type, bit 6 marks collectable values.
-const COLLECTABLE: u8 = 1 << 6;
-const VNUMINT: u8 = 3;
+pub(crate) const COLLECTABLE: u8 = 1 << 6;
+pub(crate) const VNUMINT: u8 = 3;
 const VTABLE: u8 = 5;
 /// `flags` bit: `alimit` is not the real size of the array part.
 const BITRAS: u8 = 1 << 7;
 
 /// True for a tag the walk must see: a table, a closure (not a light C function), a full
 /// userdata or a thread.
-fn wanted(tt: u8) -> bool {
+pub(crate) fn wanted(tt: u8) -> bool {
     tt & COLLECTABLE != 0 && (5..=8).contains(&(tt & 0x0f))
 }
 
@@ -100,7 +103,7 @@ pub unsafe fn usable(l: *mut lua_State) -> bool {
         YES => true,
         NO => false,
         _ => {
-            let off = std::env::var_os("HOTRELOAD_PORTABLE_WALK").is_some_and(|v| v != "0");
+            let off = ffi::portable();
             // SAFETY: forwarded.
             let ok = !off && unsafe { probe(l) };
             LAYOUT.store(if ok { YES } else { NO }, Ordering::Relaxed);
@@ -254,7 +257,7 @@ fn real_asize(t: &Table) -> usize {
 ///
 /// # Safety
 /// A free stack slot; `v` is a live value.
-unsafe fn push(l: *mut lua_State, v: TValue) {
+pub(crate) unsafe fn push(l: *mut lua_State, v: TValue) {
     // SAFETY: the probe checked where `top` is; the caller reserved the slot. Only the
     // value and the tag are written, as `setobj2s` does.
     unsafe {

@@ -1,0 +1,148 @@
+//! A Lua function's upvalue cells read in place, for the VM walk: what LuaJIT (`jitraw`) and
+//! Lua 5.4 (`rawslot`) have in common. Each gives the offsets of its layout ([`Layout`]) and
+//! its value type; both keep, in the function, an upvalue count and an array of pointers to
+//! cells, and in each cell a pointer to the cell's value.
+//!
+//! `lua_getupvalue` also finds each upvalue's name in the prototype's debug information,
+//! memory the walk otherwise never touches; reading the cells directly lets the walk call the
+//! API only for the cells that hold an object.
+
+use std::marker::PhantomData;
+use std::os::raw::c_int;
+
+use crate::ffi::{self, Val, lua_State};
+
+/// Where a VM keeps a Lua function's cells: byte offsets of the upvalue count (one byte) and
+/// of the cell array in the function, and of the value pointer in a cell.
+pub struct Layout {
+    pub count: usize,
+    pub cells: usize,
+    pub value: usize,
+}
+
+/// The upvalue cells of a Lua function, read in place; `R` is the VM's value, read as is.
+pub struct Upvalues<R> {
+    cells: *const usize,
+    n: c_int,
+    value: usize,
+    _value: PhantomData<R>,
+}
+
+impl<R: Copy> Upvalues<R> {
+    /// The cells of the Lua function at `p`.
+    ///
+    /// # Safety
+    /// `p` is a live Lua function of a VM with this layout (probed, or being probed).
+    pub unsafe fn of(p: usize, layout: &Layout) -> Upvalues<R> {
+        // SAFETY: as documented.
+        let n = unsafe { *((p + layout.count) as *const u8) };
+        Upvalues {
+            cells: (p + layout.cells) as *const usize,
+            n: c_int::from(n),
+            value: layout.value,
+            _value: PhantomData,
+        }
+    }
+
+    /// How many upvalues the function has.
+    pub fn count(&self) -> c_int {
+        self.n
+    }
+
+    /// The address of cell `n` (from 1), as `lua_upvalueid` gives it.
+    ///
+    /// # Safety
+    /// `1 <= n <= count()`; the function is still alive.
+    pub unsafe fn cell(&self, n: c_int) -> usize {
+        // SAFETY: as documented.
+        unsafe { *self.cells.add(n as usize - 1) }
+    }
+
+    /// Upvalue `n` (from 1): the address of its cell (`lua_upvalueid`), and its value.
+    ///
+    /// # Safety
+    /// As `cell`, and the layout was checked.
+    pub unsafe fn get(&self, n: c_int) -> (usize, R) {
+        // SAFETY: the cell is within the array; its value pointer is where the layout says.
+        unsafe {
+            let cell = self.cell(n);
+            let v = *((cell + self.value) as *const *const R);
+            (cell, *v)
+        }
+    }
+}
+
+/// What a VM's probe of its cells checks with, read with the layout being probed (not yet
+/// published): `read` decodes a stack slot (`None`: left to the API), `push` pushes a value
+/// read in place, `is_object` is the walk's test, and `c_function_is_object` what it must say
+/// of a C function (a LuaJIT one is an object, a light C function of Lua 5.4 is not).
+pub struct Probe<'a, R, F: Fn(c_int) -> Option<Val<'a>>> {
+    pub layout: &'a Layout,
+    pub read: F,
+    pub push: unsafe fn(*mut lua_State, R),
+    pub is_object: fn(R) -> bool,
+    pub c_function_is_object: bool,
+}
+
+/// Makes a closure over four cells (a number, a table, a string and a C function) and checks
+/// each cell read in place against the API: its address against `lua_upvalueid` (before the
+/// cell is read), its value pushed in place against the one `lua_getupvalue` pushes (raw
+/// equal, and read alike: the number, the table and the string must be decoded), and
+/// `is_object`. Leaves the closure on the stack; returns its index and address, for the
+/// VM's own checks.
+///
+/// # Safety
+/// Inside a protected call, with 4 free stack slots.
+pub unsafe fn probe<'a, R: Copy, F: Fn(c_int) -> Option<Val<'a>>>(
+    l: *mut lua_State,
+    with: &Probe<'a, R, F>,
+) -> Option<(c_int, usize)> {
+    unsafe extern "C-unwind" fn native(_: *mut lua_State) -> c_int {
+        0
+    }
+    let chunk = c"local n, t, s, f = 1.5, {}, 'cell', ... return function() return n, t, s, f end";
+    // SAFETY: the closure and its values are on the stack while read; a cell's address is
+    // compared with `lua_upvalueid` before the cell is read.
+    unsafe {
+        if ffi::luaL_loadstring(l, chunk.as_ptr()) != 0 {
+            return None;
+        }
+        ffi::lua_pushcfunction(l, native);
+        if ffi::lua_pcall(l, 1, 1, 0) != 0 {
+            return None;
+        }
+        let f = ffi::lua_gettop(l);
+        let Some(Val::LuaFn(p)) = (with.read)(f) else { return None };
+        // (4 cells: Lua 5.4 adds no _ENV upvalue to a function that uses no global)
+        let ups = Upvalues::<R>::of(p, with.layout);
+        if ups.count() != 4 {
+            return None;
+        }
+        for n in 1..=ups.count() {
+            if ups.cell(n) != ffi::lua_upvalueid(l, f, n) as usize
+                || ffi::lua_getupvalue(l, f, n).is_null()
+            {
+                return None;
+            }
+            let (_, value) = ups.get(n);
+            let by_api = ffi::read_by_api(l, -1);
+            (with.push)(l, value);
+            let read = (with.read)(-1);
+            let decoded = match by_api {
+                Val::Num(_) | Val::Table(_) | Val::Str(_) => read == Some(by_api),
+                _ => read.is_none_or(|v| v == by_api),
+            };
+            let same = decoded && ffi::lua_rawequal(l, -1, -2) != 0;
+            let object = match by_api {
+                Val::Table(_) => true,
+                Val::CFn(_) => with.c_function_is_object,
+                _ => false,
+            };
+            ffi::lua_pop(l, 2);
+            if !same || (with.is_object)(value) != object {
+                return None;
+            }
+        }
+        Some((f, p))
+    }
+}
