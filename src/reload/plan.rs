@@ -548,11 +548,7 @@ impl<'o> Planner<'o> {
 
     /// What the planner knows about the new object at `p`, which has a mirror node.
     fn new_obj(&mut self, p: usize) -> Obj {
-        let o = self.objs.entry(p).or_default();
-        if o.node == NO_NODE {
-            o.node = self.mirror.new_node();
-        }
-        *o
+        *new_entry(&mut self.objs, &mut self.mirror, p)
     }
 
     /// Meets the new object `p`, at stack index `new`, in a slot whose running value is the
@@ -569,10 +565,7 @@ impl<'o> Planner<'o> {
         flags: u8,
     ) -> (Obj, Option<(u32, u32)>) {
         let Planner { objs, mirror, claimed, anchors, n_anchors, .. } = self;
-        let o = objs.entry(p).or_default();
-        if o.node == NO_NODE {
-            o.node = mirror.new_node();
-        }
+        let o = new_entry(objs, mirror, p);
         let before = *o;
         match q {
             Some(q) if may_pair(o) && claimed.insert(q) => {
@@ -1078,6 +1071,15 @@ impl<'o> Planner<'o> {
             ffi::lua_rawgeti(l, self.anchors, ffi::lua_Integer::from(slot));
         }
     }
+}
+
+/// The entry of the new object at `p`, given a mirror node the first time.
+fn new_entry<'m>(objs: &'m mut PtrMap<Obj>, mirror: &mut Builder, p: usize) -> &'m mut Obj {
+    let o = objs.entry(p).or_default();
+    if o.node == NO_NODE {
+        o.node = mirror.new_node();
+    }
+    o
 }
 
 /// The anchor slot of the object `o`, at `idx`: anchored in a new slot the first time.
