@@ -198,9 +198,10 @@ describe("replacing old functions everywhere", function()
     assert.equal("v2", wrapped()[1]())
   end)
 
-  it("reads tables in place on Lua 5.4 unless told not to, by lua_next elsewhere", function()
+  it("reads tables in place on LuaJIT and Lua 5.4 unless told not to, by lua_next elsewhere", function()
     local portable = os.getenv("HOTRELOAD_PORTABLE_WALK")
-    local in_place = hotreload.flavor == "lua54" and (portable == nil or portable == "0")
+    local flavor = hotreload.flavor
+    local in_place = (flavor == "luajit" or flavor == "lua54") and (portable == nil or portable == "0")
     assert.equal(in_place and "in place" or "lua_next", hotreload.table_walk)
   end)
 

@@ -40,15 +40,15 @@ struct StateHead {
 }
 
 /// The payload bits of a tagged value: a GC object's address.
-const GCV_MASK: u64 = (1 << 47) - 1;
+pub(crate) const GCV_MASK: u64 = (1 << 47) - 1;
 /// Type tags (`itype`, the top 17 bits sign-extended): `~n` for LuaJIT's type number `n`.
-const TNIL: u32 = !0;
+pub(crate) const TNIL: u32 = !0;
 const TFALSE: u32 = !1;
 const TTRUE: u32 = !2;
 const TSTR: u32 = !4;
-const TTHREAD: u32 = !6;
-const TFUNC: u32 = !8;
-const TTAB: u32 = !11;
+pub(crate) const TTHREAD: u32 = !6;
+pub(crate) const TFUNC: u32 = !8;
+pub(crate) const TTAB: u32 = !11;
 /// Tags below this are doubles (`LJ_TISNUM`); in a dual-number build (arm64), integers are
 /// tagged with it and go through the API.
 const TISNUM: u32 = !13;
@@ -64,7 +64,7 @@ const FN_ENV_OFFSET: usize = 16;
 /// (in the cell once closed, on a stack while open).
 const CELLS: Layout = Layout { count: 11, cells: 40, value: 32 };
 /// Tags of the objects the walk must see besides tables and functions.
-const TUDATA: u32 = !12;
+pub(crate) const TUDATA: u32 = !12;
 /// Marks a pseudo-index (`LUA_REGISTRYINDEX` and below).
 const PSEUDO: c_int = -10000;
 
@@ -131,7 +131,7 @@ unsafe fn read_with<'a>(l: *mut lua_State, idx: c_int, len_offset: usize) -> Opt
 /// A value read in place (a GC64 `TValue`).
 #[derive(Clone, Copy)]
 #[repr(transparent)]
-pub struct Raw(u64);
+pub struct Raw(pub(crate) u64);
 
 impl Raw {
     /// A table, a function, a full userdata or a thread: a value the walk must look at.
@@ -140,7 +140,7 @@ impl Raw {
     }
 }
 
-fn itype(tv: u64) -> u32 {
+pub(crate) fn itype(tv: u64) -> u32 {
     ((tv as i64) >> 47) as u32
 }
 
@@ -180,6 +180,18 @@ pub unsafe fn push(l: *mut lua_State, v: Raw) {
         let top = (*head).top as *mut u64;
         *top = v.0;
         (*head).top = top.add(1);
+    }
+}
+
+/// Pops `n` values, as `lua_pop` would.
+///
+/// # Safety
+/// The `n` values on top are the caller's own; the layout was probed.
+pub(crate) unsafe fn pop(l: *mut lua_State, n: usize) {
+    // SAFETY: the probe checked where `top` is.
+    unsafe {
+        let head = l as *mut StateHead;
+        (*head).top = (*head).top.sub(n);
     }
 }
 

@@ -24,6 +24,8 @@ pub mod error;
 pub mod ffi;
 #[cfg(feature = "luajit")]
 pub mod jitraw;
+#[cfg(feature = "luajit")]
+pub mod jittable;
 pub mod modname;
 pub mod poll;
 pub mod proto;
@@ -35,6 +37,8 @@ pub mod rawslot;
 pub mod rawtable;
 pub mod reload;
 pub mod state;
+#[cfg(any(feature = "luajit", feature = "lua54"))]
+pub mod tableprobe;
 pub mod walk;
 pub mod watch;
 

@@ -22,6 +22,7 @@ use std::os::raw::{c_int, c_void};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::ffi::{self, lua_State};
+use crate::tableprobe::{self, Reader};
 
 /// `TValue`: a value and its type tag (`lobject.h`).
 #[repr(C)]
@@ -316,6 +317,15 @@ unsafe fn probe_stack(l: *mut lua_State) -> bool {
     }
 }
 
+/// How the shared checks (`tableprobe`) read tables with this module.
+const READER: Reader = Reader {
+    slots: cursor_slots,
+    parts_ok,
+    has_metatable,
+    push_table,
+    pop,
+};
+
 /// Cursors agree with `lua_next` on tables covering the array part, the hash part, keys of
 /// every kind, and an array limit `#` has moved.
 unsafe fn probe_tables(l: *mut lua_State) -> bool {
@@ -334,122 +344,35 @@ unsafe fn probe_tables(l: *mut lua_State) -> bool {
         if t.tt != VTABLE || t.alimit != 9 || t.flags & BITRAS == 0 || real_asize(t) != 16 {
             return false;
         }
-        if !agrees(l, ffi::lua_gettop(l), 10) {
+        if !tableprobe::agrees(l, ffi::lua_gettop(l), 10, &READER) {
             return false;
         }
-        // 2: a hash part with keys of every kind, and a metatable
-        ffi::lua_createtable(l, 2, 8);
-        let h = ffi::lua_gettop(l);
-        ffi::lua_createtable(l, 0, 0);
-        let sub = ffi::lua_gettop(l);
-        ffi::lua_pushvalue(l, sub);
-        ffi::lua_rawseti(l, h, 1); // array part
-        ffi::lua_pushinteger(l, 7);
-        ffi::lua_rawseti(l, h, 2);
-        ffi::lua_pushvalue(l, sub);
-        ffi::lua_rawseti(l, h, 100); // integer key in the hash part
-        ffi::lua_pushnumber(l, 1.5);
-        ffi::lua_pushvalue(l, sub);
-        ffi::lua_rawset(l, h);
-        ffi::lua_pushboolean(l, 1);
-        ffi::lua_pushvalue(l, sub);
-        ffi::lua_rawset(l, h);
-        ffi::push_bytes(l, b"name");
-        ffi::lua_pushvalue(l, sub);
-        ffi::lua_rawset(l, h);
-        ffi::lua_pushlightuserdata(l, h as usize as *mut c_void);
-        ffi::lua_pushvalue(l, sub);
-        ffi::lua_rawset(l, h);
-        ffi::lua_pushvalue(l, sub);
-        ffi::push_bytes(l, b"table key");
-        ffi::lua_rawset(l, h);
-        ffi::push_bytes(l, b"plain");
-        ffi::lua_pushinteger(l, 1);
-        ffi::lua_rawset(l, h);
-        ffi::lua_pushvalue(l, sub);
-        ffi::lua_setmetatable(l, h);
-        let t = &*(ffi::lua_topointer(l, h) as *const Table);
-        if t.tt != VTABLE || t.lsizenode != 3 || t.metatable != ffi::lua_topointer(l, sub) {
-            return false;
-        }
-        let (p, before) = (ffi::lua_topointer(l, h) as usize, ffi::lua_gettop(l));
-        if !has_metatable(p) || has_metatable(ffi::lua_topointer(l, sub) as usize) {
-            return false;
-        }
-        push_table(l, p);
-        let pushed = ffi::lua_rawequal(l, -1, h) != 0 && ffi::lua_gettop(l) == before + 1;
-        pop(l, 1);
-        // the plain one (and the integer 7) is not handed over
-        pushed && ffi::lua_gettop(l) == before && agrees(l, h, 7)
+        // 2: a hash part of 8 slots, with a metatable
+        tableprobe::hash_part(l, &READER, |p, mt| {
+            let t = &*(p as *const Table);
+            t.tt == VTABLE && t.lsizenode == 3 && t.metatable as usize == mt
+        })
     }
 }
 
-/// A cursor over the table at `t` hands over exactly the entries `lua_next` gives whose key
-/// or value is a table (`expected` of them), with the same values.
-unsafe fn agrees(l: *mut lua_State, t: c_int, expected: usize) -> bool {
-    // SAFETY: see `probe`; only checked table parts are read.
-    unsafe {
-        let tbl = &*(ffi::lua_topointer(l, t) as *const Table);
-        let aligned = |p: usize| p != 0 && p.is_multiple_of(8);
-        if real_asize(tbl) > 0 && !aligned(tbl.array as usize) || !aligned(tbl.node as usize) {
-            return false;
-        }
-        unsafe fn is_table(l: *mut lua_State, idx: c_int) -> bool {
-            // SAFETY: a valid index.
-            unsafe { ffi::lua_type(l, idx) == ffi::LUA_TTABLE }
-        }
-        cursor_slots(l, t) == Some(expected) && entries_holding(l, t, is_table) == expected
-    }
+/// The array and the hash part of the table at `p` are where aligned pointers say.
+unsafe fn parts_ok(p: usize) -> bool {
+    // SAFETY: the structure's first fields were checked against the API before.
+    let t = unsafe { &*(p as *const Table) };
+    let aligned = |p: usize| p != 0 && p.is_multiple_of(8);
+    (real_asize(t) == 0 || aligned(t.array as usize)) && aligned(t.node as usize)
 }
 
-/// How many slots a cursor over the table at `t` hands over, if the value of each is the
-/// (non-nil) value `lua_rawget` finds for its key; `None` at the first that is not.
+/// `tableprobe::count_slots` with a cursor of this module over the table at `t`.
 ///
 /// # Safety
 /// `t` absolute and a table whose layout the probe checked (or is checking); three free
 /// stack slots. Leaves the stack as it found it.
 unsafe fn cursor_slots(l: *mut lua_State, t: c_int) -> Option<usize> {
-    // SAFETY: each turn pushes a key and a value and pops them.
+    // SAFETY: forwarded; each slot is pushed while the table holds it.
     unsafe {
         let mut cursor = Cursor::new(l, t);
-        let mut seen = 0;
-        while let Some(slot) = cursor.next() {
-            slot.push(l);
-            ffi::lua_pushvalue(l, -2);
-            ffi::lua_rawget(l, t);
-            let same = ffi::lua_rawequal(l, -1, -2) != 0 && ffi::lua_type(l, -1) != ffi::LUA_TNIL;
-            ffi::lua_pop(l, 3);
-            if !same {
-                return None;
-            }
-            seen += 1;
-        }
-        Some(seen)
-    }
-}
-
-/// How many entries of the table at `t` (by `lua_next`) have a key or a value for which
-/// `wanted` says yes.
-///
-/// # Safety
-/// `t` absolute; two free stack slots, and what `wanted` needs. Leaves the stack as it found
-/// it.
-unsafe fn entries_holding(
-    l: *mut lua_State,
-    t: c_int,
-    wanted: unsafe fn(*mut lua_State, c_int) -> bool,
-) -> usize {
-    // SAFETY: each turn pops the value `lua_next` pushed; `wanted` leaves the stack as is.
-    unsafe {
-        let mut n = 0;
-        ffi::lua_pushnil(l);
-        while ffi::lua_next(l, t) != 0 {
-            if wanted(l, -1) || wanted(l, -2) {
-                n += 1;
-            }
-            ffi::lua_pop(l, 1);
-        }
-        n
+        tableprobe::count_slots(l, t, |l| cursor.next().map(|s| s.push(l)).is_some())
     }
 }
 
@@ -483,7 +406,7 @@ mod tests {
     unsafe fn check(l: *mut lua_State, t: c_int) -> Result<(), String> {
         // SAFETY: both counts leave the stack as they found it.
         unsafe {
-            let expected = entries_holding(l, t, is_object);
+            let expected = tableprobe::entries_holding(l, t, is_object);
             match cursor_slots(l, t) {
                 Some(seen) if seen == expected => Ok(()),
                 Some(seen) => Err(format!("cursor gave {seen} entries, lua_next {expected}")),

@@ -30,6 +30,11 @@ use crate::reload::plan::Plan;
 use crate::jitraw as raw;
 #[cfg(feature = "lua54")]
 use crate::rawslot as raw;
+/// Tables read in place (see `jittable`, `rawtable`).
+#[cfg(feature = "luajit")]
+use crate::jittable as tables;
+#[cfg(feature = "lua54")]
+use crate::rawtable as tables;
 
 /// What the walk did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,7 +71,7 @@ enum Sight {
 }
 
 /// What `step_in_place` did.
-#[cfg_attr(not(feature = "lua54"), allow(dead_code))] // only `Api` without Lua 5.4
+#[cfg_attr(not(any(feature = "luajit", feature = "lua54")), allow(dead_code))] // only `Api` on Lua 5.1 to 5.3
 enum Step {
     /// Entered a table, or passed a slot it had already seen.
     Done,
@@ -83,9 +88,9 @@ enum Step {
 struct Frame {
     /// (weak keys, weak values)
     weak: (bool, bool),
-    /// Lua 5.4: the table read in place, instead of by `lua_next`
-    #[cfg(feature = "lua54")]
-    cursor: Option<crate::rawtable::Cursor>,
+    /// LuaJIT and Lua 5.4: the table read in place, instead of by `lua_next`
+    #[cfg(any(feature = "luajit", feature = "lua54"))]
+    cursor: Option<tables::Cursor>,
 }
 
 /// Levels of tables walked inside one another before the worklist takes over (two Lua stack
@@ -106,7 +111,7 @@ struct Walker<'p> {
     /// objects seen; the copies are in from the start, so that the many tables seen for the
     /// first time need no look in `copies`
     visited: AddrSet,
-    /// tables can be read in place (`rawtable`)
+    /// tables can be read in place (`jittable`, `rawtable`)
     in_place: bool,
     /// worklist (a Lua table used as a stack)
     work: c_int,
@@ -149,16 +154,16 @@ pub unsafe fn replace(l: *mut lua_State, plans: &mut [Plan]) -> Vec<Outcome> {
     }
 }
 
-/// Whether the walk reads tables in place (Lua 5.4, see `rawtable`) rather than by
-/// `lua_next`; the first call checks the layout.
+/// Whether the walk reads tables in place (LuaJIT and Lua 5.4, see `jittable` and
+/// `rawtable`) rather than by `lua_next`; the first call checks the layout.
 ///
 /// # Safety
 /// Inside a protected call, with 16 free stack slots.
 pub unsafe fn reads_in_place(l: *mut lua_State) -> bool {
-    #[cfg(feature = "lua54")]
+    #[cfg(any(feature = "luajit", feature = "lua54"))]
     // SAFETY: forwarded.
-    return unsafe { crate::rawtable::usable(l) };
-    #[cfg(not(feature = "lua54"))]
+    return unsafe { tables::usable(l) };
+    #[cfg(not(any(feature = "luajit", feature = "lua54")))]
     {
         let _ = l;
         false
@@ -502,20 +507,19 @@ impl<'p> Walker<'p> {
             }
             self.frames.push(Frame {
                 weak: (weak_keys, weak_values),
-                #[cfg(feature = "lua54")]
-                cursor: self.in_place.then(|| crate::rawtable::Cursor::new(l, -1)),
+                #[cfg(any(feature = "luajit", feature = "lua54"))]
+                cursor: self.in_place.then(|| tables::Cursor::new(l, -1)),
             });
             ffi::lua_pushnil(l);
         }
     }
 
-    /// Lua 5.4, where the innermost frame's table is read in place: takes its next slot the
-    /// walk must see. A table new to the walk held under a plain key is entered at once,
-    /// without the API (most object slots of a big heap); anything else has its key and value
-    /// pushed above `table`, as `lua_next` would.
-    #[cfg(feature = "lua54")]
+    /// LuaJIT and Lua 5.4, where the innermost frame's table is read in place: takes its next
+    /// slot the walk must see. A table new to the walk held under a plain key is entered at
+    /// once, without the API (most object slots of a big heap); anything else has its key and
+    /// value pushed above `table`, as `lua_next` would.
+    #[cfg(any(feature = "luajit", feature = "lua54"))]
     unsafe fn step_in_place(&mut self, l: *mut lua_State, table: c_int) -> Step {
-        use crate::rawtable;
         // SAFETY: the frame's table is at `table`, its key slot just above and the top of the
         // stack past that (`walk_tables` keeps it so); the walk reserved the stack; tables
         // are only resized once the walk is over (`rename_keys`).
@@ -530,11 +534,11 @@ impl<'p> Walker<'p> {
                 && depth < MAX_DEPTH
             {
                 if self.visited.insert(p) {
-                    rawtable::push_table(l, p);
-                    if rawtable::has_metatable(p) {
+                    tables::push_table(l, p);
+                    if tables::has_metatable(p) {
                         self.enter(l);
                     } else {
-                        let cursor = Some(rawtable::Cursor::of(p));
+                        let cursor = Some(tables::Cursor::of(p));
                         self.frames.push(Frame { weak: (false, false), cursor });
                         ffi::lua_pushnil(l);
                     }
@@ -544,13 +548,13 @@ impl<'p> Walker<'p> {
                     return Step::Done;
                 }
             }
-            rawtable::pop(l, 1);
+            tables::pop(l, 1);
             slot.push(l);
             Step::Pushed
         }
     }
 
-    #[cfg(not(feature = "lua54"))]
+    #[cfg(not(any(feature = "luajit", feature = "lua54")))]
     unsafe fn step_in_place(&mut self, _: *mut lua_State, _: c_int) -> Step {
         Step::Api
     }
@@ -560,10 +564,10 @@ impl<'p> Walker<'p> {
         // SAFETY: read in place, the frame owns the two slots from `table` up, and nothing
         // is above them; `lua_next` already popped the key.
         unsafe {
-            #[cfg(feature = "lua54")]
+            #[cfg(any(feature = "luajit", feature = "lua54"))]
             if self.frames.last().is_some_and(|f| f.cursor.is_some()) {
                 debug_assert_eq!(ffi::lua_gettop(l), table + 1);
-                crate::rawtable::pop(l, 2);
+                tables::pop(l, 2);
                 self.frames.pop();
                 return;
             }

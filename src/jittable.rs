@@ -1,0 +1,255 @@
+//! LuaJIT only: the VM walk reads a table's slots in place instead of calling `lua_next`
+//! once per entry, and hands over (pushes) only the entries that hold an object the walk
+//! must see — a table, a function, a full userdata or a thread. The same job as `rawtable`
+//! does on Lua 5.4, with LuaJIT's layout.
+//!
+//! Why: `lua_next` finds its key again and copies key and value to the stack for every
+//! entry, and the walk's type checks called the API twice more; most slots hold plain data.
+//!
+//! What it relies on: LuaJIT 2.1's 64-bit layout (`LJ_GC64`) of `GCtab` and `Node`
+//! (`lj_obj.h`), and `jitraw`'s reading of tagged values and of the stack top. `lua_next`
+//! (`lj_tab_next`) goes through the array part from index 0, then the hash nodes in order,
+//! skipping nil values; a cursor does the same. The layout is checked against the API when a
+//! state opens the module (`tableprobe`, on tables covering each case); if any answer
+//! differs, or `jitraw` reads through the API, the walk keeps to `lua_next`.
+//! `HOTRELOAD_PORTABLE_WALK=1` in the environment forces that too.
+//!
+//! What it may do: read slots between two Lua calls that do not resize the table (the walk
+//! only assigns to existing keys, like during `lua_next`, with the collector paused), and
+//! push a slot's value onto a stack with room for it, which is what `lua_next` does itself.
+
+use std::os::raw::c_int;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::ffi::{self, lua_State};
+use crate::jitraw::{self, GCV_MASK, Raw, TNIL, TTAB, itype};
+use crate::tableprobe::{self, Reader};
+
+/// `GCtab` (`lj_obj.h`, GC64), up to `hmask`.
+#[repr(C)]
+struct Table {
+    _nextgc: u64,
+    _marked: u8,
+    gct: u8,
+    _nomm: u8,
+    _colo: i8,
+    array: *const u64,
+    _gclist: u64,
+    metatable: usize,
+    node: *const Node,
+    asize: u32,
+    hmask: u32,
+}
+
+/// `Node` (GC64): a hash slot, its value first.
+#[repr(C)]
+struct Node {
+    value: u64,
+    key: u64,
+    _next: u64,
+}
+
+/// `GCtab.gct` of a table: `~LJ_TTAB`.
+const GCT_TABLE: u8 = 11;
+
+const UNKNOWN: u8 = 0;
+const YES: u8 = 1;
+const NO: u8 = 2;
+/// The answer of the probe, once per process (one process links one LuaJIT).
+static LAYOUT: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+/// Whether the walk may read tables in place; probes the layout the first time.
+///
+/// # Safety
+/// Inside a protected call (the probe allocates), with 16 free stack slots.
+pub unsafe fn usable(l: *mut lua_State) -> bool {
+    match LAYOUT.load(Ordering::Relaxed) {
+        YES => true,
+        NO => false,
+        _ => {
+            // SAFETY: forwarded; `jitraw::usable` checked (or refused) the stack and values
+            // first, and is false when the environment asks for the API.
+            let ok = unsafe { jitraw::usable(l) && probe(l) };
+            LAYOUT.store(if ok { YES } else { NO }, Ordering::Relaxed);
+            ok
+        }
+    }
+}
+
+/// True for a value the walk must see.
+fn wanted(tv: u64) -> bool {
+    Raw(tv).is_object()
+}
+
+/// The slots of one table, read in place, and how far the walk has read.
+pub struct Cursor {
+    array: *const u64,
+    asize: usize,
+    node: *const Node,
+    nsize: usize,
+    at: usize,
+}
+
+/// A slot whose key or value is an object the walk must see.
+pub struct Slot {
+    key: u64,
+    value: u64,
+}
+
+impl Cursor {
+    /// # Safety
+    /// `idx` holds a table, and [`usable`] said yes.
+    pub unsafe fn new(l: *mut lua_State, idx: c_int) -> Cursor {
+        // SAFETY: a table's `lua_topointer` is its `GCtab`.
+        unsafe { Cursor::of(ffi::lua_topointer(l, idx) as usize) }
+    }
+
+    /// # Safety
+    /// `table` is the address of a live table, and [`usable`] said yes.
+    pub unsafe fn of(table: usize) -> Cursor {
+        // SAFETY: the probe checked the layout.
+        unsafe {
+            let t = &*(table as *const Table);
+            Cursor {
+                array: t.array,
+                asize: t.asize as usize,
+                node: t.node,
+                nsize: t.hmask as usize + 1,
+                at: 0,
+            }
+        }
+    }
+
+    /// The next slot the walk must see: those that hold plain data (numbers, strings,
+    /// booleans, light userdata, cdata) on both sides are skipped.
+    ///
+    /// # Safety
+    /// The table has not been resized since the cursor was made.
+    pub unsafe fn next(&mut self) -> Option<Slot> {
+        // SAFETY: `at` stays below the sizes read from the table, which has not changed.
+        unsafe {
+            let mut at = self.at;
+            while at < self.asize {
+                let value = *self.array.add(at);
+                at += 1;
+                if wanted(value) {
+                    self.at = at;
+                    // `lua_next` gives array keys as numbers (from 0)
+                    return Some(Slot { key: ((at - 1) as f64).to_bits(), value });
+                }
+            }
+            let mut i = at - self.asize;
+            while i < self.nsize {
+                let n = &*self.node.add(i);
+                i += 1;
+                if itype(n.value) != TNIL && (wanted(n.value) || wanted(n.key)) {
+                    self.at = self.asize + i;
+                    return Some(Slot { key: n.key, value: n.value });
+                }
+            }
+            self.at = self.asize + i;
+            None
+        }
+    }
+}
+
+impl Slot {
+    /// The address of the table this slot holds under a key of plain data: the commonest
+    /// kind of slot the walk must see.
+    pub fn table_under_plain_key(&self) -> Option<usize> {
+        (itype(self.value) == TTAB && !wanted(self.key)).then_some((self.value & GCV_MASK) as usize)
+    }
+
+    /// Pushes the key and the value, as `lua_next` does.
+    ///
+    /// # Safety
+    /// Two free stack slots; the table still holds the slot.
+    pub unsafe fn push(&self, l: *mut lua_State) {
+        // SAFETY: forwarded; both values are live while the table holds them.
+        unsafe {
+            jitraw::push(l, Raw(self.key));
+            jitraw::push(l, Raw(self.value));
+        }
+    }
+}
+
+/// Whether the table at `table` has a metatable.
+///
+/// # Safety
+/// As [`Cursor::of`].
+pub unsafe fn has_metatable(table: usize) -> bool {
+    // SAFETY: the probe checked the layout.
+    unsafe { (*(table as *const Table)).metatable != 0 }
+}
+
+/// Pushes the table at `table`.
+///
+/// # Safety
+/// A free stack slot; `table` is the address of a table reachable from the program.
+pub unsafe fn push_table(l: *mut lua_State, table: usize) {
+    // SAFETY: forwarded; a GC64 tagged value is the address under the type's tag.
+    unsafe { jitraw::push(l, Raw(table as u64 | (u64::from(TTAB) << 47))) }
+}
+
+/// `lua_pop`, in place.
+///
+/// # Safety
+/// The `n` values on top are the caller's own.
+pub unsafe fn pop(l: *mut lua_State, n: usize) {
+    // SAFETY: forwarded.
+    unsafe { jitraw::pop(l, n) }
+}
+
+/// How the shared checks (`tableprobe`) read tables with this module.
+const READER: Reader = Reader { slots: cursor_slots, parts_ok, has_metatable, push_table, pop };
+
+/// Checks the layout this module reads against what the API says, on tables built for it.
+///
+/// # Safety
+/// Inside a protected call, with 16 free stack slots. Leaves the stack as it found it.
+unsafe fn probe(l: *mut lua_State) -> bool {
+    // SAFETY: until each structure is checked, only its first bytes are read, and only from
+    // tables (a `GCtab` is 64 bytes in GC64); the pushes stay within the 16 slots.
+    unsafe {
+        let top = ffi::lua_gettop(l);
+        // 1: an array part of 17 (indices 0 to 16) holding tables at 0 to 9 and 11
+        ffi::lua_createtable(l, 16, 0);
+        for i in (0..=9).chain([11]) {
+            ffi::lua_createtable(l, 0, 0);
+            ffi::lua_rawseti(l, -2, i);
+        }
+        let t = &*(ffi::lua_topointer(l, -1) as *const Table);
+        let ok = t.gct == GCT_TABLE
+            && t.asize == 17
+            && t.metatable == 0
+            && tableprobe::agrees(l, ffi::lua_gettop(l), 11, &READER)
+            // 2: a hash part of 8 slots, with a metatable
+            && tableprobe::hash_part(l, &READER, |p, mt| {
+                let t = &*(p as *const Table);
+                t.gct == GCT_TABLE && t.hmask == 7 && t.metatable == mt
+            });
+        ffi::lua_settop(l, top);
+        ok
+    }
+}
+
+/// The array and the hash part of the table at `p` are where aligned pointers say.
+unsafe fn parts_ok(p: usize) -> bool {
+    // SAFETY: the structure's first fields were checked against the API before.
+    let t = unsafe { &*(p as *const Table) };
+    let aligned = |p: usize| p != 0 && p.is_multiple_of(8);
+    (t.asize == 0 || aligned(t.array as usize)) && aligned(t.node as usize)
+}
+
+/// `tableprobe::count_slots` with a cursor of this module over the table at `t`.
+///
+/// # Safety
+/// `t` absolute and a table whose layout the probe checked (or is checking); three free
+/// stack slots. Leaves the stack as it found it.
+unsafe fn cursor_slots(l: *mut lua_State, t: c_int) -> Option<usize> {
+    // SAFETY: forwarded; each slot is pushed while the table holds it.
+    unsafe {
+        let mut cursor = Cursor::new(l, t);
+        tableprobe::count_slots(l, t, |l| cursor.next().map(|s| s.push(l)).is_some())
+    }
+}

@@ -1,0 +1,145 @@
+//! The check of an in-place table reader (`rawtable` on Lua 5.4, `jittable` on LuaJIT)
+//! against `lua_next`, run once when a state opens the module: what both probes have in
+//! common. Each VM builds its own array-part table (their array parts differ) and checks its
+//! own structure fields; the hash part, the metatable, the in-place push and the cursor's
+//! answers are checked here, on the same table for both.
+
+use std::os::raw::{c_int, c_void};
+
+use crate::ffi::{self, lua_State};
+
+/// What a VM's table reader gives the probe.
+pub struct Reader {
+    /// How many slots a cursor over the table at the index hands over, if the value of each
+    /// is the value `lua_rawget` finds for its key (see [`count_slots`]).
+    pub slots: unsafe fn(*mut lua_State, c_int) -> Option<usize>,
+    /// The VM's look at the table at an address: its parts are where the layout says.
+    pub parts_ok: unsafe fn(usize) -> bool,
+    pub has_metatable: unsafe fn(usize) -> bool,
+    pub push_table: unsafe fn(*mut lua_State, usize),
+    pub pop: unsafe fn(*mut lua_State, usize),
+}
+
+/// Counts the slots `next` hands over for the table at `t`: each call pushes the key and the
+/// value of the next slot and says true, or pushes nothing and says false at the end. `None`
+/// at the first slot whose value is not the (non-nil) value `lua_rawget` finds for its key.
+///
+/// # Safety
+/// `t` absolute; three free stack slots. Leaves the stack as it found it.
+pub unsafe fn count_slots(
+    l: *mut lua_State,
+    t: c_int,
+    mut next: impl FnMut(*mut lua_State) -> bool,
+) -> Option<usize> {
+    // SAFETY: each turn pushes a key and a value and pops them.
+    unsafe {
+        let mut seen = 0;
+        while next(l) {
+            ffi::lua_pushvalue(l, -2);
+            ffi::lua_rawget(l, t);
+            let same = ffi::lua_rawequal(l, -1, -2) != 0 && ffi::lua_type(l, -1) != ffi::LUA_TNIL;
+            ffi::lua_pop(l, 3);
+            if !same {
+                return None;
+            }
+            seen += 1;
+        }
+        Some(seen)
+    }
+}
+
+/// How many entries of the table at `t` (by `lua_next`) have a key or a value for which
+/// `wanted` says yes.
+///
+/// # Safety
+/// `t` absolute; two free stack slots, and what `wanted` needs. Leaves the stack as it found
+/// it.
+pub unsafe fn entries_holding(
+    l: *mut lua_State,
+    t: c_int,
+    wanted: unsafe fn(*mut lua_State, c_int) -> bool,
+) -> usize {
+    // SAFETY: each turn pops the value `lua_next` pushed; `wanted` leaves the stack as is.
+    unsafe {
+        let mut n = 0;
+        ffi::lua_pushnil(l);
+        while ffi::lua_next(l, t) != 0 {
+            if wanted(l, -1) || wanted(l, -2) {
+                n += 1;
+            }
+            ffi::lua_pop(l, 1);
+        }
+        n
+    }
+}
+
+/// A cursor over the table at `t` hands over exactly the entries `lua_next` gives whose key
+/// or value is a table (`expected` of them), with the same values.
+///
+/// # Safety
+/// `t` absolute, a table whose layout the probe checked (or is checking); three free stack
+/// slots.
+pub unsafe fn agrees(l: *mut lua_State, t: c_int, expected: usize, r: &Reader) -> bool {
+    unsafe fn is_table(l: *mut lua_State, idx: c_int) -> bool {
+        // SAFETY: a valid index.
+        unsafe { ffi::lua_type(l, idx) == ffi::LUA_TTABLE }
+    }
+    // SAFETY: only checked table parts are read.
+    unsafe {
+        (r.parts_ok)(ffi::lua_topointer(l, t) as usize)
+            && (r.slots)(l, t) == Some(expected)
+            && entries_holding(l, t, is_table) == expected
+    }
+}
+
+/// Builds a table with a hash part of 8 slots holding keys of every kind and a metatable,
+/// lets `sized` check its structure (the table's and the metatable's addresses), then checks
+/// the reader's metatable test, its push of a table, and its cursor.
+///
+/// # Safety
+/// Inside a protected call, with 12 free stack slots. Leaves its tables on the stack.
+pub unsafe fn hash_part(l: *mut lua_State, r: &Reader, sized: impl Fn(usize, usize) -> bool) -> bool {
+    // SAFETY: every table is on the stack while it is read.
+    unsafe {
+        ffi::lua_createtable(l, 2, 8);
+        let h = ffi::lua_gettop(l);
+        ffi::lua_createtable(l, 0, 0);
+        let sub = ffi::lua_gettop(l);
+        ffi::lua_pushvalue(l, sub);
+        ffi::lua_rawseti(l, h, 1); // array part
+        ffi::lua_pushinteger(l, 7);
+        ffi::lua_rawseti(l, h, 2);
+        ffi::lua_pushvalue(l, sub);
+        ffi::lua_rawseti(l, h, 100); // integer key in the hash part
+        ffi::lua_pushnumber(l, 1.5);
+        ffi::lua_pushvalue(l, sub);
+        ffi::lua_rawset(l, h);
+        ffi::lua_pushboolean(l, 1);
+        ffi::lua_pushvalue(l, sub);
+        ffi::lua_rawset(l, h);
+        ffi::push_bytes(l, b"name");
+        ffi::lua_pushvalue(l, sub);
+        ffi::lua_rawset(l, h);
+        ffi::lua_pushlightuserdata(l, h as usize as *mut c_void);
+        ffi::lua_pushvalue(l, sub);
+        ffi::lua_rawset(l, h);
+        ffi::lua_pushvalue(l, sub);
+        ffi::push_bytes(l, b"table key");
+        ffi::lua_rawset(l, h);
+        ffi::push_bytes(l, b"plain");
+        ffi::lua_pushinteger(l, 1);
+        ffi::lua_rawset(l, h);
+        ffi::lua_pushvalue(l, sub);
+        ffi::lua_setmetatable(l, h);
+        let (p, q) = (ffi::lua_topointer(l, h) as usize, ffi::lua_topointer(l, sub) as usize);
+        if !sized(p, q) || !(r.has_metatable)(p) || (r.has_metatable)(q) {
+            return false;
+        }
+        let before = ffi::lua_gettop(l);
+        (r.push_table)(l, p);
+        let pushed = ffi::lua_rawequal(l, -1, h) != 0 && ffi::lua_gettop(l) == before + 1;
+        (r.pop)(l, 1);
+        // the plain one (and the integer 7) is not handed over
+        pushed && ffi::lua_gettop(l) == before && agrees(l, h, 7, r)
+    }
+}
