@@ -30,9 +30,12 @@ build/%/hotreload.so: FORCE
 
 test: deps build test-rust check-specs test-lua53 test-lua54 test-luajit
 
+# The unit tests on the vendored Lua 5.4 (both ways) and on a vendored LuaJIT (the in-place
+# readers' probes and cursors against its API).
 test-rust:
 	$(CARGO) test --locked
 	HOTRELOAD_PORTABLE_WALK=1 $(CARGO) test --locked
+	$(CARGO) test --locked --no-default-features --features luajit,vendored --target-dir target/luajit-test
 
 test-lua54: build/lua54/hotreload.so
 	prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(SPECS)

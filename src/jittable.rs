@@ -201,13 +201,13 @@ pub unsafe fn pop(l: *mut lua_State, n: usize) {
 }
 
 /// How the shared checks (`tableprobe`) read tables with this module.
-const READER: Reader = Reader { slots: cursor_slots, parts_ok, has_metatable, push_table, pop };
+pub(crate) const READER: Reader = Reader { slots: cursor_slots, parts_ok, has_metatable, push_table, pop };
 
 /// Checks the layout this module reads against what the API says, on tables built for it.
 ///
 /// # Safety
 /// Inside a protected call, with 16 free stack slots. Leaves the stack as it found it.
-unsafe fn probe(l: *mut lua_State) -> bool {
+pub(crate) unsafe fn probe(l: *mut lua_State) -> bool {
     // SAFETY: until each structure is checked, only its first bytes are read, and only from
     // tables (a `GCtab` is 64 bytes in GC64); the pushes stay within the 16 slots.
     unsafe {

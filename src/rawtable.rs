@@ -274,7 +274,7 @@ pub(crate) unsafe fn push(l: *mut lua_State, v: TValue) {
 ///
 /// # Safety
 /// Inside a protected call, with 16 free stack slots. Leaves the stack as it found it.
-unsafe fn probe(l: *mut lua_State) -> bool {
+pub(crate) unsafe fn probe(l: *mut lua_State) -> bool {
     if cfg!(not(target_pointer_width = "64")) {
         return false;
     }
@@ -318,7 +318,7 @@ unsafe fn probe_stack(l: *mut lua_State) -> bool {
 }
 
 /// How the shared checks (`tableprobe`) read tables with this module.
-const READER: Reader = Reader {
+pub(crate) const READER: Reader = Reader {
     slots: cursor_slots,
     parts_ok,
     has_metatable,
@@ -373,121 +373,5 @@ unsafe fn cursor_slots(l: *mut lua_State, t: c_int) -> Option<usize> {
     unsafe {
         let mut cursor = Cursor::new(l, t);
         tableprobe::count_slots(l, t, |l| cursor.next().map(|s| s.push(l)).is_some())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use mlua::Lua;
-
-    /// Whether the value at `idx` is an object the walk must see, by the API.
-    unsafe fn is_object(l: *mut lua_State, idx: c_int) -> bool {
-        // SAFETY: a valid index; the upvalue probe pushes at most one value and pops it.
-        unsafe {
-            match ffi::lua_type(l, idx) {
-                ffi::LUA_TTABLE | ffi::LUA_TUSERDATA | ffi::LUA_TTHREAD => true,
-                ffi::LUA_TFUNCTION if ffi::lua_iscfunction(l, idx) == 0 => true,
-                // a C closure has upvalues, a light C function none
-                ffi::LUA_TFUNCTION => {
-                    let has = !ffi::lua_getupvalue(l, idx, 1).is_null();
-                    if has {
-                        ffi::lua_pop(l, 1);
-                    }
-                    has
-                }
-                _ => false,
-            }
-        }
-    }
-
-    /// The cursor over the table at `t` gives the entries `lua_next` gives that hold an
-    /// object on either side, each once, with its value.
-    unsafe fn check(l: *mut lua_State, t: c_int) -> Result<(), String> {
-        // SAFETY: both counts leave the stack as they found it.
-        unsafe {
-            let expected = tableprobe::entries_holding(l, t, is_object);
-            match cursor_slots(l, t) {
-                Some(seen) if seen == expected => Ok(()),
-                Some(seen) => Err(format!("cursor gave {seen} entries, lua_next {expected}")),
-                None => Err("a cursor's value is not the table's".into()),
-            }
-        }
-    }
-
-    #[test]
-    fn the_layout_probe_passes_on_this_lua() {
-        let lua = Lua::new();
-        // SAFETY: the probe leaves the stack as it found it; one boolean is returned.
-        let ok: bool = unsafe {
-            lua.exec_raw((), |l| {
-                let ok = probe(l);
-                ffi::lua_pushboolean(l, ok as c_int);
-            })
-        }
-        .unwrap();
-        assert!(ok, "the layout probe failed on the vendored Lua 5.4");
-    }
-
-    #[test]
-    fn cursors_agree_with_lua_next_on_random_tables() {
-        let lua = Lua::new();
-        let tables: mlua::Table = lua
-            .load(
-                r#"
-                math.randomseed(7)
-                local objects = { {}, function() end, coroutine.create(print), io.stdout,
-                  print, ("x"):gmatch("."), "s", 1.5, true, 42 }
-                local function any() return objects[math.random(#objects)] end
-                local out = {}
-                for _ = 1, 400 do
-                  local t = {}
-                  for i = 1, math.random(0, 80) do
-                    local r, k = math.random()
-                    if r < 0.5 then k = i
-                    elseif r < 0.6 then k = math.random(1, 300)
-                    elseif r < 0.7 then k = "k" .. i
-                    elseif r < 0.8 then k = any()
-                    elseif r < 0.9 then k = i + 0.5
-                    else k = {} end
-                    t[k] = any()
-                  end
-                  for k in pairs(t) do
-                    if math.random() < 0.2 then t[k] = nil end
-                  end
-                  if math.random() < 0.5 then local _ = #t end
-                  out[#out + 1] = t
-                end
-                -- `#` lowers the array limit below an entry still in the array part
-                local a = {}
-                for i = 1, 16 do a[i] = {} end
-                for i = 10, 16 do a[i] = nil end
-                a[11] = {}
-                local _ = #a
-                out[#out + 1] = a
-                out[#out + 1] = setmetatable({ {} }, { __mode = "k" })
-                return out
-                "#,
-            )
-            .eval()
-            .unwrap();
-        let n = tables.raw_len() as ffi::lua_Integer;
-        // SAFETY: one table on the stack at a time; the answer is one string.
-        let failures: String = unsafe {
-            lua.exec_raw(tables, |l| {
-                let mut failures = String::new();
-                for i in 1..=n {
-                    ffi::lua_rawgeti(l, 1, i);
-                    if let Err(e) = check(l, ffi::lua_gettop(l)) {
-                        failures.push_str(&format!("table {i}: {e}\n"));
-                    }
-                    ffi::lua_pop(l, 1);
-                }
-                ffi::lua_settop(l, 0);
-                ffi::push_bytes(l, failures.as_bytes());
-            })
-        }
-        .unwrap();
-        assert!(failures.is_empty(), "{failures}");
     }
 }

@@ -1259,8 +1259,9 @@ mod tests {
         let values = r#"
             local long = ("x"):rep(100)
             local t, f = {}, function() end
-            return { 1, 1.0, -1, 0, -0.0, 0.5, 2^53, 2^53 + 1.0, math.maxinteger,
-                     math.maxinteger + 0.0, math.mininteger, math.mininteger + 0.0, 2^63, -2^63,
+            local maxi, mini = math.maxinteger or 2^53 - 1, math.mininteger or -2^53 + 1
+            return { 1, 1.0, -1, 0, -0.0, 0.5, 2^53, 2^53 + 1.0, maxi,
+                     maxi + 0.0, mini, mini + 0.0, 2^63, -2^63,
                      0/0, 1/0, -1/0, "1", "a", "a", long, long .. "", ("x"):rep(99) .. "y",
                      true, false, t, t, {}, f, f, print, string.len }
         "#;
