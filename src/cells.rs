@@ -5,7 +5,8 @@
 //!
 //! `lua_getupvalue` also finds each upvalue's name in the prototype's debug information,
 //! memory the walk otherwise never touches; reading the cells directly lets the walk call the
-//! API only for the cells that hold an object.
+//! API only for the cells that hold an object. The merge, which matches upvalues by name,
+//! reads the names in place too ([`Layout::name`]).
 
 use std::marker::PhantomData;
 use std::os::raw::c_int;
@@ -13,18 +14,23 @@ use std::os::raw::c_int;
 use crate::ffi::{self, Val, lua_State};
 
 /// Where a VM keeps a Lua function's cells: byte offsets of the upvalue count (one byte) and
-/// of the cell array in the function, and of the value pointer in a cell.
+/// of the cell array in the function, and of the value pointer in a cell; and how it finds
+/// the name of upvalue `n` (from 1) of the Lua function at an address in its prototype, as
+/// `ffi::get_upvalue` gives it (`""` where the function was stripped of its names).
 pub struct Layout {
     pub count: usize,
     pub cells: usize,
     pub value: usize,
+    pub name: unsafe fn(usize, c_int) -> &'static [u8],
 }
 
 /// The upvalue cells of a Lua function, read in place; `R` is the VM's value, read as is.
 pub struct Upvalues<R> {
+    func: usize,
     cells: *const usize,
     n: c_int,
     value: usize,
+    name: unsafe fn(usize, c_int) -> &'static [u8],
     _value: PhantomData<R>,
 }
 
@@ -37,9 +43,11 @@ impl<R: Copy> Upvalues<R> {
         // SAFETY: as documented.
         let n = unsafe { *((p + layout.count) as *const u8) };
         Upvalues {
+            func: p,
             cells: (p + layout.cells) as *const usize,
             n: c_int::from(n),
             value: layout.value,
+            name: layout.name,
             _value: PhantomData,
         }
     }
@@ -56,6 +64,15 @@ impl<R: Copy> Upvalues<R> {
     pub unsafe fn cell(&self, n: c_int) -> usize {
         // SAFETY: as documented.
         unsafe { *self.cells.add(n as usize - 1) }
+    }
+
+    /// The name of upvalue `n` (from 1), as `ffi::get_upvalue` gives it.
+    ///
+    /// # Safety
+    /// As `cell`, and the layout was checked; the name lives as long as the function.
+    pub unsafe fn name<'a>(&self, n: c_int) -> &'a [u8] {
+        // SAFETY: as documented.
+        unsafe { (self.name)(self.func, n) }
     }
 
     /// Upvalue `n` (from 1): the address of its cell (`lua_upvalueid`), and its value.
@@ -84,11 +101,12 @@ pub struct Probe<'a, R, F: Fn(c_int) -> Option<Val<'a>>> {
     pub c_function_is_object: bool,
 }
 
-/// Makes a closure over four cells (a number, a table, a string and a C function) and checks
-/// each cell read in place against the API: its address against `lua_upvalueid` (before the
-/// cell is read), its value pushed in place against the one `lua_getupvalue` pushes (raw
-/// equal, and read alike: the number, the table and the string must be decoded), and
-/// `is_object`. Leaves the closure on the stack; returns its index and address, for the
+/// Makes a closure over four cells (a number, a table, a string and a C function, the last
+/// with a name longer than Lua 5.4's short strings) and checks each cell read in place
+/// against the API: its address against `lua_upvalueid` (before the cell is read), its name
+/// against `ffi::get_upvalue`'s, its value pushed in place against the one `lua_getupvalue`
+/// pushes (raw equal, and read alike: the number, the table and the string must be decoded),
+/// and `is_object`. Leaves the closure on the stack; returns its index and address, for the
 /// VM's own checks.
 ///
 /// # Safety
@@ -100,7 +118,8 @@ pub unsafe fn probe<'a, R: Copy, F: Fn(c_int) -> Option<Val<'a>>>(
     unsafe extern "C-unwind" fn native(_: *mut lua_State) -> c_int {
         0
     }
-    let chunk = c"local n, t, s, f = 1.5, {}, 'cell', ... return function() return n, t, s, f end";
+    let chunk = c"local n, t, s, a_c_function_under_a_name_of_more_than_40_bytes = 1.5, {}, 'cell', ...
+        return function() return n, t, s, a_c_function_under_a_name_of_more_than_40_bytes end";
     // SAFETY: the closure and its values are on the stack while read; a cell's address is
     // compared with `lua_upvalueid` before the cell is read.
     unsafe {
@@ -119,10 +138,12 @@ pub unsafe fn probe<'a, R: Copy, F: Fn(c_int) -> Option<Val<'a>>>(
             return None;
         }
         for n in 1..=ups.count() {
-            if ups.cell(n) != ffi::lua_upvalueid(l, f, n) as usize
-                || ffi::lua_getupvalue(l, f, n).is_null()
-            {
+            if ups.cell(n) != ffi::lua_upvalueid(l, f, n) as usize {
                 return None;
+            }
+            match ffi::get_upvalue(l, f, n) {
+                Some(name) if name == ups.name(n) => {}
+                _ => return None,
             }
             let (_, value) = ups.get(n);
             let by_api = ffi::read_by_api(l, -1);

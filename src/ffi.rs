@@ -215,6 +215,117 @@ pub unsafe fn upvalue_id(l: *mut lua_State, f: c_int, n: c_int) -> usize {
     unsafe { lua_upvalueid(l, f, n) as usize }
 }
 
+/// A Lua function's upvalues as the merge reads them: names, cells and values read in place
+/// where the VM's layout was probed (`cells`), else through `lua_getupvalue` and
+/// `lua_upvalueid` ([`get_upvalue`], [`upvalue_id`]).
+pub struct Upvalues {
+    f: c_int,
+    #[cfg(feature = "luajit")]
+    raw: Option<crate::jitraw::Upvalues>,
+    #[cfg(feature = "lua54")]
+    raw: Option<crate::rawslot::Upvalues>,
+}
+
+impl Upvalues {
+    /// The upvalues of the Lua function at `f`.
+    ///
+    /// # Safety
+    /// `f` is an absolute index holding a Lua function, which stays there while this is used.
+    pub unsafe fn of(l: *mut lua_State, f: c_int) -> Upvalues {
+        #[cfg(not(any(feature = "luajit", feature = "lua54")))]
+        let _ = l;
+        Upvalues {
+            f,
+            // SAFETY: forwarded.
+            #[cfg(feature = "luajit")]
+            raw: unsafe { crate::jitraw::upvalues(l, f) },
+            // SAFETY: forwarded.
+            #[cfg(feature = "lua54")]
+            raw: unsafe { crate::rawslot::upvalues(l, f) },
+        }
+    }
+
+    /// [`get_upvalue`]: the name of upvalue `n` with its value pushed, or `None` past the
+    /// last one.
+    ///
+    /// # Safety
+    /// One free stack slot.
+    pub unsafe fn get<'a>(&self, l: *mut lua_State, n: c_int) -> Option<&'a [u8]> {
+        #[cfg(any(feature = "luajit", feature = "lua54"))]
+        if let Some(ups) = &self.raw {
+            if n < 1 || n > ups.count() {
+                return None;
+            }
+            // SAFETY: `n` is one of the function's upvalues; the slot is the caller's.
+            unsafe {
+                #[cfg(feature = "luajit")]
+                crate::jitraw::push(l, ups.get(n).1);
+                #[cfg(feature = "lua54")]
+                crate::rawslot::push(l, ups.get(n).1);
+                return Some(ups.name(n));
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { get_upvalue(l, self.f, n) }
+    }
+
+    /// [`upvalue_id`] of upvalue `n`.
+    ///
+    /// # Safety
+    /// `n` is one of the function's upvalues.
+    pub unsafe fn id(&self, l: *mut lua_State, n: c_int) -> usize {
+        #[cfg(any(feature = "luajit", feature = "lua54"))]
+        if let Some(ups) = &self.raw {
+            // SAFETY: as documented.
+            return unsafe { ups.cell(n) };
+        }
+        // SAFETY: forwarded.
+        unsafe { upvalue_id(l, self.f, n) }
+    }
+
+    /// Finds the upvalue called `name`, trying index `hint` first (versions usually keep the
+    /// order). When found, its value is left on the stack.
+    ///
+    /// # Safety
+    /// One free stack slot.
+    pub unsafe fn find(&self, l: *mut lua_State, name: &[u8], hint: c_int) -> Option<c_int> {
+        #[cfg(any(feature = "luajit", feature = "lua54"))]
+        if let Some(ups) = &self.raw {
+            // SAFETY: indices within the count; the pushed slot is the caller's.
+            unsafe {
+                let named = |j: c_int| ups.name(j) == name;
+                let count = ups.count();
+                let found = if (1..=count).contains(&hint) && named(hint) {
+                    Some(hint)
+                } else {
+                    (1..=count).find(|&j| named(j))
+                };
+                if let Some(j) = found {
+                    self.get(l, j);
+                }
+                return found;
+            }
+        }
+        // SAFETY: lua_getupvalue stops at the last upvalue; non-matches are popped.
+        unsafe {
+            match get_upvalue(l, self.f, hint) {
+                Some(n) if n == name => return Some(hint),
+                Some(_) => lua_pop(l, 1),
+                None => {}
+            }
+            let mut j = 1;
+            while let Some(n) = get_upvalue(l, self.f, j) {
+                if n == name {
+                    return Some(j);
+                }
+                lua_pop(l, 1);
+                j += 1;
+            }
+            None
+        }
+    }
+}
+
 /// Makes upvalue `n1` of Lua function `f1` refer to the cell of upvalue `n2` of `f2`.
 ///
 /// # Safety

@@ -62,7 +62,13 @@ const STR_LEN_OFFSETS: [usize; 2] = [20, 16];
 const FN_ENV_OFFSET: usize = 16;
 /// `GCfuncL`: its upvalue count and cells (`uvptr`); `GCupval.v`: where the cell's value is
 /// (in the cell once closed, on a stack while open).
-const CELLS: Layout = Layout { count: 11, cells: 40, value: 32 };
+const CELLS: Layout = Layout { count: 11, cells: 40, value: 32, name: upvalue_name };
+/// `GCfuncL.pc`: the bytecode, which follows the function's `GCproto` (104 bytes in GC64).
+const FN_PC_OFFSET: usize = 32;
+const PROTO_SIZE: usize = 104;
+/// `GCproto.uvinfo`: the upvalue names, one after another, each ended by a zero byte (none in
+/// stripped bytecode).
+const PROTO_UVINFO_OFFSET: usize = 88;
 /// Tags of the objects the walk must see besides tables and functions.
 pub(crate) const TUDATA: u32 = !12;
 /// Marks a pseudo-index (`LUA_REGISTRYINDEX` and below).
@@ -180,6 +186,31 @@ pub unsafe fn push(l: *mut lua_State, v: Raw) {
         let top = (*head).top as *mut u64;
         *top = v.0;
         (*head).top = top.add(1);
+    }
+}
+
+/// The name of upvalue `n` (from 1) of the Lua function at `p` (`lj_debug_uvname`).
+///
+/// # Safety
+/// `p` is a live Lua function with at least `n` upvalues; the layout was probed (or is being
+/// probed, past the checks of the function's cells).
+unsafe fn upvalue_name(p: usize, n: c_int) -> &'static [u8] {
+    // SAFETY: a Lua function's bytecode follows its prototype, whose `uvinfo` holds one name
+    // per upvalue.
+    unsafe {
+        let pc = *((p + FN_PC_OFFSET) as *const usize);
+        let uvinfo = *((pc.wrapping_sub(PROTO_SIZE) + PROTO_UVINFO_OFFSET) as *const *const u8);
+        if uvinfo.is_null() {
+            return b"";
+        }
+        let mut at = uvinfo;
+        for _ in 1..n {
+            while *at != 0 {
+                at = at.add(1);
+            }
+            at = at.add(1);
+        }
+        std::ffi::CStr::from_ptr(at.cast()).to_bytes()
     }
 }
 

@@ -36,7 +36,14 @@ const VTABLE: u8 = 0x05 | COLLECTABLE;
 const VLCL: u8 = 0x06 | COLLECTABLE;
 const VTHREAD: u8 = 0x08 | COLLECTABLE;
 /// `LClosure`: its upvalue count and cells (`upvals`); `UpVal.v`: where the cell's value is.
-const CELLS: Layout = Layout { count: 10, cells: 32, value: 16 };
+const CELLS: Layout = Layout { count: 10, cells: 32, value: 16, name: upvalue_name };
+/// `LClosure.p`: its prototype; `Proto.upvalues`: the upvalue descriptions (16 bytes each,
+/// the name first).
+const FN_PROTO_OFFSET: usize = 24;
+const PROTO_UPVALUES_OFFSET: usize = 80;
+const UPVALDESC_SIZE: usize = 16;
+/// `TString.tt` of a short string (the header's tag has no collectable bit).
+const TSHRSTR: u8 = 0x04;
 /// `TString`: the length of a short string, of a long one, and the characters.
 const SHRLEN_OFFSET: usize = 11;
 const LNGLEN_OFFSET: usize = 16;
@@ -128,6 +135,30 @@ pub unsafe fn upvalues(l: *mut lua_State, idx: c_int) -> Option<Upvalues> {
     unsafe {
         let Some(Val::LuaFn(p)) = read(l, idx) else { return None };
         Some(Upvalues::of(p, &CELLS))
+    }
+}
+
+/// The name of upvalue `n` (from 1) of the Lua closure at `p`, `""` if it was stripped
+/// (where `lua_getupvalue` says `"(no name)"`).
+///
+/// # Safety
+/// `p` is a live Lua closure with at least `n` upvalues; the layout was probed (or is being
+/// probed, past the checks of the closure's cells).
+unsafe fn upvalue_name(p: usize, n: c_int) -> &'static [u8] {
+    // SAFETY: a closure's prototype describes each of its upvalues; a name is a string.
+    unsafe {
+        let proto = *((p + FN_PROTO_OFFSET) as *const usize);
+        let descs = *((proto + PROTO_UPVALUES_OFFSET) as *const usize);
+        let name = *((descs + UPVALDESC_SIZE * (n as usize - 1)) as *const usize);
+        if name == 0 {
+            return b"";
+        }
+        let len = if *((name + 8) as *const u8) == TSHRSTR {
+            usize::from(*((name + SHRLEN_OFFSET) as *const u8))
+        } else {
+            *((name + LNGLEN_OFFSET) as *const usize)
+        };
+        std::slice::from_raw_parts((name + CONTENTS_OFFSET) as *const u8, len)
     }
 }
 

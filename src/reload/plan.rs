@@ -793,21 +793,22 @@ impl<'o> Planner<'o> {
         node: NodeId,
     ) {
         let old = self.old;
-        // SAFETY: both functions are anchored Lua functions; upvalue indices come from
-        // lua_getupvalue, which stops at the last one; each loop turn restores `top + 2`.
+        // SAFETY: both functions are anchored Lua functions, at `fi` and `ni` while their
+        // upvalues are read; `get` stops at the last one; each loop turn restores `top + 2`.
         unsafe {
             let top = ffi::lua_gettop(l);
             self.push(l, live);
             self.push(l, new);
             let (fi, ni) = (top + 1, top + 2);
+            let (old_ups, new_ups) = (ffi::Upvalues::of(l, fi), ffi::Upvalues::of(l, ni));
             self.mirror.begin(node, Kind::Func);
             self.fpairs.push((live, new));
             self.new_fns.push(new); // (marked NEW_FN when paired)
             self.counts.functions_replaced += 1;
             let mut i = 1;
-            while let Some(name) = ffi::get_upvalue(l, ni, i) {
+            while let Some(name) = new_ups.get(l, i) {
                 let value = top + 3;
-                let id = ffi::upvalue_id(l, ni, i);
+                let id = new_ups.id(l, i);
                 let prior = old.upvalue(base, name, i as usize);
                 let mut joined = false;
                 match self.cell(id) {
@@ -818,10 +819,10 @@ impl<'o> Planner<'o> {
                     Some(_) => {}
                     None => {
                         if !name.is_empty()
-                            && let Some(j) = find_upvalue(l, fi, name, i)
+                            && let Some(j) = old_ups.find(l, name, i)
                         {
                             // the old value is now at top + 4
-                            let old_id = ffi::upvalue_id(l, fi, j);
+                            let old_id = old_ups.id(l, j);
                             if self.cell(old_id).is_none() {
                                 // Rule 3: the new cell joins the old one; its value is decided
                                 // like any data slot (rule 5), a table merges (rule 4), a
@@ -914,13 +915,14 @@ impl<'o> Planner<'o> {
                 ffi::lua_settop(l, top);
                 return; // paired after all
             }
+            let ups = ffi::Upvalues::of(l, fi);
             self.mirror.begin(node, Kind::Func);
             self.new_fns.push(new);
             self.mark_new_fn(l, fi);
             self.counts.functions_added += 1;
             let mut i = 1;
-            while let Some(name) = ffi::get_upvalue(l, fi, i) {
-                let id = ffi::upvalue_id(l, fi, i);
+            while let Some(name) = ups.get(l, i) {
+                let id = ups.id(l, i);
                 let was = self.base_of(read(l, top + 2));
                 self.mirror.upvalue(node, name, was);
                 // (every pair is planned: a cell joined by now stays so)
@@ -1157,28 +1159,6 @@ fn inline_operand(v: Val) -> Option<Pv> {
         Val::Int(i) => Some(Pv::Int(i)),
         Val::Num(n) => Some(Pv::Num(n)),
         _ => None,
-    }
-}
-
-/// Finds the upvalue called `name` of the Lua function at `f`, trying index `hint` first
-/// (versions usually keep the order). When found, its value is left on the stack.
-unsafe fn find_upvalue(l: *mut lua_State, f: c_int, name: &[u8], hint: c_int) -> Option<c_int> {
-    // SAFETY: lua_getupvalue stops at the last upvalue; non-matches are popped.
-    unsafe {
-        match ffi::get_upvalue(l, f, hint) {
-            Some(n) if n == name => return Some(hint),
-            Some(_) => ffi::lua_pop(l, 1),
-            None => {}
-        }
-        let mut j = 1;
-        while let Some(n) = ffi::get_upvalue(l, f, j) {
-            if n == name {
-                return Some(j);
-            }
-            ffi::lua_pop(l, 1);
-            j += 1;
-        }
-        None
     }
 }
 
