@@ -258,10 +258,7 @@ impl Upvalues {
             }
             // SAFETY: `n` is one of the function's upvalues; the slot is the caller's.
             unsafe {
-                #[cfg(feature = "luajit")]
-                crate::jitraw::push(l, ups.get(n).1);
-                #[cfg(feature = "lua54")]
-                crate::rawslot::push(l, ups.get(n).1);
+                push_in_place(l, ups, n);
                 return Some(ups.name(n));
             }
         }
@@ -301,7 +298,7 @@ impl Upvalues {
                     (1..=count).find(|&j| named(j))
                 };
                 if let Some(j) = found {
-                    self.get(l, j);
+                    push_in_place(l, ups, j);
                 }
                 return found;
             }
@@ -324,6 +321,26 @@ impl Upvalues {
             None
         }
     }
+}
+
+/// Pushes the value of upvalue `n` read in place.
+///
+/// # Safety
+/// `n` is one of the function's upvalues; one free stack slot.
+#[cfg(feature = "luajit")]
+unsafe fn push_in_place(l: *mut lua_State, ups: &crate::jitraw::Upvalues, n: c_int) {
+    // SAFETY: forwarded.
+    unsafe { crate::jitraw::push(l, ups.get(n).1) }
+}
+
+/// Pushes the value of upvalue `n` read in place.
+///
+/// # Safety
+/// `n` is one of the function's upvalues; one free stack slot.
+#[cfg(feature = "lua54")]
+unsafe fn push_in_place(l: *mut lua_State, ups: &crate::rawslot::Upvalues, n: c_int) {
+    // SAFETY: forwarded.
+    unsafe { crate::rawslot::push(l, ups.get(n).1) }
 }
 
 /// Makes upvalue `n1` of Lua function `f1` refer to the cell of upvalue `n2` of `f2`.

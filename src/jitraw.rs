@@ -203,14 +203,19 @@ unsafe fn upvalue_name(p: usize, n: c_int) -> &'static [u8] {
         if uvinfo.is_null() {
             return b"";
         }
-        let mut at = uvinfo;
-        for _ in 1..n {
-            while *at != 0 {
-                at = at.add(1);
+        // (names are short: a loop, not a call to strlen per name)
+        let (mut start, mut len) = (uvinfo, 0);
+        for _ in 0..n {
+            start = start.add(len);
+            if len > 0 {
+                start = start.add(1);
             }
-            at = at.add(1);
+            len = 0;
+            while *start.add(len) != 0 {
+                len += 1;
+            }
         }
-        std::ffi::CStr::from_ptr(at.cast()).to_bytes()
+        std::slice::from_raw_parts(start, len)
     }
 }
 
