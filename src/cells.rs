@@ -118,7 +118,8 @@ pub unsafe fn probe<'a, R: Copy, F: Fn(c_int) -> Option<Val<'a>>>(
     unsafe extern "C-unwind" fn native(_: *mut lua_State) -> c_int {
         0
     }
-    let chunk = c"local n, t, s, a_c_function_under_a_name_of_more_than_40_bytes = 1.5, {}, 'cell', ...
+    let chunk =
+        c"local n, t, s, a_c_function_under_a_name_of_more_than_40_bytes = 1.5, {}, 'cell', ...
         return function() return n, t, s, a_c_function_under_a_name_of_more_than_40_bytes end";
     // SAFETY: the closure and its values are on the stack while read; a cell's address is
     // compared with `lua_upvalueid` before the cell is read.

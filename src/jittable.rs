@@ -201,7 +201,8 @@ pub unsafe fn pop(l: *mut lua_State, n: usize) {
 }
 
 /// How the shared checks (`tableprobe`) read tables with this module.
-pub(crate) const READER: Reader = Reader { slots: cursor_slots, parts_ok, has_metatable, push_table, pop };
+pub(crate) const READER: Reader =
+    Reader { slots: cursor_slots, parts_ok, has_metatable, push_table, pop };
 
 /// Checks the layout this module reads against what the API says, on tables built for it.
 ///

@@ -318,13 +318,8 @@ unsafe fn probe_stack(l: *mut lua_State) -> bool {
 }
 
 /// How the shared checks (`tableprobe`) read tables with this module.
-pub(crate) const READER: Reader = Reader {
-    slots: cursor_slots,
-    parts_ok,
-    has_metatable,
-    push_table,
-    pop,
-};
+pub(crate) const READER: Reader =
+    Reader { slots: cursor_slots, parts_ok, has_metatable, push_table, pop };
 
 /// Cursors agree with `lua_next` on tables covering the array part, the hash part, keys of
 /// every kind, and an array limit `#` has moved.

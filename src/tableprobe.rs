@@ -98,7 +98,11 @@ pub unsafe fn agrees(l: *mut lua_State, t: c_int, expected: usize, r: &Reader) -
 ///
 /// # Safety
 /// Inside a protected call, with 12 free stack slots. Leaves its tables on the stack.
-pub unsafe fn hash_part(l: *mut lua_State, r: &Reader, sized: impl Fn(usize, usize) -> bool) -> bool {
+pub unsafe fn hash_part(
+    l: *mut lua_State,
+    r: &Reader,
+    sized: impl Fn(usize, usize) -> bool,
+) -> bool {
     // SAFETY: every table is on the stack while it is read.
     unsafe {
         ffi::lua_createtable(l, 2, 8);

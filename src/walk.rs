@@ -28,11 +28,11 @@ use crate::reload::plan::Plan;
 /// Upvalue cells read in place (see `jitraw`, `rawslot`).
 #[cfg(feature = "luajit")]
 use crate::jitraw as raw;
-#[cfg(feature = "lua54")]
-use crate::rawslot as raw;
 /// Tables read in place (see `jittable`, `rawtable`).
 #[cfg(feature = "luajit")]
 use crate::jittable as tables;
+#[cfg(feature = "lua54")]
+use crate::rawslot as raw;
 #[cfg(feature = "lua54")]
 use crate::rawtable as tables;
 
