@@ -7,7 +7,7 @@ LUAJIT ?= luajit
 LUA53  ?= lua5.3
 BUSTED ?= /usr/bin/busted
 SPECS  ?= $(sort $(wildcard spec/*_spec.lua))
-# the walk's specs again with the portable reads (lua_next on 5.4, API slot reads on LuaJIT)
+# the walk's specs again with the portable reads (lua_next and API slot reads)
 WALK_SPECS = spec/replace_spec.lua spec/lifecycle_spec.lua spec/fuzz_spec.lua
 
 FLAVOURS = lua54 luajit lua53
