@@ -99,6 +99,20 @@ describe("a new version in an unusual form", function()
     assert.equal(11, M.inc()) -- upvalue names are in the dump: the counter is kept
   end)
 
+  it("a stripped bytecode file has no upvalue names: its functions keep their own cells", function()
+    local name = h.module("local n, step = 0, 1\n"
+      .. "return { v = 1, inc = function() n = n + step return n end }")
+    local M = require(name)
+    M.inc()
+    local chunk = assert((loadstring or load)(
+      "local n, step = 0, 10\nreturn { v = 2, inc = function() n = n + step return n end }"))
+    h.rewrite(name, string.dump(chunk, true))
+    assert(hotreload.reload(name))
+    assert.equal(2, M.v)
+    assert.equal(10, M.inc()) -- nothing to match the old cells by: the new ones are kept
+    assert.equal(20, M.inc())
+  end)
+
   it("a non-table module takes the new value, whatever its type", function()
     local values = { "nil", "false", "42", "'text'", "io.stdout" }
     for i, v in ipairs(values) do

@@ -14,13 +14,16 @@ use std::os::raw::c_int;
 use crate::ffi::{self, Val, lua_State};
 
 /// Where a VM keeps a Lua function's cells: byte offsets of the upvalue count (one byte) and
-/// of the cell array in the function, and of the value pointer in a cell; and how it finds
-/// the name of upvalue `n` (from 1) of the Lua function at an address in its prototype, as
-/// `ffi::get_upvalue` gives it (`""` where the function was stripped of its names).
+/// of the cell array in the function, and of the value pointer in a cell; how the probe
+/// checks that the function at an address, with that many upvalues, has its prototype where
+/// the layout says (before reading names); and how the name of upvalue `n` (from 1) of the
+/// Lua function at an address is found in its prototype, as `ffi::get_upvalue` gives it
+/// (`""` where the function was stripped of its names; it lives as long as the prototype).
 pub struct Layout {
     pub count: usize,
     pub cells: usize,
     pub value: usize,
+    pub proto_ok: unsafe fn(usize, c_int) -> bool,
     pub name: unsafe fn(usize, c_int) -> &'static [u8],
 }
 
@@ -104,7 +107,7 @@ pub struct Probe<'a, R, F: Fn(c_int) -> Option<Val<'a>>> {
 /// Makes a closure over four cells (a number, a table, a string and a C function, the last
 /// with a name longer than Lua 5.4's short strings) and checks each cell read in place
 /// against the API: its address against `lua_upvalueid` (before the cell is read), its name
-/// against `ffi::get_upvalue`'s, its value pushed in place against the one `lua_getupvalue`
+/// against `ffi::get_upvalue`'s (once the prototype's header is where the layout says), its value pushed in place against the one `lua_getupvalue`
 /// pushes (raw equal, and read alike: the number, the table and the string must be decoded),
 /// and `is_object`. Leaves the closure on the stack; returns its index and address, for the
 /// VM's own checks.
@@ -142,6 +145,11 @@ pub unsafe fn probe<'a, R: Copy, F: Fn(c_int) -> Option<Val<'a>>>(
             if ups.cell(n) != ffi::lua_upvalueid(l, f, n) as usize {
                 return None;
             }
+        }
+        if !(with.layout.proto_ok)(p, ups.count()) {
+            return None;
+        }
+        for n in 1..=ups.count() {
             match ffi::get_upvalue(l, f, n) {
                 Some(name) if name == ups.name(n) => {}
                 _ => return None,

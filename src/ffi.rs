@@ -323,6 +323,66 @@ impl Upvalues {
     }
 }
 
+/// A table's entries as `lua_next` gives them, read in place where the walk reads tables in
+/// place (`jittable`, `rawtable`): the same stack protocol, a key on top before each `next`.
+pub struct Entries {
+    t: c_int,
+    #[cfg(feature = "luajit")]
+    cursor: Option<crate::jittable::Cursor>,
+    #[cfg(feature = "lua54")]
+    cursor: Option<crate::rawtable::Cursor>,
+}
+
+impl Entries {
+    /// Starts on the table at `t` (absolute) and pushes the first key (nil), as a `lua_next`
+    /// loop does.
+    ///
+    /// # Safety
+    /// `t` holds a table, which is not resized while its entries are read; one free slot.
+    pub unsafe fn new(l: *mut lua_State, t: c_int) -> Entries {
+        // SAFETY: forwarded.
+        unsafe {
+            lua_pushnil(l);
+            Entries {
+                t,
+                #[cfg(feature = "luajit")]
+                cursor: crate::walk::reads_in_place(l).then(|| crate::jittable::Cursor::new(l, t)),
+                #[cfg(feature = "lua54")]
+                cursor: crate::walk::reads_in_place(l).then(|| crate::rawtable::Cursor::new(l, t)),
+            }
+        }
+    }
+
+    /// `lua_next`: pops the key on top and pushes the next entry's key and value, or pushes
+    /// nothing at the end.
+    ///
+    /// # Safety
+    /// The key `next` pushed last (or `new` first) is on top; one more free slot.
+    pub unsafe fn next(&mut self, l: *mut lua_State) -> bool {
+        #[cfg(feature = "luajit")]
+        use crate::jittable as tables;
+        #[cfg(feature = "lua54")]
+        use crate::rawtable as tables;
+        #[cfg(any(feature = "luajit", feature = "lua54"))]
+        if let Some(cursor) = &mut self.cursor {
+            // SAFETY: the key on top is ours; the table was not resized, and holds the entry
+            // while it is on the stack.
+            unsafe {
+                tables::pop(l, 1);
+                return match cursor.next_entry() {
+                    Some(slot) => {
+                        slot.push(l);
+                        true
+                    }
+                    None => false,
+                };
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { lua_next(l, self.t) != 0 }
+    }
+}
+
 /// Pushes the value of upvalue `n` read in place.
 ///
 /// # Safety

@@ -62,7 +62,7 @@ const STR_LEN_OFFSETS: [usize; 2] = [20, 16];
 const FN_ENV_OFFSET: usize = 16;
 /// `GCfuncL`: its upvalue count and cells (`uvptr`); `GCupval.v`: where the cell's value is
 /// (in the cell once closed, on a stack while open).
-const CELLS: Layout = Layout { count: 11, cells: 40, value: 32, name: upvalue_name };
+const CELLS: Layout = Layout { count: 11, cells: 40, value: 32, proto_ok, name: upvalue_name };
 /// `GCfuncL.pc`: the bytecode, which follows the function's `GCproto` (104 bytes in GC64).
 const FN_PC_OFFSET: usize = 32;
 const PROTO_SIZE: usize = 104;
@@ -189,6 +189,31 @@ pub unsafe fn push(l: *mut lua_State, v: Raw) {
     }
 }
 
+/// `GCproto`'s `gct` (`~LJ_TPROTO`) and upvalue count (`sizeuv`).
+const PROTO_GCT: u8 = 7;
+const PROTO_GCT_OFFSET: usize = 9;
+const PROTO_SIZEUV_OFFSET: usize = 60;
+
+/// Whether the Lua function at `p`, with `count` upvalues, has a prototype where the layout
+/// says (checked by the probe before any name is read).
+///
+/// # Safety
+/// `p` is a live Lua function whose cells the probe checked.
+unsafe fn proto_ok(p: usize, count: c_int) -> bool {
+    // SAFETY: `pc` is within the function; the prototype is only read once `pc` is a
+    // plausible bytecode address, and only its header.
+    unsafe {
+        let pc = *((p + FN_PC_OFFSET) as *const usize);
+        if pc < PROTO_SIZE || !pc.is_multiple_of(4) {
+            return false;
+        }
+        let proto = pc - PROTO_SIZE;
+        proto.is_multiple_of(8)
+            && *((proto + PROTO_GCT_OFFSET) as *const u8) == PROTO_GCT
+            && c_int::from(*((proto + PROTO_SIZEUV_OFFSET) as *const u8)) == count
+    }
+}
+
 /// The name of upvalue `n` (from 1) of the Lua function at `p` (`lj_debug_uvname`).
 ///
 /// # Safety
@@ -203,17 +228,18 @@ unsafe fn upvalue_name(p: usize, n: c_int) -> &'static [u8] {
         if uvinfo.is_null() {
             return b"";
         }
-        // (names are short: a loop, not a call to strlen per name)
-        let (mut start, mut len) = (uvinfo, 0);
-        for _ in 0..n {
-            start = start.add(len);
-            if len > 0 {
+        // (skips one zero byte per name, as `lj_debug_uvname` does, even after an empty
+        // name; names are short: a loop, not a call to strlen per name)
+        let mut start = uvinfo;
+        for _ in 1..n {
+            while *start != 0 {
                 start = start.add(1);
             }
-            len = 0;
-            while *start.add(len) != 0 {
-                len += 1;
-            }
+            start = start.add(1);
+        }
+        let mut len = 0;
+        while *start.add(len) != 0 {
+            len += 1;
         }
         std::slice::from_raw_parts(start, len)
     }
@@ -265,7 +291,7 @@ unsafe fn decode<'a>(tv: u64, len_offset: usize) -> Option<Val<'a>> {
 ///
 /// # Safety
 /// Inside a protected call. Leaves the stack as it found it.
-unsafe fn probe(l: *mut lua_State) -> Option<usize> {
+pub(crate) unsafe fn probe(l: *mut lua_State) -> Option<usize> {
     if cfg!(not(target_pointer_width = "64")) {
         return None;
     }

@@ -126,23 +126,42 @@ impl Cursor {
     /// # Safety
     /// The table has not been resized since the cursor was made.
     pub unsafe fn next(&mut self) -> Option<Slot> {
+        // SAFETY: forwarded.
+        unsafe { self.next_where(|key, value| wanted(key) || wanted(value)) }
+    }
+
+    /// The next entry, whatever it holds, as `lua_next` gives it.
+    ///
+    /// # Safety
+    /// As `next`.
+    pub unsafe fn next_entry(&mut self) -> Option<Slot> {
+        // SAFETY: forwarded.
+        unsafe { self.next_where(|_, _| true) }
+    }
+
+    /// The next slot with a non-nil value whose key and value `keep` accepts.
+    ///
+    /// # Safety
+    /// As `next`.
+    unsafe fn next_where(&mut self, keep: impl Fn(u64, u64) -> bool) -> Option<Slot> {
         // SAFETY: `at` stays below the sizes read from the table, which has not changed.
         unsafe {
             let mut at = self.at;
             while at < self.asize {
                 let value = *self.array.add(at);
                 at += 1;
-                if wanted(value) {
+                // `lua_next` gives array keys as numbers (from 0)
+                let key = ((at - 1) as f64).to_bits();
+                if itype(value) != TNIL && keep(key, value) {
                     self.at = at;
-                    // `lua_next` gives array keys as numbers (from 0)
-                    return Some(Slot { key: ((at - 1) as f64).to_bits(), value });
+                    return Some(Slot { key, value });
                 }
             }
             let mut i = at - self.asize;
             while i < self.nsize {
                 let n = &*self.node.add(i);
                 i += 1;
-                if itype(n.value) != TNIL && (wanted(n.value) || wanted(n.key)) {
+                if itype(n.value) != TNIL && keep(n.key, n.value) {
                     self.at = self.asize + i;
                     return Some(Slot { key: n.key, value: n.value });
                 }
@@ -235,6 +254,9 @@ pub(crate) unsafe fn probe(l: *mut lua_State) -> bool {
 }
 
 /// The array and the hash part of the table at `p` are where aligned pointers say.
+///
+/// # Safety
+/// `p` is a live table whose header the probe checked.
 unsafe fn parts_ok(p: usize) -> bool {
     // SAFETY: the structure's first fields were checked against the API before.
     let t = unsafe { &*(p as *const Table) };

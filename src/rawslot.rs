@@ -36,7 +36,7 @@ const VTABLE: u8 = 0x05 | COLLECTABLE;
 const VLCL: u8 = 0x06 | COLLECTABLE;
 const VTHREAD: u8 = 0x08 | COLLECTABLE;
 /// `LClosure`: its upvalue count and cells (`upvals`); `UpVal.v`: where the cell's value is.
-const CELLS: Layout = Layout { count: 10, cells: 32, value: 16, name: upvalue_name };
+const CELLS: Layout = Layout { count: 10, cells: 32, value: 16, proto_ok, name: upvalue_name };
 /// `LClosure.p`: its prototype; `Proto.upvalues`: the upvalue descriptions (16 bytes each,
 /// the name first).
 const FN_PROTO_OFFSET: usize = 24;
@@ -135,6 +135,27 @@ pub unsafe fn upvalues(l: *mut lua_State, idx: c_int) -> Option<Upvalues> {
     unsafe {
         let Some(Val::LuaFn(p)) = read(l, idx) else { return None };
         Some(Upvalues::of(p, &CELLS))
+    }
+}
+
+/// `Proto`'s tag (`LUA_VPROTO`) and upvalue count (`sizeupvalues`).
+const VPROTO: u8 = 0x0a;
+const PROTO_SIZEUPVALUES_OFFSET: usize = 16;
+
+/// Whether the Lua closure at `p`, with `count` upvalues, has a prototype where the layout
+/// says (checked by the probe before any name is read).
+///
+/// # Safety
+/// `p` is a live Lua closure whose cells the probe checked.
+unsafe fn proto_ok(p: usize, count: c_int) -> bool {
+    // SAFETY: `p` is within the closure; the prototype is only read once it is a plausible
+    // object address, and only its header.
+    unsafe {
+        let proto = *((p + FN_PROTO_OFFSET) as *const usize);
+        proto != 0
+            && proto.is_multiple_of(8)
+            && *((proto + 8) as *const u8) == VPROTO
+            && *((proto + PROTO_SIZEUPVALUES_OFFSET) as *const c_int) == count
     }
 }
 

@@ -158,13 +158,31 @@ impl Cursor {
     /// # Safety
     /// The table has not been resized since the cursor was made.
     pub unsafe fn next(&mut self) -> Option<Slot> {
+        // SAFETY: forwarded.
+        unsafe { self.next_where(|key, value| wanted(key) || wanted(value)) }
+    }
+
+    /// The next entry, whatever it holds, as `lua_next` gives it.
+    ///
+    /// # Safety
+    /// As `next`.
+    pub unsafe fn next_entry(&mut self) -> Option<Slot> {
+        // SAFETY: forwarded.
+        unsafe { self.next_where(|_, _| true) }
+    }
+
+    /// The next slot with a value whose key's and value's tags `keep` accepts.
+    ///
+    /// # Safety
+    /// As `next`.
+    unsafe fn next_where(&mut self, keep: impl Fn(u8, u8) -> bool) -> Option<Slot> {
         // SAFETY: `at` stays below the sizes read from the table, which has not changed.
         unsafe {
             let mut at = self.at;
             while at < self.asize {
                 let slot = self.array.add(at);
                 at += 1;
-                if wanted((*slot).tt) {
+                if !is_empty((*slot).tt) && keep(VNUMINT, (*slot).tt) {
                     self.at = at;
                     return Some(Slot {
                         key: TValue { value: at as u64, tt: VNUMINT },
@@ -178,7 +196,7 @@ impl Cursor {
                 i += 1;
                 // the tags first: the value bits of an empty slot or a boolean are not set
                 let (tt, key_tt) = ((*n).tt, (*n).key_tt);
-                if !is_empty(tt) && (wanted(tt) || wanted(key_tt)) {
+                if !is_empty(tt) && keep(key_tt, tt) {
                     self.at = self.asize + i;
                     return Some(Slot {
                         key: TValue { value: (*n).key_val, tt: key_tt },
@@ -351,6 +369,9 @@ unsafe fn probe_tables(l: *mut lua_State) -> bool {
 }
 
 /// The array and the hash part of the table at `p` are where aligned pointers say.
+///
+/// # Safety
+/// `p` is a live table whose header the probe checked.
 unsafe fn parts_ok(p: usize) -> bool {
     // SAFETY: the structure's first fields were checked against the API before.
     let t = unsafe { &*(p as *const Table) };

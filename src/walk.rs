@@ -83,8 +83,8 @@ enum Step {
     Api,
 }
 
-/// A table being walked: read in place (Lua 5.4), or by `lua_next` from nil (resuming it
-/// from any other key would skip the hash entries placed before that key).
+/// A table being walked: read in place (LuaJIT, Lua 5.4), or by `lua_next` from nil
+/// (resuming it from any other key would skip the hash entries placed before that key).
 struct Frame {
     /// (weak keys, weak values)
     weak: (bool, bool),

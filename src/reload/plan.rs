@@ -653,8 +653,8 @@ impl<'o> Planner<'o> {
             self.mirror.begin(node, Kind::Table);
             let mut seen_in_base = 0usize;
             let mut cur = old.cursor(base);
-            ffi::lua_pushnil(l);
-            while ffi::lua_next(l, ni) != 0 {
+            let mut entries = ffi::Entries::new(l, ni);
+            while entries.next(l) {
                 let (k, v) = (top + 3, top + 4);
                 let kv = read(l, k);
                 match KeyRef::of(kv) {
