@@ -198,18 +198,19 @@ describe("replacing old functions everywhere", function()
     assert.equal("v2", wrapped()[1]())
   end)
 
-  it("reads tables in place on LuaJIT and Lua 5.4 unless told not to, by lua_next elsewhere", function()
+  -- LuaJIT and Lua 5.4 read in place unless HOTRELOAD_PORTABLE_WALK says not to
+  local function reads_in_place()
     local portable = os.getenv("HOTRELOAD_PORTABLE_WALK")
     local flavor = hotreload.flavor
-    local in_place = (flavor == "luajit" or flavor == "lua54") and (portable == nil or portable == "0")
-    assert.equal(in_place and "in place" or "lua_next", hotreload.table_walk)
+    return (flavor == "luajit" or flavor == "lua54") and (portable == nil or portable == "0")
+  end
+
+  it("reads tables in place on LuaJIT and Lua 5.4 unless told not to, by lua_next elsewhere", function()
+    assert.equal(reads_in_place() and "in place" or "lua_next", hotreload.table_walk)
   end)
 
   it("reads stack slots in place on LuaJIT and Lua 5.4 unless told not to, by the API elsewhere", function()
-    local portable = os.getenv("HOTRELOAD_PORTABLE_WALK")
-    local flavor = hotreload.flavor
-    local in_place = (flavor == "luajit" or flavor == "lua54") and (portable == nil or portable == "0")
-    assert.equal(in_place and "in place" or "api", hotreload.slot_reads)
+    assert.equal(reads_in_place() and "in place" or "api", hotreload.slot_reads)
   end)
 
   it("reaches per-type metatables", function()

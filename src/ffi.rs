@@ -29,6 +29,14 @@ unsafe extern "C-unwind" {
     fn luaJIT_setmode(l: *mut lua_State, idx: c_int, mode: c_int) -> c_int;
 }
 
+/// This VM's in-place readers, where it has them: stack slots and upvalues (`jitraw` on
+/// LuaJIT, `rawslot` on Lua 5.4) and tables (`jittable`, `rawtable`). The engine's one
+/// choice of them: `ffi` and the walk both go through these names.
+#[cfg(feature = "luajit")]
+pub(crate) use crate::{jitraw as raw, jittable as tables};
+#[cfg(feature = "lua54")]
+pub(crate) use crate::{rawslot as raw, rawtable as tables};
+
 /// `LUA_GCISRUNNING`: Lua 5.2+ and LuaJIT 2.1 answer it; mlua-sys's 5.1 bindings lack the name.
 const GC_ISRUNNING: c_int = 9;
 
@@ -79,13 +87,8 @@ impl Val<'_> {
 #[inline]
 pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Val<'a> {
     // SAFETY: forwarded.
-    #[cfg(feature = "luajit")]
-    if let Some(v) = unsafe { crate::jitraw::read(l, idx) } {
-        return v;
-    }
-    // SAFETY: forwarded.
-    #[cfg(feature = "lua54")]
-    if let Some(v) = unsafe { crate::rawslot::read(l, idx) } {
+    #[cfg(any(feature = "luajit", feature = "lua54"))]
+    if let Some(v) = unsafe { raw::read(l, idx) } {
         return v;
     }
     // SAFETY: forwarded.
@@ -98,12 +101,9 @@ pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Val<'a> {
 /// # Safety
 /// Inside a protected call, with 8 free stack slots.
 pub unsafe fn reads_slots_in_place(l: *mut lua_State) -> bool {
-    #[cfg(feature = "luajit")]
+    #[cfg(any(feature = "luajit", feature = "lua54"))]
     // SAFETY: forwarded.
-    return unsafe { crate::jitraw::usable(l) };
-    #[cfg(feature = "lua54")]
-    // SAFETY: forwarded.
-    return unsafe { crate::rawslot::usable(l) };
+    return unsafe { raw::usable(l) };
     #[cfg(not(any(feature = "luajit", feature = "lua54")))]
     {
         let _ = l;
@@ -220,10 +220,8 @@ pub unsafe fn upvalue_id(l: *mut lua_State, f: c_int, n: c_int) -> usize {
 /// `lua_upvalueid` ([`get_upvalue`], [`upvalue_id`]).
 pub struct Upvalues {
     f: c_int,
-    #[cfg(feature = "luajit")]
-    raw: Option<crate::jitraw::Upvalues>,
-    #[cfg(feature = "lua54")]
-    raw: Option<crate::rawslot::Upvalues>,
+    #[cfg(any(feature = "luajit", feature = "lua54"))]
+    raw: Option<raw::Upvalues>,
 }
 
 impl Upvalues {
@@ -237,11 +235,8 @@ impl Upvalues {
         Upvalues {
             f,
             // SAFETY: forwarded.
-            #[cfg(feature = "luajit")]
-            raw: unsafe { crate::jitraw::upvalues(l, f) },
-            // SAFETY: forwarded.
-            #[cfg(feature = "lua54")]
-            raw: unsafe { crate::rawslot::upvalues(l, f) },
+            #[cfg(any(feature = "luajit", feature = "lua54"))]
+            raw: unsafe { raw::upvalues(l, f) },
         }
     }
 
@@ -327,10 +322,8 @@ impl Upvalues {
 /// place (`jittable`, `rawtable`): the same stack protocol, a key on top before each `next`.
 pub struct Entries {
     t: c_int,
-    #[cfg(feature = "luajit")]
-    cursor: Option<crate::jittable::Cursor>,
-    #[cfg(feature = "lua54")]
-    cursor: Option<crate::rawtable::Cursor>,
+    #[cfg(any(feature = "luajit", feature = "lua54"))]
+    cursor: Option<tables::Cursor>,
 }
 
 impl Entries {
@@ -345,10 +338,8 @@ impl Entries {
             lua_pushnil(l);
             Entries {
                 t,
-                #[cfg(feature = "luajit")]
-                cursor: crate::walk::reads_in_place(l).then(|| crate::jittable::Cursor::new(l, t)),
-                #[cfg(feature = "lua54")]
-                cursor: crate::walk::reads_in_place(l).then(|| crate::rawtable::Cursor::new(l, t)),
+                #[cfg(any(feature = "luajit", feature = "lua54"))]
+                cursor: tables::usable(l).then(|| tables::Cursor::new(l, t)),
             }
         }
     }
@@ -359,10 +350,6 @@ impl Entries {
     /// # Safety
     /// The key `next` pushed last (or `new` first) is on top; one more free slot.
     pub unsafe fn next(&mut self, l: *mut lua_State) -> bool {
-        #[cfg(feature = "luajit")]
-        use crate::jittable as tables;
-        #[cfg(feature = "lua54")]
-        use crate::rawtable as tables;
         #[cfg(any(feature = "luajit", feature = "lua54"))]
         if let Some(cursor) = &mut self.cursor {
             // SAFETY: the key on top is ours; the table was not resized, and holds the entry
@@ -387,20 +374,10 @@ impl Entries {
 ///
 /// # Safety
 /// `n` is one of the function's upvalues; one free stack slot.
-#[cfg(feature = "luajit")]
-unsafe fn push_in_place(l: *mut lua_State, ups: &crate::jitraw::Upvalues, n: c_int) {
+#[cfg(any(feature = "luajit", feature = "lua54"))]
+unsafe fn push_in_place(l: *mut lua_State, ups: &raw::Upvalues, n: c_int) {
     // SAFETY: forwarded.
-    unsafe { crate::jitraw::push(l, ups.get(n).1) }
-}
-
-/// Pushes the value of upvalue `n` read in place.
-///
-/// # Safety
-/// `n` is one of the function's upvalues; one free stack slot.
-#[cfg(feature = "lua54")]
-unsafe fn push_in_place(l: *mut lua_State, ups: &crate::rawslot::Upvalues, n: c_int) {
-    // SAFETY: forwarded.
-    unsafe { crate::rawslot::push(l, ups.get(n).1) }
+    unsafe { raw::push(l, ups.get(n).1) }
 }
 
 /// Makes upvalue `n1` of Lua function `f1` refer to the cell of upvalue `n2` of `f2`.

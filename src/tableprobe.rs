@@ -153,10 +153,7 @@ mod tests {
     use super::*;
     use mlua::Lua;
 
-    #[cfg(feature = "luajit")]
-    use crate::jittable as tables;
-    #[cfg(feature = "lua54")]
-    use crate::rawtable as tables;
+    use crate::ffi::tables;
 
     /// The VM's table layout passes its probe, once what it relies on passed its own (on
     /// LuaJIT, `jitraw`'s stack and values), whatever `HOTRELOAD_PORTABLE_WALK` says.

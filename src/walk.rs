@@ -25,16 +25,9 @@ use crate::proto::Dump;
 use crate::ptrmap::{AddrSet, PtrMap};
 use crate::reload::plan::Plan;
 
-/// Upvalue cells read in place (see `jitraw`, `rawslot`).
-#[cfg(feature = "luajit")]
-use crate::jitraw as raw;
-/// Tables read in place (see `jittable`, `rawtable`).
-#[cfg(feature = "luajit")]
-use crate::jittable as tables;
-#[cfg(feature = "lua54")]
-use crate::rawslot as raw;
-#[cfg(feature = "lua54")]
-use crate::rawtable as tables;
+/// Upvalue cells and tables read in place (see `ffi::raw`, `ffi::tables`).
+#[cfg(any(feature = "luajit", feature = "lua54"))]
+use crate::ffi::{raw, tables};
 
 /// What the walk did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
