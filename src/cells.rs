@@ -6,10 +6,11 @@
 //! `lua_getupvalue` also finds each upvalue's name in the prototype's debug information,
 //! memory the walk otherwise never touches; reading the cells directly lets the walk call the
 //! API only for the cells that hold an object. The merge, which matches upvalues by name,
-//! reads the names in place too ([`Layout::name`]).
+//! reads the names in place too ([`Layout::name`]), and the chunk each function comes from
+//! ([`Layout::source`]).
 
 use std::marker::PhantomData;
-use std::os::raw::c_int;
+use std::os::raw::{c_char, c_int};
 
 use crate::ffi::{self, Val, lua_State};
 
@@ -18,13 +19,16 @@ use crate::ffi::{self, Val, lua_State};
 /// checks that the function at an address, with that many upvalues, has its prototype where
 /// the layout says (before reading names); and how the name of upvalue `n` (from 1) of the
 /// Lua function at an address is found in its prototype, as `ffi::get_upvalue` gives it
-/// (`""` where the function was stripped of its names; it lives as long as the prototype).
+/// (`""` where the function was stripped of its names; it lives as long as the prototype);
+/// and where the name of its chunk is, the very characters `lua_getinfo` gives as `source`
+/// (null where the prototype has none: `lua_getinfo` then says `"=?"`).
 pub struct Layout {
     pub count: usize,
     pub cells: usize,
     pub value: usize,
     pub proto_ok: unsafe fn(usize, c_int) -> bool,
     pub name: unsafe fn(usize, c_int) -> &'static [u8],
+    pub source: unsafe fn(usize) -> *const c_char,
 }
 
 /// The upvalue cells of a Lua function, read in place; `R` is the VM's value, read as is.
@@ -34,6 +38,7 @@ pub struct Upvalues<R> {
     n: c_int,
     value: usize,
     name: unsafe fn(usize, c_int) -> &'static [u8],
+    source: unsafe fn(usize) -> *const c_char,
     _value: PhantomData<R>,
 }
 
@@ -51,6 +56,7 @@ impl<R: Copy> Upvalues<R> {
             n: c_int::from(n),
             value: layout.value,
             name: layout.name,
+            source: layout.source,
             _value: PhantomData,
         }
     }
@@ -76,6 +82,15 @@ impl<R: Copy> Upvalues<R> {
     pub unsafe fn name<'a>(&self, n: c_int) -> &'a [u8] {
         // SAFETY: as documented.
         unsafe { (self.name)(self.func, n) }
+    }
+
+    /// The name of the function's chunk, as `lua_getinfo`'s `source` (null if it has none).
+    ///
+    /// # Safety
+    /// The function is still alive, and the layout was checked.
+    pub unsafe fn source(&self) -> *const c_char {
+        // SAFETY: as documented.
+        unsafe { (self.source)(self.func) }
     }
 
     /// Upvalue `n` (from 1): the address of its cell (`lua_upvalueid`), and its value.
@@ -107,10 +122,11 @@ pub struct Probe<'a, R, F: Fn(c_int) -> Option<Val<'a>>> {
 /// Makes a closure over four cells (a number, a table, a string and a C function, the last
 /// with a name longer than Lua 5.4's short strings) and checks each cell read in place
 /// against the API: its address against `lua_upvalueid` (before the cell is read), its name
-/// against `ffi::get_upvalue`'s (once the prototype's header is where the layout says), its value pushed in place against the one `lua_getupvalue`
-/// pushes (raw equal, and read alike: the number, the table and the string must be decoded),
-/// and `is_object`. Leaves the closure on the stack; returns its index and address, for the
-/// VM's own checks.
+/// against `ffi::get_upvalue`'s (once the prototype's header is where the layout says), its
+/// value pushed in place against the one `lua_getupvalue` pushes (raw equal, and read alike:
+/// the number, the table and the string must be decoded), and `is_object`; and the chunk
+/// name against `lua_getinfo`'s `source`, the same characters. Leaves the closure on the
+/// stack; returns its index and address, for the VM's own checks.
 ///
 /// # Safety
 /// Inside a protected call, with 4 free stack slots.
@@ -147,6 +163,11 @@ pub unsafe fn probe<'a, R: Copy, F: Fn(c_int) -> Option<Val<'a>>>(
             }
         }
         if !(with.layout.proto_ok)(p, ups.count()) {
+            return None;
+        }
+        let mut ar: ffi::lua_Debug = std::mem::zeroed();
+        ffi::lua_pushvalue(l, f);
+        if ffi::lua_getinfo(l, c">S".as_ptr(), &mut ar) == 0 || ar.source != ups.source() {
             return None;
         }
         for n in 1..=ups.count() {

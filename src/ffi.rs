@@ -316,6 +316,18 @@ impl Upvalues {
             None
         }
     }
+
+    /// Where the function's chunk name is, as `lua_getinfo`'s `source`, where it is read in
+    /// place and the prototype has one; `None`: ask `lua_getinfo`.
+    pub fn source(&self) -> Option<*const c_char> {
+        #[cfg(any(feature = "luajit", feature = "lua54"))]
+        if let Some(ups) = &self.raw {
+            // SAFETY: the function is at `self.f` while this is used; the layout was probed.
+            let source = unsafe { ups.source() };
+            return (!source.is_null()).then_some(source);
+        }
+        None
+    }
 }
 
 /// A table's entries as `lua_next` gives them, read in place where the walk reads tables in

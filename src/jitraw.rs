@@ -19,7 +19,7 @@
 //! The VM walk also reads a Lua function's upvalue cells (`GCfuncL`, `GCupval`; see
 //! `cells`) and its environment in place, probed the same way.
 
-use std::os::raw::c_int;
+use std::os::raw::{c_char, c_int};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::cells::{self, Layout, Probe};
@@ -62,13 +62,16 @@ const STR_LEN_OFFSETS: [usize; 2] = [20, 16];
 const FN_ENV_OFFSET: usize = 16;
 /// `GCfuncL`: its upvalue count and cells (`uvptr`); `GCupval.v`: where the cell's value is
 /// (in the cell once closed, on a stack while open).
-const CELLS: Layout = Layout { count: 11, cells: 40, value: 32, proto_ok, name: upvalue_name };
+const CELLS: Layout =
+    Layout { count: 11, cells: 40, value: 32, proto_ok, name: upvalue_name, source: chunk_name };
 /// `GCfuncL.pc`: the bytecode, which follows the function's `GCproto` (104 bytes in GC64).
 const FN_PC_OFFSET: usize = 32;
 const PROTO_SIZE: usize = 104;
 /// `GCproto.uvinfo`: the upvalue names, one after another, each ended by a zero byte (none in
 /// stripped bytecode).
 const PROTO_UVINFO_OFFSET: usize = 88;
+/// `GCproto.chunkname`: the `GCstr` naming the chunk.
+const PROTO_CHUNKNAME_OFFSET: usize = 64;
 /// Tags of the objects the walk must see besides tables and functions.
 pub(crate) const TUDATA: u32 = !12;
 /// Marks a pseudo-index (`LUA_REGISTRYINDEX` and below).
@@ -242,6 +245,20 @@ unsafe fn upvalue_name(p: usize, n: c_int) -> &'static [u8] {
             len += 1;
         }
         std::slice::from_raw_parts(start, len)
+    }
+}
+
+/// The name of the chunk of the Lua function at `p`: the characters of its prototype's
+/// `chunkname`, which `lua_getinfo` gives as `source` (`strdata`).
+///
+/// # Safety
+/// As `upvalue_name`.
+unsafe fn chunk_name(p: usize) -> *const c_char {
+    // SAFETY: every prototype has a chunk name, a string whose characters follow its header.
+    unsafe {
+        let pc = *((p + FN_PC_OFFSET) as *const usize);
+        let name = *((pc.wrapping_sub(PROTO_SIZE) + PROTO_CHUNKNAME_OFFSET) as *const usize);
+        (name + STR_DATA_OFFSET) as *const c_char
     }
 }
 

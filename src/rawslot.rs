@@ -18,7 +18,7 @@
 //! The VM walk also reads a Lua closure's upvalue cells in place (`LClosure`, `UpVal`; see
 //! `cells`). Values, the stack head and in-place pushes are `rawtable`'s.
 
-use std::os::raw::c_int;
+use std::os::raw::{c_char, c_int};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::cells::{self, Layout, Probe};
@@ -36,7 +36,8 @@ const VTABLE: u8 = 0x05 | COLLECTABLE;
 const VLCL: u8 = 0x06 | COLLECTABLE;
 const VTHREAD: u8 = 0x08 | COLLECTABLE;
 /// `LClosure`: its upvalue count and cells (`upvals`); `UpVal.v`: where the cell's value is.
-const CELLS: Layout = Layout { count: 10, cells: 32, value: 16, proto_ok, name: upvalue_name };
+const CELLS: Layout =
+    Layout { count: 10, cells: 32, value: 16, proto_ok, name: upvalue_name, source: chunk_name };
 /// `LClosure.p`: its prototype; `Proto.upvalues`: the upvalue descriptions (16 bytes each,
 /// the name first).
 const FN_PROTO_OFFSET: usize = 24;
@@ -180,6 +181,26 @@ unsafe fn upvalue_name(p: usize, n: c_int) -> &'static [u8] {
             *((name + LNGLEN_OFFSET) as *const usize)
         };
         std::slice::from_raw_parts((name + CONTENTS_OFFSET) as *const u8, len)
+    }
+}
+
+/// `Proto.source`: the string naming the chunk (none in stripped bytecode).
+const PROTO_SOURCE_OFFSET: usize = 112;
+
+/// The name of the chunk of the Lua closure at `p`: the characters of its prototype's
+/// `source`, which `lua_getinfo` gives as `source` (`getstr`); null if it has none.
+///
+/// # Safety
+/// As `upvalue_name`.
+unsafe fn chunk_name(p: usize) -> *const c_char {
+    // SAFETY: a closure's prototype; its source, if any, is a string.
+    unsafe {
+        let proto = *((p + FN_PROTO_OFFSET) as *const usize);
+        let source = *((proto + PROTO_SOURCE_OFFSET) as *const usize);
+        if source == 0 {
+            return std::ptr::null();
+        }
+        (source + CONTENTS_OFFSET) as *const c_char
     }
 }
 

@@ -18,12 +18,12 @@
 //! by such a callback) at the running table.
 
 use std::ffi::{CStr, CString};
-use std::os::raw::{c_int, c_void};
+use std::os::raw::{c_char, c_int, c_void};
 
 use crate::ffi::{self, lua_State};
 use crate::proto::Dump;
-use crate::ptrmap::{AddrSet, PtrMap};
-use crate::reload::plan::Plan;
+use crate::ptrmap::{AddrSet, PtrMap, PtrSet};
+use crate::reload::plan::{FnPair, Plan};
 
 /// Upvalue cells and tables read in place (see `ffi::raw`, `ffi::tables`).
 #[cfg(any(feature = "luajit", feature = "lua54"))]
@@ -116,6 +116,9 @@ struct Walker<'p> {
     /// first time an unpaired closure needs them (most reloads meet none)
     sources: Vec<Vec<u8>>,
     enclosing: Option<Vec<Enclosing>>,
+    /// the chunk names of the plans' old functions, when all were read in place (`None`
+    /// inside: some were not, so any chunk may be theirs)
+    chunks: Option<Option<Vec<Vec<u8>>>>,
     dumps: std::collections::HashMap<Ref, Option<Dump>>,
     current: usize,
     /// per plan
@@ -180,10 +183,8 @@ impl<'p> Walker<'p> {
                     copies.insert(p, (pi, live));
                     visited.insert(p);
                 }
-                for &(old, new) in &plan.fpairs {
-                    plan.push(l, old);
-                    map.insert(ffi::lua_topointer(l, -1) as usize, (pi, new));
-                    ffi::lua_pop(l, 1);
+                for pair in &plan.fpairs {
+                    map.insert(pair.at, (pi, pair.new));
                 }
             }
             ffi::lua_createtable(l, 256, 0);
@@ -205,6 +206,7 @@ impl<'p> Walker<'p> {
                 n_keys: 0,
                 sources: Vec::new(),
                 enclosing: None,
+                chunks: None,
                 dumps: std::collections::HashMap::new(),
                 current: l as usize,
                 out: vec![Outcome::default(); n_plans],
@@ -219,7 +221,7 @@ impl<'p> Walker<'p> {
         self.enclosing.get_or_insert_with(|| unsafe {
             let mut all = Vec::new();
             for (pi, plan) in self.plans.iter().enumerate() {
-                for &(old, new) in &plan.fpairs {
+                for &FnPair { old, new, .. } in &plan.fpairs {
                     plan.push(l, old);
                     let mut ar: ffi::lua_Debug = std::mem::zeroed();
                     if ffi::lua_getinfo(l, c">S".as_ptr(), &mut ar) == 0 || ar.source.is_null() {
@@ -240,6 +242,28 @@ impl<'p> Walker<'p> {
             all.sort_by_key(|e| e.last_line - e.line);
             all
         })
+    }
+
+    /// Whether a closure of the chunk `source` may have been made by an old function of the
+    /// plans. The chunk names read in place answer without the index (`enclosing`), which
+    /// asks `lua_getinfo` about every old function: most closures the walk meets outside
+    /// the plans (other modules') are answered this way.
+    fn may_enclose(&mut self, source: &[u8]) -> bool {
+        let plans = &*self.plans;
+        let chunks = self.chunks.get_or_insert_with(|| {
+            let mut seen = PtrSet::default();
+            let mut names = Vec::new();
+            for pair in plans.iter().flat_map(|p| &p.fpairs) {
+                let at = pair.source?;
+                if seen.insert(at) {
+                    // SAFETY: the old function is anchored, and with it its chunk name,
+                    // a string (zero-terminated, as all Lua strings).
+                    names.push(unsafe { CStr::from_ptr(at as *const c_char) }.to_bytes().to_vec());
+                }
+            }
+            Some(names)
+        });
+        chunks.as_ref().is_none_or(|names| names.iter().any(|n| n == source))
     }
 
     unsafe fn push_ref(&self, l: *mut lua_State, (pi, slot): Ref) {
@@ -830,6 +854,9 @@ impl<'p> Walker<'p> {
                 return None;
             }
             let source = CStr::from_ptr(ar.source).to_bytes();
+            if !self.may_enclose(source) {
+                return None;
+            }
             let n_enclosing = self.enclosing(l).len();
             let src = self.sources.iter().position(|s| s == source)?;
             // a closure on a cell the new version made is the new version's own

@@ -63,6 +63,17 @@ pub struct Join {
     pub old_n: c_int,
 }
 
+/// A running function and the new one that replaces it (anchor slots), with what the walk
+/// needs of the old one: its address, and where its chunk name is when read in place (see
+/// `ffi::Upvalues::source`).
+#[derive(Clone, Copy, Debug)]
+pub struct FnPair {
+    pub old: u32,
+    pub new: u32,
+    pub at: usize,
+    pub source: Option<usize>,
+}
+
 /// What a reload did, for the report and for tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -121,8 +132,8 @@ pub struct Plan {
     /// (address, running table slot) of every new table merged into a running one.
     merged: Vec<(usize, u32)>,
     cells: PtrMap<Cell>,
-    /// (old function, new function) anchor slots, for replacing references elsewhere.
-    pub fpairs: Vec<(u32, u32)>,
+    /// Paired functions, for replacing references elsewhere.
+    pub fpairs: Vec<FnPair>,
     /// What `package.loaded[name]` holds afterwards.
     pub root: Pv,
     pub counts: Counts,
@@ -245,7 +256,7 @@ pub struct Planner<'o> {
     /// cell id): a function paired later may still join it.
     unjoined: Vec<(u32, c_int, usize)>,
     new_fns: Vec<u32>,
-    fpairs: Vec<(u32, u32)>,
+    fpairs: Vec<FnPair>,
     acts: Vec<Act>,
     counts: Counts,
 }
@@ -802,7 +813,9 @@ impl<'o> Planner<'o> {
             let (fi, ni) = (top + 1, top + 2);
             let (old_ups, new_ups) = (ffi::Upvalues::of(l, fi), ffi::Upvalues::of(l, ni));
             self.mirror.begin(node, Kind::Func);
-            self.fpairs.push((live, new));
+            let at = read(l, fi).object().unwrap_or(0);
+            let source = old_ups.source().map(|s| s as usize);
+            self.fpairs.push(FnPair { old: live, new, at, source });
             self.new_fns.push(new); // (marked NEW_FN when paired)
             self.counts.functions_replaced += 1;
             let mut i = 1;
