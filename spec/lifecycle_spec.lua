@@ -113,6 +113,46 @@ describe("lifecycle hooks", function()
     NEW_GLOBAL_FROM_V2 = nil -- luacheck: ignore
   end)
 
+  -- (a reload only keeps an undo log where a __reload can run: these two have none in the new
+  -- source, and must be rolled back all the same)
+  it("a __reload the running module got at run time rolls the merge back when it raises", function()
+    local src = [[
+      local M = { n = %d }
+      function M.version() return "%s" end
+      return M
+    ]]
+    local name = h.module(src:format(1, "v1"))
+    local M = require(name)
+    local version = M.version
+    M.__reload = function() error("runtime hook failed") end
+    h.rewrite(name, src:format(2, "v2"))
+    local ok, err = hotreload.reload(name)
+    assert.is_nil(ok)
+    assert.matches("runtime hook failed", err, 1, true)
+    assert.equal("v1", M.version())
+    assert.equal(version, M.version)
+    assert.equal(1, M.n)
+  end)
+
+  it("a __reload an __unload hook installs rolls the merge back when it raises", function()
+    local src = [[
+      local M = { n = %d }
+      function M.version() return "%s" end
+      function M.__unload(m) m.__reload = function() error("installed hook failed") end end
+      return M
+    ]]
+    local name = h.module(src:format(1, "v1"))
+    local M = require(name)
+    local version = M.version
+    h.rewrite(name, src:format(2, "v2"))
+    local ok, err = hotreload.reload(name)
+    assert.is_nil(ok)
+    assert.matches("installed hook failed", err, 1, true)
+    assert.equal("v1", M.version())
+    assert.equal(version, M.version)
+    assert.equal(1, M.n)
+  end)
+
   it("an __unload that raises stops the reload before anything is merged", function()
     local src = [[
       local M = {}

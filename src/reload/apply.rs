@@ -1,7 +1,7 @@
 //! Applying a planned merge: the only place that writes to the running program. It runs no
 //! user code and raises nothing but memory errors, so a plan that exists is applied whole.
-//! Every write is logged with the value it overwrote, so that a merge can be rolled back
-//! (when the module's `__reload` hook fails).
+//! Where a `__reload` hook may run, every write is logged with the value it overwrote, so
+//! that the merge can be rolled back if the hook fails.
 
 use std::os::raw::c_int;
 
@@ -18,20 +18,31 @@ pub enum Undo {
     Fenv { f: u32, old: Pv, new: Pv },
 }
 
-/// Performs every write of `plan` and joins the upvalue cells; returns the undo log.
+/// Performs every write of `plan` and joins the upvalue cells; returns the undo log, empty
+/// unless `logged` (reading what each write overwrites, and keeping it, is most of the cost
+/// of a write).
 ///
 /// # Safety
 /// Inside `protect`, with the plan's anchor table still at `plan.anchors`; the collector is
 /// paused (no finalizer may run between two writes).
-pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan) -> Vec<Undo> {
+pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan, logged: bool) -> Vec<Undo> {
     let acts = std::mem::take(&mut plan.acts);
-    let mut log = Vec::with_capacity(acts.len());
+    let mut log = Vec::with_capacity(if logged { acts.len() } else { 0 });
+    // What the value on top is about to lose (popped), anchored if the log keeps it.
+    let overwritten = |l: *mut lua_State, plan: &mut Plan| {
+        // SAFETY: a value on top, anchored if kept, then popped.
+        unsafe {
+            let old = if logged { plan.capture(l, -1) } else { Pv::Nil };
+            ffi::lua_pop(l, 1);
+            old
+        }
+    };
     // SAFETY: every operand is an anchored object or inline data; each arm is stack-neutral.
     unsafe {
         ffi::luaL_checkstack(l, 8, c"hotreload: Lua stack exhausted".as_ptr());
         let top = ffi::lua_gettop(l);
         for act in &acts {
-            match *act {
+            let undo = match *act {
                 Act::Set { t, k, .. } | Act::Unset { t, k } => {
                     // Set writes a value under the key as resolved; Unset removes a key as is
                     let (resolve_key, value) = match *act {
@@ -40,43 +51,46 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan) -> Vec<Undo> {
                     };
                     push_slot(l, plan, t);
                     let k = push(l, plan, k, resolve_key);
-                    ffi::lua_pushvalue(l, -1);
-                    ffi::lua_rawget(l, top + 1);
-                    let old = plan.capture(l, -1);
-                    ffi::lua_pop(l, 1);
+                    let old = if logged {
+                        ffi::lua_pushvalue(l, -1);
+                        ffi::lua_rawget(l, top + 1);
+                        overwritten(l, plan)
+                    } else {
+                        Pv::Nil
+                    };
                     push(l, plan, value, true);
                     ffi::lua_rawset(l, top + 1);
-                    log.push(Undo::Set { t, k, old, new: value });
+                    Undo::Set { t, k, old, new: value }
                 }
                 Act::Meta { t, mt } => {
                     push_slot(l, plan, t);
                     if ffi::lua_getmetatable(l, -1) == 0 {
                         ffi::lua_pushnil(l);
                     }
-                    let old = plan.capture(l, -1);
-                    ffi::lua_pop(l, 1);
+                    let old = overwritten(l, plan);
                     push(l, plan, mt, true);
                     ffi::lua_setmetatable(l, -2);
-                    log.push(Undo::Meta { t, old, new: mt });
+                    Undo::Meta { t, old, new: mt }
                 }
                 Act::Up { f, n, v } => {
                     push_slot(l, plan, f);
                     ffi::lua_getupvalue(l, -1, n);
-                    let old = plan.capture(l, -1);
-                    ffi::lua_pop(l, 1);
+                    let old = overwritten(l, plan);
                     push(l, plan, v, true);
                     ffi::lua_setupvalue(l, -2, n);
-                    log.push(Undo::Up { f, n, old, new: v });
+                    Undo::Up { f, n, old, new: v }
                 }
                 Act::Fenv { f, env } => {
                     push_slot(l, plan, f);
                     get_fenv(l);
-                    let old = plan.capture(l, -1);
-                    ffi::lua_pop(l, 1);
+                    let old = overwritten(l, plan);
                     push(l, plan, env, true);
                     set_fenv(l);
-                    log.push(Undo::Fenv { f, old, new: env });
+                    Undo::Fenv { f, old, new: env }
                 }
+            };
+            if logged {
+                log.push(undo);
             }
             ffi::lua_settop(l, top);
         }

@@ -28,6 +28,24 @@ pub enum Verdict {
     Failed(String),
 }
 
+/// Whether the value at `idx` is a table with a (raw) field `name`.
+///
+/// # Safety
+/// A valid index; one free stack slot.
+pub unsafe fn has_field(l: *mut lua_State, idx: c_int, name: &[u8]) -> bool {
+    // SAFETY: a raw read, popped.
+    unsafe {
+        if ffi::lua_type(l, idx) != ffi::LUA_TTABLE {
+            return false;
+        }
+        let idx = ffi::lua_absindex(l, idx);
+        ffi::push_bytes(l, name);
+        let found = ffi::lua_rawget(l, idx) != ffi::LUA_TNIL;
+        ffi::lua_pop(l, 1);
+        found
+    }
+}
+
 /// Calls `module.<hook>(module)` if the module is a table with such a function (read raw).
 ///
 /// # Safety

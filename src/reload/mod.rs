@@ -9,7 +9,8 @@
 //! 3. `hooks`: the program's `before_reload` listeners, then the old module's `__unload`;
 //!    either may refuse (return `false`) or fail (raise), and then nothing is written;
 //! 4. `apply`: write the plan into the running program and join upvalue cells, logging every
-//!    value it overwrites;
+//!    value it overwrites (unless no `__reload` hook can run: a batch of one module whose two
+//!    versions have none, since the merged module only has keys of the two);
 //! 5. `hooks`: the merged module's `__reload`; if it raises, the log puts everything back;
 //! 6. `walk` (unless turned off): replace the old functions wherever the VM still holds them,
 //!    then flush LuaJIT's compiled code;
@@ -445,11 +446,17 @@ impl Run<'_> {
             }
             return;
         }
+        // SAFETY: both values of each job are on the stack.
+        let logged = self.jobs.len() > 1
+            || self.going().any(|(_, job)| unsafe {
+                hooks::has_field(l, job.live, b"__reload")
+                    || hooks::has_field(l, job.new, b"__reload")
+            });
         for (t, job) in self.going() {
             let Some(plan) = job.plan.as_mut() else { continue };
             // SAFETY: the plan's anchors are on the stack; the collector is paused.
             unsafe {
-                job.undo = apply::apply(l, plan);
+                job.undo = apply::apply(l, plan, logged);
                 ffi::push_bytes(l, &t.name);
                 apply::push(l, plan, plan.root, true);
                 ffi::lua_rawset(l, loaded);
