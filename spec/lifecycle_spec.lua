@@ -114,43 +114,39 @@ describe("lifecycle hooks", function()
   end)
 
   -- (a reload only keeps an undo log where a __reload can run: these two have none in the new
-  -- source, and must be rolled back all the same)
-  it("a __reload the running module got at run time rolls the merge back when it raises", function()
-    local src = [[
-      local M = { n = %d }
-      function M.version() return "%s" end
-      return M
-    ]]
+  -- source, and must be rolled back all the same) `src` formats with a number and a version;
+  -- `setup` gets the loaded module before the reload.
+  local function expect_rollback(src, message, setup)
     local name = h.module(src:format(1, "v1"))
     local M = require(name)
     local version = M.version
-    M.__reload = function() error("runtime hook failed") end
+    if setup then setup(M) end
     h.rewrite(name, src:format(2, "v2"))
     local ok, err = hotreload.reload(name)
     assert.is_nil(ok)
-    assert.matches("runtime hook failed", err, 1, true)
+    assert.matches(message, err, 1, true)
     assert.equal("v1", M.version())
     assert.equal(version, M.version)
     assert.equal(1, M.n)
+  end
+
+  it("a __reload the running module got at run time rolls the merge back when it raises", function()
+    expect_rollback([[
+      local M = { n = %d }
+      function M.version() return "%s" end
+      return M
+    ]], "runtime hook failed", function(M)
+      M.__reload = function() error("runtime hook failed") end
+    end)
   end)
 
   it("a __reload an __unload hook installs rolls the merge back when it raises", function()
-    local src = [[
+    expect_rollback([[
       local M = { n = %d }
       function M.version() return "%s" end
       function M.__unload(m) m.__reload = function() error("installed hook failed") end end
       return M
-    ]]
-    local name = h.module(src:format(1, "v1"))
-    local M = require(name)
-    local version = M.version
-    h.rewrite(name, src:format(2, "v2"))
-    local ok, err = hotreload.reload(name)
-    assert.is_nil(ok)
-    assert.matches("installed hook failed", err, 1, true)
-    assert.equal("v1", M.version())
-    assert.equal(version, M.version)
-    assert.equal(1, M.n)
+    ]], "installed hook failed")
   end)
 
   it("an __unload that raises stops the reload before anything is merged", function()
