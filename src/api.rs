@@ -11,7 +11,7 @@ use crate::error::{Error, ErrorKind};
 use crate::ffi::{self, Val, lua_State};
 use crate::reload::hooks::{self, key};
 use crate::watch::{Options, Watch};
-use crate::{capture, poll, reload, state, walk};
+use crate::{capture, poll, reload, state};
 
 /// Metatable name of watcher handles.
 const WATCHER: &CStr = c"hotreload.watcher";
@@ -73,7 +73,7 @@ pub unsafe fn open(l: *mut lua_State, exports: &[(&std::ffi::CStr, ffi::lua_CFun
         ffi::lua_setfield(l, module, c"_VERSION".as_ptr());
         ffi::push_bytes(l, ffi::FLAVOR.as_bytes());
         ffi::lua_setfield(l, module, c"flavor".as_ptr());
-        let walk: &[u8] = if walk::reads_in_place(l) { b"in place" } else { b"lua_next" };
+        let walk: &[u8] = if ffi::reads_tables_in_place(l) { b"in place" } else { b"lua_next" };
         ffi::push_bytes(l, walk);
         ffi::lua_setfield(l, module, c"table_walk".as_ptr());
         let slots: &[u8] = if ffi::reads_slots_in_place(l) { b"in place" } else { b"api" };

@@ -111,6 +111,22 @@ pub unsafe fn reads_slots_in_place(l: *mut lua_State) -> bool {
     }
 }
 
+/// Whether the walk and the merge read tables in place (LuaJIT and Lua 5.4, see `jittable`
+/// and `rawtable`) rather than by `lua_next`; the first call checks the layout.
+///
+/// # Safety
+/// Inside a protected call, with 16 free stack slots.
+pub unsafe fn reads_tables_in_place(l: *mut lua_State) -> bool {
+    #[cfg(any(feature = "luajit", feature = "lua54"))]
+    // SAFETY: forwarded.
+    return unsafe { tables::usable(l) };
+    #[cfg(not(any(feature = "luajit", feature = "lua54")))]
+    {
+        let _ = l;
+        false
+    }
+}
+
 /// Whether `HOTRELOAD_PORTABLE_WALK` (set, and not `0`) keeps the engine to the C API: no
 /// layout-dependent reads (`rawtable`, `rawslot`, `jitraw`).
 pub fn portable() -> bool {

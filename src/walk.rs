@@ -136,7 +136,7 @@ pub unsafe fn replace(l: *mut lua_State, plans: &mut [Plan]) -> Vec<Outcome> {
         ffi::luaL_checkstack(l, STACK_NEEDED, c"hotreload: Lua stack exhausted".as_ptr());
         let top = ffi::lua_gettop(l);
         let mut w = Walker::new(l, plans);
-        w.in_place = reads_in_place(l);
+        w.in_place = ffi::reads_tables_in_place(l);
         w.roots(l);
         while w.top > 0 {
             ffi::lua_rawgeti(l, w.work, w.top);
@@ -147,22 +147,6 @@ pub unsafe fn replace(l: *mut lua_State, plans: &mut [Plan]) -> Vec<Outcome> {
         w.rename_keys(l);
         ffi::lua_settop(l, top);
         w.out
-    }
-}
-
-/// Whether the walk reads tables in place (LuaJIT and Lua 5.4, see `jittable` and
-/// `rawtable`) rather than by `lua_next`; the first call checks the layout.
-///
-/// # Safety
-/// Inside a protected call, with 16 free stack slots.
-pub unsafe fn reads_in_place(l: *mut lua_State) -> bool {
-    #[cfg(any(feature = "luajit", feature = "lua54"))]
-    // SAFETY: forwarded.
-    return unsafe { tables::usable(l) };
-    #[cfg(not(any(feature = "luajit", feature = "lua54")))]
-    {
-        let _ = l;
-        false
     }
 }
 

@@ -28,19 +28,32 @@ pub enum Verdict {
     Failed(String),
 }
 
+/// Pushes field `name` of the value at `idx` read raw, nil if that is not a table (a hook is
+/// looked up this way); returns its type.
+///
+/// # Safety
+/// A valid index; one free stack slot.
+unsafe fn push_raw_field(l: *mut lua_State, idx: c_int, name: &[u8]) -> c_int {
+    // SAFETY: one push either way.
+    unsafe {
+        if ffi::lua_type(l, idx) != ffi::LUA_TTABLE {
+            ffi::lua_pushnil(l);
+            return ffi::LUA_TNIL;
+        }
+        let idx = ffi::lua_absindex(l, idx);
+        ffi::push_bytes(l, name);
+        ffi::lua_rawget(l, idx)
+    }
+}
+
 /// Whether the value at `idx` is a table with a (raw) field `name`.
 ///
 /// # Safety
 /// A valid index; one free stack slot.
 pub unsafe fn has_field(l: *mut lua_State, idx: c_int, name: &[u8]) -> bool {
-    // SAFETY: a raw read, popped.
+    // SAFETY: one push, popped.
     unsafe {
-        if ffi::lua_type(l, idx) != ffi::LUA_TTABLE {
-            return false;
-        }
-        let idx = ffi::lua_absindex(l, idx);
-        ffi::push_bytes(l, name);
-        let found = ffi::lua_rawget(l, idx) != ffi::LUA_TNIL;
+        let found = push_raw_field(l, idx, name) != ffi::LUA_TNIL;
         ffi::lua_pop(l, 1);
         found
     }
@@ -59,11 +72,7 @@ pub unsafe fn call_module_hook(
     // SAFETY: raw read, then a protected call; the stack is restored.
     unsafe {
         let top = ffi::lua_gettop(l);
-        if ffi::lua_type(l, module) != ffi::LUA_TTABLE {
-            return Verdict::Go;
-        }
-        ffi::push_bytes(l, hook);
-        if ffi::lua_rawget(l, module) != ffi::LUA_TFUNCTION {
+        if push_raw_field(l, module, hook) != ffi::LUA_TFUNCTION {
             ffi::lua_settop(l, top);
             return Verdict::Go;
         }
