@@ -292,45 +292,59 @@ impl Upvalues {
     }
 
     /// Finds the upvalue called `name`, trying index `hint` first (versions usually keep the
-    /// order). When found, its value is left on the stack.
+    /// order).
     ///
     /// # Safety
-    /// One free stack slot.
+    /// One free stack slot (the API reads names by pushing values).
     pub unsafe fn find(&self, l: *mut lua_State, name: &[u8], hint: c_int) -> Option<c_int> {
         #[cfg(any(feature = "luajit", feature = "lua54"))]
         if let Some(ups) = &self.raw {
-            // SAFETY: indices within the count; the pushed slot is the caller's.
+            // SAFETY: indices within the count.
             unsafe {
                 let named = |j: c_int| ups.name(j) == name;
                 let count = ups.count();
-                let found = if (1..=count).contains(&hint) && named(hint) {
-                    Some(hint)
-                } else {
-                    (1..=count).find(|&j| named(j))
-                };
-                if let Some(j) = found {
-                    push_in_place(l, ups, j);
+                if (1..=count).contains(&hint) && named(hint) {
+                    return Some(hint);
                 }
-                return found;
+                return (1..=count).find(|&j| named(j));
             }
         }
-        // SAFETY: lua_getupvalue stops at the last upvalue; non-matches are popped.
+        // SAFETY: lua_getupvalue stops at the last upvalue; every value is popped.
         unsafe {
-            match get_upvalue(l, self.f, hint) {
-                Some(n) if n == name => return Some(hint),
-                Some(_) => lua_pop(l, 1),
-                None => {}
+            let named = |j: c_int| {
+                let found = get_upvalue(l, self.f, j);
+                if found.is_some() {
+                    lua_pop(l, 1);
+                }
+                found
+            };
+            if named(hint).is_some_and(|n| n == name) {
+                return Some(hint);
             }
             let mut j = 1;
-            while let Some(n) = get_upvalue(l, self.f, j) {
+            while let Some(n) = named(j) {
                 if n == name {
                     return Some(j);
                 }
-                lua_pop(l, 1);
                 j += 1;
             }
             None
         }
+    }
+
+    /// Pushes the value of upvalue `n`.
+    ///
+    /// # Safety
+    /// `n` is one of the function's upvalues; one free stack slot.
+    pub unsafe fn push(&self, l: *mut lua_State, n: c_int) {
+        #[cfg(any(feature = "luajit", feature = "lua54"))]
+        if let Some(ups) = &self.raw {
+            // SAFETY: forwarded.
+            unsafe { push_in_place(l, ups, n) };
+            return;
+        }
+        // SAFETY: forwarded.
+        unsafe { lua_getupvalue(l, self.f, n) };
     }
 
     /// Where the function's chunk name is, as `lua_getinfo`'s `source`, where it is read in

@@ -134,9 +134,16 @@ pub fn decide(prior: Prior, live: Val, new: Val) -> Decision {
     let keep = match prior {
         Prior::Unknown => live != Val::Nil,
         Prior::Absent => new == Val::Nil,
-        Prior::Was(base) => base.unchanged(new),
+        Prior::Was(_) => kept_by_source(prior, new),
     };
     if keep { Decision::Keep } else { Decision::TakeNew }
+}
+
+/// The part of [`decide`] that needs no running value: the base has the slot and the source
+/// left it as it was, so whatever runs there now stays. The merge then never reads the
+/// running value (most slots of a reload: the data nobody edited).
+pub fn kept_by_source(prior: Prior, new: Val) -> bool {
+    matches!(prior, Prior::Was(base) if base.unchanged(new))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -498,6 +505,12 @@ mod tests {
         ];
         for (prior, live, new, want, why) in cases {
             assert_eq!(decide(*prior, *live, *new), *want, "{why}");
+            if kept_by_source(*prior, *new) {
+                assert_eq!(*want, Keep, "kept by the source alone: {why}");
+                for other in [Val::Nil, Val::Int(99), Val::Str(b"other"), Val::Table(8)] {
+                    assert_eq!(decide(*prior, other, *new), Keep, "whatever runs: {why}");
+                }
+            }
         }
     }
 

@@ -10,7 +10,9 @@
 
 use std::os::raw::c_int;
 
-use super::base::{Builder, Decision, KeyRef, Kind, NodeId, Prior, Snapshot, Was, decide};
+use super::base::{
+    Builder, Decision, KeyRef, Kind, NodeId, Prior, Snapshot, Was, decide, kept_by_source,
+};
 use crate::ffi::{self, Val, lua_State, read};
 use crate::ptrmap::{AddrSet, PtrMap, PtrSet};
 
@@ -453,7 +455,7 @@ impl<'o> Planner<'o> {
                 _ => raw_equal(lv, nv),
             };
             let (d, was) = self.decide_slot(l, live, new, lv, nv, prior);
-            Decided { d, was, live: lv, new: nv, equal }
+            Decided { d, was, new: nv, equal }
         }
     }
 
@@ -674,11 +676,18 @@ impl<'o> Planner<'o> {
                         if matches!(prior, Prior::Was(_)) {
                             seen_in_base += 1;
                         }
-                        ffi::lua_pushvalue(l, k);
-                        ffi::lua_rawget(l, ti);
-                        let m = self.merge_slot(l, top + 5, v, prior);
-                        self.mirror.field(node, key, m.was);
-                        self.record_set(l, live, k, v, &m);
+                        let nv = read(l, v);
+                        if kept_by_source(prior, nv) {
+                            // the running value stays, whatever it is: not even looked up
+                            self.mirror.field(node, key, Was::of(nv));
+                            self.counts.values_kept += 1;
+                        } else {
+                            ffi::lua_pushvalue(l, k);
+                            ffi::lua_rawget(l, ti);
+                            let m = self.merge_slot(l, top + 5, v, prior);
+                            self.mirror.field(node, key, m.was);
+                            self.record_set(l, live, k, v, &m);
+                        }
                     }
                     None if kv.object().is_some() => {
                         let (k, v) = (self.anchor(l, k), self.anchor(l, v));
@@ -715,14 +724,15 @@ impl<'o> Planner<'o> {
         }
     }
 
-    /// Counts a data slot (not a function or a table, counted as such) for the report.
+    /// Counts a slot of data in the new source (not a function or a table, counted as such)
+    /// for the report: kept as it runs, or taken from the source.
     fn count_value(&mut self, m: &Decided) {
-        let data = |v: Val| !matches!(v, Val::Table(_) | Val::LuaFn(_) | Val::CFn(_));
+        let data = !matches!(m.new, Val::Table(_) | Val::LuaFn(_) | Val::CFn(_));
         if m.d == Decision::Keep {
-            if data(m.live) {
+            if data {
                 self.counts.values_kept += 1;
             }
-        } else if data(m.new) && !m.equal {
+        } else if data && !m.equal {
             self.counts.values_taken += 1;
         }
     }
@@ -834,7 +844,6 @@ impl<'o> Planner<'o> {
                         if !name.is_empty()
                             && let Some(j) = old_ups.find(l, name, i)
                         {
-                            // the old value is now at top + 4
                             let old_id = old_ups.id(l, j);
                             if self.cell(old_id).is_none() {
                                 // Rule 3: the new cell joins the old one; its value is decided
@@ -843,12 +852,20 @@ impl<'o> Planner<'o> {
                                 self.claimed_cells.insert(old_id);
                                 self.cells.insert(id, Cell::Joined(live, j));
                                 self.joins.push(Join { new_fn: new, n: i, old_fn: live, old_n: j });
-                                let m = self.merge_slot(l, top + 4, value, prior);
-                                self.mirror.upvalue(node, name, m.was);
-                                self.count_value(&m);
-                                if m.takes_new() {
-                                    let v = self.capture_val(l, value, m.new);
-                                    self.acts.push(Act::Up { f: live, n: j, v });
+                                let nv = read(l, value);
+                                if kept_by_source(prior, nv) {
+                                    // the running value stays: not even read
+                                    self.mirror.upvalue(node, name, Was::of(nv));
+                                    self.counts.values_kept += 1;
+                                } else {
+                                    old_ups.push(l, j); // at top + 4
+                                    let m = self.merge_slot(l, top + 4, value, prior);
+                                    self.mirror.upvalue(node, name, m.was);
+                                    self.count_value(&m);
+                                    if m.takes_new() {
+                                        let v = self.capture_val(l, value, m.new);
+                                        self.acts.push(Act::Up { f: live, n: j, v });
+                                    }
                                 }
                                 joined = true;
                             }
@@ -1136,7 +1153,6 @@ unsafe fn anchor_new(l: *mut lua_State, anchors: c_int, n: &mut u32, idx: c_int)
 struct Decided<'v> {
     d: Decision,
     was: Was<'v>,
-    live: Val<'v>,
     new: Val<'v>,
     equal: bool,
 }
