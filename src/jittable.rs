@@ -127,23 +127,26 @@ impl Cursor {
     /// The table has not been resized since the cursor was made.
     pub unsafe fn next(&mut self) -> Option<Slot> {
         // SAFETY: forwarded.
-        unsafe { self.next_where(|key, value| wanted(key) || wanted(value)) }
+        unsafe { self.next_where(false, |key, value| wanted(key) || wanted(value)) }
     }
 
-    /// The next entry, whatever it holds, as `lua_next` gives it.
+    /// The next entry, whatever it holds, as `lua_next` gives it. The objects of the entries
+    /// a few nodes on are fetched into the cache meanwhile: the merge reads every key and
+    /// value, and they are scattered over the heap.
     ///
     /// # Safety
     /// As `next`.
     pub unsafe fn next_entry(&mut self) -> Option<Slot> {
         // SAFETY: forwarded.
-        unsafe { self.next_where(|_, _| true) }
+        unsafe { self.next_where(true, |_, _| true) }
     }
 
-    /// The next slot with a non-nil value whose key and value `keep` accepts.
+    /// The next slot with a non-nil value whose key and value `keep` accepts (fetching
+    /// objects `AHEAD`).
     ///
     /// # Safety
     /// As `next`.
-    unsafe fn next_where(&mut self, keep: impl Fn(u64, u64) -> bool) -> Option<Slot> {
+    unsafe fn next_where(&mut self, ahead: bool, keep: impl Fn(u64, u64) -> bool) -> Option<Slot> {
         // SAFETY: `at` stays below the sizes read from the table, which has not changed.
         unsafe {
             let mut at = self.at;
@@ -161,6 +164,11 @@ impl Cursor {
             while i < self.nsize {
                 let n = &*self.node.add(i);
                 i += 1;
+                if ahead && i + AHEAD < self.nsize {
+                    let n = &*self.node.add(i + AHEAD);
+                    prefetch(n.key);
+                    prefetch(n.value);
+                }
                 if itype(n.value) != TNIL && keep(n.key, n.value) {
                     self.at = self.asize + i;
                     return Some(Slot { key: n.key, value: n.value });
@@ -169,6 +177,17 @@ impl Cursor {
             self.at = self.asize + i;
             None
         }
+    }
+}
+
+/// Hash nodes ahead of the entry read whose objects `next_entry` has fetched meanwhile.
+const AHEAD: usize = 4;
+
+/// Fetches the object a value refers to (a string, a table, a function...) into the cache.
+fn prefetch(tv: u64) {
+    // GC64 tags of collectable values: ~4 (string) to ~12 (userdata)
+    if (4..=12).contains(&!itype(tv)) {
+        ffi::prefetch((tv & GCV_MASK) as usize);
     }
 }
 

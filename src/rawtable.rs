@@ -159,23 +159,26 @@ impl Cursor {
     /// The table has not been resized since the cursor was made.
     pub unsafe fn next(&mut self) -> Option<Slot> {
         // SAFETY: forwarded.
-        unsafe { self.next_where(|key, value| wanted(key) || wanted(value)) }
+        unsafe { self.next_where(false, |key, value| wanted(key) || wanted(value)) }
     }
 
-    /// The next entry, whatever it holds, as `lua_next` gives it.
+    /// The next entry, whatever it holds, as `lua_next` gives it. The objects of the entries
+    /// a few nodes on are fetched into the cache meanwhile: the merge reads every key and
+    /// value, and they are scattered over the heap.
     ///
     /// # Safety
     /// As `next`.
     pub unsafe fn next_entry(&mut self) -> Option<Slot> {
         // SAFETY: forwarded.
-        unsafe { self.next_where(|_, _| true) }
+        unsafe { self.next_where(true, |_, _| true) }
     }
 
-    /// The next slot with a value whose key's and value's tags `keep` accepts.
+    /// The next slot with a value whose key's and value's tags `keep` accepts (fetching
+    /// objects `AHEAD`).
     ///
     /// # Safety
     /// As `next`.
-    unsafe fn next_where(&mut self, keep: impl Fn(u8, u8) -> bool) -> Option<Slot> {
+    unsafe fn next_where(&mut self, ahead: bool, keep: impl Fn(u8, u8) -> bool) -> Option<Slot> {
         // SAFETY: `at` stays below the sizes read from the table, which has not changed.
         unsafe {
             let mut at = self.at;
@@ -194,6 +197,11 @@ impl Cursor {
             while i < self.nsize {
                 let n = self.node.add(i);
                 i += 1;
+                if ahead && i + AHEAD < self.nsize {
+                    let n = &*self.node.add(i + AHEAD);
+                    prefetch(n.key_tt, n.key_val);
+                    prefetch(n.tt, n.value);
+                }
                 // the tags first: the value bits of an empty slot or a boolean are not set
                 let (tt, key_tt) = ((*n).tt, (*n).key_tt);
                 if !is_empty(tt) && keep(key_tt, tt) {
@@ -207,6 +215,16 @@ impl Cursor {
             self.at = self.asize + i;
             None
         }
+    }
+}
+
+/// Hash nodes ahead of the entry read whose objects `next_entry` has fetched meanwhile.
+const AHEAD: usize = 4;
+
+/// Fetches the object a value refers to (a string, a table, a function...) into the cache.
+fn prefetch(tt: u8, value: u64) {
+    if tt & COLLECTABLE != 0 {
+        ffi::prefetch(value as usize);
     }
 }
 

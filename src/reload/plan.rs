@@ -217,11 +217,18 @@ enum Scope {
 
 #[derive(Debug)]
 enum Item {
-    Tables { live: u32, new: u32, base: Option<NodeId>, node: NodeId, scope: Scope },
-    Fns { live: u32, new: u32, base: Option<NodeId>, node: NodeId },
+    Tables { at: Pair, live: u32, new: u32, base: Option<NodeId>, node: NodeId, scope: Scope },
+    Fns { at: Pair, live: u32, new: u32, base: Option<NodeId>, node: NodeId },
     AdoptTable { new: u32, node: NodeId },
     AdoptFn { new: u32, node: NodeId },
     Cell { f: u32, n: c_int },
+}
+
+/// The addresses of a running object and of the new one paired with it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Pair {
+    old: usize,
+    new: usize,
 }
 
 /// An entry of a paired table whose key is a table or a function: its running counterpart
@@ -363,7 +370,15 @@ impl<'o> Planner<'o> {
                 Some(g) => {
                     let live = self.anchor(l, g);
                     let base = self.old.globals;
-                    self.paired.push(Item::Tables { live, new, base, node, scope: Scope::Globals });
+                    let at = Pair::default();
+                    self.paired.push(Item::Tables {
+                        at,
+                        live,
+                        new,
+                        base,
+                        node,
+                        scope: Scope::Globals,
+                    });
                 }
                 None => self.adopt.push(Item::AdoptTable { new, node }),
             }
@@ -380,6 +395,12 @@ impl<'o> Planner<'o> {
         unsafe {
             loop {
                 if let Some(item) = self.paired.pop() {
+                    // the next pair's two objects are fetched while this one is planned
+                    if let Some(Item::Tables { at, .. } | Item::Fns { at, .. }) = self.paired.last()
+                    {
+                        ffi::prefetch(at.old);
+                        ffi::prefetch(at.new);
+                    }
                     self.process(l, item);
                 } else if let Some(d) = self.deferred.pop() {
                     self.deferred_entry(l, d);
@@ -418,10 +439,10 @@ impl<'o> Planner<'o> {
         // SAFETY: items only name anchored objects.
         unsafe {
             match item {
-                Item::Tables { live, new, base, node, scope } => {
+                Item::Tables { live, new, base, node, scope, .. } => {
                     self.pair_tables(l, live, new, base, node, scope)
                 }
-                Item::Fns { live, new, base, node } => self.pair_fns(l, live, new, base, node),
+                Item::Fns { live, new, base, node, .. } => self.pair_fns(l, live, new, base, node),
                 Item::AdoptTable { new, node } => self.adopt_table(l, new, node),
                 Item::AdoptFn { new, node } => self.adopt_fn(l, new, node),
                 Item::Cell { f, n } => {
@@ -498,11 +519,12 @@ impl<'o> Planner<'o> {
                         let d = if keep { Decision::Keep } else { Decision::TakeNew };
                         return (d, Was::Node(node));
                     }
-                    if let Some((live_slot, new_slot)) = paired {
+                    if let (Some((live_slot, new_slot)), Some(q)) = (paired, q) {
                         self.merged.push((p, live_slot));
                         let base = self.old.child(prior, Kind::Table);
                         let scope = Scope::Module;
                         self.paired.push(Item::Tables {
+                            at: Pair { old: q, new: p },
                             live: live_slot,
                             new: new_slot,
                             base,
@@ -525,9 +547,16 @@ impl<'o> Planner<'o> {
                     let unpaired = |o: &Obj| o.pair == 0;
                     let (o, paired) = self.meet(l, (live, new), (q, p), unpaired, QUEUED | NEW_FN);
                     let node = o.node;
-                    if let Some((live_slot, new_slot)) = paired {
+                    if let (Some((live_slot, new_slot)), Some(q)) = (paired, q) {
                         let base = self.old.child(prior, Kind::Func);
-                        self.paired.push(Item::Fns { live: live_slot, new: new_slot, base, node });
+                        let at = Pair { old: q, new: p };
+                        self.paired.push(Item::Fns {
+                            at,
+                            live: live_slot,
+                            new: new_slot,
+                            base,
+                            node,
+                        });
                         return (Decision::TakeNew, Was::Node(node));
                     }
                     self.reach_val(l, new, nv);
