@@ -360,6 +360,10 @@ impl Upvalues {
     }
 }
 
+/// How many hash nodes past the one being read the in-place table cursors fetch the key and
+/// value objects of (`jittable`, `rawtable`), when the merge reads every entry.
+pub const PREFETCH_AHEAD: usize = 4;
+
 /// Asks the CPU to bring the object at `addr` into the cache ahead of its use: a hint, which
 /// never faults, whatever the address.
 pub fn prefetch(addr: usize) {

@@ -142,7 +142,7 @@ impl Cursor {
     }
 
     /// The next slot with a non-nil value whose key and value `keep` accepts (fetching
-    /// objects `AHEAD`).
+    /// objects `ffi::PREFETCH_AHEAD` nodes on).
     ///
     /// # Safety
     /// As `next`.
@@ -164,8 +164,8 @@ impl Cursor {
             while i < self.nsize {
                 let n = &*self.node.add(i);
                 i += 1;
-                if ahead && i + AHEAD < self.nsize {
-                    let n = &*self.node.add(i + AHEAD);
+                if ahead && i + ffi::PREFETCH_AHEAD < self.nsize {
+                    let n = &*self.node.add(i + ffi::PREFETCH_AHEAD);
                     prefetch(n.key);
                     prefetch(n.value);
                 }
@@ -179,9 +179,6 @@ impl Cursor {
         }
     }
 }
-
-/// Hash nodes ahead of the entry read whose objects `next_entry` has fetched meanwhile.
-const AHEAD: usize = 4;
 
 /// Fetches the object a value refers to (a string, a table, a function...) into the cache.
 fn prefetch(tv: u64) {

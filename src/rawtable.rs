@@ -174,7 +174,7 @@ impl Cursor {
     }
 
     /// The next slot with a value whose key's and value's tags `keep` accepts (fetching
-    /// objects `AHEAD`).
+    /// objects `ffi::PREFETCH_AHEAD` nodes on).
     ///
     /// # Safety
     /// As `next`.
@@ -197,8 +197,8 @@ impl Cursor {
             while i < self.nsize {
                 let n = self.node.add(i);
                 i += 1;
-                if ahead && i + AHEAD < self.nsize {
-                    let n = &*self.node.add(i + AHEAD);
+                if ahead && i + ffi::PREFETCH_AHEAD < self.nsize {
+                    let n = &*self.node.add(i + ffi::PREFETCH_AHEAD);
                     prefetch(n.key_tt, n.key_val);
                     prefetch(n.tt, n.value);
                 }
@@ -217,9 +217,6 @@ impl Cursor {
         }
     }
 }
-
-/// Hash nodes ahead of the entry read whose objects `next_entry` has fetched meanwhile.
-const AHEAD: usize = 4;
 
 /// Fetches the object a value refers to (a string, a table, a function...) into the cache.
 fn prefetch(tt: u8, value: u64) {
