@@ -394,6 +394,24 @@ describe("rule 6: metatables", function()
     assert.equal("v2 x", M.x)
     assert.equal(2, mt.bump())
   end)
+
+  it("removes a metatable the source stopped setting, keeps one the program set", function()
+    local v = [[
+      local M = { t = {} }
+      if SET then setmetatable(M, { __index = function() return "meta" end }) end
+      return M
+    ]]
+    local name = h.module((v:gsub("SET", "true")))
+    local M = require(name)
+    reload(name) -- (the first reload records the base: the source sets a metatable)
+    assert.equal("meta", M.x)
+    local mine = {}
+    setmetatable(M.t, mine)
+    h.rewrite(name, (v:gsub("SET", "false")))
+    reload(name)
+    assert.is_nil(getmetatable(M))
+    assert.equal(mine, getmetatable(M.t))
+  end)
 end)
 
 describe("rule 7: raw access", function()

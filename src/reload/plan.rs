@@ -104,8 +104,6 @@ const NO_NODE: NodeId = NodeId::MAX;
 const QUEUED: u8 = 1;
 /// A new table merged into `pair`: references to it are redirected there.
 const MERGED: u8 = 4;
-/// A function of the new version (walked as one).
-const NEW_FN: u8 = 8;
 
 impl Default for Obj {
     fn default() -> Obj {
@@ -133,6 +131,8 @@ pub struct Plan {
     objs: PtrMap<Obj>,
     /// (address, running table slot) of every new table merged into a running one.
     merged: Vec<(usize, u32)>,
+    /// the new version's functions (as the plan walked them), for the walk's lookups
+    new_fn_at: AddrSet,
     cells: PtrMap<Cell>,
     /// Paired functions, for replacing references elsewhere.
     pub fpairs: Vec<FnPair>,
@@ -156,7 +156,7 @@ impl Plan {
 
     /// Whether the function at `p` belongs to the new version (as the plan walked it).
     pub fn is_new_fn(&self, p: usize) -> bool {
-        self.objs.get(&p).is_some_and(|o| o.flags & NEW_FN != 0)
+        self.new_fn_at.contains(p)
     }
 
     /// For a new upvalue cell: the old function and upvalue index whose cell it joins.
@@ -252,6 +252,8 @@ pub struct Planner<'o> {
     claimed: AddrSet,
     claimed_cells: AddrSet,
     merged: Vec<(usize, u32)>,
+    /// the new version's functions: allocated together, so a bitmap holds them compactly
+    new_fn_at: AddrSet,
     cells: PtrMap<Cell>,
     stop: PtrSet,
     mirror: Builder,
@@ -303,6 +305,7 @@ impl<'o> Planner<'o> {
             claimed: AddrSet::default(),
             claimed_cells: AddrSet::default(),
             merged: Vec::with_capacity(nodes),
+            new_fn_at: AddrSet::default(),
             cells,
             stop,
             mirror: Builder::sized_like(old),
@@ -426,6 +429,7 @@ impl<'o> Planner<'o> {
                 joins: self.joins,
                 objs: self.objs,
                 merged: self.merged,
+                new_fn_at: self.new_fn_at,
                 cells: self.cells,
                 fpairs: self.fpairs,
                 root: self.root.unwrap_or(Pv::Nil),
@@ -545,9 +549,10 @@ impl<'o> Planner<'o> {
                         _ => None,
                     };
                     let unpaired = |o: &Obj| o.pair == 0;
-                    let (o, paired) = self.meet(l, (live, new), (q, p), unpaired, QUEUED | NEW_FN);
+                    let (o, paired) = self.meet(l, (live, new), (q, p), unpaired, QUEUED);
                     let node = o.node;
                     if let (Some((live_slot, new_slot)), Some(q)) = (paired, q) {
+                        self.new_fn_at.insert(p);
                         let base = self.old.child(prior, Kind::Func);
                         let at = Pair { old: q, new: p };
                         self.paired.push(Item::Fns {
@@ -575,7 +580,7 @@ impl<'o> Planner<'o> {
     unsafe fn mark_new_fn(&mut self, l: *mut lua_State, idx: c_int) {
         // SAFETY: a valid index.
         if let Val::LuaFn(p) = unsafe { read(l, idx) } {
-            self.obj(p).flags |= NEW_FN;
+            self.new_fn_at.insert(p);
         }
     }
 
@@ -808,25 +813,31 @@ impl<'o> Planner<'o> {
         node: NodeId,
     ) {
         let old = self.old;
-        // SAFETY: two pushes (metatable or nil each), popped by the final settop.
+        // SAFETY: two pushes at most (new metatable, running one), popped by the final settop.
         unsafe {
             let top = ffi::lua_gettop(l);
-            if ffi::lua_getmetatable(l, ti) == 0 {
-                ffi::lua_pushnil(l);
-            }
             let has_new = ffi::lua_getmetatable(l, ni) != 0;
+            let prior = old.meta(base);
+            if !has_new && !matches!(prior, Prior::Was(_)) {
+                // nothing to set either way: the running table is not even read
+                ffi::lua_settop(l, top);
+                return;
+            }
             if !has_new {
                 ffi::lua_pushnil(l);
             }
-            let prior = old.meta(base);
+            if ffi::lua_getmetatable(l, ti) == 0 {
+                ffi::lua_pushnil(l);
+            }
+            let (live_mt, new_mt) = (top + 2, top + 1);
             if has_new {
-                let m = self.merge_slot(l, top + 1, top + 2, prior);
+                let m = self.merge_slot(l, live_mt, new_mt, prior);
                 self.mirror.meta(node, m.was);
                 if m.takes_new() {
-                    let mt = self.capture_val(l, top + 2, m.new);
+                    let mt = self.capture_val(l, new_mt, m.new);
                     self.acts.push(Act::Meta { t: live, mt });
                 }
-            } else if ffi::lua_type(l, top + 1) != ffi::LUA_TNIL && matches!(prior, Prior::Was(_)) {
+            } else if ffi::lua_type(l, live_mt) != ffi::LUA_TNIL {
                 // The source dropped its setmetatable.
                 self.acts.push(Act::Meta { t: live, mt: Pv::Nil });
             }
@@ -855,7 +866,7 @@ impl<'o> Planner<'o> {
             let at = read(l, fi).object().unwrap_or(0);
             let source = old_ups.source().map(|s| s as usize);
             self.fpairs.push(FnPair { old: live, new, at, source });
-            self.new_fns.push(new); // (marked NEW_FN when paired)
+            self.new_fns.push(new); // (in new_fn_at since paired)
             self.counts.functions_replaced += 1;
             let mut i = 1;
             while let Some(name) = new_ups.get(l, i) {
