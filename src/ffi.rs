@@ -581,6 +581,37 @@ unsafe fn gc(l: *mut lua_State, what: c_int) -> c_int {
     unsafe { lua_gc(l, what, 0) }
 }
 
+/// `lua_rawgeti` for a caller with no use for the type it returns: mlua's LuaJIT binding
+/// asks `lua_type` for it after every call, the engine's commonest (pushing anchored objects).
+///
+/// # Safety
+/// As `lua_rawgeti`; `n` fits a C int on LuaJIT (anchor slots do).
+#[inline]
+pub unsafe fn rawgeti(l: *mut lua_State, idx: c_int, n: u32) {
+    // SAFETY: as documented.
+    unsafe {
+        #[cfg(feature = "luajit")]
+        lua_rawgeti_(l, idx, c_int::try_from(n).unwrap_or(0));
+        #[cfg(not(feature = "luajit"))]
+        lua_rawgeti(l, idx, lua_Integer::from(n));
+    }
+}
+
+/// `lua_rawget` for a caller with no use for the type it returns (see [`rawgeti`]).
+///
+/// # Safety
+/// As `lua_rawget`.
+#[inline]
+pub unsafe fn rawget(l: *mut lua_State, idx: c_int) {
+    // SAFETY: as documented.
+    unsafe {
+        #[cfg(feature = "luajit")]
+        lua_rawget_(l, idx);
+        #[cfg(not(feature = "luajit"))]
+        lua_rawget(l, idx);
+    }
+}
+
 /// Pushes a Rust string as a Lua string.
 ///
 /// # Safety

@@ -202,7 +202,7 @@ impl Plan {
     pub unsafe fn push(&self, l: *mut lua_State, slot: u32) {
         // SAFETY: as documented.
         unsafe {
-            ffi::lua_rawgeti(l, self.anchors, ffi::lua_Integer::from(slot));
+            ffi::rawgeti(l, self.anchors, slot);
         }
     }
 }
@@ -717,7 +717,7 @@ impl<'o> Planner<'o> {
                             self.counts.values_kept += 1;
                         } else {
                             ffi::lua_pushvalue(l, k);
-                            ffi::lua_rawget(l, ti);
+                            ffi::rawget(l, ti);
                             let m = self.merge_slot(l, top + 5, v, prior);
                             self.mirror.field(node, key, m.was);
                             self.record_set(l, live, k, v, &m);
@@ -730,7 +730,7 @@ impl<'o> Planner<'o> {
                     None => {
                         // userdata or coroutine keys: the same object in both versions
                         ffi::lua_pushvalue(l, k);
-                        ffi::lua_rawget(l, ti);
+                        ffi::rawget(l, ti);
                         let m = self.merge_slot(l, top + 5, v, Prior::Unknown);
                         self.record_set(l, live, k, v, &m);
                     }
@@ -1140,7 +1140,7 @@ impl<'o> Planner<'o> {
     unsafe fn push(&self, l: *mut lua_State, slot: u32) {
         // SAFETY: the anchor table is at `self.anchors`.
         unsafe {
-            ffi::lua_rawgeti(l, self.anchors, ffi::lua_Integer::from(slot));
+            ffi::rawgeti(l, self.anchors, slot);
         }
     }
 }
