@@ -99,10 +99,8 @@ struct Walker<'p> {
     frames: Vec<Frame>,
     /// old function -> its replacement
     map: PtrMap<Ref>,
-    /// new copy of a table -> the running table it merged into
-    copies: PtrMap<Ref>,
-    /// objects seen; the copies are in from the start, so that the many tables seen for the
-    /// first time need no look in `copies`
+    /// objects seen; the merged copies (`copy_of`) are in from the start, so that the many
+    /// tables seen for the first time need no look in the plans
     visited: AddrSet,
     /// tables can be read in place (`jittable`, `rawtable`)
     in_place: bool,
@@ -158,13 +156,9 @@ impl<'p> Walker<'p> {
             let pairs = plans.iter().map(|p| p.fpairs.len()).sum();
             let mut map = PtrMap::with_capacity_and_hasher(pairs, Default::default());
             let mut visited = AddrSet::default();
-            let mut copies = PtrMap::default();
             for (pi, plan) in plans.iter().enumerate() {
                 visited.insert(ffi::lua_topointer(l, plan.anchors) as usize);
-                let merged = plan.merged();
-                copies.reserve(merged.len());
-                for &(p, live) in merged {
-                    copies.insert(p, (pi, live));
+                for &p in plan.merged() {
                     visited.insert(p);
                 }
                 for pair in &plan.fpairs {
@@ -181,7 +175,6 @@ impl<'p> Walker<'p> {
                 plans,
                 frames: Vec::new(),
                 map,
-                copies,
                 visited,
                 in_place: false,
                 work,
@@ -270,6 +263,11 @@ impl<'p> Walker<'p> {
         self.plans.iter().any(|plan| plan.is_new_fn(p))
     }
 
+    /// The running table that the new table at `p` merged into, if it is such a copy.
+    fn copy_of(&self, p: usize) -> Option<Ref> {
+        self.plans.iter().enumerate().find_map(|(pi, plan)| plan.merged_into(p).map(|s| (pi, s)))
+    }
+
     fn is_new_cell(&self, id: usize) -> bool {
         self.plans.iter().any(|plan| plan.is_new_cell(id))
     }
@@ -352,7 +350,7 @@ impl<'p> Walker<'p> {
                     if self.visited.insert(p) {
                         return Sight::NewTable;
                     }
-                    if let Some(&slot) = self.copies.get(&p) {
+                    if let Some(slot) = self.copy_of(p) {
                         // a reference to the discarded copy (a callback's upvalue, a table the
                         // new top level registered it in) now refers to the running table
                         self.reach_slot(l, slot);
@@ -545,7 +543,7 @@ impl<'p> Walker<'p> {
                     }
                     return Step::Done;
                 }
-                if !self.copies.contains_key(&p) {
+                if self.copy_of(p).is_none() {
                     return Step::Done;
                 }
             }
@@ -675,7 +673,7 @@ impl<'p> Walker<'p> {
     /// replace). The in-place path asks before pushing a function's environment.
     #[cfg(feature = "luajit")]
     fn needs_visit(&self, p: usize) -> bool {
-        !self.visited.contains(p) || self.copies.contains_key(&p)
+        !self.visited.contains(p) || self.copy_of(p).is_some()
     }
 
     /// LuaJIT: function, thread and userdata environments.

@@ -129,8 +129,8 @@ pub struct Plan {
     pub acts: Vec<Act>,
     pub joins: Vec<Join>,
     objs: PtrMap<Obj>,
-    /// (address, running table slot) of every new table merged into a running one.
-    merged: Vec<(usize, u32)>,
+    /// the address of every new table merged into a running one
+    merged: Vec<usize>,
     /// the new version's functions (as the plan walked them), for the walk's lookups
     new_fn_at: AddrSet,
     cells: PtrMap<Cell>,
@@ -148,9 +148,9 @@ impl Plan {
         self.objs.get(&p).filter(|o| o.flags & MERGED != 0).map(|o| o.pair)
     }
 
-    /// (address, running table slot) of every new table merged into a running one: the new
-    /// copies that are garbage once applied.
-    pub fn merged(&self) -> &[(usize, u32)] {
+    /// The address of every new table merged into a running one: the new copies that are
+    /// garbage once applied.
+    pub fn merged(&self) -> &[usize] {
         &self.merged
     }
 
@@ -251,7 +251,7 @@ pub struct Planner<'o> {
     /// fraction of the memory a hash map would, and their lookups mostly hit the cache
     claimed: AddrSet,
     claimed_cells: AddrSet,
-    merged: Vec<(usize, u32)>,
+    merged: Vec<usize>,
     /// the new version's functions: allocated together, so a bitmap holds them compactly
     new_fn_at: AddrSet,
     cells: PtrMap<Cell>,
@@ -524,7 +524,7 @@ impl<'o> Planner<'o> {
                         return (d, Was::Node(node));
                     }
                     if let (Some((live_slot, new_slot)), Some(q)) = (paired, q) {
-                        self.merged.push((p, live_slot));
+                        self.merged.push(p);
                         let base = self.old.child(prior, Kind::Table);
                         let scope = Scope::Module;
                         self.paired.push(Item::Tables {
