@@ -317,8 +317,8 @@ impl<'o> Planner<'o> {
             joins: Vec::with_capacity(upvalues),
             unjoined: Vec::new(),
             new_fns: Vec::with_capacity(nodes / 2),
-            fpairs: Vec::new(),
-            acts: Vec::new(),
+            fpairs: Vec::with_capacity(nodes / 2),
+            acts: Vec::with_capacity(nodes / 2),
             counts: Counts::default(),
         }
     }
