@@ -597,6 +597,23 @@ pub unsafe fn rawgeti(l: *mut lua_State, idx: c_int, n: u32) {
     }
 }
 
+/// `lua_settop` down to the index `idx` (positive, at or below the top): in place where
+/// slots are read in place. The merge ends every slot it decides with one.
+///
+/// # Safety
+/// As `lua_settop`; the values dropped are the caller's own.
+#[inline]
+pub unsafe fn settop_down(l: *mut lua_State, idx: c_int) {
+    // SAFETY: forwarded.
+    unsafe {
+        #[cfg(any(feature = "luajit", feature = "lua54"))]
+        if raw::drop_to(l, idx) {
+            return;
+        }
+        lua_settop(l, idx);
+    }
+}
+
 /// `lua_rawget` for a caller with no use for the type it returns (see [`rawgeti`]).
 ///
 /// # Safety

@@ -262,6 +262,29 @@ unsafe fn chunk_name(p: usize) -> *const c_char {
     }
 }
 
+/// Drops the values above the index `idx` (positive, at or below the top), as `lua_settop`
+/// would; false where the API must do it (no layout, or a top to raise).
+///
+/// # Safety
+/// `idx` is an index of the running function; the values dropped are the caller's own.
+#[inline]
+pub unsafe fn drop_to(l: *mut lua_State, idx: c_int) -> bool {
+    let layout = LAYOUT.load(Ordering::Relaxed);
+    if layout == UNKNOWN || layout == NO || idx < 0 {
+        return false;
+    }
+    // SAFETY: the probe checked where `base` and `top` are; the new top is not above the old.
+    unsafe {
+        let head = l as *mut StateHead;
+        let top = (*head).base.wrapping_add(idx as usize);
+        if top > (*head).top {
+            return false;
+        }
+        (*head).top = top;
+    }
+    true
+}
+
 /// Pops `n` values, as `lua_pop` would.
 ///
 /// # Safety

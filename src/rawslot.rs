@@ -111,6 +111,30 @@ unsafe fn read_unchecked<'a>(l: *mut lua_State, idx: c_int) -> Option<Val<'a>> {
     }
 }
 
+/// Drops the values above the index `idx` (positive, at or below the top), as `lua_settop`
+/// would (none is a to-be-closed variable: the engine makes none); false where the API must
+/// do it (no layout, or a top to raise).
+///
+/// # Safety
+/// `idx` is an index of the running function; the values dropped are the caller's own.
+#[inline]
+pub unsafe fn drop_to(l: *mut lua_State, idx: c_int) -> bool {
+    if LAYOUT.load(Ordering::Relaxed) != YES || idx < 0 {
+        return false;
+    }
+    // SAFETY: the probe checked where `ci->func` and `top` are; the new top is not above
+    // the old.
+    unsafe {
+        let head = l as *mut StateHead;
+        let top = (*(*head).ci).wrapping_add(idx as usize + 1) as *mut TValue;
+        if top > (*head).top {
+            return false;
+        }
+        (*head).top = top;
+    }
+    true
+}
+
 /// A value read in place.
 #[derive(Clone, Copy)]
 #[repr(transparent)]

@@ -456,7 +456,7 @@ impl<'o> Planner<'o> {
                         let id = ffi::upvalue_id(l, fi, n);
                         self.adopt_cell(l, f, n, id, fi + 1);
                     }
-                    ffi::lua_settop(l, fi - 1);
+                    ffi::settop_down(l, fi - 1);
                 }
             }
         }
@@ -735,7 +735,7 @@ impl<'o> Planner<'o> {
                         self.record_set(l, live, k, v, &m);
                     }
                 }
-                ffi::lua_settop(l, top + 3);
+                ffi::settop_down(l, top + 3);
             }
             if scope == Scope::Module {
                 if seen_in_base < old.len(base) {
@@ -743,7 +743,7 @@ impl<'o> Planner<'o> {
                 }
                 self.pair_metatables(l, live, ti, ni, base, node);
             }
-            ffi::lua_settop(l, top);
+            ffi::settop_down(l, top);
         }
     }
 
@@ -797,7 +797,7 @@ impl<'o> Planner<'o> {
                         self.counts.keys_removed += 1;
                     }
                 }
-                ffi::lua_settop(l, top);
+                ffi::settop_down(l, top);
             }
         }
     }
@@ -820,7 +820,7 @@ impl<'o> Planner<'o> {
             let prior = old.meta(base);
             if !has_new && !matches!(prior, Prior::Was(_)) {
                 // nothing to set either way: the running table is not even read
-                ffi::lua_settop(l, top);
+                ffi::settop_down(l, top);
                 return;
             }
             if !has_new {
@@ -841,7 +841,7 @@ impl<'o> Planner<'o> {
                 // The source dropped its setmetatable.
                 self.acts.push(Act::Meta { t: live, mt: Pv::Nil });
             }
-            ffi::lua_settop(l, top);
+            ffi::settop_down(l, top);
         }
     }
 
@@ -920,10 +920,10 @@ impl<'o> Planner<'o> {
                     let was = self.base_of(read(l, value));
                     self.mirror.upvalue(node, name, was);
                 }
-                ffi::lua_settop(l, top + 2);
+                ffi::settop_down(l, top + 2);
                 i += 1;
             }
-            ffi::lua_settop(l, top);
+            ffi::settop_down(l, top);
         }
     }
 
@@ -934,7 +934,7 @@ impl<'o> Planner<'o> {
             self.push(l, new);
             let ni = top + 1;
             if self.is_merged(read(l, ni)) {
-                ffi::lua_settop(l, top);
+                ffi::settop_down(l, top);
                 return; // paired after all
             }
             self.mirror.begin(node, Kind::Table);
@@ -957,7 +957,7 @@ impl<'o> Planner<'o> {
                     }
                     self.acts.push(Act::Set { t: new, k: kp, v: vp });
                 }
-                ffi::lua_settop(l, top + 2);
+                ffi::settop_down(l, top + 2);
             }
             if ffi::lua_getmetatable(l, ni) != 0 {
                 let mv = read(l, top + 2);
@@ -969,7 +969,7 @@ impl<'o> Planner<'o> {
                     self.acts.push(Act::Meta { t: new, mt });
                 }
             }
-            ffi::lua_settop(l, top);
+            ffi::settop_down(l, top);
         }
     }
 
@@ -982,7 +982,7 @@ impl<'o> Planner<'o> {
             if let Val::LuaFn(p) = read(l, fi)
                 && self.obj(p).pair != 0
             {
-                ffi::lua_settop(l, top);
+                ffi::settop_down(l, top);
                 return; // paired after all
             }
             let ups = ffi::Upvalues::of(l, fi);
@@ -1003,10 +1003,10 @@ impl<'o> Planner<'o> {
                     Some(_) => {}
                     None => self.adopt_cell(l, new, i, id, top + 2),
                 }
-                ffi::lua_settop(l, fi);
+                ffi::settop_down(l, fi);
                 i += 1;
             }
-            ffi::lua_settop(l, top);
+            ffi::settop_down(l, top);
         }
     }
 
@@ -1067,7 +1067,7 @@ impl<'o> Planner<'o> {
                 let v = self.capture(l, vi);
                 self.acts.push(Act::Set { t: d.t, k, v });
             }
-            ffi::lua_settop(l, top);
+            ffi::settop_down(l, top);
         }
     }
 
