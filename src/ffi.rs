@@ -753,3 +753,45 @@ fn panic_text(panic: &(dyn Any + Send)) -> &str {
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("panic")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlua::Lua;
+
+    #[test]
+    fn settop_down_agrees_with_lua_settop() {
+        let lua = Lua::new();
+        // SAFETY: integers are pushed and dropped above the callback's own slots; one string
+        // is returned.
+        let failures: String = unsafe {
+            lua.exec_raw((), |l| {
+                let mut failures = String::new();
+                let in_place = reads_slots_in_place(l);
+                if cfg!(any(feature = "luajit", feature = "lua54")) && in_place == portable() {
+                    failures.push_str("slots are read in place only when not portable\n");
+                }
+                let base = lua_gettop(l);
+                for i in 1..=6 {
+                    lua_pushinteger(l, i);
+                }
+                settop_down(l, base + 4);
+                if lua_gettop(l) != base + 4 || lua_tointeger(l, -1) != 4 {
+                    failures.push_str("down to 4 values\n");
+                }
+                // above the top: left to the API, which fills with nils
+                settop_down(l, base + 6);
+                if lua_gettop(l) != base + 6 || lua_type(l, -2) != LUA_TNIL {
+                    failures.push_str("up to 6 values\n");
+                }
+                settop_down(l, base);
+                if lua_gettop(l) != base {
+                    failures.push_str("down to none\n");
+                }
+                push_bytes(l, failures.as_bytes());
+            })
+        }
+        .unwrap();
+        assert!(failures.is_empty(), "{failures}");
+    }
+}
