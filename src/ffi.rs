@@ -597,6 +597,21 @@ pub unsafe fn rawgeti(l: *mut lua_State, idx: c_int, n: u32) {
     }
 }
 
+/// `lua_rawget` for a caller with no use for the type it returns (see [`rawgeti`]).
+///
+/// # Safety
+/// As `lua_rawget`.
+#[inline]
+pub unsafe fn rawget(l: *mut lua_State, idx: c_int) {
+    // SAFETY: as documented.
+    unsafe {
+        #[cfg(feature = "luajit")]
+        lua_rawget_(l, idx);
+        #[cfg(not(feature = "luajit"))]
+        lua_rawget(l, idx);
+    }
+}
+
 /// `lua_settop` down to the index `idx` (positive, at or below the top): in place where
 /// slots are read in place. The merge ends every slot it decides with one.
 ///
@@ -611,21 +626,6 @@ pub unsafe fn settop_down(l: *mut lua_State, idx: c_int) {
             return;
         }
         lua_settop(l, idx);
-    }
-}
-
-/// `lua_rawget` for a caller with no use for the type it returns (see [`rawgeti`]).
-///
-/// # Safety
-/// As `lua_rawget`.
-#[inline]
-pub unsafe fn rawget(l: *mut lua_State, idx: c_int) {
-    // SAFETY: as documented.
-    unsafe {
-        #[cfg(feature = "luajit")]
-        lua_rawget_(l, idx);
-        #[cfg(not(feature = "luajit"))]
-        lua_rawget(l, idx);
     }
 }
 

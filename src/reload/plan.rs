@@ -819,7 +819,7 @@ impl<'o> Planner<'o> {
             let has_new = ffi::lua_getmetatable(l, ni) != 0;
             let prior = old.meta(base);
             if !has_new && !matches!(prior, Prior::Was(_)) {
-                // nothing to set either way: the running table is not even read
+                // nothing to set either way: the running metatable is not even looked up
                 ffi::settop_down(l, top);
                 return;
             }
