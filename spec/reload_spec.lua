@@ -747,4 +747,24 @@ describe("rule 14: LuaJIT traces", function()
     assert.equal(10100, M.sum(100))
     assert.equal(10100, held(100), "the old function's helper cell holds the new helper")
   end)
+
+  -- A module that is its functions' environment (`setfenv(1, M)`, as `module()` does): the
+  -- new functions' environment is the new copy of M, which merges into the running M.
+  local fenv = rawget(_G, "setfenv") and it or pending
+  fenv("gives new functions the running module as their environment (LuaJIT)", function()
+    local v = [[
+      local M = {}
+      setfenv(1, M)
+      count = 0
+      function bump() count = count + 1; return count, "VERSION" end
+      return M
+    ]]
+    local name = h.module((v:gsub("VERSION", "v1")))
+    local M = require(name)
+    assert.same({ 1, "v1" }, { M.bump() })
+    h.rewrite(name, (v:gsub("VERSION", "v2")))
+    assert(hotreload.reload(name, { replace = false })) -- the merge alone, without the walk
+    assert.same({ 2, "v2" }, { M.bump() })
+    assert.equal(M, getfenv(M.bump))
+  end)
 end)

@@ -266,7 +266,8 @@ pub struct Planner<'o> {
     /// Upvalues of paired functions whose cell joined none when met (function slot, index,
     /// cell id): a function paired later may still join it.
     unjoined: Vec<(u32, c_int, usize)>,
-    new_fns: Vec<u32>,
+    /// the new version's functions: anchor slot and address
+    new_fns: Vec<(u32, usize)>,
     fpairs: Vec<FnPair>,
     acts: Vec<Act>,
     counts: Counts,
@@ -866,7 +867,7 @@ impl<'o> Planner<'o> {
             let at = read(l, fi).object().unwrap_or(0);
             let source = old_ups.source().map(|s| s as usize);
             self.fpairs.push(FnPair { old: live, new, at, source });
-            self.new_fns.push(new); // (in new_fn_at since paired)
+            self.new_fns.push((new, read(l, ni).object().unwrap_or(0))); // (in new_fn_at since paired)
             self.counts.functions_replaced += 1;
             let mut i = 1;
             while let Some(name) = new_ups.get(l, i) {
@@ -987,7 +988,7 @@ impl<'o> Planner<'o> {
             }
             let ups = ffi::Upvalues::of(l, fi);
             self.mirror.begin(node, Kind::Func);
-            self.new_fns.push(new);
+            self.new_fns.push((new, read(l, fi).object().unwrap_or(0)));
             self.mark_new_fn(l, fi);
             self.counts.functions_added += 1;
             let mut i = 1;
@@ -1075,25 +1076,34 @@ impl<'o> Planner<'o> {
     /// one (a `module()`-style module, or `setfenv`) gets the running table as environment.
     #[cfg(feature = "luajit")]
     unsafe fn plan_fenvs(&mut self, l: *mut lua_State) {
-        // SAFETY: anchored functions; lua_getfenv pushes one value.
+        // SAFETY: anchored functions, read in place as probed; lua_getfenv pushes one value.
         unsafe {
+            let in_place = ffi::reads_slots_in_place(l);
             // functions of one version mostly share one environment: ask once per table
             let mut last: Option<(Val, bool)> = None;
             for i in 0..self.new_fns.len() {
-                let Some(&f) = self.new_fns.get(i) else { break };
-                self.push(l, f);
-                ffi::lua_getfenv(l, -1);
-                let env = read(l, -1);
+                let Some(&(f, p)) = self.new_fns.get(i) else { break };
+                let env = if in_place && p != 0 {
+                    Val::Table(ffi::raw::env_of(p))
+                } else {
+                    self.push(l, f);
+                    ffi::lua_getfenv(l, -1);
+                    let env = read(l, -1);
+                    ffi::lua_pop(l, 2);
+                    env
+                };
                 let merged = match last {
                     Some((e, m)) if e == env => m,
                     _ => self.is_merged(env),
                 };
                 last = Some((env, merged));
                 if merged {
+                    self.push(l, f);
+                    ffi::lua_getfenv(l, -1);
                     let env = self.capture(l, ffi::lua_gettop(l));
                     self.acts.push(Act::Fenv { f, env });
+                    ffi::lua_pop(l, 2);
                 }
-                ffi::lua_pop(l, 2);
             }
         }
     }
