@@ -137,9 +137,9 @@ pub unsafe fn replace(l: *mut lua_State, plans: &mut [Plan]) -> Vec<Outcome> {
         w.in_place = ffi::reads_tables_in_place(l);
         w.roots(l);
         while w.top > 0 {
-            ffi::lua_rawgeti(l, w.work, w.top);
+            let t = ffi::lua_rawgeti(l, w.work, w.top);
             w.top -= 1;
-            w.visit(l, ffi::lua_gettop(l));
+            w.visit(l, ffi::lua_gettop(l), t);
             ffi::lua_pop(l, 1);
         }
         w.rename_keys(l);
@@ -410,10 +410,11 @@ impl<'p> Walker<'p> {
         }
     }
 
-    unsafe fn visit(&mut self, l: *mut lua_State, idx: c_int) {
+    /// Visits the object at `idx`, of type `t`.
+    unsafe fn visit(&mut self, l: *mut lua_State, idx: c_int, t: c_int) {
         // SAFETY: `idx` holds an object of the matching type.
         unsafe {
-            match ffi::lua_type(l, idx) {
+            match t {
                 ffi::LUA_TTABLE => self.walk_tables(l, idx),
                 ffi::LUA_TFUNCTION => self.visit_function(l, idx),
                 ffi::LUA_TUSERDATA => self.visit_userdata(l, idx),
