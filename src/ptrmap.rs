@@ -46,7 +46,7 @@ const WORDS: usize = 1 << (PAGE_BITS - GRANULE_BITS - 6);
 #[derive(Default)]
 pub struct AddrSet {
     /// page number -> its bitmap in `bitmaps`
-    pages: PtrMap<usize>,
+    pages: Pages,
     bitmaps: Vec<[u64; WORDS]>,
     /// the page of the last insert, and its bitmap
     last: Option<(usize, usize)>,
@@ -58,7 +58,7 @@ impl AddrSet {
         let page = addr >> PAGE_BITS;
         let at = match self.last {
             Some((p, at)) if p == page => Some(at),
-            _ => self.pages.get(&page).copied(),
+            _ => self.pages.get(page),
         };
         let granule = (addr & ((1 << PAGE_BITS) - 1)) >> GRANULE_BITS;
         let (word, bit) = (granule >> 6, 1u64 << (granule & 63));
@@ -73,11 +73,15 @@ impl AddrSet {
         let at = match self.last {
             Some((p, at)) if p == page => at,
             _ => {
-                let bitmaps = &mut self.bitmaps;
-                let at = *self.pages.entry(page).or_insert_with(|| {
-                    bitmaps.push([0; WORDS]);
-                    bitmaps.len() - 1
-                });
+                let at = match self.pages.get(page) {
+                    Some(at) => at,
+                    None => {
+                        self.bitmaps.push([0; WORDS]);
+                        let at = self.bitmaps.len() - 1;
+                        self.pages.insert(page, at);
+                        at
+                    }
+                };
                 self.last = Some((page, at));
                 at
             }
@@ -91,6 +95,61 @@ impl AddrSet {
             }
             Some(_) => false,
             None => true,
+        }
+    }
+}
+
+/// An [`AddrSet`]'s page directory: page number -> bitmap index, open addressing with
+/// linear probing. A set has few pages (a few hundred for a big heap), so a slot is found in a
+/// multiply and a probe or two, where a general hash map spends several times that.
+#[derive(Default)]
+struct Pages {
+    /// (page + 1, bitmap index); 0 marks a free slot
+    slots: Vec<(usize, usize)>,
+    len: usize,
+}
+
+impl Pages {
+    fn home(&self, page: usize) -> usize {
+        // the slot count is a power of two: the top bits of the product pick the slot
+        let bits = self.slots.len().trailing_zeros();
+        ((page as u64).wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize
+    }
+
+    fn get(&self, page: usize) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(page);
+        loop {
+            match self.slots.get(i & mask) {
+                Some(&(key, at)) if key == page.wrapping_add(1) => return Some(at),
+                Some(&(0, _)) | None => return None,
+                Some(_) => i += 1,
+            }
+        }
+    }
+
+    /// Adds a page that is not there yet.
+    fn insert(&mut self, page: usize, at: usize) {
+        if (self.len + 1) * 4 > self.slots.len() {
+            let old = std::mem::take(&mut self.slots);
+            self.slots = vec![(0, 0); (old.len() * 2).max(16)];
+            self.len = 0;
+            for (key, at) in old.into_iter().filter(|&(key, _)| key != 0) {
+                self.insert(key - 1, at);
+            }
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(page);
+        while let Some(slot) = self.slots.get_mut(i & mask) {
+            if slot.0 == 0 {
+                *slot = (page.wrapping_add(1), at);
+                self.len += 1;
+                return;
+            }
+            i += 1;
         }
     }
 }

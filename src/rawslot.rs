@@ -89,6 +89,7 @@ pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Option<Val<'a>> {
 ///
 /// # Safety
 /// As `read`, and the layout is the probed one.
+#[inline]
 unsafe fn read_unchecked<'a>(l: *mut lua_State, idx: c_int) -> Option<Val<'a>> {
     if idx <= PSEUDO {
         return None;

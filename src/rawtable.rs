@@ -168,6 +168,7 @@ impl Cursor {
     ///
     /// # Safety
     /// As `next`.
+    #[inline(always)]
     pub unsafe fn next_entry(&mut self) -> Option<Slot> {
         // SAFETY: forwarded.
         unsafe { self.next_where(true, |_, _| true) }
@@ -178,6 +179,7 @@ impl Cursor {
     ///
     /// # Safety
     /// As `next`.
+    #[inline(always)]
     unsafe fn next_where(&mut self, ahead: bool, keep: impl Fn(u8, u8) -> bool) -> Option<Slot> {
         // SAFETY: `at` stays below the sizes read from the table, which has not changed.
         unsafe {
