@@ -754,6 +754,35 @@ fn panic_text(panic: &(dyn Any + Send)) -> &str {
         .unwrap_or("panic")
 }
 
+/// What the tests of in-place readers share: a check run on a real stack.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{lua_State, lua_settop, push_bytes};
+
+    /// Runs `check` inside a protected call on `lua`'s stack, with `args` pushed first
+    /// (index 1 on), and fails the test with every line `check` wrote into the failures.
+    ///
+    /// # Safety
+    /// `check` uses the stack as the C API allows; whatever it leaves there is dropped.
+    pub(crate) unsafe fn assert_raw(
+        lua: &mlua::Lua,
+        args: impl mlua::IntoLuaMulti,
+        check: impl FnOnce(*mut lua_State, &mut String),
+    ) {
+        // SAFETY: as documented; the failures are the one value returned.
+        let failures: String = unsafe {
+            lua.exec_raw(args, |l| {
+                let mut failures = String::new();
+                check(l, &mut failures);
+                lua_settop(l, 0);
+                push_bytes(l, failures.as_bytes());
+            })
+        }
+        .unwrap();
+        assert!(failures.is_empty(), "{failures}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -761,12 +790,9 @@ mod tests {
 
     #[test]
     fn settop_down_agrees_with_lua_settop() {
-        let lua = Lua::new();
-        // SAFETY: integers are pushed and dropped above the callback's own slots; one string
-        // is returned.
-        let failures: String = unsafe {
-            lua.exec_raw((), |l| {
-                let mut failures = String::new();
+        // SAFETY: integers are pushed and dropped above the callback's own slots.
+        unsafe {
+            testing::assert_raw(&Lua::new(), (), |l, failures| {
                 let in_place = reads_slots_in_place(l);
                 if cfg!(any(feature = "luajit", feature = "lua54")) && in_place == portable() {
                     failures.push_str("slots are read in place only when not portable\n");
@@ -788,10 +814,7 @@ mod tests {
                 if lua_gettop(l) != base {
                     failures.push_str("down to none\n");
                 }
-                push_bytes(l, failures.as_bytes());
-            })
+            });
         }
-        .unwrap();
-        assert!(failures.is_empty(), "{failures}");
     }
 }

@@ -262,10 +262,9 @@ mod tests {
             .eval()
             .unwrap();
         let n = tables.raw_len() as ffi::lua_Integer;
-        // SAFETY: one table on the stack at a time; the answer is one string.
-        let failures: String = unsafe {
-            lua.exec_raw(tables, |l| {
-                let mut failures = String::new();
+        // SAFETY: one table on the stack at a time.
+        unsafe {
+            ffi::testing::assert_raw(&lua, tables, |l, failures| {
                 if !layout_probed(l) {
                     failures.push_str("the layout probe failed\n");
                 }
@@ -276,11 +275,7 @@ mod tests {
                     }
                     ffi::lua_pop(l, 1);
                 }
-                ffi::lua_settop(l, 0);
-                ffi::push_bytes(l, failures.as_bytes());
-            })
+            });
         }
-        .unwrap();
-        assert!(failures.is_empty(), "{failures}");
     }
 }
