@@ -717,11 +717,8 @@ impl<'o> Planner<'o> {
                             self.mirror.field(node, key, Was::of(nv));
                             self.counts.values_kept += 1;
                         } else {
-                            ffi::lua_pushvalue(l, k);
-                            ffi::rawget(l, ti);
-                            let m = self.merge_slot(l, top + 5, v, prior);
+                            let m = self.merge_entry(l, (live, ti), k, v, prior);
                             self.mirror.field(node, key, m.was);
-                            self.record_set(l, live, k, v, &m);
                         }
                     }
                     None if kv.object().is_some() => {
@@ -730,10 +727,7 @@ impl<'o> Planner<'o> {
                     }
                     None => {
                         // userdata or coroutine keys: the same object in both versions
-                        ffi::lua_pushvalue(l, k);
-                        ffi::rawget(l, ti);
-                        let m = self.merge_slot(l, top + 5, v, Prior::Unknown);
-                        self.record_set(l, live, k, v, &m);
+                        self.merge_entry(l, (live, ti), k, v, Prior::Unknown);
                     }
                 }
                 ffi::settop_down(l, top + 3);
@@ -745,6 +739,27 @@ impl<'o> Planner<'o> {
                 self.pair_metatables(l, live, ti, ni, base, node);
             }
             ffi::settop_down(l, top);
+        }
+    }
+
+    /// Decides the entry of a new table at `k` and `v` (the top two stack slots) against the
+    /// running table `live`, at `ti`: its running value is pushed above them, and the write
+    /// the decision implies is recorded.
+    unsafe fn merge_entry<'v>(
+        &mut self,
+        l: *mut lua_State,
+        (live, ti): (u32, c_int),
+        k: c_int,
+        v: c_int,
+        prior: Prior,
+    ) -> Decided<'v> {
+        // SAFETY: valid indices from the caller, `v` on top; one free slot.
+        unsafe {
+            ffi::lua_pushvalue(l, k);
+            ffi::rawget(l, ti);
+            let m = self.merge_slot(l, v + 1, v, prior);
+            self.record_set(l, live, k, v, &m);
+            m
         }
     }
 
@@ -1047,7 +1062,7 @@ impl<'o> Planner<'o> {
             match live_key {
                 Some(lk) => {
                     self.push(l, lk);
-                    ffi::lua_rawget(l, ti);
+                    ffi::rawget(l, ti);
                 }
                 None => ffi::lua_pushnil(l),
             }
