@@ -11,6 +11,7 @@
 use std::any::Any;
 use std::os::raw::{c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use mlua::ffi::*;
 
@@ -131,6 +132,45 @@ pub unsafe fn reads_tables_in_place(l: *mut lua_State) -> bool {
 /// layout-dependent reads (`rawtable`, `rawslot`, `jitraw`).
 pub fn portable() -> bool {
     std::env::var_os("HOTRELOAD_PORTABLE_WALK").is_some_and(|v| v != "0")
+}
+
+/// A layout probe's answer, found once per process (one process links one Lua): the first
+/// question probes, unless [`portable`] keeps the engine to the C API.
+pub struct Probed(AtomicU8);
+
+impl Probed {
+    const UNKNOWN: u8 = 0;
+    const YES: u8 = 1;
+    const NO: u8 = 2;
+
+    pub const fn new() -> Probed {
+        Probed(AtomicU8::new(Probed::UNKNOWN))
+    }
+
+    /// Whether the layout was probed and found: the readers' check, which never probes.
+    #[inline]
+    pub fn found(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Probed::YES
+    }
+
+    /// The answer, from `probe` the first time.
+    pub fn get(&self, probe: impl FnOnce() -> bool) -> bool {
+        match self.0.load(Ordering::Relaxed) {
+            Probed::YES => true,
+            Probed::NO => false,
+            _ => {
+                let ok = !portable() && probe();
+                self.0.store(if ok { Probed::YES } else { Probed::NO }, Ordering::Relaxed);
+                ok
+            }
+        }
+    }
+}
+
+impl Default for Probed {
+    fn default() -> Probed {
+        Probed::new()
+    }
 }
 
 /// `read` through the C API alone.

@@ -19,7 +19,6 @@
 //! push a slot's value onto a stack with room for it, which is what `lua_next` does itself.
 
 use std::os::raw::c_int;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::ffi::{self, lua_State};
 use crate::jitraw::{self, GCV_MASK, Raw, TNIL, TTAB, itype};
@@ -52,28 +51,16 @@ struct Node {
 /// `GCtab.gct` of a table: `~LJ_TTAB`.
 const GCT_TABLE: u8 = 11;
 
-const UNKNOWN: u8 = 0;
-const YES: u8 = 1;
-const NO: u8 = 2;
-/// The answer of the probe, once per process (one process links one LuaJIT).
-static LAYOUT: AtomicU8 = AtomicU8::new(UNKNOWN);
+/// The answer of the probe.
+static LAYOUT: ffi::Probed = ffi::Probed::new();
 
 /// Whether the walk may read tables in place; probes the layout the first time.
 ///
 /// # Safety
 /// Inside a protected call (the probe allocates), with 16 free stack slots.
 pub unsafe fn usable(l: *mut lua_State) -> bool {
-    match LAYOUT.load(Ordering::Relaxed) {
-        YES => true,
-        NO => false,
-        _ => {
-            // SAFETY: forwarded; `jitraw::usable` checked (or refused) the stack and values
-            // first, and is false when the environment asks for the API.
-            let ok = unsafe { jitraw::usable(l) && probe(l) };
-            LAYOUT.store(if ok { YES } else { NO }, Ordering::Relaxed);
-            ok
-        }
-    }
+    // SAFETY: forwarded; `jitraw::usable` checked (or refused) the stack and values first.
+    LAYOUT.get(|| unsafe { jitraw::usable(l) && probe(l) })
 }
 
 /// True for a value the walk must see.

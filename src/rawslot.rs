@@ -19,7 +19,6 @@
 //! `cells`). Values, the stack head and in-place pushes are `rawtable`'s.
 
 use std::os::raw::{c_char, c_int};
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::cells::{self, Layout, Probe};
 use crate::ffi::{self, Val, lua_State};
@@ -52,10 +51,7 @@ const CONTENTS_OFFSET: usize = 24;
 /// Marks a pseudo-index (`LUA_REGISTRYINDEX` and upvalue indices below it).
 const PSEUDO: c_int = ffi::LUA_REGISTRYINDEX;
 
-const UNKNOWN: u8 = 0;
-const YES: u8 = 1;
-const NO: u8 = 2;
-static LAYOUT: AtomicU8 = AtomicU8::new(UNKNOWN);
+static LAYOUT: ffi::Probed = ffi::Probed::new();
 
 /// Probes the layout once per process (one process links one Lua); true if reads are made
 /// in place from now on.
@@ -63,13 +59,8 @@ static LAYOUT: AtomicU8 = AtomicU8::new(UNKNOWN);
 /// # Safety
 /// Inside a protected call (the probe allocates and reserves its stack).
 pub unsafe fn usable(l: *mut lua_State) -> bool {
-    if LAYOUT.load(Ordering::Relaxed) == UNKNOWN {
-        let off = ffi::portable();
-        // SAFETY: forwarded.
-        let ok = !off && unsafe { probe(l) };
-        LAYOUT.store(if ok { YES } else { NO }, Ordering::Relaxed);
-    }
-    LAYOUT.load(Ordering::Relaxed) == YES
+    // SAFETY: forwarded.
+    LAYOUT.get(|| unsafe { probe(l) })
 }
 
 /// The value at `idx` as `ffi::read` gives it, or `None` where the API must answer.
@@ -78,7 +69,7 @@ pub unsafe fn usable(l: *mut lua_State) -> bool {
 /// `idx` must be a valid index of `l`.
 #[inline]
 pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Option<Val<'a>> {
-    if LAYOUT.load(Ordering::Relaxed) != YES {
+    if !LAYOUT.found() {
         return None;
     }
     // SAFETY: forwarded.
@@ -120,7 +111,7 @@ unsafe fn read_unchecked<'a>(l: *mut lua_State, idx: c_int) -> Option<Val<'a>> {
 /// `idx` is an index of the running function; the values dropped are the caller's own.
 #[inline]
 pub unsafe fn drop_to(l: *mut lua_State, idx: c_int) -> bool {
-    if LAYOUT.load(Ordering::Relaxed) != YES || idx < 0 {
+    if !LAYOUT.found() || idx < 0 {
         return false;
     }
     // SAFETY: the probe checked where `ci->func` and `top` are; the new top is not above

@@ -19,7 +19,6 @@
 //! push a slot's value onto a stack with room for it, which is what `lua_next` does itself.
 
 use std::os::raw::{c_int, c_void};
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::ffi::{self, lua_State};
 use crate::tableprobe::{self, Reader};
@@ -89,28 +88,16 @@ fn is_empty(tt: u8) -> bool {
     tt & 0x0f == 0
 }
 
-const UNKNOWN: u8 = 0;
-const YES: u8 = 1;
-const NO: u8 = 2;
-/// The answer of the probe, once per process (one process links one Lua).
-static LAYOUT: AtomicU8 = AtomicU8::new(UNKNOWN);
+/// The answer of the probe.
+static LAYOUT: ffi::Probed = ffi::Probed::new();
 
 /// Whether the walk may read tables in place; probes the layout the first time.
 ///
 /// # Safety
 /// Inside a protected call (the probe allocates), with 16 free stack slots.
 pub unsafe fn usable(l: *mut lua_State) -> bool {
-    match LAYOUT.load(Ordering::Relaxed) {
-        YES => true,
-        NO => false,
-        _ => {
-            let off = ffi::portable();
-            // SAFETY: forwarded.
-            let ok = !off && unsafe { probe(l) };
-            LAYOUT.store(if ok { YES } else { NO }, Ordering::Relaxed);
-            ok
-        }
-    }
+    // SAFETY: forwarded.
+    LAYOUT.get(|| unsafe { probe(l) })
 }
 
 /// The slots of one table, read in place, and how far the walk has read.
