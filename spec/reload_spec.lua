@@ -345,6 +345,25 @@ describe("rule 5: three-way merge of data", function()
     assert.equal(13, M.level(), "edited upvalue constant applies")
   end)
 
+  it("empties a table the source empties, and keeps an empty one the program filled", function()
+    local name = h.module("return { emptied = { a = 1, b = 2 }, state = {} }")
+    local M = require(name)
+    local emptied, state = M.emptied, M.state
+    emptied.mine = 3
+    state.x = 1
+    local mt = {}
+    setmetatable(state, mt)
+    h.rewrite(name, "return { emptied = {}, state = {} }")
+    reload(name)
+    assert.equal(emptied, M.emptied)
+    assert.is_nil(emptied.a, "key deleted by the source is removed")
+    assert.is_nil(emptied.b)
+    assert.equal(3, emptied.mine, "key added at run time is kept")
+    assert.equal(state, M.state)
+    assert.equal(1, state.x)
+    assert.equal(mt, getmetatable(state))
+  end)
+
   it("uses the version before as the base after a reload", function()
     local name = h.module("return { v = 1, t = 0 }")
     local M = require(name)

@@ -469,6 +469,31 @@ impl Entries {
     }
 }
 
+/// Whether the table `p` at `t` has no entries and no metatable.
+///
+/// # Safety
+/// `t` holds the table `p`; two free stack slots.
+pub unsafe fn is_bare_table(l: *mut lua_State, t: c_int, p: usize) -> bool {
+    // SAFETY: forwarded; the API pushes are popped.
+    unsafe {
+        #[cfg(any(feature = "luajit", feature = "lua54"))]
+        if tables::usable(l) {
+            return !tables::has_metatable(p) && tables::Cursor::of(p).next_entry().is_none();
+        }
+        let _ = p;
+        if lua_getmetatable(l, t) != 0 {
+            lua_pop(l, 1);
+            return false;
+        }
+        lua_pushnil(l);
+        if lua_next(l, t) != 0 {
+            lua_pop(l, 2);
+            return false;
+        }
+        true
+    }
+}
+
 /// Pushes the value of upvalue `n` read in place.
 ///
 /// # Safety

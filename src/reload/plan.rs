@@ -508,9 +508,14 @@ impl<'o> Planner<'o> {
                         Val::Table(q) if !self.stop.contains(&q) => Some(q),
                         _ => None,
                     };
+                    // (`local cache = {}`) a table with nothing to merge, delete or set is
+                    // paired, but not planned: the running one stays as it is
+                    let base = self.old.child(prior, Kind::Table);
+                    let bare =
+                        q.is_some() && self.old.is_bare(base) && { ffi::is_bare_table(l, new, p) };
                     let not_merged = |o: &Obj| o.flags & MERGED == 0;
                     let (o, paired) =
-                        self.meet(l, (live, new), (q, p), not_merged, MERGED | QUEUED);
+                        self.meet(l, (live, new), (q, p), not_merged, MERGED | QUEUED, !bare);
                     let node = o.node;
                     if o.flags & MERGED != 0 {
                         // a table of the new version met again: kept if the running slot
@@ -526,7 +531,10 @@ impl<'o> Planner<'o> {
                     }
                     if let (Some((live_slot, new_slot)), Some(q)) = (paired, q) {
                         self.merged.push(p);
-                        let base = self.old.child(prior, Kind::Table);
+                        if bare {
+                            self.mirror.begin(node, Kind::Table);
+                            return (Decision::Keep, Was::Node(node));
+                        }
                         let scope = Scope::Module;
                         self.paired.push(Item::Tables {
                             at: Pair { old: q, new: p },
@@ -550,7 +558,7 @@ impl<'o> Planner<'o> {
                         _ => None,
                     };
                     let unpaired = |o: &Obj| o.pair == 0;
-                    let (o, paired) = self.meet(l, (live, new), (q, p), unpaired, QUEUED);
+                    let (o, paired) = self.meet(l, (live, new), (q, p), unpaired, QUEUED, true);
                     let node = o.node;
                     if let (Some((live_slot, new_slot)), Some(q)) = (paired, q) {
                         self.new_fn_at.insert(p);
@@ -602,8 +610,9 @@ impl<'o> Planner<'o> {
     /// Meets the new object `p`, at stack index `new`, in a slot whose running value is the
     /// object `q` (if any), at `live`: gives `p` a mirror node if it has none, and if
     /// `may_pair` says so of `p` and `q` was not paired yet, pairs them (marking `p` with
-    /// `flags`) and anchors both. Returns what was known of `p` before pairing, and the
-    /// (running, new) anchor slots if they were paired now. One lookup of `p` in all.
+    /// `flags`) and anchors the running one, and the new one if `with_new` (else its slot
+    /// is 0 until something anchors it). Returns what was known of `p` before pairing, and
+    /// the (running, new) anchor slots if they were paired now. One lookup of `p` in all.
     unsafe fn meet(
         &mut self,
         l: *mut lua_State,
@@ -611,6 +620,7 @@ impl<'o> Planner<'o> {
         (q, p): (Option<usize>, usize),
         may_pair: impl Fn(&Obj) -> bool,
         flags: u8,
+        with_new: bool,
     ) -> (Obj, Option<(u32, u32)>) {
         let Planner { objs, mirror, claimed, anchors, n_anchors, .. } = self;
         let o = new_entry(objs, mirror, p);
@@ -621,8 +631,12 @@ impl<'o> Planner<'o> {
                 let live_slot = unsafe { anchor_new(l, *anchors, n_anchors, live) };
                 o.pair = live_slot;
                 o.flags |= flags;
-                // SAFETY: as above.
-                let new_slot = unsafe { anchor_obj(l, *anchors, n_anchors, o, new) };
+                let new_slot = if with_new {
+                    // SAFETY: as above.
+                    unsafe { anchor_obj(l, *anchors, n_anchors, o, new) }
+                } else {
+                    o.slot
+                };
                 (before, Some((live_slot, new_slot)))
             }
             _ => (before, None),
