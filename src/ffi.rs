@@ -96,6 +96,24 @@ pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Val<'a> {
     unsafe { read_by_api(l, idx) }
 }
 
+/// The type of the value at `idx` if it is an object the walk looks into or replaces (a
+/// table, a function, a full userdata or a coroutine), else `LUA_TNIL`: read in place where
+/// [`read`] is (LuaJIT's cdata reads as nil there, and is not such an object either).
+///
+/// # Safety
+/// `idx` must be a valid index of `l`.
+#[inline]
+pub unsafe fn object_type(l: *mut lua_State, idx: c_int) -> c_int {
+    // SAFETY: forwarded.
+    match unsafe { read(l, idx) } {
+        Val::Table(_) => LUA_TTABLE,
+        Val::LuaFn(_) | Val::CFn(_) => LUA_TFUNCTION,
+        Val::Userdata(_) => LUA_TUSERDATA,
+        Val::Thread(_) => LUA_TTHREAD,
+        _ => LUA_TNIL,
+    }
+}
+
 /// Whether `read` decodes stack slots in place (LuaJIT and Lua 5.4, see `jitraw` and
 /// `rawslot`) rather than through the API; the first call checks the layout.
 ///

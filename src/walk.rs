@@ -136,11 +136,12 @@ pub unsafe fn replace(l: *mut lua_State, plans: &mut [Plan]) -> Vec<Outcome> {
         let mut w = Walker::new(l, plans);
         w.in_place = ffi::reads_tables_in_place(l);
         w.roots(l);
+        let base = ffi::lua_gettop(l);
         while w.top > 0 {
-            let t = ffi::lua_rawgeti(l, w.work, w.top);
+            ffi::rawgeti(l, w.work, w.top as u32);
             w.top -= 1;
-            w.visit(l, ffi::lua_gettop(l), t);
-            ffi::lua_pop(l, 1);
+            w.visit(l, base + 1, ffi::object_type(l, base + 1));
+            ffi::settop_down(l, base);
         }
         w.rename_keys(l);
         ffi::lua_settop(l, top);
@@ -346,7 +347,7 @@ impl<'p> Walker<'p> {
         unsafe {
             match t {
                 ffi::LUA_TTABLE => {
-                    let p = ffi::lua_topointer(l, idx) as usize;
+                    let p = ffi::read(l, idx).object().unwrap_or_default();
                     if self.visited.insert(p) {
                         return Sight::NewTable;
                     }
@@ -359,7 +360,8 @@ impl<'p> Walker<'p> {
                     Sight::Nothing
                 }
                 ffi::LUA_TFUNCTION => {
-                    let p = ffi::lua_topointer(l, idx) as usize;
+                    let lua = ffi::read(l, idx).object();
+                    let p = lua.unwrap_or_else(|| ffi::lua_topointer(l, idx) as usize);
                     if let Some(&slot) = self.map.get(&p) {
                         self.reach_slot(l, slot);
                         return Sight::Replace(slot);
@@ -367,7 +369,7 @@ impl<'p> Walker<'p> {
                     if !self.visited.insert(p) {
                         return Sight::Nothing;
                     }
-                    if ffi::lua_iscfunction(l, idx) == 0
+                    if lua.is_some()
                         && !self.is_new_fn(p)
                         && let Some(slot) = self.factory_closure(l, idx)
                     {
@@ -451,17 +453,17 @@ impl<'p> Walker<'p> {
                     continue;
                 }
                 let value = key + 1;
-                let kt = ffi::lua_type(l, key);
-                if kt >= ffi::LUA_TTABLE {
+                let kt = ffi::object_type(l, key);
+                if kt != ffi::LUA_TNIL {
                     match self.sight_typed(l, key, kt) {
                         Sight::Replace(slot) if !weak.0 => self.defer_key(l, table, key, slot),
                         Sight::NewTable => self.enqueue(l, key),
                         _ => {}
                     }
                 }
-                let vt = ffi::lua_type(l, value);
-                if vt < ffi::LUA_TTABLE {
-                    ffi::lua_settop(l, key); // plain data: most values
+                let vt = ffi::object_type(l, value);
+                if vt == ffi::LUA_TNIL {
+                    ffi::settop_down(l, key); // plain data: most values
                     continue;
                 }
                 match self.sight_typed(l, value, vt) {
@@ -472,14 +474,14 @@ impl<'p> Walker<'p> {
                             ffi::lua_rawset(l, table);
                             self.tally(slot).references += 1;
                         }
-                        ffi::lua_settop(l, key);
+                        ffi::settop_down(l, key);
                     }
                     Sight::NewTable if (depth as usize) < MAX_DEPTH => self.enter(l), // value is the new frame's table
                     Sight::NewTable => {
                         self.enqueue(l, value);
-                        ffi::lua_settop(l, key);
+                        ffi::settop_down(l, key);
                     }
-                    Sight::Nothing => ffi::lua_settop(l, key),
+                    Sight::Nothing => ffi::settop_down(l, key),
                 }
             }
             ffi::lua_settop(l, base);
