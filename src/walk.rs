@@ -349,6 +349,9 @@ impl<'p> Walker<'p> {
                 ffi::LUA_TTABLE => {
                     let p = ffi::read(l, idx).object().unwrap_or_default();
                     if self.visited.insert(p) {
+                        if self.holds_nothing(p) {
+                            return Sight::Nothing;
+                        }
                         return Sight::NewTable;
                     }
                     if let Some(slot) = self.copy_of(p) {
@@ -536,6 +539,9 @@ impl<'p> Walker<'p> {
                 && depth < MAX_DEPTH
             {
                 if self.visited.insert(p) {
+                    if self.holds_nothing(p) {
+                        return Step::Done;
+                    }
                     tables::push_table(l, p);
                     if tables::has_metatable(p) {
                         self.enter(l);
@@ -670,6 +676,19 @@ impl<'p> Walker<'p> {
             }
             ffi::lua_pop(l, 1);
         }
+    }
+
+    /// Whether the table at `p`, read in place, holds nothing the walk looks at: no metatable,
+    /// and only plain data in its keys and values (a record of numbers and strings, an empty
+    /// cache). It is then not entered at all.
+    fn holds_nothing(&self, p: usize) -> bool {
+        #[cfg(any(feature = "luajit", feature = "lua54"))]
+        if self.in_place {
+            // SAFETY: `p` is a live table the walk just reached; the layout was probed.
+            return unsafe { !tables::has_metatable(p) && tables::Cursor::of(p).next().is_none() };
+        }
+        let _ = p;
+        false
     }
 
     /// Whether the table at `p` needs the walk: not seen yet (to walk), or a merged copy (to
