@@ -900,4 +900,47 @@ mod tests {
             });
         }
     }
+
+    #[test]
+    fn bare_tables_and_object_types() {
+        let lua = Lua::new();
+        let values: mlua::MultiValue = lua
+            .load(
+                "local emptied = { x = 1, 2 }; emptied.x = nil; emptied[1] = nil
+                 return {}, { nil, nil }, emptied, { 1 }, { a = false },
+                   setmetatable({}, {}), print, function() end, coroutine.create(print),
+                   'text', 1, true",
+            )
+            .eval()
+            .unwrap();
+        let bare = [true, true, true, false, false, false];
+        let types = [LUA_TTABLE; 6].into_iter().chain([
+            LUA_TFUNCTION,
+            LUA_TFUNCTION,
+            LUA_TTHREAD,
+            LUA_TNIL,
+            LUA_TNIL,
+            LUA_TNIL,
+        ]);
+        // SAFETY: the values are at 1.., each read where it is; `is_bare_table` has its two
+        // free slots (the callback's stack has LUA_MINSTACK).
+        unsafe {
+            testing::assert_raw(&lua, values, |l, failures| {
+                let top = lua_gettop(l);
+                for (i, want) in bare.into_iter().enumerate() {
+                    let at = i as c_int + 1;
+                    let p = lua_topointer(l, at) as usize;
+                    if is_bare_table(l, at, p) != want || lua_gettop(l) != top {
+                        failures.push_str(&format!("value {at}: bare should be {want}\n"));
+                    }
+                }
+                for (i, want) in types.enumerate() {
+                    let at = i as c_int + 1;
+                    if object_type(l, at) != want {
+                        failures.push_str(&format!("value {at}: object type should be {want}\n"));
+                    }
+                }
+            });
+        }
+    }
 }
