@@ -43,6 +43,23 @@ function lib.interleaved(ops, runs)
   return (table.unpack or unpack)(medians)
 end
 
+--- Calls `f()` with `package.searchers` (`package.loaders` on LuaJIT) as they were before
+--- hotreload wrapped them: a `require` inside then loads a module without hotreload recording
+--- its base (a wrapper is a C closure whose second upvalue is the searcher it wraps).
+function lib.without_capture(f)
+  local searchers = package.searchers or package.loaders
+  local wrapped = {}
+  for i, s in ipairs(searchers) do
+    local _, original = debug.getupvalue(s, 2)
+    if type(original) == "function" then
+      wrapped[i], searchers[i] = s, original
+    end
+  end
+  local ok, err = pcall(f)
+  for i, s in pairs(wrapped) do searchers[i] = s end
+  assert(ok, err)
+end
+
 --- Full collections until the heap settles.
 function lib.collect()
   for _ = 1, 3 do collectgarbage("collect") end
