@@ -135,7 +135,7 @@ unsafe fn record_base(l: *mut lua_State, name: &[u8], value: c_int, delta: c_int
         let walked = ffi::protect(l, 2, &mut |l| {
             let none = Snapshot::default();
             let stop = plan::stop_set(l, name);
-            let mut planner = plan::Planner::new(l, &none, stop);
+            let mut planner = plan::Planner::new(l, &none, stop, None);
             ffi::lua_pushnil(l);
             let nothing = ffi::lua_gettop(l);
             if planner.root(l, nothing, 1).is_ok() {

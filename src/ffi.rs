@@ -680,6 +680,79 @@ pub unsafe fn rawgeti(l: *mut lua_State, idx: c_int, n: u32) {
     }
 }
 
+/// An anchor table (the plan's): at stack index `idx`, and on LuaJIT, where tables are read
+/// in place, the table's address, so that its array part is read and written without the C
+/// API (`get`, `store_unmarked`).
+#[derive(Clone, Copy, Debug)]
+pub struct Anchors {
+    pub idx: c_int,
+    #[cfg_attr(not(feature = "luajit"), allow(dead_code))]
+    table: usize,
+}
+
+impl Anchors {
+    /// The table at the absolute index `idx`.
+    ///
+    /// # Safety
+    /// `idx` holds a table, which stays there while this is used; inside `protect`.
+    pub unsafe fn at(l: *mut lua_State, idx: c_int) -> Anchors {
+        #[cfg(feature = "luajit")]
+        // SAFETY: forwarded.
+        if unsafe { tables::usable(l) }
+            && let Some(Val::Table(table)) = unsafe { raw::read(l, idx) }
+        {
+            return Anchors { idx, table };
+        }
+        let _ = l;
+        Anchors { idx, table: 0 }
+    }
+
+    /// Pushes slot `n`, as [`rawgeti`].
+    ///
+    /// # Safety
+    /// As `rawgeti`.
+    #[inline]
+    pub unsafe fn get(self, l: *mut lua_State, n: u32) {
+        // SAFETY: as documented; in place, the slot is in the array part, and the stack slot
+        // the caller's.
+        unsafe {
+            #[cfg(feature = "luajit")]
+            if self.table != 0
+                && let Some(slot) = tables::array_slot(self.table, n)
+            {
+                raw::push(l, raw::Raw(*slot));
+                return;
+            }
+            rawgeti(l, self.idx, n);
+        }
+    }
+
+    /// Stores the value at `v` (absolute) in slot `n`, raw, for a table the collector has not
+    /// marked since it was made: made while the collector is held (see [`GcPause`]) and
+    /// written only while it still is. On LuaJIT the value is then stored in place where
+    /// slot `n` is in the array part: an unmarked table needs no write barrier. Elsewhere,
+    /// `lua_rawseti`.
+    ///
+    /// # Safety
+    /// As documented; a valid index; one free stack slot; inside `protect` (may allocate).
+    #[inline]
+    pub unsafe fn store_unmarked(self, l: *mut lua_State, n: u32, v: c_int) {
+        // SAFETY: as documented; in place, the slot is in the array part.
+        unsafe {
+            #[cfg(feature = "luajit")]
+            if self.table != 0
+                && let Some(slot) = tables::array_slot(self.table, n)
+                && let Some(value) = raw::raw_at(l, v)
+            {
+                *slot = value.0;
+                return;
+            }
+            lua_pushvalue(l, v);
+            lua_rawseti(l, self.idx, lua_Integer::from(n));
+        }
+    }
+}
+
 /// `lua_rawget` for a caller with no use for the type it returns (see [`rawgeti`]).
 ///
 /// # Safety
@@ -897,6 +970,42 @@ mod tests {
                 if lua_gettop(l) != base {
                     failures.push_str("down to none\n");
                 }
+            });
+        }
+    }
+
+    #[test]
+    fn anchors_agree_with_the_api() {
+        let lua = Lua::new();
+        // SAFETY: the table is made and written while the collector is held, as
+        // `store_unmarked` asks; slots past its array part go through the API.
+        unsafe {
+            testing::assert_raw(&lua, (), |l, failures| {
+                let gc = GcPause::new(l);
+                lua_createtable(l, 4, 0);
+                let t = lua_gettop(l);
+                let anchors = Anchors::at(l, t);
+                for n in 1..=12u32 {
+                    match n % 3 {
+                        0 => lua_pushinteger(l, lua_Integer::from(n)),
+                        1 => push_bytes(l, format!("s{n}").as_bytes()),
+                        _ => lua_createtable(l, 0, 0),
+                    }
+                    anchors.store_unmarked(l, n, lua_gettop(l));
+                    lua_pop(l, 1);
+                }
+                for n in 1..=12u32 {
+                    anchors.get(l, n);
+                    lua_rawgeti(l, t, lua_Integer::from(n));
+                    if lua_rawequal(l, -1, -2) == 0 || lua_type(l, -1) == LUA_TNIL {
+                        failures.push_str(&format!("slot {n} reads back differently\n"));
+                    }
+                    lua_pop(l, 2);
+                }
+                if lua_gettop(l) != t {
+                    failures.push_str("the stack is not where it was\n");
+                }
+                drop(gc);
             });
         }
     }

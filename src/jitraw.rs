@@ -178,6 +178,25 @@ pub unsafe fn env_of(p: usize) -> usize {
     unsafe { *((p + FN_ENV_OFFSET) as *const usize) }
 }
 
+/// The value at the positive index `idx`, below the top, as stored; `None` where the API
+/// must answer.
+///
+/// # Safety
+/// `idx` must be a valid index of `l`.
+#[inline]
+pub unsafe fn raw_at(l: *mut lua_State, idx: c_int) -> Option<Raw> {
+    let layout = LAYOUT.load(Ordering::Relaxed);
+    if layout == UNKNOWN || layout == NO || idx <= 0 {
+        return None;
+    }
+    // SAFETY: the probe checked where `base` and `top` are; the slot is below the top.
+    unsafe {
+        let head = &*(l as *const StateHead);
+        let slot = head.base.wrapping_add(idx as usize - 1);
+        (slot < head.top).then(|| Raw(*slot))
+    }
+}
+
 /// Pushes a value read in place, as `lua_pushvalue` would.
 ///
 /// # Safety

@@ -197,6 +197,20 @@ impl Slot {
     }
 }
 
+/// Where slot `n` of the table at `table` is, if it is in the array part: `ffi::Anchors`
+/// reads and writes the anchor tables there.
+///
+/// # Safety
+/// `table` is the address of a live table, and [`usable`] said yes.
+#[inline]
+pub unsafe fn array_slot(table: usize, n: u32) -> Option<*mut u64> {
+    // SAFETY: the probe checked the layout; `n` is below the array part's size.
+    unsafe {
+        let t = &*(table as *const Table);
+        (n < t.asize).then(|| t.array.add(n as usize).cast_mut())
+    }
+}
+
 /// Whether the table at `table` has a metatable.
 ///
 /// # Safety

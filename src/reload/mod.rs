@@ -176,7 +176,7 @@ pub unsafe fn batch(
             let globals = loaded + 1;
             run.load_all(l, loaded, globals);
             let pause = gc.insert(GcPause::new(l));
-            run.plan_all(l);
+            run.plan_all(l, pause);
             run.consent_all(l, pause);
             run.apply_all(l, loaded, pause);
             plans = run.take_plans();
@@ -362,7 +362,7 @@ impl Run<'_> {
     }
 
     /// Step 2: a plan per loaded job.
-    unsafe fn plan_all(&mut self, l: *mut lua_State) {
+    unsafe fn plan_all(&mut self, l: *mut lua_State, gc: &GcPause) {
         for i in 0..self.jobs.len() {
             let Some(t) = self.targets.get(i) else { break };
             let Some(job) = self.jobs.get_mut(i).filter(|j| j.error.is_none()) else { continue };
@@ -376,7 +376,7 @@ impl Run<'_> {
             // SAFETY: the values `load_all` left are still on the stack.
             let planned = unsafe {
                 let stop = plan::stop_set(l, &t.name);
-                let mut planner = Planner::new(l, base, stop);
+                let mut planner = Planner::new(l, base, stop, Some(gc));
                 match planner.root(l, job.live, job.new) {
                     Ok(()) => {
                         planner.globals(l, Some(job.globals), job.delta);

@@ -13,7 +13,7 @@ use std::os::raw::c_int;
 use super::base::{
     Builder, Decision, KeyRef, Kind, NodeId, Prior, Snapshot, Was, decide, kept_by_source,
 };
-use crate::ffi::{self, Val, lua_State, read};
+use crate::ffi::{self, GcPause, Val, lua_State, read};
 use crate::ptrmap::{AddrSet, PtrMap, PtrSet};
 
 /// A value an action writes: inline data, or a slot of the anchor table.
@@ -125,6 +125,7 @@ enum Cell {
 /// A planned merge, ready for `apply`.
 pub struct Plan {
     pub anchors: c_int,
+    tab: ffi::Anchors,
     n_anchors: u32,
     pub acts: Vec<Act>,
     pub joins: Vec<Join>,
@@ -201,9 +202,7 @@ impl Plan {
     /// The anchor table still at `self.anchors`; one free stack slot.
     pub unsafe fn push(&self, l: *mut lua_State, slot: u32) {
         // SAFETY: as documented.
-        unsafe {
-            ffi::rawgeti(l, self.anchors, slot);
-        }
+        unsafe { self.tab.get(l, slot) }
     }
 }
 
@@ -243,7 +242,10 @@ struct Deferred {
 pub struct Planner<'o> {
     old: &'o Snapshot,
     anchors: c_int,
+    tab: ffi::Anchors,
     n_anchors: u32,
+    /// whether the collector is held while this plans (the anchor table is written in place)
+    held: bool,
     /// the new version's objects (and any running one anchored as a value)
     objs: PtrMap<Obj>,
     /// running objects already paired with a new one, and old cells a new cell joins: sets
@@ -278,11 +280,17 @@ pub const STACK_NEEDED: c_int = 24;
 
 impl<'o> Planner<'o> {
     /// Pushes the anchor table. `stop` holds objects that belong to others (`_G`, other
-    /// modules): the merge never walks into them.
+    /// modules): the merge never walks into them. With `gc`, the collector stays held until
+    /// the plan is finished, and the anchor table is written in place where it can be.
     ///
     /// # Safety
     /// Inside `protect`.
-    pub unsafe fn new(l: *mut lua_State, old: &'o Snapshot, stop: PtrSet) -> Planner<'o> {
+    pub unsafe fn new(
+        l: *mut lua_State,
+        old: &'o Snapshot,
+        stop: PtrSet,
+        gc: Option<&GcPause>,
+    ) -> Planner<'o> {
         // The new version is usually the size of the old one: size everything after it.
         let (nodes, _, upvalues) = old.size();
         // SAFETY: plain pushes; a memory error unwinds to `protect`.
@@ -301,7 +309,10 @@ impl<'o> Planner<'o> {
         Planner {
             old,
             anchors,
+            // SAFETY: the table just pushed, which stays there.
+            tab: unsafe { ffi::Anchors::at(l, anchors) },
             n_anchors: 0,
+            held: gc.is_some(),
             objs,
             claimed: AddrSet::default(),
             claimed_cells: AddrSet::default(),
@@ -425,6 +436,7 @@ impl<'o> Planner<'o> {
             self.plan_fenvs(l);
             Plan {
                 anchors: self.anchors,
+                tab: self.tab,
                 n_anchors: self.n_anchors,
                 acts: self.acts,
                 joins: self.joins,
@@ -622,18 +634,19 @@ impl<'o> Planner<'o> {
         flags: u8,
         with_new: bool,
     ) -> (Obj, Option<(u32, u32)>) {
-        let Planner { objs, mirror, claimed, anchors, n_anchors, .. } = self;
+        let Planner { objs, mirror, claimed, tab, n_anchors, held, .. } = self;
+        let to = (*tab, *held);
         let o = new_entry(objs, mirror, p);
         let before = *o;
         match q {
             Some(q) if may_pair(o) && claimed.insert(q) => {
                 // SAFETY: valid indices from the caller.
-                let live_slot = unsafe { anchor_new(l, *anchors, n_anchors, live) };
+                let live_slot = unsafe { anchor_new(l, to, n_anchors, live) };
                 o.pair = live_slot;
                 o.flags |= flags;
                 let new_slot = if with_new {
                     // SAFETY: as above.
-                    unsafe { anchor_obj(l, *anchors, n_anchors, o, new) }
+                    unsafe { anchor_obj(l, to, n_anchors, o, new) }
                 } else {
                     o.slot
                 };
@@ -1157,9 +1170,9 @@ impl<'o> Planner<'o> {
             match identity {
                 Some(p) => {
                     let o = self.objs.entry(p).or_default();
-                    anchor_obj(l, self.anchors, &mut self.n_anchors, o, idx)
+                    anchor_obj(l, (self.tab, self.held), &mut self.n_anchors, o, idx)
                 }
-                None => anchor_new(l, self.anchors, &mut self.n_anchors, idx),
+                None => anchor_new(l, (self.tab, self.held), &mut self.n_anchors, idx),
             }
         }
     }
@@ -1178,9 +1191,7 @@ impl<'o> Planner<'o> {
 
     unsafe fn push(&self, l: *mut lua_State, slot: u32) {
         // SAFETY: the anchor table is at `self.anchors`.
-        unsafe {
-            ffi::rawgeti(l, self.anchors, slot);
-        }
+        unsafe { self.tab.get(l, slot) }
     }
 }
 
@@ -1199,7 +1210,7 @@ fn new_entry<'m>(objs: &'m mut PtrMap<Obj>, mirror: &mut Builder, p: usize) -> &
 /// As [`anchor_new`].
 unsafe fn anchor_obj(
     l: *mut lua_State,
-    anchors: c_int,
+    anchors: (ffi::Anchors, bool),
     n: &mut u32,
     o: &mut Obj,
     idx: c_int,
@@ -1212,17 +1223,27 @@ unsafe fn anchor_obj(
     o.slot
 }
 
-/// Stores the value at `idx` in the next slot of the anchor table at `anchors`, of which `n`
-/// slots are taken; returns the slot.
+/// Stores the value at `idx` in the next slot of the anchor table `anchors.0`, of which `n`
+/// slots are taken; returns the slot. `anchors.1`: the collector has been held since the
+/// table was made (`ffi::Anchors::store_unmarked`).
 ///
 /// # Safety
 /// Valid indices; one free stack slot; inside `protect` (allocates).
-unsafe fn anchor_new(l: *mut lua_State, anchors: c_int, n: &mut u32, idx: c_int) -> u32 {
+unsafe fn anchor_new(
+    l: *mut lua_State,
+    (anchors, held): (ffi::Anchors, bool),
+    n: &mut u32,
+    idx: c_int,
+) -> u32 {
     *n += 1;
     // SAFETY: as documented.
     unsafe {
-        ffi::lua_pushvalue(l, idx);
-        ffi::lua_rawseti(l, anchors, ffi::lua_Integer::from(*n));
+        if held {
+            anchors.store_unmarked(l, *n, idx);
+        } else {
+            ffi::lua_pushvalue(l, idx);
+            ffi::lua_rawseti(l, anchors.idx, ffi::lua_Integer::from(*n));
+        }
     }
     *n
 }
