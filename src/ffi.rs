@@ -98,19 +98,45 @@ pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Val<'a> {
 
 /// The type of the value at `idx` if it is an object the walk looks into or replaces (a
 /// table, a function, a full userdata or a coroutine), else `LUA_TNIL`: read in place where
-/// [`read`] is (LuaJIT's cdata reads as nil there, and is not such an object either).
+/// [`read`] is (LuaJIT's cdata reads as nil there, and is not such an object either), else
+/// asked of `lua_type`.
 ///
 /// # Safety
 /// `idx` must be a valid index of `l`.
 #[inline]
 pub unsafe fn object_type(l: *mut lua_State, idx: c_int) -> c_int {
+    #[cfg(any(feature = "luajit", feature = "lua54"))]
     // SAFETY: forwarded.
-    match unsafe { read(l, idx) } {
-        Val::Table(_) => LUA_TTABLE,
-        Val::LuaFn(_) | Val::CFn(_) => LUA_TFUNCTION,
-        Val::Userdata(_) => LUA_TUSERDATA,
-        Val::Thread(_) => LUA_TTHREAD,
+    if let Some(v) = unsafe { raw::read(l, idx) } {
+        return match v {
+            Val::Table(_) => LUA_TTABLE,
+            Val::LuaFn(_) | Val::CFn(_) => LUA_TFUNCTION,
+            Val::Userdata(_) => LUA_TUSERDATA,
+            Val::Thread(_) => LUA_TTHREAD,
+            _ => LUA_TNIL,
+        };
+    }
+    // SAFETY: forwarded.
+    match unsafe { lua_type(l, idx) } {
+        t @ (LUA_TTABLE | LUA_TFUNCTION | LUA_TUSERDATA | LUA_TTHREAD) => t,
         _ => LUA_TNIL,
+    }
+}
+
+/// The address of the table or Lua function at `idx` (as `lua_topointer` gives it) where
+/// [`read`] reads in place, else `None`: ask `lua_topointer`.
+///
+/// # Safety
+/// `idx` must be a valid index of `l`.
+#[inline]
+pub unsafe fn object_in_place(l: *mut lua_State, idx: c_int) -> Option<usize> {
+    #[cfg(any(feature = "luajit", feature = "lua54"))]
+    // SAFETY: forwarded.
+    return unsafe { raw::read(l, idx) }.and_then(Val::object);
+    #[cfg(not(any(feature = "luajit", feature = "lua54")))]
+    {
+        let _ = (l, idx);
+        None
     }
 }
 

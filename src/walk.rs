@@ -347,7 +347,8 @@ impl<'p> Walker<'p> {
         unsafe {
             match t {
                 ffi::LUA_TTABLE => {
-                    let p = ffi::read(l, idx).object().unwrap_or_default();
+                    let p = ffi::object_in_place(l, idx)
+                        .unwrap_or_else(|| ffi::lua_topointer(l, idx) as usize);
                     if self.visited.insert(p) {
                         if self.holds_nothing(p) {
                             return Sight::Nothing;
@@ -363,8 +364,8 @@ impl<'p> Walker<'p> {
                     Sight::Nothing
                 }
                 ffi::LUA_TFUNCTION => {
-                    let lua = ffi::read(l, idx).object();
-                    let p = lua.unwrap_or_else(|| ffi::lua_topointer(l, idx) as usize);
+                    let p = ffi::object_in_place(l, idx)
+                        .unwrap_or_else(|| ffi::lua_topointer(l, idx) as usize);
                     if let Some(&slot) = self.map.get(&p) {
                         self.reach_slot(l, slot);
                         return Sight::Replace(slot);
@@ -372,7 +373,7 @@ impl<'p> Walker<'p> {
                     if !self.visited.insert(p) {
                         return Sight::Nothing;
                     }
-                    if lua.is_some()
+                    if ffi::lua_iscfunction(l, idx) == 0
                         && !self.is_new_fn(p)
                         && let Some(slot) = self.factory_closure(l, idx)
                     {

@@ -366,12 +366,12 @@ impl Snapshot {
         found.map_or(Prior::Absent, |e| Prior::Was(self.view(e.base)))
     }
 
-    /// Number of addressable keys the base table had.
     /// Whether a base table had nothing to merge: no entries and no metatable (or no base).
     pub fn is_bare(&self, table: Option<NodeId>) -> bool {
         self.node(table, Kind::Table).is_none_or(|n| n.start == n.end)
     }
 
+    /// Number of addressable keys the base table had.
     pub fn len(&self, table: Option<NodeId>) -> usize {
         self.node(table, Kind::Table).map_or(0, |n| n.fields as usize)
     }

@@ -241,7 +241,6 @@ struct Deferred {
 
 pub struct Planner<'o> {
     old: &'o Snapshot,
-    anchors: c_int,
     tab: ffi::Anchors,
     n_anchors: u32,
     /// whether the collector is held while this plans (the anchor table is written in place)
@@ -308,7 +307,6 @@ impl<'o> Planner<'o> {
         cells.reserve(upvalues + upvalues / 4 + 64);
         Planner {
             old,
-            anchors,
             // SAFETY: the table just pushed, which stays there.
             tab: unsafe { ffi::Anchors::at(l, anchors) },
             n_anchors: 0,
@@ -435,7 +433,7 @@ impl<'o> Planner<'o> {
             #[cfg(feature = "luajit")]
             self.plan_fenvs(l);
             Plan {
-                anchors: self.anchors,
+                anchors: self.tab.idx,
                 tab: self.tab,
                 n_anchors: self.n_anchors,
                 acts: self.acts,
@@ -524,7 +522,7 @@ impl<'o> Planner<'o> {
                     // paired, but not planned: the running one stays as it is
                     let base = self.old.child(prior, Kind::Table);
                     let bare =
-                        q.is_some() && self.old.is_bare(base) && { ffi::is_bare_table(l, new, p) };
+                        q.is_some() && self.old.is_bare(base) && ffi::is_bare_table(l, new, p);
                     let not_merged = |o: &Obj| o.flags & MERGED == 0;
                     let (o, paired) =
                         self.meet(l, (live, new), (q, p), not_merged, MERGED | QUEUED, !bare);
@@ -1159,7 +1157,7 @@ impl<'o> Planner<'o> {
 
     /// `anchor` of the value `v` read at `idx`.
     unsafe fn anchor_val(&mut self, l: *mut lua_State, idx: c_int, v: Val) -> u32 {
-        // SAFETY: valid index; the anchor table is at `self.anchors`.
+        // SAFETY: valid index; the anchor table is at `self.tab`.
         unsafe {
             let identity = match v {
                 Val::Table(p) | Val::LuaFn(p) | Val::CFn(p) | Val::Userdata(p) | Val::Thread(p) => {
@@ -1190,7 +1188,7 @@ impl<'o> Planner<'o> {
     }
 
     unsafe fn push(&self, l: *mut lua_State, slot: u32) {
-        // SAFETY: the anchor table is at `self.anchors`.
+        // SAFETY: the anchor table is at `self.tab`.
         unsafe { self.tab.get(l, slot) }
     }
 }
