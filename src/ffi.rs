@@ -707,30 +707,41 @@ pub unsafe fn rawgeti(l: *mut lua_State, idx: c_int, n: u32) {
 }
 
 /// An anchor table (the plan's): at stack index `idx`, and on LuaJIT, where tables are read
-/// in place, the table's address, so that its array part is read and written without the C
-/// API (`get`, `store_unmarked`).
+/// in place, the table's address, so that its array part is read (`get`) and, while the table
+/// is `unmarked`, written (`store`) without the C API.
 #[derive(Clone, Copy, Debug)]
 pub struct Anchors {
     pub idx: c_int,
     #[cfg_attr(not(feature = "luajit"), allow(dead_code))]
     table: usize,
+    /// The collector has not marked the table since it was made: made while the collector is
+    /// held (see [`GcPause`]), and the hold not lifted since. Such a table needs no write
+    /// barrier.
+    #[cfg_attr(not(feature = "luajit"), allow(dead_code))]
+    unmarked: bool,
 }
 
 impl Anchors {
-    /// The table at the absolute index `idx`.
+    /// The table at the absolute index `idx`; `unmarked` as the field says.
     ///
     /// # Safety
-    /// `idx` holds a table, which stays there while this is used; inside `protect`.
-    pub unsafe fn at(l: *mut lua_State, idx: c_int) -> Anchors {
+    /// `idx` holds a table, which stays there while this is used; inside `protect`; if
+    /// `unmarked`, writes stop before the collector is released ([`Anchors::sealed`]).
+    pub unsafe fn at(l: *mut lua_State, idx: c_int, unmarked: bool) -> Anchors {
         #[cfg(feature = "luajit")]
         // SAFETY: forwarded.
         if unsafe { tables::usable(l) }
             && let Some(Val::Table(table)) = unsafe { raw::read(l, idx) }
         {
-            return Anchors { idx, table };
+            return Anchors { idx, table, unmarked };
         }
         let _ = l;
-        Anchors { idx, table: 0 }
+        Anchors { idx, table: 0, unmarked }
+    }
+
+    /// The same table, written through the API from now on (the collector may run).
+    pub fn sealed(self) -> Anchors {
+        Anchors { unmarked: false, ..self }
     }
 
     /// Pushes slot `n`, as [`rawgeti`].
@@ -753,20 +764,19 @@ impl Anchors {
         }
     }
 
-    /// Stores the value at `v` (absolute) in slot `n`, raw, for a table the collector has not
-    /// marked since it was made: made while the collector is held (see [`GcPause`]) and
-    /// written only while it still is. On LuaJIT the value is then stored in place where
-    /// slot `n` is in the array part: an unmarked table needs no write barrier. Elsewhere,
-    /// `lua_rawseti`.
+    /// Stores the value at `v` (absolute) in slot `n`, raw: on LuaJIT in place while the
+    /// table is unmarked and slot `n` is in the array part, else by `lua_rawseti`.
     ///
     /// # Safety
-    /// As documented; a valid index; one free stack slot; inside `protect` (may allocate).
+    /// A valid index; one free stack slot; inside `protect` (may allocate).
     #[inline]
-    pub unsafe fn store_unmarked(self, l: *mut lua_State, n: u32, v: c_int) {
-        // SAFETY: as documented; in place, the slot is in the array part.
+    pub unsafe fn store(self, l: *mut lua_State, n: u32, v: c_int) {
+        // SAFETY: as documented; in place, the slot is in the array part, and the table
+        // unmarked (no barrier owed).
         unsafe {
             #[cfg(feature = "luajit")]
-            if self.table != 0
+            if self.unmarked
+                && self.table != 0
                 && let Some(slot) = tables::array_slot(self.table, n)
                 && let Some(value) = raw::raw_at(l, v)
             {
@@ -1003,21 +1013,21 @@ mod tests {
     #[test]
     fn anchors_agree_with_the_api() {
         let lua = Lua::new();
-        // SAFETY: the table is made and written while the collector is held, as
-        // `store_unmarked` asks; slots past its array part go through the API.
+        // SAFETY: the table is made and written while the collector is held, as an unmarked
+        // `Anchors` asks; slots past its array part go through the API.
         unsafe {
             testing::assert_raw(&lua, (), |l, failures| {
                 let gc = GcPause::new(l);
                 lua_createtable(l, 4, 0);
                 let t = lua_gettop(l);
-                let anchors = Anchors::at(l, t);
+                let anchors = Anchors::at(l, t, true);
                 for n in 1..=12u32 {
                     match n % 3 {
                         0 => lua_pushinteger(l, lua_Integer::from(n)),
                         1 => push_bytes(l, format!("s{n}").as_bytes()),
                         _ => lua_createtable(l, 0, 0),
                     }
-                    anchors.store_unmarked(l, n, lua_gettop(l));
+                    anchors.store(l, n, lua_gettop(l));
                     lua_pop(l, 1);
                 }
                 for n in 1..=12u32 {

@@ -158,7 +158,7 @@ impl<'p> Walker<'p> {
             let mut map = PtrMap::with_capacity_and_hasher(pairs, Default::default());
             let mut visited = AddrSet::default();
             for (pi, plan) in plans.iter().enumerate() {
-                visited.insert(ffi::lua_topointer(l, plan.anchors) as usize);
+                visited.insert(ffi::lua_topointer(l, plan.anchors()) as usize);
                 for &p in plan.merged() {
                     visited.insert(p);
                 }

@@ -124,7 +124,6 @@ enum Cell {
 
 /// A planned merge, ready for `apply`.
 pub struct Plan {
-    pub anchors: c_int,
     tab: ffi::Anchors,
     n_anchors: u32,
     pub acts: Vec<Act>,
@@ -173,18 +172,18 @@ impl Plan {
         matches!(self.cells.get(&id), Some(Cell::Joined(..) | Cell::Adopted))
     }
 
+    /// The stack index of the anchor table.
+    pub fn anchors(&self) -> c_int {
+        self.tab.idx
+    }
+
     /// Keeps the value at `idx` alive with the plan's objects; returns its slot.
     ///
     /// # Safety
-    /// The anchor table still at `self.anchors`; inside `protect` (allocates).
+    /// The anchor table still at `self.anchors()`; inside `protect` (allocates).
     pub unsafe fn anchor(&mut self, l: *mut lua_State, idx: c_int) -> u32 {
-        self.n_anchors += 1;
         // SAFETY: as documented.
-        unsafe {
-            ffi::lua_pushvalue(l, idx);
-            ffi::lua_rawseti(l, self.anchors, ffi::lua_Integer::from(self.n_anchors));
-        }
-        self.n_anchors
+        unsafe { anchor_new(l, self.tab, &mut self.n_anchors, idx) }
     }
 
     /// The value at `idx` as an operand: inline data, or anchored.
@@ -199,7 +198,7 @@ impl Plan {
     /// Pushes the anchored value in `slot`.
     ///
     /// # Safety
-    /// The anchor table still at `self.anchors`; one free stack slot.
+    /// The anchor table still at `self.anchors()`; one free stack slot.
     pub unsafe fn push(&self, l: *mut lua_State, slot: u32) {
         // SAFETY: as documented.
         unsafe { self.tab.get(l, slot) }
@@ -241,10 +240,9 @@ struct Deferred {
 
 pub struct Planner<'o> {
     old: &'o Snapshot,
+    /// unmarked while the plan is made if the collector is held (written in place)
     tab: ffi::Anchors,
     n_anchors: u32,
-    /// whether the collector is held while this plans (the anchor table is written in place)
-    held: bool,
     /// the new version's objects (and any running one anchored as a value)
     objs: PtrMap<Obj>,
     /// running objects already paired with a new one, and old cells a new cell joins: sets
@@ -308,9 +306,8 @@ impl<'o> Planner<'o> {
         Planner {
             old,
             // SAFETY: the table just pushed, which stays there.
-            tab: unsafe { ffi::Anchors::at(l, anchors) },
+            tab: unsafe { ffi::Anchors::at(l, anchors, gc.is_some()) },
             n_anchors: 0,
-            held: gc.is_some(),
             objs,
             claimed: AddrSet::default(),
             claimed_cells: AddrSet::default(),
@@ -433,8 +430,8 @@ impl<'o> Planner<'o> {
             #[cfg(feature = "luajit")]
             self.plan_fenvs(l);
             Plan {
-                anchors: self.tab.idx,
-                tab: self.tab,
+                // hooks may run the collector before anything else is anchored
+                tab: self.tab.sealed(),
                 n_anchors: self.n_anchors,
                 acts: self.acts,
                 joins: self.joins,
@@ -632,8 +629,8 @@ impl<'o> Planner<'o> {
         flags: u8,
         with_new: bool,
     ) -> (Obj, Option<(u32, u32)>) {
-        let Planner { objs, mirror, claimed, tab, n_anchors, held, .. } = self;
-        let to = (*tab, *held);
+        let Planner { objs, mirror, claimed, tab, n_anchors, .. } = self;
+        let to = *tab;
         let o = new_entry(objs, mirror, p);
         let before = *o;
         match q {
@@ -1168,9 +1165,9 @@ impl<'o> Planner<'o> {
             match identity {
                 Some(p) => {
                     let o = self.objs.entry(p).or_default();
-                    anchor_obj(l, (self.tab, self.held), &mut self.n_anchors, o, idx)
+                    anchor_obj(l, self.tab, &mut self.n_anchors, o, idx)
                 }
-                None => anchor_new(l, (self.tab, self.held), &mut self.n_anchors, idx),
+                None => anchor_new(l, self.tab, &mut self.n_anchors, idx),
             }
         }
     }
@@ -1208,7 +1205,7 @@ fn new_entry<'m>(objs: &'m mut PtrMap<Obj>, mirror: &mut Builder, p: usize) -> &
 /// As [`anchor_new`].
 unsafe fn anchor_obj(
     l: *mut lua_State,
-    anchors: (ffi::Anchors, bool),
+    anchors: ffi::Anchors,
     n: &mut u32,
     o: &mut Obj,
     idx: c_int,
@@ -1221,28 +1218,15 @@ unsafe fn anchor_obj(
     o.slot
 }
 
-/// Stores the value at `idx` in the next slot of the anchor table `anchors.0`, of which `n`
-/// slots are taken; returns the slot. `anchors.1`: the collector has been held since the
-/// table was made (`ffi::Anchors::store_unmarked`).
+/// Stores the value at `idx` in the next slot of the anchor table, of which `n` slots are
+/// taken; returns the slot.
 ///
 /// # Safety
 /// Valid indices; one free stack slot; inside `protect` (allocates).
-unsafe fn anchor_new(
-    l: *mut lua_State,
-    (anchors, held): (ffi::Anchors, bool),
-    n: &mut u32,
-    idx: c_int,
-) -> u32 {
+unsafe fn anchor_new(l: *mut lua_State, anchors: ffi::Anchors, n: &mut u32, idx: c_int) -> u32 {
     *n += 1;
     // SAFETY: as documented.
-    unsafe {
-        if held {
-            anchors.store_unmarked(l, *n, idx);
-        } else {
-            ffi::lua_pushvalue(l, idx);
-            ffi::lua_rawseti(l, anchors.idx, ffi::lua_Integer::from(*n));
-        }
-    }
+    unsafe { anchors.store(l, *n, idx) };
     *n
 }
 
