@@ -97,46 +97,31 @@ pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Val<'a> {
 }
 
 /// The type of the value at `idx` if it is an object the walk looks into or replaces (a
-/// table, a function, a full userdata or a coroutine), else `LUA_TNIL`: read in place where
-/// [`read`] is (LuaJIT's cdata reads as nil there, and is not such an object either), else
-/// asked of `lua_type`.
+/// table, a function, a full userdata or a coroutine), else `LUA_TNIL`, and, where [`read`]
+/// reads in place, the address of a table or Lua function (as `lua_topointer` gives it;
+/// `None`: ask `lua_topointer`). One read in place (LuaJIT's cdata reads as nil there, and is
+/// not such an object either), else `lua_type`.
 ///
 /// # Safety
 /// `idx` must be a valid index of `l`.
 #[inline]
-pub unsafe fn object_type(l: *mut lua_State, idx: c_int) -> c_int {
+pub unsafe fn object_at(l: *mut lua_State, idx: c_int) -> (c_int, Option<usize>) {
     #[cfg(any(feature = "luajit", feature = "lua54"))]
     // SAFETY: forwarded.
     if let Some(v) = unsafe { raw::read(l, idx) } {
-        return match v {
+        let t = match v {
             Val::Table(_) => LUA_TTABLE,
             Val::LuaFn(_) | Val::CFn(_) => LUA_TFUNCTION,
             Val::Userdata(_) => LUA_TUSERDATA,
             Val::Thread(_) => LUA_TTHREAD,
             _ => LUA_TNIL,
         };
+        return (t, v.object());
     }
     // SAFETY: forwarded.
     match unsafe { lua_type(l, idx) } {
-        t @ (LUA_TTABLE | LUA_TFUNCTION | LUA_TUSERDATA | LUA_TTHREAD) => t,
-        _ => LUA_TNIL,
-    }
-}
-
-/// The address of the table or Lua function at `idx` (as `lua_topointer` gives it) where
-/// [`read`] reads in place, else `None`: ask `lua_topointer`.
-///
-/// # Safety
-/// `idx` must be a valid index of `l`.
-#[inline]
-pub unsafe fn object_in_place(l: *mut lua_State, idx: c_int) -> Option<usize> {
-    #[cfg(any(feature = "luajit", feature = "lua54"))]
-    // SAFETY: forwarded.
-    return unsafe { raw::read(l, idx) }.and_then(Val::object);
-    #[cfg(not(any(feature = "luajit", feature = "lua54")))]
-    {
-        let _ = (l, idx);
-        None
+        t @ (LUA_TTABLE | LUA_TFUNCTION | LUA_TUSERDATA | LUA_TTHREAD) => (t, None),
+        _ => (LUA_TNIL, None),
     }
 }
 
@@ -1081,7 +1066,7 @@ mod tests {
                 }
                 for (i, want) in types.enumerate() {
                     let at = i as c_int + 1;
-                    if object_type(l, at) != want {
+                    if object_at(l, at).0 != want {
                         failures.push_str(&format!("value {at}: object type should be {want}\n"));
                     }
                 }

@@ -140,7 +140,7 @@ pub unsafe fn replace(l: *mut lua_State, plans: &mut [Plan]) -> Vec<Outcome> {
         while w.top > 0 {
             ffi::rawgeti(l, w.work, w.top as u32);
             w.top -= 1;
-            w.visit(l, base + 1, ffi::object_type(l, base + 1));
+            w.visit(l, base + 1, ffi::object_at(l, base + 1).0);
             ffi::settop_down(l, base);
         }
         w.rename_keys(l);
@@ -337,18 +337,22 @@ impl<'p> Walker<'p> {
         // SAFETY: `idx` is valid.
         unsafe {
             let idx = ffi::lua_absindex(l, idx);
-            self.sight_typed(l, idx, ffi::lua_type(l, idx))
+            self.sight_typed(l, idx, ffi::object_at(l, idx))
         }
     }
 
-    /// `sight` of the value at absolute index `idx`, whose type is `t`.
-    unsafe fn sight_typed(&mut self, l: *mut lua_State, idx: c_int, t: c_int) -> Sight {
+    /// `sight` of the value at absolute index `idx`, as [`ffi::object_at`] read it.
+    unsafe fn sight_typed(
+        &mut self,
+        l: *mut lua_State,
+        idx: c_int,
+        (t, at): (c_int, Option<usize>),
+    ) -> Sight {
         // SAFETY: `idx` is valid and absolute; every push below is popped before returning.
         unsafe {
             match t {
                 ffi::LUA_TTABLE => {
-                    let p = ffi::object_in_place(l, idx)
-                        .unwrap_or_else(|| ffi::lua_topointer(l, idx) as usize);
+                    let p = at.unwrap_or_else(|| ffi::lua_topointer(l, idx) as usize);
                     if self.visited.insert(p) {
                         if self.holds_nothing(p) {
                             return Sight::Nothing;
@@ -364,8 +368,7 @@ impl<'p> Walker<'p> {
                     Sight::Nothing
                 }
                 ffi::LUA_TFUNCTION => {
-                    let p = ffi::object_in_place(l, idx)
-                        .unwrap_or_else(|| ffi::lua_topointer(l, idx) as usize);
+                    let p = at.unwrap_or_else(|| ffi::lua_topointer(l, idx) as usize);
                     if let Some(&slot) = self.map.get(&p) {
                         self.reach_slot(l, slot);
                         return Sight::Replace(slot);
@@ -457,20 +460,20 @@ impl<'p> Walker<'p> {
                     continue;
                 }
                 let value = key + 1;
-                let kt = ffi::object_type(l, key);
-                if kt != ffi::LUA_TNIL {
-                    match self.sight_typed(l, key, kt) {
+                let k = ffi::object_at(l, key);
+                if k.0 != ffi::LUA_TNIL {
+                    match self.sight_typed(l, key, k) {
                         Sight::Replace(slot) if !weak.0 => self.defer_key(l, table, key, slot),
                         Sight::NewTable => self.enqueue(l, key),
                         _ => {}
                     }
                 }
-                let vt = ffi::object_type(l, value);
-                if vt == ffi::LUA_TNIL {
+                let v = ffi::object_at(l, value);
+                if v.0 == ffi::LUA_TNIL {
                     ffi::settop_down(l, key); // plain data: most values
                     continue;
                 }
-                match self.sight_typed(l, value, vt) {
+                match self.sight_typed(l, value, v) {
                     Sight::Replace(slot) => {
                         if !weak.1 {
                             ffi::lua_pushvalue(l, key);
