@@ -23,10 +23,12 @@ function lib.percentile(xs, p)
   return t[math.max(1, math.ceil(#t * p))]
 end
 
---- Medians over `runs` rounds of the times of several operations, timed in turn within each
---- round, so that a change in the machine's load hits all of them alike. `ops` is a list of
---- `{ f, prepare }` (`prepare()`, if given, runs untimed before each `f()`); returns the
---- medians in seconds, in the order of `ops`.
+--- Times several operations over `runs` rounds, each timed in turn within a round, so that a
+--- change in the machine's load hits all of them alike. `ops` is a list of `{ f, prepare }`
+--- (`prepare()`, if given, runs untimed before each `f()`). Returns the median time of each
+--- operation in seconds, in the order of `ops`, then `ratio(i, j)`: the median over the
+--- rounds of operation i's time ÷ operation j's in the same round (a paired comparison: a
+--- burst of load that slows one round slows both of its times).
 function lib.interleaved(ops, runs)
   local samples = {}
   for i = 1, #ops do samples[i] = {} end
@@ -38,9 +40,14 @@ function lib.interleaved(ops, runs)
       samples[i][r] = lib.now() - t0
     end
   end
-  local medians = {}
-  for i = 1, #ops do medians[i] = lib.median(samples[i]) end
-  return (table.unpack or unpack)(medians)
+  local results = {}
+  for i = 1, #ops do results[i] = lib.median(samples[i]) end
+  results[#ops + 1] = function(i, j)
+    local ratios = {}
+    for r = 1, runs do ratios[r] = samples[i][r] / samples[j][r] end
+    return lib.median(ratios)
+  end
+  return (table.unpack or unpack)(results)
 end
 
 --- Calls `f()` with `package.searchers` (`package.loaders` on LuaJIT) as they were before

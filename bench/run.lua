@@ -1,6 +1,7 @@
 -- Runs the benchmarks named on the command line (default: all) under the interpreter that
 -- runs this script, and prints one Markdown table row per figure. Every ratio is against a
--- baseline measured in the same process and run.
+-- baseline measured in the same process and run: `ratio` if the row gives it (the median
+-- of the per-round ratios, see lib.interleaved), else value ÷ baseline.
 --   lua5.4 bench/run.lua [idle] [latency] ...
 package.path = "./?.lua;" .. package.path
 local lib = require "bench.lib"
@@ -21,7 +22,7 @@ for _, name in ipairs(names) do
   for _, r in ipairs(rows) do
     local ratio, verdict = "", ""
     if r.baseline then
-      local q = r.value / r.baseline
+      local q = r.ratio or r.value / r.baseline
       ratio = ("%.2f×"):format(q)
       if r.target then
         verdict = q <= r.target and ("≤ %g× ✓"):format(r.target) or ("> %g× ✗"):format(r.target)

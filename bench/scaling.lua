@@ -19,24 +19,25 @@ return function()
     local path = dir .. "/" .. name .. ".lua"
     v.edit(path, n)
     require(name)
-    local compile, reload = lib.interleaved({
+    local compile, reload, ratio = lib.interleaved({
       v.load_run(path, n),
       { function() assert(hotreload.reload(name)) end, v.fresh(path, n) },
     }, runs)
     rows[#rows + 1] = { figure = ("scaling: reload of %d functions vs loadfile+run"):format(n),
-      value = reload * 1e3, baseline = compile * 1e3, unit = "ms" }
+      value = reload * 1e3, baseline = compile * 1e3, ratio = ratio(2, 1), unit = "ms" }
   end
   local name = "bench_scale_1000"
   local path = dir .. "/" .. name .. ".lua"
   for _, tables in ipairs(quick and { 0, 10000 } or { 0, 100000, 1000000 }) do
     lib.collect() -- the previous heap goes
     local heap = gen.heap(tables)
-    local full_gc, reload = lib.interleaved({
+    local full_gc, reload, ratio = lib.interleaved({
       { function() collectgarbage("collect") end },
       { function() assert(hotreload.reload(name)) end, v.fresh(path, 1000) },
     }, runs)
     rows[#rows + 1] = { figure = ("scaling: reload with %dk heap tables vs full GC"):format(
-      math.floor(#heap * 2 / 1000)), value = reload * 1e3, baseline = full_gc * 1e3, unit = "ms" }
+      math.floor(#heap * 2 / 1000)), value = reload * 1e3, baseline = full_gc * 1e3,
+      ratio = ratio(2, 1), unit = "ms" }
   end
   lib.remove_tree(dir)
   return rows
