@@ -50,7 +50,7 @@ return function()
   local full_gc, big, big_ratio = lib.interleaved({
     { function() collectgarbage("collect") end },
     { function() assert(hotreload.reload(name)) end, v.fresh(path, n) },
-  }, quick and 3 or 5)
+  }, quick and 3 or 15)
   local objects = #heap * 3
   heap = nil -- luacheck: ignore
   lib.collect()
