@@ -1,4 +1,5 @@
--- The benchmarks run and print every figure (quick sizes; times are never asserted).
+-- The benchmarks run and print every figure (quick sizes; times are never asserted), and
+-- their paired ratio is computed as documented (on a fake clock).
 local h = require "spec.helpers"
 
 describe("bench/run.lua", function()
@@ -30,5 +31,26 @@ describe("bench/run.lua", function()
       assert(row, "no row for " .. figure .. " in:\n" .. out)
       assert(row:match("| [%d.]+ %a+ |"), "no value in " .. row)
     end
+  end)
+end)
+
+describe("bench.lib.interleaved", function()
+  it("gives each operation's median and the median of the per-round ratios", function()
+    local lib = require "bench.lib"
+    local clock, now = 0, lib.now
+    -- each round: the first operation takes load[r], the second took[r] (a fake clock)
+    local load, took, r = { 1, 5, 10 }, { 1.5, 6, 15 }, 0
+    lib.now = function() return clock end
+    local ok, a, b, ratio = pcall(lib.interleaved, {
+      { function() r = r + 1; clock = clock + load[r] end },
+      { function() clock = clock + took[r] end },
+    }, 3)
+    lib.now = now
+    assert(ok, a)
+    assert.are.equal(5, a)
+    assert.are.equal(6, b)
+    -- the per-round ratios are 1.5, 1.2, 1.5; the ratio of the medians would be 1.2
+    assert.are.equal(1.5, ratio(2, 1))
+    assert.are.equal(1 / 1.5, ratio(1, 2))
   end)
 end)
