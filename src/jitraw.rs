@@ -95,6 +95,12 @@ pub unsafe fn usable(l: *mut lua_State) -> bool {
         let answer = found.and_then(|i| u8::try_from(i + 1).ok()).unwrap_or(NO);
         LAYOUT.store(answer, Ordering::Relaxed);
     }
+    found()
+}
+
+/// Whether the layout was probed and found: the in-place readers' check, which never probes.
+#[inline]
+fn found() -> bool {
     !matches!(LAYOUT.load(Ordering::Relaxed), UNKNOWN | NO)
 }
 
@@ -185,8 +191,7 @@ pub unsafe fn env_of(p: usize) -> usize {
 /// `idx` must be a valid index of `l`.
 #[inline]
 pub unsafe fn raw_at(l: *mut lua_State, idx: c_int) -> Option<Raw> {
-    let layout = LAYOUT.load(Ordering::Relaxed);
-    if layout == UNKNOWN || layout == NO || idx <= 0 {
+    if !found() || idx <= 0 {
         return None;
     }
     // SAFETY: the probe checked where `base` and `top` are; the slot is below the top.
@@ -288,8 +293,7 @@ unsafe fn chunk_name(p: usize) -> *const c_char {
 /// `idx` is an index of the running function; the values dropped are the caller's own.
 #[inline]
 pub unsafe fn drop_to(l: *mut lua_State, idx: c_int) -> bool {
-    let layout = LAYOUT.load(Ordering::Relaxed);
-    if layout == UNKNOWN || layout == NO || idx < 0 {
+    if !found() || idx < 0 {
         return false;
     }
     // SAFETY: the probe checked where `base` and `top` are; the new top is not above the old.
