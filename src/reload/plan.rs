@@ -1017,15 +1017,14 @@ impl<'o> Planner<'o> {
             let top = ffi::lua_gettop(l);
             self.push(l, new);
             let fi = top + 1;
-            if let Val::LuaFn(p) = read(l, fi)
-                && self.obj(p).pair != 0
-            {
+            let at = read(l, fi).object().unwrap_or(0);
+            if at != 0 && self.obj(at).pair != 0 {
                 ffi::settop_down(l, top);
                 return; // paired after all
             }
             let ups = ffi::Upvalues::of(l, fi);
             self.mirror.begin(node, Kind::Func);
-            self.new_fns.push((new, read(l, fi).object().unwrap_or(0)));
+            self.new_fns.push((new, at));
             self.mark_new_fn(l, fi);
             self.counts.functions_added += 1;
             let mut i = 1;
