@@ -38,8 +38,12 @@ pub(crate) use crate::{jitraw as raw, jittable as tables};
 #[cfg(feature = "lua54")]
 pub(crate) use crate::{rawslot as raw, rawtable as tables};
 
-/// `LUA_GCISRUNNING`: Lua 5.2+ and LuaJIT 2.1 answer it; mlua-sys's 5.1 bindings lack the name.
+/// `LUA_GCISRUNNING`: LuaJIT 2.1 answers it as 9 (2.0 answers -1: "running"), though
+/// mlua-sys's 5.1 bindings lack the name; Lua 5.5 renumbered it.
+#[cfg(feature = "luajit")]
 const GC_ISRUNNING: c_int = 9;
+#[cfg(not(feature = "luajit"))]
+const GC_ISRUNNING: c_int = LUA_GCISRUNNING;
 
 /// Name of the flavour this build was made for, exported as `hotreload.flavor`.
 pub const FLAVOR: &str = if cfg!(feature = "luajit") {

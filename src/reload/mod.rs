@@ -466,9 +466,12 @@ impl Run<'_> {
         }
         for i in 0..self.jobs.len() {
             let (Some(t), Some(job)) = (self.targets.get(i), self.jobs.get(i)) else { break };
-            // SAFETY: the running value is on the stack.
-            let first_load = unsafe { ffi::lua_type(l, job.live) } == ffi::LUA_TNIL;
-            if job.error.is_some() || first_load {
+            // a failed job never put its values on the stack (`live` is not an index)
+            if job.error.is_some() {
+                continue;
+            }
+            // SAFETY: the running value of a job still going is on the stack.
+            if unsafe { ffi::lua_type(l, job.live) } == ffi::LUA_TNIL {
                 continue; // hooks are for reloads: a first load has nothing to dispose of
             }
             // SAFETY: as above; the hook runs protected.
