@@ -307,12 +307,16 @@ describe("listeners", function()
 end)
 
 describe("the collector during a reload", function()
-  it("hooks and listeners run with the collector as the program left it", function()
+  -- LuaJIT 2.0 cannot tell whether the collector runs
+  local with_isrunning = pcall(collectgarbage, "isrunning") and it or pending
+
+  with_isrunning("hooks and listeners run with the collector as the program left it", function()
     local name = h.module("return { v = 1 }")
     require(name)
     local seen = {}
     local function note(where) seen[#seen + 1] = where .. "=" .. tostring(collectgarbage("isrunning")) end
     local remove = hotreload.before_reload(function() note("before") end)
+    finally(remove)
     local src = [[
       local M = { v = %d }
       function M.__unload() NOTE("unload") end
@@ -328,7 +332,6 @@ describe("the collector during a reload", function()
     local ok, err = pcall(hotreload.reload, name)
     local still_stopped = not collectgarbage("isrunning")
     collectgarbage("restart")
-    remove()
     rawset(_G, "NOTE", nil)
     assert(ok, err)
     assert.is_true(still_stopped)
@@ -337,7 +340,7 @@ describe("the collector during a reload", function()
     assert.is_true(collectgarbage("isrunning"))
   end)
 
-  it("a hook that stops the collector leaves it stopped", function()
+  with_isrunning("a hook that stops the collector leaves it stopped", function()
     local src = "return { v = %d, __reload = function() collectgarbage('stop') end }"
     local name = h.module(src:format(1))
     require(name)

@@ -198,11 +198,16 @@ describe("replacing old functions everywhere", function()
     assert.equal("v2", wrapped()[1]())
   end)
 
-  -- LuaJIT and Lua 5.4 read in place unless HOTRELOAD_PORTABLE_WALK says not to
+  -- Lua 5.4 and 64-bit-object LuaJIT (GC64) read in place unless HOTRELOAD_PORTABLE_WALK
+  -- says not to; LuaJIT 2.0 and 2.1 builds without GC64 fall back to the API
   local function reads_in_place()
     local portable = os.getenv("HOTRELOAD_PORTABLE_WALK")
-    local flavor = hotreload.flavor
-    return (flavor == "luajit" or flavor == "lua54") and (portable == nil or portable == "0")
+    if portable ~= nil and portable ~= "0" then return false end
+    if hotreload.flavor == "luajit" then
+      local ok, ffi = pcall(require, "ffi")
+      return ok and ffi.abi("gc64")
+    end
+    return hotreload.flavor == "lua54"
   end
 
   it("reads tables in place on LuaJIT and Lua 5.4 unless told not to, by lua_next elsewhere", function()

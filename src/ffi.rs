@@ -8,9 +8,7 @@
 //! outside the protected call, and never panics on purpose (a panic is caught in the
 //! trampoline and becomes a Lua error, never unwinding through Lua's C frames).
 
-use std::any::Any;
 use std::os::raw::{c_char, c_int, c_void};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use mlua::ffi::*;
@@ -38,6 +36,10 @@ pub(crate) use crate::{jitraw as raw, jittable as tables};
 #[cfg(feature = "lua54")]
 pub(crate) use crate::{rawslot as raw, rawtable as tables};
 
+/// LuaJIT's type number for cdata (`lua_type`), which mlua-sys's 5.1 bindings lack.
+#[cfg(feature = "luajit")]
+pub const LUA_TCDATA: c_int = 10;
+
 /// `LUA_GCISRUNNING`: LuaJIT 2.1 answers it as 9 (2.0 answers -1: "running"), though
 /// mlua-sys's 5.1 bindings lack the name; Lua 5.5 renumbered it.
 #[cfg(feature = "luajit")]
@@ -58,6 +60,58 @@ pub const FLAVOR: &str = if cfg!(feature = "luajit") {
     "lua52"
 };
 
+/// `LUA_VERSION_NUM` of the Lua this build is for (LuaJIT: none; its build links only into a
+/// LuaJIT host, which alone exports `luaJIT_setmode`).
+const BUILT_FOR: Option<f64> = if cfg!(feature = "luajit") {
+    None
+} else if cfg!(feature = "lua55") {
+    Some(505.0)
+} else if cfg!(feature = "lua54") {
+    Some(504.0)
+} else if cfg!(feature = "lua53") {
+    Some(503.0)
+} else {
+    Some(502.0)
+};
+
+/// Why this build cannot run in the host `l`: its Lua version differs from the one the
+/// module was built for. A message that says what to build instead.
+///
+/// # Safety
+/// A valid state. Calls nothing but `lua_version`.
+pub unsafe fn host_mismatch(l: *mut lua_State) -> Option<String> {
+    let want = BUILT_FOR?;
+    // SAFETY: 5.4 and 5.5 return the number; 5.2 and 5.3 a pointer to it. A build of one
+    // pair links into a host of the other only by accident: a 5.3 host lacks symbols a 5.4
+    // build needs, and the other way round, so `dlopen` refuses first.
+    #[cfg(any(feature = "lua54", feature = "lua55"))]
+    let host = unsafe { lua_version(l) };
+    #[cfg(any(feature = "lua52", feature = "lua53"))]
+    let host = unsafe { *lua_version(l) };
+    #[cfg(feature = "luajit")]
+    let host = {
+        let _ = l;
+        want
+    };
+    if host == want {
+        return None;
+    }
+    let name = |v: f64| format!("Lua {}.{}", (v / 100.0) as u32, (v as u32) % 100);
+    let feature = match host as u32 {
+        503 => "lua53",
+        504 => "lua54",
+        505 => "lua55",
+        _ => "<flavour>",
+    };
+    Some(format!(
+        "hotreload: this hotreload.so was built for {} (flavour {FLAVOR}), but the host is {}: \
+         build it for the host (cargo build --release --no-default-features --features \
+         {feature},module, or make build/{feature}/hotreload.so)",
+        name(want),
+        name(host),
+    ))
+}
+
 /// A stack slot read as plain data. Strings borrow the Lua string, so a `Val` is only valid
 /// while that value stays on the stack.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -73,7 +127,13 @@ pub enum Val<'a> {
     CFn(usize),
     Userdata(usize),
     Thread(usize),
+    /// LuaJIT's cdata: its identity (`lua_topointer`, the payload's address) and, for a
+    /// 64-bit integer (`5LL`, `5ULL`) where values are read in place, its type and value.
+    Cdata(usize, Option<Scalar>),
 }
+
+/// The content of an `int64_t` or `uint64_t` cdata: its ctype id and its bits.
+pub type Scalar = (u16, u64);
 
 impl Val<'_> {
     /// Tables and Lua functions: the values a merge walks into.
@@ -229,7 +289,8 @@ pub unsafe fn read_by_api<'a>(l: *mut lua_State, idx: c_int) -> Val<'a> {
             LUA_TFUNCTION => Val::LuaFn(lua_topointer(l, idx) as usize),
             LUA_TUSERDATA => Val::Userdata(lua_topointer(l, idx) as usize),
             LUA_TTHREAD => Val::Thread(lua_topointer(l, idx) as usize),
-            // nil, none, and LuaJIT's cdata (which has no stable identity through the C API)
+            #[cfg(feature = "luajit")]
+            LUA_TCDATA => Val::Cdata(lua_topointer(l, idx) as usize, None),
             _ => Val::Nil,
         }
     }
@@ -893,19 +954,17 @@ pub unsafe fn protect(
             lua_remove(l, 1);
             &mut *p
         };
-        match catch_unwind(AssertUnwindSafe(|| (payload.f)(l))) {
-            Ok(n) => n,
-            Err(panic) => {
-                let message = format!("hotreload: internal error: {}", panic_text(&*panic));
-                drop(panic);
-                // SAFETY: the message is copied into Lua before it is dropped; nothing owned
-                // is alive when lua_error unwinds out of this frame.
-                unsafe {
-                    push_bytes(l, message.as_bytes());
-                    drop(message);
-                    lua_error(l)
-                }
-            }
+        // LuaJIT raises errors as foreign exceptions, which unwind through Rust frames to
+        // `lua_pcall`, but abort the process in a `catch_unwind` frame: so there is none on
+        // LuaJIT, and a Lua error inside `f` (out of memory, a bad key) is caught by the
+        // `lua_pcall` below like on PUC Lua. (A Rust panic would abort there either way:
+        // LuaJIT cannot hand a Rust panic back. The engine never panics on purpose.)
+        #[cfg(feature = "luajit")]
+        return (payload.f)(l);
+        #[cfg(not(feature = "luajit"))]
+        // SAFETY: forwarded.
+        unsafe {
+            caught(l, payload.f)
         }
     }
 
@@ -927,12 +986,33 @@ pub unsafe fn protect(
     }
 }
 
-fn panic_text(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("panic")
+/// Runs `f`, turning a Rust panic into a Lua error (PUC Lua, whose errors are `longjmp`s
+/// that a `catch_unwind` frame does not see).
+///
+/// # Safety
+/// Inside a C function called by `lua_pcall`.
+#[cfg(not(feature = "luajit"))]
+unsafe fn caught(l: *mut lua_State, f: &mut dyn FnMut(*mut lua_State) -> c_int) -> c_int {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    match catch_unwind(AssertUnwindSafe(|| f(l))) {
+        Ok(n) => n,
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("panic");
+            let message = format!("hotreload: internal error: {text}");
+            drop(panic);
+            // SAFETY: the message is copied into Lua before it is dropped; nothing owned is
+            // alive when lua_error unwinds out of this frame.
+            unsafe {
+                push_bytes(l, message.as_bytes());
+                drop(message);
+                lua_error(l)
+            }
+        }
+    }
 }
 
 /// What the tests of in-place readers share: a check run on a real stack.

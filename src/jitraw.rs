@@ -20,7 +20,7 @@
 //! `cells`) and its environment in place, probed the same way.
 
 use std::os::raw::{c_char, c_int};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 use crate::cells::{self, Layout, Probe};
 use crate::ffi::{self, Val, lua_State};
@@ -49,6 +49,15 @@ const TSTR: u32 = !4;
 pub(crate) const TTHREAD: u32 = !6;
 pub(crate) const TFUNC: u32 = !8;
 pub(crate) const TTAB: u32 = !11;
+const TCDATA: u32 = !10;
+/// `GCcdata`: its ctype id follows the 10-byte `GCHeader`; its payload follows the 16-byte
+/// object (`cdataptr`, what `lua_topointer` gives).
+const CDATA_CTYPEID_OFFSET: usize = 10;
+const CDATA_PAYLOAD_OFFSET: usize = 16;
+/// The ctype ids of `int64_t` and `uint64_t` (high and low 16 bits) as the probe found them
+/// on `5LL` and `7ULL`; 0 until then, and where it could not (no FFI): cdata then goes
+/// through the API, by identity only.
+static INT64_IDS: AtomicU32 = AtomicU32::new(0);
 /// Tags below this are doubles (`LJ_TISNUM`); in a dual-number build (arm64), integers are
 /// tagged with it and go through the API.
 const TISNUM: u32 = !13;
@@ -344,8 +353,66 @@ unsafe fn decode<'a>(tv: u64, len_offset: usize) -> Option<Val<'a>> {
             TFUNC if *((p + FFID_OFFSET) as *const u8) == 0 => Val::LuaFn(p),
             TFUNC => Val::CFn(p),
             TTHREAD => Val::Thread(p),
+            TCDATA => {
+                let ids = INT64_IDS.load(Ordering::Relaxed);
+                if ids == 0 {
+                    return None;
+                }
+                let payload = p + CDATA_PAYLOAD_OFFSET;
+                let id = *((p + CDATA_CTYPEID_OFFSET) as *const u16);
+                let int64 = u32::from(id) == ids >> 16 || u32::from(id) == ids & 0xffff;
+                Val::Cdata(payload, int64.then(|| (id, *(payload as *const u64))))
+            }
             _ => return None,
         })
+    }
+}
+
+/// Finds where a cdata's ctype id and payload are, on literals of the two 64-bit integer
+/// types, checked against `lua_topointer`, and publishes their ids for [`decode`]. Without
+/// the FFI (no such literals), or if anything differs, cdata keeps to the API.
+///
+/// # Safety
+/// Inside a protected call, with 4 free stack slots; the stack and value layout probed.
+/// Leaves the stack as it found it.
+unsafe fn probe_cdata(l: *mut lua_State) {
+    // SAFETY: each object is read only after its tag and address matched the API's answer,
+    // and only within its header and an 8-byte payload (the literals' types).
+    unsafe {
+        let top = ffi::lua_gettop(l);
+        let chunk = c"return 5LL, 7ULL, -3LL, 5LL";
+        if ffi::luaL_loadstring(l, chunk.as_ptr()) != 0 || ffi::lua_pcall(l, 0, 4, 0) != 0 {
+            ffi::lua_settop(l, top);
+            return;
+        }
+        let head = l as *const StateHead;
+        let mut ids = [0u16; 4];
+        let mut ok = true;
+        for (i, want) in [5u64, 7, -3i64 as u64, 5].into_iter().enumerate() {
+            let idx = top + 1 + i as c_int;
+            let tv = *(*head).base.add(idx as usize - 1);
+            let p = (tv & GCV_MASK) as usize;
+            ok &= ffi::lua_type(l, idx) == ffi::LUA_TCDATA
+                && itype(tv) == TCDATA
+                && p + CDATA_PAYLOAD_OFFSET == ffi::lua_topointer(l, idx) as usize
+                && *((p + CDATA_PAYLOAD_OFFSET) as *const u64) == want;
+            if !ok {
+                break;
+            }
+            ids[i] = *((p + CDATA_CTYPEID_OFFSET) as *const u16);
+        }
+        let [int64, uint64, int64_again, same_literal] = ids;
+        // two literals of one type share its id, the other type has another, neither is 0
+        if ok
+            && int64 == int64_again
+            && int64 == same_literal
+            && int64 != uint64
+            && int64 != 0
+            && uint64 != 0
+        {
+            INT64_IDS.store(u32::from(int64) << 16 | u32::from(uint64), Ordering::Relaxed);
+        }
+        ffi::lua_settop(l, top);
     }
 }
 
@@ -446,7 +513,11 @@ unsafe fn probe_values(l: *mut lua_State) -> Option<usize> {
             let at = |i| read_with(l, i, len_offset);
             at(idx) == Some(from_api) && at(idx - all - 1) == Some(from_api)
         });
-        (same && probe_functions(l, len_offset)).then_some(found)
+        if !(same && probe_functions(l, len_offset)) {
+            return None;
+        }
+        probe_cdata(l);
+        Some(found)
     }
 }
 

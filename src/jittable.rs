@@ -239,8 +239,25 @@ pub unsafe fn pop(l: *mut lua_State, n: usize) {
 }
 
 /// How the shared checks (`tableprobe`) read tables with this module.
-pub(crate) const READER: Reader =
-    Reader { slots: cursor_slots, parts_ok, has_metatable, push_table, pop };
+pub(crate) const READER: Reader = Reader {
+    slots: cursor_slots,
+    parts_ok,
+    has_metatable,
+    array_size,
+    // (`lj_tab_new_ah`: index 0 too, unless the array part is empty)
+    created_array_size: |n| if n > 0 { n as usize + 1 } else { 0 },
+    push_table,
+    pop,
+};
+
+/// `asize` of the table at `p`.
+///
+/// # Safety
+/// `p` is a live table whose header the probe checked.
+unsafe fn array_size(p: usize) -> usize {
+    // SAFETY: as documented.
+    unsafe { (*(p as *const Table)).asize as usize }
+}
 
 /// Checks the layout this module reads against what the API says, on tables built for it.
 ///
@@ -266,7 +283,9 @@ pub(crate) unsafe fn probe(l: *mut lua_State) -> bool {
             && tableprobe::hash_part(l, &READER, |p, mt| {
                 let t = &*(p as *const Table);
                 t.gct == GCT_TABLE && t.hmask == 7 && t.metatable == mt
-            });
+            })
+            // 3: every array size and limit the shapes give
+            && tableprobe::shapes(l, &READER);
         ffi::lua_settop(l, top);
         ok
     }

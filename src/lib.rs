@@ -43,6 +43,8 @@ pub mod walk;
 pub mod watch;
 
 use std::ffi::CStr;
+#[cfg(feature = "module")]
+use std::os::raw::c_int;
 
 use mlua::{Lua, Result as LuaResult, Table};
 
@@ -57,8 +59,33 @@ pub const EXPORTS: &[(&CStr, ffi::lua_CFunction)] = &[
     (c"before_reload", api::before_reload),
 ];
 
-/// `luaopen_hotreload`: the module table.
-#[cfg_attr(feature = "module", mlua::lua_module)]
+/// `luaopen_hotreload`: checks that the host is the Lua this module was built for before
+/// anything else (a Lua 5.4 build in a Lua 5.5 host, or the other way round, links, and
+/// would crash at its first call into the API), then builds the module table.
+///
+/// # Safety
+/// Called by `require` (or `luaL_requiref`) with a Lua state.
+#[cfg(feature = "module")]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn luaopen_hotreload(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: `host_version` only asks `lua_version`, whose signature the builds this check
+    // tells apart share; the rest runs protected, and raises only with nothing owned alive.
+    unsafe {
+        let message = match ffi::host_mismatch(l) {
+            Some(message) => message,
+            None => match ffi::protect(l, 0, &mut |l| api::open(l, EXPORTS)) {
+                Ok(_) => return 1,
+                Err(message) => message,
+            },
+        };
+        ffi::push_bytes(l, message.as_bytes());
+        drop(message);
+        ffi::lua_error(l)
+    }
+}
+
+/// The module table, opened in an mlua state (the tests' way in; a host uses
+/// [`luaopen_hotreload`]).
 pub fn hotreload(lua: &Lua) -> LuaResult<Table> {
     // SAFETY: `open` only builds a table; exec_raw runs it protected and takes the result.
     unsafe {

@@ -19,6 +19,7 @@
 //! push a slot's value onto a stack with room for it, which is what `lua_next` does itself.
 
 use std::os::raw::{c_int, c_void};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::ffi::{self, lua_State};
 use crate::tableprobe::{self, Reader};
@@ -46,7 +47,7 @@ struct Node {
 struct Table {
     _next: *const c_void,
     tt: u8,
-    _marked: u8,
+    marked: u8,
     flags: u8,
     lsizenode: u8,
     alimit: u32,
@@ -75,8 +76,13 @@ pub(crate) struct StateHead {
 pub(crate) const COLLECTABLE: u8 = 1 << 6;
 pub(crate) const VNUMINT: u8 = 3;
 const VTABLE: u8 = 5;
-/// `flags` bit: `alimit` is not the real size of the array part.
+/// Bit 7 of `flags` (5.4.1 on) or of `marked` (5.4.0, whose `flags` start as all ones):
+/// `alimit` is not the real size of the array part.
 const BITRAS: u8 = 1 << 7;
+/// Where the probe found `BITRAS`: 0 until probed, else one of these.
+static RAS_IN: AtomicU8 = AtomicU8::new(0);
+const RAS_IN_FLAGS: u8 = 1;
+const RAS_IN_MARKED: u8 = 2;
 
 /// True for a tag the walk must see: a table, a closure (not a light C function), a full
 /// userdata or a thread.
@@ -267,9 +273,15 @@ pub unsafe fn pop(l: *mut lua_State, n: usize) {
 
 /// `luaH_realasize`: `#` may have lowered `alimit` below the size of the array part.
 fn real_asize(t: &Table) -> usize {
+    real_asize_with(t, RAS_IN.load(Ordering::Relaxed))
+}
+
+/// `real_asize` with `BITRAS` where `ras_in` says (the probe tries each place this way).
+fn real_asize_with(t: &Table, ras_in: u8) -> usize {
     let limit = t.alimit;
+    let bits = if ras_in == RAS_IN_MARKED { t.marked } else { t.flags };
     // `ispow2`, for which 0 is a power of 2
-    if t.flags & BITRAS == 0 || limit & limit.wrapping_sub(1) == 0 {
+    if bits & BITRAS == 0 || limit & limit.wrapping_sub(1) == 0 {
         limit as usize
     } else {
         limit.next_power_of_two() as usize
@@ -340,15 +352,34 @@ unsafe fn probe_stack(l: *mut lua_State) -> bool {
 }
 
 /// How the shared checks (`tableprobe`) read tables with this module.
-pub(crate) const READER: Reader =
-    Reader { slots: cursor_slots, parts_ok, has_metatable, push_table, pop };
+pub(crate) const READER: Reader = Reader {
+    slots: cursor_slots,
+    parts_ok,
+    has_metatable,
+    array_size,
+    created_array_size: |n| n.max(0) as usize,
+    push_table,
+    pop,
+};
+
+/// [`real_asize`] of the table at `p`.
+///
+/// # Safety
+/// `p` is a live table whose header the probe checked.
+unsafe fn array_size(p: usize) -> usize {
+    // SAFETY: as documented.
+    real_asize(unsafe { &*(p as *const Table) })
+}
 
 /// Cursors agree with `lua_next` on tables covering the array part, the hash part, keys of
-/// every kind, and an array limit `#` has moved.
+/// every kind, and an array limit `#` has moved; first finds where `BITRAS` is.
 unsafe fn probe_tables(l: *mut lua_State) -> bool {
     // SAFETY: see `probe`; every table is on the stack while it is read.
     unsafe {
-        // 1: an array of 16 with 1..9 and 11 set: `#` gives 9 and lowers `alimit` to it
+        // 1: an array part of 5, its limit the real size; then one of 16 with 1..9 and 11
+        // set: `#` gives 9 and lowers `alimit` to it, which sets `BITRAS`
+        ffi::lua_createtable(l, 5, 0);
+        let real = &*(ffi::lua_topointer(l, -1) as *const Table);
         ffi::lua_createtable(l, 16, 0);
         for i in (1..=9).chain([11]) {
             ffi::lua_createtable(l, 0, 0);
@@ -357,18 +388,27 @@ unsafe fn probe_tables(l: *mut lua_State) -> bool {
         if ffi::lua_rawlen(l, -1) != 9 {
             return false;
         }
-        let t = &*(ffi::lua_topointer(l, -1) as *const Table);
-        if t.tt != VTABLE || t.alimit != 9 || t.flags & BITRAS == 0 || real_asize(t) != 16 {
+        let lowered = &*(ffi::lua_topointer(l, -1) as *const Table);
+        if real.tt != VTABLE || lowered.tt != VTABLE || real.alimit != 5 || lowered.alimit != 9 {
             return false;
         }
-        if !tableprobe::agrees(l, ffi::lua_gettop(l), 10, &READER) {
-            return false;
+        let ras_in = [RAS_IN_FLAGS, RAS_IN_MARKED].into_iter().find(|&place| {
+            real_asize_with(real, place) == 5 && real_asize_with(lowered, place) == 16
+        });
+        let Some(ras_in) = ras_in else { return false };
+        RAS_IN.store(ras_in, Ordering::Relaxed);
+        let ok = tableprobe::agrees(l, ffi::lua_gettop(l), 10, &READER)
+            // 2: a hash part of 8 slots, with a metatable
+            && tableprobe::hash_part(l, &READER, |p, mt| {
+                let t = &*(p as *const Table);
+                t.tt == VTABLE && t.lsizenode == 3 && t.metatable as usize == mt
+            })
+            // 3: every array size and limit the shapes below give
+            && tableprobe::shapes(l, &READER);
+        if !ok {
+            RAS_IN.store(0, Ordering::Relaxed);
         }
-        // 2: a hash part of 8 slots, with a metatable
-        tableprobe::hash_part(l, &READER, |p, mt| {
-            let t = &*(p as *const Table);
-            t.tt == VTABLE && t.lsizenode == 3 && t.metatable as usize == mt
-        })
+        ok
     }
 }
 

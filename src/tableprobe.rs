@@ -16,6 +16,10 @@ pub struct Reader {
     /// The VM's look at the table at an address: its parts are where the layout says.
     pub parts_ok: unsafe fn(usize) -> bool,
     pub has_metatable: unsafe fn(usize) -> bool,
+    /// The size of the array part of the table at an address, as the cursor reads it.
+    pub array_size: unsafe fn(usize) -> usize,
+    /// The size of the array part `lua_createtable(l, n, 0)` makes.
+    pub created_array_size: fn(c_int) -> usize,
     pub push_table: unsafe fn(*mut lua_State, usize),
     pub pop: unsafe fn(*mut lua_State, usize),
 }
@@ -145,6 +149,88 @@ pub unsafe fn hash_part(
         (r.pop)(l, 1);
         // the plain one (and the integer 7) is not handed over
         pushed && ffi::lua_gettop(l) == before && agrees(l, h, 7, r)
+    }
+}
+
+/// Array part sizes the probe builds: every size up to 17, and powers of two and their
+/// neighbours (where `alimit` and the real size part ways).
+const ARRAY_SIZES: [c_int; 27] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128,
+    129,
+];
+
+/// The cursor agrees with `lua_next` on tables of every array size: full; with their upper
+/// half cleared and `#` taken (which moves the array limit on Lua 5.4) and the last slot set
+/// again; grown one key at a time (rehashed); and with border keys (`n + 1`, `n + 2`, `0`,
+/// `-1`) and plain values of every kind in the hash part. Where the size of the array part is
+/// known (made by `lua_createtable`, and no key added since), the cursor reads exactly that many
+/// slots: reading past the end could find nothing it hands over, and pass.
+///
+/// # Safety
+/// Inside a protected call, with 8 free stack slots. Leaves the stack as it found it.
+pub unsafe fn shapes(l: *mut lua_State, r: &Reader) -> bool {
+    unsafe fn is_table(l: *mut lua_State, idx: c_int) -> bool {
+        // SAFETY: a valid index.
+        unsafe { ffi::lua_type(l, idx) == ffi::LUA_TTABLE }
+    }
+    // SAFETY: each table is on the stack while it is built and read, then popped.
+    unsafe {
+        let top = ffi::lua_gettop(l);
+        ffi::lua_createtable(l, 0, 0);
+        let sub = top + 1;
+        let check = |l, created: Option<c_int>| {
+            let t = ffi::lua_gettop(l);
+            let size = (r.array_size)(ffi::lua_topointer(l, t) as usize);
+            let ok = agrees(l, t, entries_holding(l, t, is_table), r)
+                && created.is_none_or(|n| size == (r.created_array_size)(n));
+            ffi::lua_settop(l, t - 1);
+            ok
+        };
+        let fill = |l, from: c_int, to: c_int| {
+            for i in from..=to {
+                ffi::lua_pushvalue(l, sub);
+                ffi::lua_rawseti(l, -2, ffi::lua_Integer::from(i));
+            }
+        };
+        let mut ok = true;
+        for n in ARRAY_SIZES {
+            ffi::lua_createtable(l, n, 0);
+            fill(l, 1, n);
+            ok &= check(l, Some(n));
+            ffi::lua_createtable(l, n, 0);
+            fill(l, 1, n);
+            for i in n / 2 + 1..=n {
+                ffi::lua_pushnil(l);
+                ffi::lua_rawseti(l, -2, ffi::lua_Integer::from(i));
+            }
+            ffi::lua_rawlen(l, -1);
+            fill(l, n.max(1), n);
+            ok &= check(l, Some(n));
+            ffi::lua_createtable(l, 0, 0);
+            fill(l, 1, n);
+            ok &= check(l, None);
+            ffi::lua_createtable(l, n, 12);
+            fill(l, 1, n);
+            for k in [n + 1, n + 2, 0, -1] {
+                ffi::lua_pushvalue(l, sub);
+                ffi::lua_rawseti(l, -2, ffi::lua_Integer::from(k));
+            }
+            ffi::push_bytes(l, b"plain");
+            ffi::push_bytes(l, b"a string value");
+            ffi::lua_rawset(l, -3);
+            ffi::lua_pushnumber(l, 0.25);
+            ffi::lua_pushboolean(l, 1);
+            ffi::lua_rawset(l, -3);
+            ffi::lua_pushboolean(l, 0);
+            ffi::lua_pushnumber(l, 2.5);
+            ffi::lua_rawset(l, -3);
+            ffi::lua_pushlightuserdata(l, sub as usize as *mut c_void);
+            ffi::lua_pushinteger(l, 7);
+            ffi::lua_rawset(l, -3);
+            ok &= check(l, None); // (LuaJIT may rehash it, growing the array part)
+        }
+        ffi::lua_settop(l, top);
+        ok
     }
 }
 

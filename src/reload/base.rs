@@ -30,6 +30,8 @@ pub enum Was<'a> {
     Num(u64),
     Str(&'a [u8]),
     Light(usize),
+    /// A 64-bit integer cdata (LuaJIT), by ctype and bits: `1LL` -> `2LL` is an edit.
+    Cdata(u16, u64),
     /// A table or Lua function of the module, mirrored in that node.
     Node(NodeId),
     /// A value with identity but no content to compare: userdata, a coroutine, a C function,
@@ -47,9 +49,13 @@ impl<'a> Was<'a> {
             Val::Num(n) => Was::Num(n.to_bits()),
             Val::Str(s) => Was::Str(s),
             Val::Light(p) => Was::Light(p),
-            Val::Table(_) | Val::LuaFn(_) | Val::CFn(_) | Val::Userdata(_) | Val::Thread(_) => {
-                Was::Opaque
-            }
+            Val::Cdata(_, Some((ctype, bits))) => Was::Cdata(ctype, bits),
+            Val::Table(_)
+            | Val::LuaFn(_)
+            | Val::CFn(_)
+            | Val::Userdata(_)
+            | Val::Thread(_)
+            | Val::Cdata(_, None) => Was::Opaque,
         }
     }
 
@@ -63,9 +69,11 @@ impl<'a> Was<'a> {
             (Was::Num(a), Val::Num(b)) => a == b.to_bits(),
             (Was::Str(a), Val::Str(b)) => a == b,
             (Was::Light(a), Val::Light(b)) => a == b,
-            // Each load makes a fresh userdata or coroutine: if the source made one at this
-            // slot before too, it is the same declaration and the running one is the state.
-            (Was::Opaque, Val::Userdata(_) | Val::Thread(_)) => true,
+            (Was::Cdata(t, a), Val::Cdata(_, Some((u, b)))) => t == u && a == b,
+            // Each load makes a fresh userdata, coroutine or cdata: if the source made one
+            // at this slot before too, it is the same declaration and the running one is
+            // the state.
+            (Was::Opaque, Val::Userdata(_) | Val::Thread(_) | Val::Cdata(_, None)) => true,
             _ => false,
         }
     }
@@ -162,6 +170,7 @@ enum Stored {
     Num(u64),
     Str(Span),
     Light(usize),
+    Cdata(u16, u64),
     Node(NodeId),
     Opaque,
 }
@@ -255,6 +264,7 @@ impl Snapshot {
             Stored::Num(n) => Was::Num(n),
             Stored::Str(s) => Was::Str(self.bytes(s)),
             Stored::Light(p) => Was::Light(p),
+            Stored::Cdata(t, b) => Was::Cdata(t, b),
             Stored::Node(n) => Was::Node(n),
             Stored::Opaque => Was::Opaque,
         }
@@ -430,6 +440,7 @@ impl Builder {
             Was::Num(n) => Stored::Num(n),
             Was::Str(s) => Stored::Str(self.span(s)),
             Was::Light(p) => Stored::Light(p),
+            Was::Cdata(t, b) => Stored::Cdata(t, b),
             Was::Node(n) => Stored::Node(n),
             Was::Opaque => Stored::Opaque,
         }
