@@ -7,7 +7,7 @@ source = {
 description = {
   summary = "Reload edited Lua modules in a running program, keeping its state",
   detailed = [[
-A native module (Rust, mlua) for Lua 5.4, LuaJIT and Lua 5.3: hotreload.reload(name) merges
+A native module (Rust, mlua) for Lua 5.4, 5.5, LuaJIT and Lua 5.3: hotreload.reload(name) merges
 the new version of a module into the running one (same tables, new functions, kept state,
 old functions replaced everywhere), hotreload.watch(dir) + hotreload.poll() apply saved
 files once per frame.
@@ -17,7 +17,7 @@ files once per frame.
   labels = { "hot-reload", "live-coding", "development" },
 }
 dependencies = {
-  "lua >= 5.1, < 5.5",
+  "lua >= 5.1, < 5.6",
 }
 build_dependencies = {}
 build = {
