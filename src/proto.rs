@@ -754,11 +754,11 @@ fn parse_jit(bytes: &[u8]) -> R<Dump> {
     // finished prototypes off this stack.
     let mut stack: Vec<usize> = Vec::new();
     loop {
+        let record = c.at;
         let len = c.uleb()? as usize;
         if len == 0 {
             break;
         }
-        let record = c.at - uleb_len(len);
         let data = c.take(len)?;
         let mut d = Cursor { b: data, at: 0 };
         d.skip(3)?; // flags, numparams, framesize
@@ -813,7 +813,7 @@ fn parse_jit(bytes: &[u8]) -> R<Dump> {
             children.first().and_then(|&f| protos.get(f)).map_or(record, |f| f.range.0.min(record));
         protos.push(Proto {
             line,
-            last_line: line + numline,
+            last_line: line.saturating_add(numline),
             upvalues,
             children,
             range: (start, c.at),
@@ -832,15 +832,6 @@ fn parse_jit(bytes: &[u8]) -> R<Dump> {
         root,
         recs: Vec::new(),
     })
-}
-
-fn uleb_len(mut n: usize) -> usize {
-    let mut len = 1;
-    while n >= 0x80 {
-        n >>= 7;
-        len += 1;
-    }
-    len
 }
 
 #[cfg(test)]
@@ -945,6 +936,18 @@ mod tests {
             d.body(getter),
             Dump::parse(&d.extract(getter, b"@factory.lua").unwrap()).unwrap().body(0)
         );
+    }
+
+    #[test]
+    fn luajit_line_range_past_u32_is_not_a_panic() {
+        // one prototype: no code, firstline 0xffffffff, numline 1, a debug byte
+        let record = [0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 0];
+        let mut dump = b"\x1bLJ\x02\x00\x00".to_vec();
+        dump.push(record.len() as u8);
+        dump.extend_from_slice(&record);
+        dump.push(0);
+        let d = Dump::parse(&dump).unwrap();
+        assert_eq!(d.protos[d.root].last_line, u32::MAX);
     }
 
     /// Prototypes in `i`'s subtree, `i` included.
