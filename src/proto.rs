@@ -24,7 +24,46 @@ pub struct Proto {
     /// Byte range of this prototype's own record (5.x: the function and everything nested
     /// in it; LuaJIT: the records of its descendants and its own, which are contiguous).
     range: (usize, usize),
+    /// See `Dump::code_digest`.
+    digest: u64,
 }
+
+/// FNV-1a, 64 bits: stable, simple, and enough to tell two versions of a function apart.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 = (self.0 ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn u64(&mut self, x: u64) {
+        self.bytes(&x.to_le_bytes());
+    }
+
+    /// A length, then the bytes: sections of different lengths never run together.
+    fn block(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        self.bytes(b);
+    }
+
+    /// The digests of nested prototypes, in order.
+    fn children(&mut self, children: &[usize], protos: &[Proto]) -> R<()> {
+        self.u64(children.len() as u64);
+        for &c in children {
+            self.u64(protos.get(c).ok_or("lost prototype")?.digest);
+        }
+        Ok(())
+    }
+}
+
+/// Lua 5.5's PF_FIXED: set in a prototype loaded from a fixed buffer, not part of its code.
+const PF_FIXED: u8 = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
@@ -191,6 +230,16 @@ impl<'a> Cursor<'a> {
         Ok((start, self.at))
     }
 
+    /// Skips a LuaJIT ULEB128 (or 33-bit ULEB128: the same bytes) of up to 5 bytes.
+    fn skip_uleb(&mut self) -> R<()> {
+        for _ in 0..5 {
+            if self.byte()? & 0x80 == 0 {
+                return Ok(());
+            }
+        }
+        Err("bad uleb128")
+    }
+
     /// LuaJIT's ULEB128.
     fn uleb(&mut self) -> R<u32> {
         let mut x: u32 = 0;
@@ -260,6 +309,20 @@ impl Dump {
             }
         }
         found
+    }
+
+    /// A digest of prototype `i`'s code and of everything nested in it, for telling whether
+    /// two versions of a function are the same code: equal when they differ only in line
+    /// information (where each function starts and ends, which line each instruction came
+    /// from) and in the chunk's name, so moving a function (blank lines, comments above it,
+    /// a renamed file) is not an edit. It covers the instructions, the constants (Lua 5.5's
+    /// strings by contents, not by the index a dump refers to them with), the parameter
+    /// count, vararg flag and frame size, the upvalue descriptors and names, the local
+    /// variables' names and ranges, and each nested prototype's digest in order. Computed
+    /// when the dump is parsed; `None` if `i` does not exist. Only comparable between dumps
+    /// of the same VM.
+    pub fn code_digest(&self, i: usize) -> Option<u64> {
+        self.protos.get(i).map(|p| p.digest)
     }
 
     /// The bytes that define prototype `i`, for telling whether two versions differ: its
@@ -542,9 +605,11 @@ fn parse_fn_5x(c: &mut Cursor, format: Format, protos: &mut Vec<Proto>, depth: u
     skip_string(c, format)?; // source
     let line = u32::try_from(int(c)?).map_err(|_| "bad line")?;
     let last_line = u32::try_from(int(c)?).map_err(|_| "bad line")?;
+    // what the code digest covers: from here up to the nested prototypes, ...
+    let code = c.at;
     c.skip(3)?; // numparams, is_vararg, maxstacksize
-    let code = int(c)?;
-    c.skip(code.checked_mul(4).ok_or("bad size")?)?;
+    let n_code = int(c)?;
+    c.skip(n_code.checked_mul(4).ok_or("bad size")?)?;
     for _ in 0..int(c)? {
         // constants: a type tag, then its payload
         match (format, c.byte()?) {
@@ -566,7 +631,9 @@ fn parse_fn_5x(c: &mut Cursor, format: Format, protos: &mut Vec<Proto>, depth: u
         upvalues: u32::try_from(upvalues).map_err(|_| "bad size")?,
         children: Vec::new(),
         range: (start, start),
+        digest: 0,
     });
+    let code = c.b.get(code..c.at).ok_or("truncated dump")?;
     let n = int(c)?;
     let mut children = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
@@ -588,6 +655,8 @@ fn parse_fn_5x(c: &mut Cursor, format: Format, protos: &mut Vec<Proto>, depth: u
         }
         Format::Lua55 { .. } | Format::LuaJit => {}
     }
+    // ... and from here to the end (the nested ones by their digests)
+    let names = c.at;
     for _ in 0..int(c)? {
         skip_string(c, format)?; // local name
         int(c)?;
@@ -596,9 +665,14 @@ fn parse_fn_5x(c: &mut Cursor, format: Format, protos: &mut Vec<Proto>, depth: u
     for _ in 0..int(c)? {
         skip_string(c, format)?; // upvalue name
     }
+    let mut h = Fnv::new();
+    h.block(code);
+    h.children(&children, protos)?;
+    h.block(c.b.get(names..c.at).ok_or("truncated dump")?);
     let p = protos.get_mut(me).ok_or("lost prototype")?;
     p.children = children;
     p.range = (start, c.at);
+    p.digest = h.0;
     Ok(me)
 }
 
@@ -689,6 +763,7 @@ impl Parse55<'_> {
             upvalues: u32::try_from(n_up).map_err(|_| "bad size")?,
             children: Vec::new(),
             range: (start, start),
+            digest: 0,
         });
         self.recs.push(Rec55::default()); // (filled in below)
         let (n, _) = self.c.count55(1)?;
@@ -717,9 +792,6 @@ impl Parse55<'_> {
         for _ in 0..n_names {
             upnames.push(self.string()?);
         }
-        let p = self.protos.get_mut(me).ok_or("lost prototype")?;
-        p.children = children;
-        p.range = (start, self.c.at);
         let rec = Rec55 {
             line,
             last_line,
@@ -735,8 +807,66 @@ impl Parse55<'_> {
             locvars,
             upnames,
         };
+        let digest = self.digest(&rec, &children)?;
+        let p = self.protos.get_mut(me).ok_or("lost prototype")?;
+        p.children = children;
+        p.range = (start, self.c.at);
+        p.digest = digest;
         *self.recs.get_mut(me).ok_or("lost prototype")? = rec;
         Ok(me)
+    }
+
+    /// See `Dump::code_digest`: everything but the lines and the source, strings resolved.
+    fn digest(&self, r: &Rec55, children: &[usize]) -> R<u64> {
+        let bytes = |(a, b): (usize, usize)| self.c.b.get(a..b).ok_or("truncated dump");
+        let string = |h: &mut Fnv, s: Str| -> R<()> {
+            match s {
+                None => h.bytes(&[0]),
+                Some(s) => {
+                    h.bytes(&[1]);
+                    h.block(bytes(s)?);
+                }
+            }
+            Ok(())
+        };
+        let mut h = Fnv::new();
+        let [params, flag, stack] = r.head;
+        h.bytes(&[params, flag & !PF_FIXED, stack]);
+        h.u64(r.n_code as u64);
+        h.block(bytes(r.code)?);
+        h.u64(r.k.len() as u64);
+        for k in &r.k {
+            match *k {
+                K55::Nil => h.bytes(&[VNIL]),
+                K55::False => h.bytes(&[VFALSE]),
+                K55::True => h.bytes(&[VTRUE]),
+                K55::Int(x) => {
+                    h.bytes(&[VNUMINT]);
+                    h.u64(x);
+                }
+                K55::Float(f) => {
+                    h.bytes(&[VNUMFLT]);
+                    h.block(bytes(f)?);
+                }
+                K55::Str(tag, s) => {
+                    h.bytes(&[tag]);
+                    h.block(bytes(s)?);
+                }
+            }
+        }
+        h.block(bytes(r.upvalues)?);
+        h.children(children, &self.protos)?;
+        h.u64(r.locvars.len() as u64);
+        for &(name, startpc, endpc) in &r.locvars {
+            string(&mut h, name)?;
+            h.u64(u64::from(startpc));
+            h.u64(u64::from(endpc));
+        }
+        h.u64(r.upnames.len() as u64);
+        for &name in &r.upnames {
+            string(&mut h, name)?;
+        }
+        Ok(h.0)
     }
 }
 
@@ -764,13 +894,19 @@ fn parse_jit(bytes: &[u8]) -> R<Dump> {
         d.skip(3)?; // flags, numparams, framesize
         let upvalues = u32::from(d.byte()?);
         let kgc = d.uleb()?;
-        d.uleb()?; // sizekn
+        let kn = d.uleb()?;
         let bc = d.uleb()? as usize;
-        let (mut line, mut numline) = (0, 0);
-        if flags & FLAG_STRIP == 0 && d.uleb()? != 0 {
-            line = d.uleb()?;
-            numline = d.uleb()?;
+        // the code digest covers the fields so far, not the debug header's lines
+        let head = data.get(..d.at).ok_or("truncated dump")?;
+        let (mut sizedbg, mut line, mut numline) = (0, 0, 0);
+        if flags & FLAG_STRIP == 0 {
+            sizedbg = d.uleb()? as usize;
+            if sizedbg != 0 {
+                line = d.uleb()?;
+                numline = d.uleb()?;
+            }
         }
+        let code = d.at;
         d.skip(bc.checked_mul(4).ok_or("bad size")?)?;
         d.skip(upvalues as usize * 2)?;
         let mut n_children = 0usize;
@@ -807,8 +943,35 @@ fn parse_jit(bytes: &[u8]) -> R<Dump> {
                 t => d.skip(t as usize - 5)?, // string
             }
         }
+        for _ in 0..kn {
+            // an integer, or (low bit of the first byte set) a double's low word, high word
+            if d.b.get(d.at).ok_or("truncated dump")? & 1 != 0 {
+                d.skip_uleb()?;
+            }
+            d.skip_uleb()?;
+        }
+        // debug information: lineinfo (one entry per instruction, each as wide as the line
+        // count needs), then upvalue names and local variables (which the digest covers)
+        let debug = d.at;
+        if data.len() - debug != sizedbg {
+            return Err("bad prototype length");
+        }
+        let width = if numline < 256 {
+            1
+        } else if numline < 65536 {
+            2
+        } else {
+            4
+        };
+        let lineinfo = if sizedbg == 0 { 0 } else { bc.checked_mul(width).ok_or("bad size")? };
+        let names = data.get(debug.checked_add(lineinfo).ok_or("bad size")?..);
+        let mut h = Fnv::new();
+        h.block(head);
+        h.block(data.get(code..debug).ok_or("truncated dump")?);
         let cut = stack.len().checked_sub(n_children).ok_or("child prototype missing")?;
         let children: Vec<usize> = stack.drain(cut..).collect();
+        h.children(&children, &protos)?;
+        h.block(names.ok_or("bad lineinfo size")?);
         let start =
             children.first().and_then(|&f| protos.get(f)).map_or(record, |f| f.range.0.min(record));
         protos.push(Proto {
@@ -817,6 +980,7 @@ fn parse_jit(bytes: &[u8]) -> R<Dump> {
             upvalues,
             children,
             range: (start, c.at),
+            digest: h.0,
         });
         stack.push(protos.len() - 1);
     }
@@ -950,6 +1114,75 @@ mod tests {
         assert_eq!(d.protos[d.root].last_line, u32::MAX);
     }
 
+    const VMS: [&str; 4] = ["53", "54", "55", "jit"];
+
+    /// shift.a.lua: main -> [M.make -> [the closure], M.name]
+    const SHIFT_PATHS: [&[usize]; 4] = [&[], &[0], &[0, 0], &[1]];
+
+    fn digest_at(d: &Dump, path: &[usize]) -> u64 {
+        d.code_digest(d.follow(path).unwrap()).unwrap()
+    }
+
+    /// shift.b.lua is shift.a.lua with blank lines and a comment inserted: every function
+    /// moved, the closure grew past 256 lines (Lua 5.4/5.5 add absolute line information,
+    /// LuaJIT two-byte lineinfo) and the chunk has another name. Same code: same digests.
+    #[test]
+    fn moved_lines_keep_the_code_digest() {
+        for vm in VMS {
+            let a = fixture(&format!("shift.a.{vm}.luac"));
+            let b = fixture(&format!("shift.b.{vm}.luac"));
+            for path in SHIFT_PATHS {
+                let (ia, ib) = (a.follow(path).unwrap(), b.follow(path).unwrap());
+                assert_eq!(a.code_digest(ia), b.code_digest(ib), "{vm} {path:?}");
+                // the records do differ: lines
+                assert_ne!(a.body(ia), b.body(ib), "{vm} {path:?}");
+            }
+            let closure = (a.follow(&[0, 0]).unwrap(), b.follow(&[0, 0]).unwrap());
+            assert_eq!(a.protos[closure.0].line, 5, "{vm}");
+            assert_eq!(b.protos[closure.1].line, 7, "{vm}");
+            assert_eq!(b.protos[closure.1].last_line, 311, "{vm}");
+            // the digests tell the prototypes of one dump apart
+            let mut all: Vec<u64> = SHIFT_PATHS.iter().map(|p| digest_at(&a, p)).collect();
+            all.sort_unstable();
+            all.dedup();
+            assert_eq!(all.len(), SHIFT_PATHS.len(), "{vm}");
+        }
+    }
+
+    /// Versions of shift.a.lua on the same lines: one constant changed (edit), the local the
+    /// closure captures renamed (rename: the same instructions, other names), one parameter
+    /// more (params). The changed function and those it is nested in get another digest,
+    /// M.name keeps its own.
+    #[test]
+    fn edits_change_the_code_digest() {
+        for vm in VMS {
+            let a = fixture(&format!("shift.a.{vm}.luac"));
+            for edit in ["edit", "rename", "params"] {
+                let e = fixture(&format!("{edit}.{vm}.luac"));
+                for path in [&[][..], &[0], &[0, 0]] {
+                    assert_ne!(digest_at(&a, path), digest_at(&e, path), "{vm} {edit} {path:?}");
+                }
+                assert_eq!(digest_at(&a, &[1]), digest_at(&e, &[1]), "{vm} {edit}");
+            }
+        }
+    }
+
+    /// Extracting a prototype changes its chunk (name, offsets, Lua 5.5's string indices),
+    /// not its code.
+    #[test]
+    fn extracted_prototypes_keep_their_code_digest() {
+        for vm in VMS {
+            for name in ["factory", "shift.b"] {
+                let d = fixture(&format!("{name}.{vm}.luac"));
+                for i in 0..d.protos.len() {
+                    let e = Dump::parse(&d.extract(i, b"=elsewhere").unwrap()).unwrap();
+                    assert_eq!(e.code_digest(e.root), d.code_digest(i), "{vm} {name} {i}");
+                }
+                assert_eq!(d.code_digest(d.protos.len()), None);
+            }
+        }
+    }
+
     /// Prototypes in `i`'s subtree, `i` included.
     fn count(d: &Dump, i: usize) -> usize {
         1 + d.protos[i].children.iter().map(|&c| count(d, c)).sum::<usize>()
@@ -963,8 +1196,8 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert!(Dump::parse(b"return 1").is_err());
         assert!(Dump::parse(b"\x1bLua\x51").is_err());
-        for name in ["factory.54.luac", "factory.53.luac", "factory.55.luac", "factory.jit.luac"] {
-            let good = read(name);
+        for vm in VMS {
+            let good = read(&format!("shift.b.{vm}.luac"));
             for cut in 0..good.len() {
                 let _ = Dump::parse(&good[..cut]);
             }
