@@ -118,6 +118,27 @@ describe("rule 1: identity", function()
     assert.equal("meta v2", M.anything)
     assert.is_function(held_f)
   end)
+
+  -- a second name for the module (an alias module, `package.loaded.x = M`) is one more
+  -- holder of the same table, not another module's table to leave alone
+  it("keeps one module reachable under a second name", function()
+    local src = "local M = { n = 0 } function M.f() return '%s' end return M"
+    local name = h.module(src:format("v1"))
+    local alias = h.module(("return require %q"):format(name))
+    local M = require(name)
+    assert.equal(M, require(alias))
+    package.loaded[name .. ".also"] = M
+    M.n = 5
+    h.rewrite(name, src:format("v2"))
+    local m, report = hotreload.reload(name)
+    assert.equal(M, m)
+    assert.equal(M, package.loaded[name])
+    assert.equal(M, require(alias))
+    assert.equal("v2", M.f())
+    assert.equal(5, M.n)
+    assert.equal(1, report.functions_replaced)
+    package.loaded[name .. ".also"] = nil
+  end)
 end)
 
 describe("rule 2: functions", function()
@@ -343,6 +364,34 @@ describe("rule 5: three-way merge of data", function()
     assert.equal(3, M.level(), "upvalue state kept")
     M.up()
     assert.equal(13, M.level(), "edited upvalue constant applies")
+  end)
+
+  -- (Lua 5.3+: 1 and 1.0 are raw-equal, but one is an integer; 0.0 and -0.0 everywhere)
+  it("applies a constant rewritten as another number subtype or sign", function()
+    local src = [[
+      local up = %s
+      local M = { field = %s, zero = %s }
+      function M.up() return up end
+      return M
+    ]]
+    local name = h.module(src:format("1", "1", "0.0"))
+    local M = require(name)
+    if math.type then
+      h.rewrite(name, src:format("1.0", "1.0", "0.0"))
+      local _, report = hotreload.reload(name)
+      assert.equal("float", math.type(M.field))
+      assert.equal("float", math.type(M.up()))
+      assert.equal(2, report.values_taken)
+      h.rewrite(name, src:format("1", "1", "0.0"))
+      _, report = hotreload.reload(name)
+      assert.equal("integer", math.type(M.field))
+      assert.equal("integer", math.type(M.up()))
+      assert.equal(2, report.values_taken)
+    end
+    h.rewrite(name, src:format("1", "1", "-0.0"))
+    local _, report = hotreload.reload(name)
+    assert.equal(-math.huge, 1 / M.zero)
+    assert.equal(1, report.values_taken)
   end)
 
   it("empties a table the source empties, and keeps an empty one the program filled", function()

@@ -132,20 +132,26 @@ unsafe fn record_base(l: *mut lua_State, name: &[u8], value: c_int, delta: c_int
         }
         ffi::lua_pushvalue(l, delta);
         let mut mirror = None;
+        let mut stop = sb.data.try_borrow_mut().ok().and_then(|mut st| st.loaded_values.take());
         let walked = ffi::protect(l, 2, &mut |l| {
             let none = Snapshot::default();
-            let stop = plan::stop_set(l, name);
-            let mut planner = plan::Planner::new(l, &none, stop, None);
+            let stop = stop.get_or_insert_with(|| plan::stop_set(l));
+            let own = ffi::read(l, 1).object().unwrap_or(0);
+            let mut planner = plan::Planner::new(l, &none, stop, own, None);
             ffi::lua_pushnil(l);
             let nothing = ffi::lua_gettop(l);
             if planner.root(l, nothing, 1).is_ok() {
                 planner.globals(l, None, 2);
                 mirror = Some(planner.finish(l).mirror);
             }
+            stop.insert(own);
             0
         });
-        if let (Ok(_), Some(mirror), Ok(mut st)) = (walked, mirror, sb.data.try_borrow_mut()) {
-            st.snapshots.insert(name.into(), mirror);
+        if let (Ok(_), Ok(mut st)) = (walked, sb.data.try_borrow_mut()) {
+            if let Some(mirror) = mirror {
+                st.snapshots.insert(name.into(), mirror);
+            }
+            st.loaded_values = stop;
         }
     }
 }

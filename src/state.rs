@@ -8,6 +8,7 @@ use std::os::raw::c_int;
 use std::sync::Arc;
 
 use crate::ffi::{self, lua_State};
+use crate::ptrmap::PtrSet;
 use crate::queue::Queue;
 use crate::reload::base::Snapshot;
 
@@ -17,6 +18,10 @@ pub struct State {
     pub snapshots: HashMap<Box<[u8]>, Snapshot>,
     /// Modules being reloaded right now (a top level that reloads itself is refused).
     pub busy: Vec<Box<[u8]>>,
+    /// The stop set (`plan::stop_set`) the base of a module `require` loads is taken with:
+    /// made by the first such load after a batch, then each module loaded adds its value,
+    /// so loading `n` modules reads `package.loaded` once, not `n` times.
+    pub loaded_values: Option<PtrSet>,
 }
 
 pub type StateCell = RefCell<State>;

@@ -938,6 +938,10 @@ impl<'p> Walker<'p> {
             sz: usize,
             ud: *mut c_void,
         ) -> c_int {
+            // (Lua 5.5 ends a dump with a call of no bytes at NULL)
+            if sz == 0 || p.is_null() {
+                return 0;
+            }
             // SAFETY: `ud` is the Vec below; Lua passes `sz` readable bytes at `p`.
             unsafe {
                 let out = &mut *ud.cast::<Vec<u8>>();

@@ -157,6 +157,8 @@ pub unsafe fn batch(
             st.busy.push(t.name.as_slice().into());
             job.base = st.snapshots.remove(t.name.as_slice());
         }
+        // a batch may change any module's value: the next base is taken with a fresh set
+        st.loaded_values = None;
     }
 
     let mut out = Outcome::default();
@@ -363,6 +365,8 @@ impl Run<'_> {
 
     /// Step 2: a plan per loaded job.
     unsafe fn plan_all(&mut self, l: *mut lua_State, gc: &GcPause) {
+        // SAFETY: inside the protected call, with the stack room `load_all` checked.
+        let stop = unsafe { plan::stop_set(l) };
         for i in 0..self.jobs.len() {
             let Some(t) = self.targets.get(i) else { break };
             let Some(job) = self.jobs.get_mut(i).filter(|j| j.error.is_none()) else { continue };
@@ -375,8 +379,8 @@ impl Run<'_> {
             let base = job.base.as_ref().unwrap_or(&empty);
             // SAFETY: the values `load_all` left are still on the stack.
             let planned = unsafe {
-                let stop = plan::stop_set(l, &t.name);
-                let mut planner = Planner::new(l, base, stop, Some(gc));
+                let own = ffi::read(l, job.live).object().unwrap_or(0);
+                let mut planner = Planner::new(l, base, &stop, own, Some(gc));
                 match planner.root(l, job.live, job.new) {
                     Ok(()) => {
                         planner.globals(l, Some(job.globals), job.delta);

@@ -254,7 +254,10 @@ pub struct Planner<'o> {
     /// the new version's functions: allocated together, so a bitmap holds them compactly
     new_fn_at: AddrSet,
     cells: PtrMap<Cell>,
-    stop: PtrSet,
+    stop: &'o PtrSet,
+    /// the module's own running value, never foreign even where `stop` has it (an alias:
+    /// `package.loaded.other = M`)
+    own: usize,
     mirror: Builder,
     root: Option<Pv>,
     globals_node: Option<NodeId>,
@@ -277,15 +280,18 @@ pub const STACK_NEEDED: c_int = 24;
 
 impl<'o> Planner<'o> {
     /// Pushes the anchor table. `stop` holds objects that belong to others (`_G`, other
-    /// modules): the merge never walks into them. With `gc`, the collector stays held until
-    /// the plan is finished, and the anchor table is written in place where it can be.
+    /// modules, see [`stop_set`]): the merge never walks into them, except the module's own
+    /// running value `own` (0: none), which another name may hold too. With `gc`, the
+    /// collector stays held until the plan is finished, and the anchor table is written in
+    /// place where it can be.
     ///
     /// # Safety
     /// Inside `protect`.
     pub unsafe fn new(
         l: *mut lua_State,
         old: &'o Snapshot,
-        stop: PtrSet,
+        stop: &'o PtrSet,
+        own: usize,
         gc: Option<&GcPause>,
     ) -> Planner<'o> {
         // The new version is usually the size of the old one: size everything after it.
@@ -315,6 +321,7 @@ impl<'o> Planner<'o> {
             new_fn_at: AddrSet::default(),
             cells,
             stop,
+            own,
             mirror: Builder::sized_like(old),
             root: None,
             globals_node: None,
@@ -502,13 +509,13 @@ impl<'o> Planner<'o> {
         unsafe {
             match nv {
                 Val::Table(p) => {
-                    if lv == nv || self.stop.contains(&p) {
+                    if lv == nv || self.foreign(p) {
                         // Not the new version's own table (a shared or foreign one).
                         let d = if lv == nv { Decision::Keep } else { Decision::TakeNew };
                         return (d, Was::Opaque);
                     }
                     let q = match lv {
-                        Val::Table(q) if !self.stop.contains(&q) => Some(q),
+                        Val::Table(q) if !self.foreign(q) => Some(q),
                         _ => None,
                     };
                     // (`local cache = {}`) a table with nothing to merge, delete or set is
@@ -596,6 +603,11 @@ impl<'o> Planner<'o> {
         }
     }
 
+    /// Whether the table at `p` belongs to someone else (see [`Planner::new`]).
+    fn foreign(&self, p: usize) -> bool {
+        p != self.own && self.stop.contains(&p)
+    }
+
     fn obj(&mut self, p: usize) -> &mut Obj {
         self.objs.entry(p).or_default()
     }
@@ -659,7 +671,7 @@ impl<'o> Planner<'o> {
     /// The base to record for a value reached without deciding it (a walked object's node).
     fn base_of<'v>(&mut self, v: Val<'v>) -> Was<'v> {
         match v {
-            Val::Table(p) if self.stop.contains(&p) => Was::Opaque,
+            Val::Table(p) if self.foreign(p) => Was::Opaque,
             Val::Table(p) | Val::LuaFn(p) => Was::Node(self.node_of(p)),
             _ => Was::of(v),
         }
@@ -676,7 +688,7 @@ impl<'o> Planner<'o> {
         // SAFETY: valid index from the caller.
         unsafe {
             let (p, table) = match v {
-                Val::Table(p) if !self.stop.contains(&p) => (p, true),
+                Val::Table(p) if !self.foreign(p) => (p, true),
                 Val::LuaFn(p) => (p, false),
                 _ => return,
             };
@@ -1296,11 +1308,12 @@ pub unsafe fn push_int(l: *mut lua_State, i: i64) {
 }
 
 /// The objects a merge must never walk into: the global table, the registry, and every
-/// other module's value (each reloads on its own).
+/// module's value (each reloads on its own; a planner exempts the one it merges). One pass
+/// over `package.loaded`, shared by every module of a batch.
 ///
 /// # Safety
 /// Inside `protect`; a few free stack slots.
-pub unsafe fn stop_set(l: *mut lua_State, name: &[u8]) -> PtrSet {
+pub unsafe fn stop_set(l: *mut lua_State) -> PtrSet {
     let mut stop = PtrSet::default();
     // SAFETY: plain reads of the registry, `_LOADED` and the globals; stack restored.
     unsafe {
@@ -1312,10 +1325,9 @@ pub unsafe fn stop_set(l: *mut lua_State, name: &[u8]) -> PtrSet {
         let loaded = ffi::lua_gettop(l);
         if ffi::lua_type(l, loaded) == ffi::LUA_TTABLE {
             stop.insert(ffi::lua_topointer(l, loaded) as usize);
-            ffi::lua_pushnil(l);
-            while ffi::lua_next(l, loaded) != 0 {
-                let own = matches!(read(l, -2), Val::Str(s) if s == name);
-                if let (false, Some(p)) = (own, read(l, -1).object()) {
+            let mut entries = ffi::Entries::new(l, loaded);
+            while entries.next(l) {
+                if let Some(p) = read(l, -1).object() {
                     stop.insert(p);
                 }
                 ffi::lua_pop(l, 1);
