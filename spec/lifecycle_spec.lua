@@ -42,6 +42,31 @@ describe("lifecycle hooks", function()
     assert.equal(11, M.ticks) -- one tick per frame, state kept
   end)
 
+  -- what __unload does to the old module is its clean-up, not runtime state: the merge
+  -- sees the module as the hook left it, so the new handle the top level made is kept
+  it("__unload that disposes of a handle and clears its field keeps the new handle", function()
+    local sched = require(sched_name)
+    local before = sched.count()
+    local src = [[
+      local sched = require %q
+      local M = { ticks = 0 }
+      M.timer = { id = sched.every(function() M.ticks = M.ticks + 1 end), version = %d }
+      function M.__unload(m) sched.cancel(m.timer.id) m.timer = nil end
+      return M
+    ]]
+    local name = h.module(src:format(sched_name, 0))
+    local M = require(name)
+    for i = 1, 10 do
+      h.rewrite(name, src:format(sched_name, i))
+      assert(hotreload.reload(name))
+    end
+    assert.equal(before + 1, sched.count())
+    assert.equal(10, M.timer.version)
+    assert.equal(sched.next_id, M.timer.id, "the newest handle")
+    assert.is_function(sched.timers[M.timer.id])
+    sched.cancel(M.timer.id)
+  end)
+
   it("without __unload the same module piles up timers (what the hook is for)", function()
     local sched = require(sched_name)
     local before = sched.count()
@@ -260,6 +285,21 @@ describe("listeners", function()
     remove()
     assert(hotreload.reload(name))
     assert.equal(2, M.v)
+  end)
+
+  it("what a before_reload listener changes in the new version is part of it", function()
+    local name = h.module("return { v = 1, keep = 'a' }")
+    local M = require(name)
+    local remove = hotreload.before_reload(function(_, _, new)
+      new.v = new.v * 10
+      new.added = "by the listener"
+    end)
+    finally(remove)
+    h.rewrite(name, "return { v = 2, keep = 'a' }")
+    assert(hotreload.reload(name))
+    assert.equal(20, M.v)
+    assert.equal("by the listener", M.added)
+    assert.equal("a", M.keep)
   end)
 
   it("a before_reload listener that raises fails the reload", function()

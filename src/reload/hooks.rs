@@ -59,13 +59,26 @@ pub unsafe fn has_field(l: *mut lua_State, idx: c_int, name: &[u8]) -> bool {
     }
 }
 
+/// Runs user code `f` with the collector as the program left it (`GcPause::lifted`), or as
+/// it is where no reload holds it.
+///
+/// # Safety
+/// As `GcPause::lifted`.
+unsafe fn lifted<R>(gc: Option<&mut GcPause>, f: impl FnOnce() -> R) -> R {
+    match gc {
+        // SAFETY: forwarded.
+        Some(gc) => unsafe { gc.lifted(f) },
+        None => f(),
+    }
+}
+
 /// Calls `module.<hook>(module)` if the module is a table with such a function (read raw).
 ///
 /// # Safety
 /// `module` absolute; a few free stack slots. Runs user code under protection.
 pub unsafe fn call_module_hook(
     l: *mut lua_State,
-    gc: &mut GcPause,
+    gc: Option<&mut GcPause>,
     module: c_int,
     hook: &[u8],
 ) -> Verdict {
@@ -77,7 +90,7 @@ pub unsafe fn call_module_hook(
             return Verdict::Go;
         }
         ffi::lua_pushvalue(l, module);
-        let verdict = gc.lifted(|| call(l, 1));
+        let verdict = lifted(gc, || call(l, 1));
         ffi::lua_settop(l, top);
         verdict
     }
@@ -90,7 +103,7 @@ pub unsafe fn call_module_hook(
 /// Absolute indices; a few free stack slots. Runs user code under protection.
 pub unsafe fn before_listeners(
     l: *mut lua_State,
-    gc: &mut GcPause,
+    mut gc: Option<&mut GcPause>,
     name: &[u8],
     old: c_int,
     new: c_int,
@@ -108,7 +121,7 @@ pub unsafe fn before_listeners(
             ffi::push_bytes(l, name);
             ffi::lua_pushvalue(l, old);
             ffi::lua_pushvalue(l, new);
-            verdict = gc.lifted(|| call(l, 3));
+            verdict = lifted(gc.as_deref_mut(), || call(l, 3));
             if verdict != Verdict::Go {
                 break;
             }

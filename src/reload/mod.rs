@@ -3,11 +3,13 @@
 //! steps, each in its own file:
 //!
 //! 1. `load`: find each module as `require` would (or compile the given source text) and run
-//!    its new version in isolation;
-//! 2. `plan`: walk new and running versions in lockstep and decide every slot, against the
-//!    `base` mirror of the previous version (three-way merge);
-//! 3. `hooks`: the program's `before_reload` listeners, then the old module's `__unload`;
+//!    its new version in isolation; a table module whose new version is not a table stops
+//!    here;
+//! 2. `hooks`: the program's `before_reload` listeners (what they change in the new version
+//!    is part of it), then the old module's `__unload` (what it clears is its clean-up);
 //!    either may refuse (return `false`) or fail (raise), and then nothing is written;
+//! 3. `plan`: walk new and running versions in lockstep and decide every slot, against the
+//!    `base` mirror of the previous version (three-way merge);
 //! 4. `apply`: write the plan into the running program and join upvalue cells, logging every
 //!    value it overwrites (unless no `__reload` hook can run: a batch of one module whose two
 //!    versions have none, since the merged module only has keys of the two);
@@ -177,9 +179,9 @@ pub unsafe fn batch(
             ffi::push_globals(l);
             let globals = loaded + 1;
             run.load_all(l, loaded, globals);
+            run.consent_all(l);
             let pause = gc.insert(GcPause::new(l));
             run.plan_all(l, pause);
-            run.consent_all(l, pause);
             run.apply_all(l, loaded, pause);
             plans = run.take_plans();
             let walked = if opts.replace && !plans.is_empty() {
@@ -351,6 +353,15 @@ impl Run<'_> {
                     },
                 }
             };
+            // a table module that the new version cannot merge into fails before any hook
+            // SAFETY: the three values are on the stack, dropped if the job fails.
+            let result = result.and_then(|at| match unsafe { plan::check_root(l, at + 2, at) } {
+                Ok(()) => Ok(at),
+                Err(m) => {
+                    unsafe { ffi::lua_settop(l, at - 1) };
+                    Err(ErrorKind::Merge.with(t, m))
+                }
+            });
             match result {
                 Ok(at) => {
                     if let Some(job) = self.jobs.get_mut(i) {
@@ -363,7 +374,7 @@ impl Run<'_> {
         }
     }
 
-    /// Step 2: a plan per loaded job.
+    /// Step 3: a plan per loaded job.
     unsafe fn plan_all(&mut self, l: *mut lua_State, gc: &GcPause) {
         // SAFETY: inside the protected call, with the stack room `load_all` checked.
         let stop = unsafe { plan::stop_set(l) };
@@ -396,8 +407,11 @@ impl Run<'_> {
         }
     }
 
-    /// Step 3: the `before_reload` listeners, then each old module's `__unload`.
-    unsafe fn consent_all(&mut self, l: *mut lua_State, gc: &mut GcPause) {
+    /// Step 2: the `before_reload` listeners, then each old module's `__unload`, before the
+    /// plan: what a listener does to the new version is part of it, and what `__unload` does
+    /// to the old module (a field it disposed of and cleared) is the old version's clean-up,
+    /// not runtime state for the merge to keep.
+    unsafe fn consent_all(&mut self, l: *mut lua_State) {
         for step in [Step::Listeners, Step::Unload] {
             for i in 0..self.jobs.len() {
                 let (Some(t), Some(job)) = (self.targets.get(i), self.jobs.get(i)) else { break };
@@ -408,9 +422,9 @@ impl Run<'_> {
                 let verdict = unsafe {
                     match step {
                         Step::Listeners => {
-                            hooks::before_listeners(l, gc, &t.name, job.live, job.new)
+                            hooks::before_listeners(l, None, &t.name, job.live, job.new)
                         }
-                        Step::Unload => hooks::call_module_hook(l, gc, job.live, b"__unload"),
+                        Step::Unload => hooks::call_module_hook(l, None, job.live, b"__unload"),
                     }
                 };
                 let who = match step {
@@ -482,7 +496,7 @@ impl Run<'_> {
             let verdict = unsafe {
                 ffi::push_bytes(l, &t.name);
                 ffi::lua_rawget(l, loaded);
-                let v = hooks::call_module_hook(l, gc, ffi::lua_gettop(l), b"__reload");
+                let v = hooks::call_module_hook(l, Some(gc), ffi::lua_gettop(l), b"__reload");
                 ffi::lua_pop(l, 1);
                 v
             };

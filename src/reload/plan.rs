@@ -350,14 +350,8 @@ impl<'o> Planner<'o> {
     ) -> Result<(), String> {
         // SAFETY: the caller's indices are valid; helpers keep the stack balanced.
         unsafe {
-            let (lv, nv) = (read(l, live), read(l, new));
-            if matches!(lv, Val::Table(_)) && !matches!(nv, Val::Table(_)) {
-                return Err(format!(
-                    "the new version returns a {}, but the loaded module is a table; \
-                     a reload cannot turn one into the other without breaking references to it",
-                    ffi::type_name(l, new)
-                ));
-            }
+            check_root(l, live, new)?;
+            let nv = read(l, new);
             let (keep, base) = if nv.object().is_some() {
                 let old = self.old;
                 let m = self.merge_slot(l, live, new, old.root());
@@ -1197,6 +1191,25 @@ impl<'o> Planner<'o> {
     unsafe fn push(&self, l: *mut lua_State, slot: u32) {
         // SAFETY: the anchor table is at `self.tab`.
         unsafe { self.tab.get(l, slot) }
+    }
+}
+
+/// Whether the value at `new` can replace the running module at `live`: a running table
+/// only merges with a table.
+///
+/// # Safety
+/// Valid indices.
+pub unsafe fn check_root(l: *mut lua_State, live: c_int, new: c_int) -> Result<(), String> {
+    // SAFETY: forwarded.
+    unsafe {
+        if matches!(read(l, live), Val::Table(_)) && !matches!(read(l, new), Val::Table(_)) {
+            return Err(format!(
+                "the new version returns a {}, but the loaded module is a table; \
+                 a reload cannot turn one into the other without breaking references to it",
+                ffi::type_name(l, new)
+            ));
+        }
+        Ok(())
     }
 }
 
