@@ -319,6 +319,23 @@ describe("listeners", function()
     assert.has_error(function() hotreload.before_reload() end)
   end)
 
+  it("a reload of a module from inside its own reload says which step it came from", function()
+    local name = h.module("return { v = 1 }")
+    local M = require(name)
+    local inner
+    local remove = hotreload.on_reload(function(n)
+      if n == name then inner = select(2, hotreload.reload(name)) end
+    end)
+    assert(hotreload.reload(name, { source = "return { v = 2 }" }))
+    remove()
+    assert.matches("already being reloaded (the call came from inside that reload, while its " ..
+      "on_reload listeners ran)", inner, 1, true)
+    M.__unload = function() inner = select(2, hotreload.reload(name)) end
+    assert(hotreload.reload(name, { source = "return { v = 3 }" }))
+    assert.matches("while its before_reload listeners or its __unload hook ran", inner, 1, true)
+    assert.equal(3, M.v)
+  end)
+
   it("poll calls on_reload and reports listener errors in its error list", function()
     local dir = h.root .. "/listened"
     h.write("listened/lmod.lua", "return { v = 1 }")

@@ -13,7 +13,8 @@ pub enum ErrorKind {
     Merge,
     /// A C module: there is no Lua code to merge.
     Native,
-    /// The module is already being reloaded (its top level called reload on itself).
+    /// The module is already being reloaded: code that reload runs (its top level, a hook, a
+    /// listener, a finalizer) asked for it again; the detail says which step was running.
     Busy,
     /// A `before_reload` listener or the module's `__unload` returned `false`.
     Vetoed,
@@ -47,7 +48,14 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let detail = match self.kind {
             ErrorKind::Native => "it is a C module; only Lua code can be reloaded",
-            ErrorKind::Busy => "it is already being reloaded (its top level reloads itself)",
+            ErrorKind::Busy => {
+                return write!(
+                    f,
+                    "hotreload: cannot reload '{}': it is already being reloaded (the call \
+                     came from inside that reload, {})",
+                    self.module, self.detail
+                );
+            }
             ErrorKind::Aborted => "another module of its transaction failed",
             _ => &self.detail,
         };

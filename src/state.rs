@@ -16,12 +16,34 @@ use crate::reload::base::Snapshot;
 pub struct State {
     /// Base of the three-way merge, per module name: its last freshly loaded version.
     pub snapshots: HashMap<Box<[u8]>, Snapshot>,
-    /// Modules being reloaded right now (a top level that reloads itself is refused).
-    pub busy: Vec<Box<[u8]>>,
+    /// Modules being reloaded right now, and which step their reload is in: a reload of one
+    /// of them from code that step runs (its top level, a hook, a listener, a finalizer) is
+    /// refused, and the message says which.
+    pub busy: Vec<(Box<[u8]>, Phase)>,
     /// The stop set (`plan::stop_set`) the base of a module `require` loads is taken with:
     /// made by the first such load after a batch, then each module loaded adds its value,
     /// so loading `n` modules reads `package.loaded` once, not `n` times.
     pub loaded_values: Option<PtrSet>,
+}
+
+/// The step a reload is in, as a refused nested reload explains it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Loading,
+    Consenting,
+    Merging,
+    Reporting,
+}
+
+impl Phase {
+    pub fn doing(self) -> &'static str {
+        match self {
+            Phase::Loading => "while its new top level ran",
+            Phase::Consenting => "while its before_reload listeners or its __unload hook ran",
+            Phase::Merging => "while it was merged (its __reload hook, or a finalizer)",
+            Phase::Reporting => "while its on_reload listeners ran",
+        }
+    }
 }
 
 pub type StateCell = RefCell<State>;

@@ -34,7 +34,7 @@ use std::time::Instant;
 use crate::capture;
 use crate::error::{Error, ErrorKind};
 use crate::ffi::{self, GcPause, lua_State};
-use crate::state::StateCell;
+use crate::state::{Phase, StateCell};
 use crate::walk;
 use apply::Undo;
 use base::Snapshot;
@@ -152,11 +152,16 @@ pub unsafe fn batch(
         };
         for (i, (t, job)) in targets.iter().zip(jobs.iter_mut()).enumerate() {
             let twice = targets.get(..i).is_some_and(|ts| ts.iter().any(|o| o.name == t.name));
-            if twice || st.busy.iter().any(|b| **b == *t.name) {
-                job.error = Some(Error::new(ErrorKind::Busy, &t.name, ""));
+            let running = st.busy.iter().find(|(b, _)| **b == *t.name).map(|&(_, p)| p);
+            if let Some(phase) = running {
+                job.error = Some(Error::new(ErrorKind::Busy, &t.name, phase.doing()));
                 continue;
             }
-            st.busy.push(t.name.as_slice().into());
+            if twice {
+                job.error = Some(Error::new(ErrorKind::Busy, &t.name, "once more in its batch"));
+                continue;
+            }
+            st.busy.push((t.name.as_slice().into(), Phase::Loading));
             job.base = st.snapshots.remove(t.name.as_slice());
         }
         // a batch may change any module's value: the next base is taken with a fresh set
@@ -179,7 +184,9 @@ pub unsafe fn batch(
             ffi::push_globals(l);
             let globals = loaded + 1;
             run.load_all(l, loaded, globals);
+            enter(cell, targets, Phase::Consenting);
             run.consent_all(l);
+            enter(cell, targets, Phase::Merging);
             let pause = gc.insert(GcPause::new(l));
             run.plan_all(l, pause);
             run.apply_all(l, loaded, pause);
@@ -204,6 +211,7 @@ pub unsafe fn batch(
             }
             // results only for a batch that succeeded whole (a failed transaction answers with
             // its message; its stack may not have room for two values per module)
+            enter(cell, targets, Phase::Reporting);
             let push = push && run.jobs.iter().all(|j| j.error.is_none());
             let tables = push || hooks::has_listeners(l, &hooks::AFTER);
             let mut n = 0;
@@ -239,7 +247,7 @@ pub unsafe fn batch(
     for (t, job) in targets.iter().zip(jobs.iter_mut()) {
         if let Some(st) = st.as_mut() {
             if job.error.as_ref().is_none_or(|e| e.kind != ErrorKind::Busy) {
-                st.busy.retain(|b| **b != *t.name);
+                st.busy.retain(|(b, _)| **b != *t.name);
             }
             if let Some(s) = job.mirror.take().or_else(|| job.base.take()) {
                 st.snapshots.insert(t.name.as_slice().into(), s);
@@ -264,6 +272,17 @@ pub unsafe fn batch(
         Err(message) => {
             let name = targets.first().map_or(&b""[..], |t| &t.name);
             Err(Error::new(ErrorKind::Internal, name, message))
+        }
+    }
+}
+
+/// Records that the batch's modules are in `phase` (for the message of a reload they refuse).
+fn enter(cell: &StateCell, targets: &[Target], phase: Phase) {
+    if let Ok(mut st) = cell.try_borrow_mut() {
+        for (name, p) in st.busy.iter_mut() {
+            if targets.iter().any(|t| *t.name == **name) {
+                *p = phase;
+            }
         }
     }
 }
