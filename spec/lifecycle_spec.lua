@@ -474,6 +474,7 @@ describe("the reload report", function()
     assert.same({
       functions_replaced = 1, -- hit
       functions_added = 1, -- new
+      functions_kept = 0,
       keys_removed = 1, -- old
       upvalues_joined = 1, -- hits
       values_taken = 2, -- speed, name: edited in the source (rule 5)

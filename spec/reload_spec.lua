@@ -166,6 +166,82 @@ describe("rule 2: functions", function()
     assert.equal(42, M.n)
     assert.same({ 1, 2, 3 }, M.fresh.list)
   end)
+
+  -- Three-way, like data: a function the program put in place of the module's (a mock, a
+  -- monkeypatch) is state, unless the source changed the module's function there.
+  local patched = [[
+    local M = { Class = {} }
+    local function helper() return "helper %s" end
+    function M.f() return "f %s" end
+    function M.g() return "g %s" end
+    function M.uses_helper() return helper() end
+    function M.make() return function() return "made %s" end end
+    M.made = M.make()
+    function M.Class.method() return "method %s" end
+    return M
+  ]]
+  local function version(f, g, helper, made, method)
+    return patched:format(helper, f, g, made, method)
+  end
+
+  it("keeps a mock when the source did not change the function it replaced", function()
+    local name = h.module(version("v1", "v1", "v1", "v1", "v1"))
+    local M = require(name)
+    local function mock() return "mock" end
+    local holder = { f = mock }
+    M.f, M.made, M.Class.method = mock, mock, mock
+    local i = 1
+    while debug.getupvalue(M.uses_helper, i) ~= "helper" do i = i + 1 end
+    debug.setupvalue(M.uses_helper, i, mock)
+    h.rewrite(name, version("v1", "v2", "v1", "v1", "v1")) -- an unrelated edit
+    local _, report = hotreload.reload(name)
+    assert.equal("mock", M.f())
+    assert.equal("mock", M.made())
+    assert.equal("mock", M.Class.method())
+    assert.equal("mock", M.uses_helper())
+    assert.equal("g v2", M.g())
+    assert.equal(4, report.functions_kept)
+    -- the program's own function is never rewritten, wherever it is held
+    assert.equal(mock, holder.f)
+    assert.equal("mock", mock())
+  end)
+
+  it("replaces a mock when the source changed the function it replaced", function()
+    local name = h.module(version("v1", "v1", "v1", "v1", "v1"))
+    local M = require(name)
+    local function mock() return "mock" end
+    local holder = { f = mock }
+    M.f, M.made, M.Class.method = mock, mock, mock
+    local i = 1
+    while debug.getupvalue(M.uses_helper, i) ~= "helper" do i = i + 1 end
+    debug.setupvalue(M.uses_helper, i, mock)
+    h.rewrite(name, version("v2", "v1", "v2", "v2", "v2"))
+    local _, report = hotreload.reload(name)
+    assert.equal("f v2", M.f())
+    assert.equal("made v2", M.made())
+    assert.equal("method v2", M.Class.method())
+    assert.equal("helper v2", M.uses_helper())
+    assert.equal(0, report.functions_kept)
+    assert.equal(mock, holder.f)
+    assert.equal("mock", mock())
+  end)
+
+  it("keeps every mock through a neutral edit that moves every line", function()
+    local name = h.module(version("v1", "v1", "v1", "v1", "v1"))
+    local M = require(name)
+    local function mock() return "mock" end
+    M.f, M.Class.method = mock, mock
+    h.rewrite(name, "-- a comment\n\n\n" .. version("v1", "v1", "v1", "v1", "v1"))
+    local _, report = hotreload.reload(name)
+    assert.equal("mock", M.f())
+    assert.equal("mock", M.Class.method())
+    assert.equal(2, report.functions_kept)
+    -- and the next reload still knows the mock is the program's
+    h.rewrite(name, version("v1", "v3", "v1", "v1", "v1"))
+    assert(hotreload.reload(name))
+    assert.equal("mock", M.f())
+    assert.equal("g v3", M.g())
+  end)
 end)
 
 describe("rule 3: upvalues keep state", function()

@@ -35,6 +35,31 @@ describe("replacing old functions everywhere", function()
     assert.equal("v2", bus.list[2]())
   end)
 
+  -- only functions the module's previous version made are replaced: a patch the program
+  -- put in (a test double, an editor plugin's hook) is the program's
+  it("never rewrites a function the program made, wherever it is held", function()
+    local name, edit = versions(basic)
+    local M = require(name)
+    local function patch() return "patch" end
+    local holder = { f = patch }
+    M.f = patch
+    -- a test helper that wraps the module's function and calls the original
+    local calls = 0
+    local original = M.on_click
+    M.on_click = function(...) calls = calls + 1 return original(...) end
+    local wrapper = M.on_click
+    reload(name) -- the same source
+    assert.equal(patch, M.f)
+    assert.equal(patch, holder.f)
+    assert.equal("patch", patch())
+    assert.equal(wrapper, M.on_click)
+    edit("v1") -- still unchanged code: the wrapped original runs the new version
+    reload(name)
+    assert.equal("click v1", M.on_click())
+    assert.equal(1, calls)
+    assert.equal("patch", holder.f())
+  end)
+
   it("updates every key of a table whose border key is in its hash part", function()
     -- t[1] is stored in the hash part: a walk that resumes `next` from key #t skips the
     -- hash entries placed before it

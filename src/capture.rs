@@ -8,7 +8,7 @@
 use std::os::raw::c_int;
 
 use crate::ffi::{self, lua_State};
-use crate::reload::base::Snapshot;
+use crate::reload::base::{self, Snapshot};
 use crate::reload::{load, plan};
 use crate::state;
 
@@ -137,12 +137,14 @@ unsafe fn record_base(l: *mut lua_State, name: &[u8], value: c_int, delta: c_int
             let none = Snapshot::default();
             let stop = stop.get_or_insert_with(|| plan::stop_set(l));
             let own = ffi::read(l, 1).object().unwrap_or(0);
-            let mut planner = plan::Planner::new(l, &none, stop, own, None);
+            let mut planner = plan::Planner::new(l, &none, 0, stop, own, None);
             ffi::lua_pushnil(l);
             let nothing = ffi::lua_gettop(l);
             if planner.root(l, nothing, 1).is_ok() {
                 planner.globals(l, None, 2);
-                mirror = Some(planner.finish(l).mirror);
+                let plan = planner.finish(l);
+                base::set_functions(l, name, plan.functions);
+                mirror = Some(plan.mirror);
             }
             stop.insert(own);
             0

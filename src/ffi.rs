@@ -871,6 +871,61 @@ pub unsafe fn settop_down(l: *mut lua_State, idx: c_int) {
     }
 }
 
+/// `string.dump` of the Lua function at `idx`, with its debug information (the merge needs
+/// upvalue names; messages need lines). `None` for a C function.
+///
+/// # Safety
+/// `idx` valid; one free stack slot; may raise on memory errors.
+pub unsafe fn dump(l: *mut lua_State, idx: c_int) -> Option<Vec<u8>> {
+    unsafe extern "C-unwind" fn writer(
+        _: *mut lua_State,
+        p: *const c_void,
+        sz: usize,
+        ud: *mut c_void,
+    ) -> c_int {
+        // (Lua 5.5 ends a dump with a call of no bytes at NULL)
+        if sz == 0 || p.is_null() {
+            return 0;
+        }
+        // SAFETY: `ud` is the Vec below; Lua passes `sz` readable bytes at `p`.
+        unsafe {
+            let out = &mut *ud.cast::<Vec<u8>>();
+            out.extend_from_slice(std::slice::from_raw_parts(p.cast::<u8>(), sz));
+        }
+        0
+    }
+    let mut bytes: Vec<u8> = Vec::new();
+    // SAFETY: lua_dump reads the function on top and calls `writer` synchronously.
+    unsafe {
+        lua_pushvalue(l, idx);
+        let ok = lua_iscfunction(l, -1) == 0
+            && lua_dump(l, writer, (&mut bytes as *mut Vec<u8>).cast(), 0) == 0;
+        lua_pop(l, 1);
+        ok.then_some(bytes)
+    }
+}
+
+/// Whether the functions at `a` and `b` come from chunks of the same name (`lua_getinfo`'s
+/// `source`: the same file, for functions loaded from files).
+///
+/// # Safety
+/// Both hold functions; one free stack slot.
+pub unsafe fn same_chunk(l: *mut lua_State, a: c_int, b: c_int) -> bool {
+    // SAFETY: lua_getinfo(">S") pops the function pushed for it; `source` points into the
+    // prototype, alive while the function is on the stack.
+    unsafe {
+        let source = |idx: c_int| {
+            let mut ar: lua_Debug = std::mem::zeroed();
+            lua_pushvalue(l, idx);
+            if lua_getinfo(l, c">S".as_ptr(), &mut ar) == 0 || ar.source.is_null() {
+                return None;
+            }
+            Some(std::ffi::CStr::from_ptr(ar.source))
+        };
+        matches!((source(a), source(b)), (Some(x), Some(y)) if x == y)
+    }
+}
+
 /// Pushes a Rust string as a Lua string.
 ///
 /// # Safety

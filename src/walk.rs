@@ -18,7 +18,7 @@
 //! by such a callback) at the running table.
 
 use std::ffi::{CStr, CString};
-use std::os::raw::{c_char, c_int, c_void};
+use std::os::raw::{c_char, c_int};
 
 use crate::ffi::{self, lua_State};
 use crate::proto::Dump;
@@ -932,33 +932,14 @@ impl<'p> Walker<'p> {
 
     /// Parses (once) the dump of the anchored function `slot`.
     unsafe fn dump(&mut self, l: *mut lua_State, slot: Ref) {
-        unsafe extern "C-unwind" fn writer(
-            _: *mut lua_State,
-            p: *const c_void,
-            sz: usize,
-            ud: *mut c_void,
-        ) -> c_int {
-            // (Lua 5.5 ends a dump with a call of no bytes at NULL)
-            if sz == 0 || p.is_null() {
-                return 0;
-            }
-            // SAFETY: `ud` is the Vec below; Lua passes `sz` readable bytes at `p`.
-            unsafe {
-                let out = &mut *ud.cast::<Vec<u8>>();
-                out.extend_from_slice(std::slice::from_raw_parts(p.cast::<u8>(), sz));
-            }
-            0
-        }
         if self.dumps.contains_key(&slot) {
             return;
         }
-        let mut bytes: Vec<u8> = Vec::new();
-        // SAFETY: lua_dump reads the function on top and calls `writer` synchronously.
+        // SAFETY: the anchored function is pushed, dumped and popped.
         unsafe {
             self.push_ref(l, slot);
-            let ok = ffi::lua_dump(l, writer, (&mut bytes as *mut Vec<u8>).cast(), 0) == 0;
+            let parsed = ffi::dump(l, -1).and_then(|bytes| Dump::parse(&bytes).ok());
             ffi::lua_pop(l, 1);
-            let parsed = if ok { Dump::parse(&bytes).ok() } else { None };
             self.dumps.insert(slot, parsed);
         }
     }

@@ -13,7 +13,10 @@ use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
-use crate::ffi::Val;
+use std::os::raw::c_int;
+
+use super::hooks;
+use crate::ffi::{self, Val};
 use crate::ptrmap::PtrHasher;
 
 pub type NodeId = u32;
@@ -487,6 +490,55 @@ impl Builder {
     pub fn finish(mut self, globals: Option<NodeId>) -> Snapshot {
         self.s.globals = globals;
         self.s
+    }
+}
+
+/// Registry key (its address) of the table `module name -> functions of its base`.
+static FUNCTIONS: u8 = 0;
+
+/// The mirror holds no Lua values, but the three-way merge of code (rule 2) must tell the
+/// function the previous version put at a slot from one the program put there since (a
+/// mock, a patch): by identity, which an address alone cannot prove once the function may
+/// have been collected. So the functions of each module's base are kept in the registry,
+/// by mirror node (`node + 1`): those of the version running now, never an older one, and
+/// replaced by the next version's at each reload (rule 11 holds). Pushes the table of
+/// module `name`, or nil; returns whether it is a table.
+///
+/// # Safety
+/// Three free stack slots.
+pub unsafe fn push_functions(l: *mut ffi::lua_State, name: &[u8]) -> bool {
+    // SAFETY: raw reads of the registry.
+    unsafe {
+        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, hooks::key(&FUNCTIONS));
+        if ffi::lua_type(l, -1) != ffi::LUA_TTABLE {
+            return false;
+        }
+        ffi::push_bytes(l, name);
+        ffi::lua_rawget(l, -2);
+        ffi::lua_remove(l, -2);
+        ffi::lua_type(l, -1) == ffi::LUA_TTABLE
+    }
+}
+
+/// Makes the table at `idx` (from `Plan::functions`) the base functions of module `name`.
+///
+/// # Safety
+/// Inside a protected call (allocates); three free stack slots.
+pub unsafe fn set_functions(l: *mut ffi::lua_State, name: &[u8], idx: c_int) {
+    // SAFETY: raw reads and writes of the registry and of our own table.
+    unsafe {
+        let idx = ffi::lua_absindex(l, idx);
+        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, hooks::key(&FUNCTIONS));
+        if ffi::lua_type(l, -1) != ffi::LUA_TTABLE {
+            ffi::lua_pop(l, 1);
+            ffi::lua_createtable(l, 0, 8);
+            ffi::lua_pushvalue(l, -1);
+            ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, hooks::key(&FUNCTIONS));
+        }
+        ffi::push_bytes(l, name);
+        ffi::lua_pushvalue(l, idx);
+        ffi::lua_rawset(l, -3);
+        ffi::lua_pop(l, 1);
     }
 }
 

@@ -190,10 +190,11 @@ unsafe fn call(l: *mut lua_State, nargs: c_int) -> Verdict {
 pub unsafe fn push_report(l: *mut lua_State, r: &Report) {
     // SAFETY: fills a fresh table.
     unsafe {
-        ffi::lua_createtable(l, 0, 10);
-        let fields: [(&std::ffi::CStr, u32); 9] = [
+        ffi::lua_createtable(l, 0, 12);
+        let fields: [(&std::ffi::CStr, u32); 10] = [
             (c"functions_replaced", r.merge.functions_replaced),
             (c"functions_added", r.merge.functions_added),
+            (c"functions_kept", r.merge.functions_kept),
             (c"keys_removed", r.merge.keys_removed),
             (c"upvalues_joined", r.merge.upvalues_joined),
             (c"values_taken", r.merge.values_taken),

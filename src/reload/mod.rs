@@ -190,6 +190,7 @@ pub unsafe fn batch(
             let pause = gc.insert(GcPause::new(l));
             run.plan_all(l, pause);
             run.apply_all(l, loaded, pause);
+            run.keep_functions(l);
             plans = run.take_plans();
             let walked = if opts.replace && !plans.is_empty() {
                 walk::replace(l, &mut plans)
@@ -410,7 +411,13 @@ impl Run<'_> {
             // SAFETY: the values `load_all` left are still on the stack.
             let planned = unsafe {
                 let own = ffi::read(l, job.live).object().unwrap_or(0);
-                let mut planner = Planner::new(l, base, &stop, own, Some(gc));
+                let base_fns = if base::push_functions(l, &t.name) {
+                    ffi::lua_gettop(l)
+                } else {
+                    ffi::lua_pop(l, 1);
+                    0
+                };
+                let mut planner = Planner::new(l, base, base_fns, &stop, own, Some(gc));
                 match planner.root(l, job.live, job.new) {
                     Ok(()) => {
                         planner.globals(l, Some(job.globals), job.delta);
@@ -531,6 +538,16 @@ impl Run<'_> {
                         unsafe { undo_job(l, self.targets.get(j), job, loaded) };
                     }
                 }
+            }
+        }
+    }
+
+    /// The new version's functions become the base functions of each module merged.
+    unsafe fn keep_functions(&mut self, l: *mut lua_State) {
+        for (t, job) in self.going() {
+            if let (Some(plan), Some(_)) = (&job.plan, &job.mirror) {
+                // SAFETY: the plan's table is on the stack; inside the protected call.
+                unsafe { base::set_functions(l, &t.name, plan.functions) };
             }
         }
     }

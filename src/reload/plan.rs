@@ -14,6 +14,7 @@ use super::base::{
     Builder, Decision, KeyRef, Kind, NodeId, Prior, Snapshot, Was, decide, kept_by_source,
 };
 use crate::ffi::{self, GcPause, Val, lua_State, read};
+use crate::proto::Dump;
 use crate::ptrmap::{AddrSet, PtrMap, PtrSet};
 
 /// A value an action writes: inline data, or a slot of the anchor table.
@@ -81,6 +82,9 @@ pub struct FnPair {
 pub struct Counts {
     pub functions_replaced: u32,
     pub functions_added: u32,
+    /// Functions the program put in place of the module's (a mock, a patch) and kept, because
+    /// the source did not change the module's function there.
+    pub functions_kept: u32,
     pub keys_removed: u32,
     pub upvalues_joined: u32,
     pub values_taken: u32,
@@ -140,6 +144,8 @@ pub struct Plan {
     pub root: Pv,
     pub counts: Counts,
     pub mirror: Snapshot,
+    /// Stack index of the new version's functions by mirror node (`base::set_functions`).
+    pub functions: c_int,
 }
 
 impl Plan {
@@ -254,6 +260,9 @@ pub struct Planner<'o> {
     /// the new version's functions: allocated together, so a bitmap holds them compactly
     new_fn_at: AddrSet,
     cells: PtrMap<Cell>,
+    /// stack index of the previous version's functions by base node (`base::push_functions`),
+    /// 0 if none are known
+    base_fns: c_int,
     stop: &'o PtrSet,
     /// the module's own running value, never foreign even where `stop` has it (an alias:
     /// `package.loaded.other = M`)
@@ -281,15 +290,17 @@ pub const STACK_NEEDED: c_int = 24;
 impl<'o> Planner<'o> {
     /// Pushes the anchor table. `stop` holds objects that belong to others (`_G`, other
     /// modules, see [`stop_set`]): the merge never walks into them, except the module's own
-    /// running value `own` (0: none), which another name may hold too. With `gc`, the
-    /// collector stays held until the plan is finished, and the anchor table is written in
-    /// place where it can be.
+    /// running value `own` (0: none), which another name may hold too. `base_fns` is the
+    /// stack index of the functions of `old` (`base::push_functions`; 0: none). With `gc`,
+    /// the collector stays held until the plan is finished, and the anchor table is written
+    /// in place where it can be.
     ///
     /// # Safety
     /// Inside `protect`.
     pub unsafe fn new(
         l: *mut lua_State,
         old: &'o Snapshot,
+        base_fns: c_int,
         stop: &'o PtrSet,
         own: usize,
         gc: Option<&GcPause>,
@@ -320,6 +331,7 @@ impl<'o> Planner<'o> {
             merged: Vec::with_capacity(nodes),
             new_fn_at: AddrSet::default(),
             cells,
+            base_fns,
             stop,
             own,
             mirror: Builder::sized_like(old),
@@ -430,6 +442,7 @@ impl<'o> Planner<'o> {
             self.counts.upvalues_joined = self.joins.len() as u32;
             #[cfg(feature = "luajit")]
             self.plan_fenvs(l);
+            let functions = self.push_functions(l);
             Plan {
                 // hooks may run the collector before anything else is anchored
                 tab: self.tab.sealed(),
@@ -444,7 +457,25 @@ impl<'o> Planner<'o> {
                 root: self.root.unwrap_or(Pv::Nil),
                 counts: self.counts,
                 mirror: self.mirror.finish(self.globals_node),
+                functions,
             }
+        }
+    }
+
+    /// Pushes the new version's functions by mirror node: the base functions of the next
+    /// reload (see [`base::push_functions`](super::base::push_functions)). Returns its index.
+    unsafe fn push_functions(&mut self, l: *mut lua_State) -> c_int {
+        // SAFETY: each anchored function is pushed and stored in the fresh table.
+        unsafe {
+            let n = c_int::try_from(self.new_fns.len()).unwrap_or(0);
+            ffi::lua_createtable(l, n, 0);
+            let t = ffi::lua_gettop(l);
+            for &(slot, p) in &self.new_fns {
+                let Some(o) = self.objs.get(&p).filter(|o| o.node != NO_NODE) else { continue };
+                self.tab.get(l, slot);
+                ffi::lua_rawseti(l, t, ffi::lua_Integer::from(o.node) + 1);
+            }
+            t
         }
     }
 
@@ -557,13 +588,14 @@ impl<'o> Planner<'o> {
                     if lv == nv {
                         return (Decision::Keep, Was::Opaque);
                     }
-                    let q = match lv {
-                        Val::LuaFn(q) => Some(q),
-                        _ => None,
-                    };
+                    let top = ffi::lua_gettop(l);
+                    let (old_fn, d) = self.decide_function(l, live, new, lv, prior);
+                    let q = old_fn.and_then(|i| read(l, i).object());
                     let unpaired = |o: &Obj| o.pair == 0;
-                    let (o, paired) = self.meet(l, (live, new), (q, p), unpaired, QUEUED, true);
+                    let old_at = old_fn.unwrap_or(live);
+                    let (o, paired) = self.meet(l, (old_at, new), (q, p), unpaired, QUEUED, true);
                     let node = o.node;
+                    ffi::settop_down(l, top);
                     if let (Some((live_slot, new_slot)), Some(q)) = (paired, q) {
                         self.new_fn_at.insert(p);
                         let base = self.old.child(prior, Kind::Func);
@@ -575,10 +607,10 @@ impl<'o> Planner<'o> {
                             base,
                             node,
                         });
-                        return (Decision::TakeNew, Was::Node(node));
+                        return (d, Was::Node(node));
                     }
                     self.reach_val(l, new, nv);
-                    (Decision::TakeNew, Was::Node(node))
+                    (d, Was::Node(node))
                 }
                 // Code, even native: the new version's wins unless it is the very same one.
                 Val::CFn(_) => {
@@ -586,6 +618,73 @@ impl<'o> Planner<'o> {
                     (d, Was::Opaque)
                 }
                 _ => (decide(prior, lv, nv), Was::of(nv)),
+            }
+        }
+    }
+
+    /// Rule 2, three-way: which old function the new one at `new` replaces (its stack index;
+    /// `None`: none, the new one is added) and whether the slot takes the new one.
+    ///
+    /// Only a function the module's previous version made is ever replaced, in this slot or
+    /// anywhere else (the walk): the one the base has here, pushed from the base functions.
+    /// If the running value (at `live`, read as `lv`) is still that one, it is replaced. If
+    /// the program put its own value here (a mock, a patch), that value stays unless the
+    /// source changed the function (compared without line information), and is never
+    /// replaced elsewhere; the previous version's function is replaced wherever it is still
+    /// held. Without a base (a module loaded before hotreload), a running function from the
+    /// same chunk as the new one is taken for the module's.
+    ///
+    /// # Safety
+    /// Valid indices; may push one value, which the caller drops.
+    unsafe fn decide_function(
+        &mut self,
+        l: *mut lua_State,
+        live: c_int,
+        new: c_int,
+        lv: Val,
+        prior: Prior,
+    ) -> (Option<c_int>, Decision) {
+        // SAFETY: as documented; the base functions' table is at `base_fns`.
+        unsafe {
+            match self.push_base_fn(l, prior) {
+                Some(b) if ffi::lua_rawequal(l, b, live) != 0 => (Some(live), Decision::TakeNew),
+                Some(b) => {
+                    if same_code(l, b, new) {
+                        self.counts.functions_kept += 1;
+                        (Some(b), Decision::Keep)
+                    } else {
+                        (Some(b), Decision::TakeNew)
+                    }
+                }
+                None if matches!(prior, Prior::Unknown)
+                    && matches!(lv, Val::LuaFn(_))
+                    && ffi::same_chunk(l, live, new) =>
+                {
+                    (Some(live), Decision::TakeNew)
+                }
+                None => (None, Decision::TakeNew),
+            }
+        }
+    }
+
+    /// Pushes the function the previous version had at a slot whose base is `prior`, if the
+    /// base knows it; returns its index.
+    ///
+    /// # Safety
+    /// One free stack slot.
+    unsafe fn push_base_fn(&mut self, l: *mut lua_State, prior: Prior) -> Option<c_int> {
+        let node = self.old.child(prior, Kind::Func)?;
+        if self.base_fns == 0 {
+            return None;
+        }
+        // SAFETY: a raw read of the base functions' table.
+        unsafe {
+            ffi::rawgeti(l, self.base_fns, node.checked_add(1)?);
+            if ffi::lua_type(l, -1) == ffi::LUA_TFUNCTION {
+                Some(ffi::lua_gettop(l))
+            } else {
+                ffi::lua_pop(l, 1);
+                None
             }
         }
     }
@@ -1278,6 +1377,21 @@ fn identical(a: Val, b: Val) -> bool {
         (Val::Num(x), Val::Num(y)) => x.to_bits() == y.to_bits(),
         _ => a == b,
     }
+}
+
+/// Whether the functions at `a` and `b` have the same code, compared without line
+/// information (moved lines alone are not an edit; see `proto::Dump::code_digest`).
+/// Unknown (a C function, a dump that does not parse) counts as different.
+///
+/// # Safety
+/// Valid indices; one free stack slot.
+unsafe fn same_code(l: *mut lua_State, a: c_int, b: c_int) -> bool {
+    // SAFETY: forwarded.
+    let digest = |idx| unsafe {
+        let dump = Dump::parse(&ffi::dump(l, idx)?).ok()?;
+        dump.code_digest(dump.root)
+    };
+    matches!((digest(a), digest(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// A value that an operand carries inline (no anchor needed), or `None` for an object.
