@@ -16,10 +16,19 @@ elseif gc_mode then
 end
 
 local sep = package.config:sub(1, 1)
-local root = (os.getenv("TMPDIR") or "/tmp") .. sep .. "hotreload-spec-" .. tostring(os.time())
-  .. "-" .. tostring(math.random(1, 1e9))
+-- (a fresh directory: LuaJIT and 5.3 start every process with the same random sequence, and
+-- another run of the suite may be going on at the same time)
+local root
+for attempt = 1, 1000 do
+  local candidate = (os.getenv("TMPDIR") or "/tmp") .. sep .. "hotreload-spec-" .. tostring(os.time())
+    .. "-" .. tostring(math.random(1, 1e9)) .. "-" .. attempt
+  if lfs.mkdir(candidate) then
+    root = candidate
+    break
+  end
+end
+assert(root, "no scratch directory")
 helpers.root = root
-assert(lfs.mkdir(root))
 package.path = root .. sep .. "?.lua;" .. root .. sep .. "?" .. sep .. "init.lua;" .. package.path
 
 local function mkdirs(path)
