@@ -270,20 +270,24 @@ unsafe fn run_reload(
             }
             return Err(e);
         }
+        // the batch left the list of modules and the list of reports, by target
+        let (modules, reports) = (base + 1, base + 2);
+        ffi::luaL_checkstack(l, 4, c"hotreload: Lua stack exhausted".as_ptr());
         if !list {
+            ffi::lua_rawgeti(l, modules, 1);
+            ffi::lua_rawgeti(l, reports, 1);
             return Ok(2);
         }
         // results in the order of the names given (a repeated name repeats its results)
-        ffi::luaL_checkstack(l, 4, c"hotreload: Lua stack exhausted".as_ptr());
         let len = c_int::try_from(order.len()).unwrap_or(0);
         ffi::lua_createtable(l, len, 0);
         ffi::lua_createtable(l, len, 0);
         for (i, &at) in order.iter().enumerate() {
-            let at = c_int::try_from(at).unwrap_or(0);
+            let at = ffi::lua_Integer::try_from(at + 1).unwrap_or(0);
             let i = ffi::lua_Integer::try_from(i + 1).unwrap_or(0);
-            ffi::lua_pushvalue(l, base + 2 + 2 * at); // report
+            ffi::lua_rawgeti(l, reports, at);
             ffi::lua_rawseti(l, -2, i);
-            ffi::lua_pushvalue(l, base + 1 + 2 * at); // module
+            ffi::lua_rawgeti(l, modules, at);
             ffi::lua_rawseti(l, -3, i);
         }
         Ok(2)

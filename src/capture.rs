@@ -143,7 +143,8 @@ unsafe fn record_base(l: *mut lua_State, name: &[u8], value: c_int, delta: c_int
             if planner.root(l, nothing, 1).is_ok() {
                 planner.globals(l, None, 2);
                 let plan = planner.finish(l);
-                base::set_functions(l, name, plan.functions);
+                plan.push(l, plan.functions);
+                base::set_functions(l, name, -1);
                 mirror = Some(plan.mirror);
             }
             stop.insert(own);

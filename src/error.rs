@@ -22,6 +22,8 @@ pub enum ErrorKind {
     Hook,
     /// In a transaction, another module failed, so this one was not reloaded either.
     Aborted,
+    /// The batch as a whole does not fit the Lua stack; the detail says why, for all.
+    TooMany,
     /// A bug in hotreload or a memory error; the module is left as it was when possible.
     Internal,
 }
@@ -57,6 +59,7 @@ impl fmt::Display for Error {
                 );
             }
             ErrorKind::Aborted => "another module of its transaction failed",
+            ErrorKind::TooMany => return write!(f, "hotreload: {}", self.detail),
             _ => &self.detail,
         };
         write!(f, "hotreload: cannot reload '{}': {}", self.module, detail)

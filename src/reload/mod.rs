@@ -108,8 +108,18 @@ const CHECK_SLACK: c_int = 40;
 /// Stack slots checked for before loading one job (three stay: new value, delta, live).
 const LOAD_STACK: c_int = 12 + CHECK_SLACK;
 
-const STACK_FULL: &str =
-    "too many modules in one batch: the Lua stack is full (reload fewer at a time)";
+/// The failure of a batch whose values no longer fit the Lua stack (LuaJIT gives a C
+/// function about 8000 slots, and a batch keeps four per module until it is applied).
+fn stack_full(t: &Target, modules: usize) -> Error {
+    Error::new(
+        ErrorKind::TooMany,
+        &t.name,
+        format!(
+            "cannot reload {modules} modules in one batch: the Lua stack is full (it keeps 4 \
+             slots per module until the batch is applied); reload fewer at a time"
+        ),
+    )
+}
 
 /// One target's progress through the steps.
 #[derive(Default)]
@@ -129,8 +139,9 @@ struct Job {
 }
 
 /// Reloads (or first loads) the modules of `targets` as one batch. With `push`, and if every
-/// target succeeded, leaves on the stack each target's module and report table; otherwise
-/// leaves nothing. Report tables are only made for the stack or for listeners.
+/// target succeeded, leaves on the stack the list of the targets' modules and the list of
+/// their report tables, in order; otherwise leaves nothing. Report tables are only made for
+/// the stack or for listeners.
 ///
 /// # Safety
 /// `state` is the absolute index of the state userdata behind `cell`; a few free stack slots.
@@ -211,13 +222,18 @@ pub unsafe fn batch(
                 }));
             }
             // results only for a batch that succeeded whole (a failed transaction answers with
-            // its message; its stack may not have room for two values per module)
+            // its message)
             enter(cell, targets, Phase::Reporting);
             let push = push && run.jobs.iter().all(|j| j.error.is_none());
             let tables = push || hooks::has_listeners(l, &hooks::AFTER);
-            let mut n = 0;
+            let lists = ffi::lua_gettop(l) + 1;
+            if push {
+                let n = c_int::try_from(targets.len()).unwrap_or(0);
+                ffi::lua_createtable(l, n, 0);
+                ffi::lua_createtable(l, n, 0);
+            }
             // (only succeeded targets push anything: a failed one may have left no room)
-            for (t, report) in targets.iter().zip(&reports) {
+            for (i, (t, report)) in targets.iter().zip(&reports).enumerate() {
                 let Some(r) = report else { continue };
                 let (module, table) = (ffi::lua_gettop(l) + 1, ffi::lua_gettop(l) + 2);
                 ffi::push_bytes(l, &t.name);
@@ -233,12 +249,14 @@ pub unsafe fn batch(
                     hooks::set_errors(l, table, errors);
                 }
                 if push {
-                    n += 2;
+                    let i = ffi::lua_Integer::try_from(i + 1).unwrap_or(0);
+                    ffi::lua_rawseti(l, lists + 1, i);
+                    ffi::lua_rawseti(l, lists, i);
                 } else {
                     ffi::lua_pop(l, 2);
                 }
             }
-            n
+            if push { 2 } else { 0 }
         })
     };
     drop(gc);
@@ -341,7 +359,7 @@ impl Run<'_> {
             // SAFETY: the loaders run under lua_pcall; three values per job stay on the stack.
             let result = unsafe {
                 if ffi::lua_checkstack(l, LOAD_STACK) == 0 {
-                    self.fail(i, ErrorKind::Load.with(t, STACK_FULL));
+                    self.fail(i, stack_full(t, self.targets.len()));
                     continue;
                 }
                 let loader = ffi::lua_gettop(l) + 1;
@@ -403,7 +421,7 @@ impl Run<'_> {
             let Some(job) = self.jobs.get_mut(i).filter(|j| j.error.is_none()) else { continue };
             // SAFETY: a non-raising check (a raise here could not be caught on LuaJIT).
             if unsafe { ffi::lua_checkstack(l, plan::STACK_NEEDED + CHECK_SLACK) } == 0 {
-                self.fail(i, ErrorKind::Merge.with(t, STACK_FULL));
+                self.fail(i, stack_full(t, self.targets.len()));
                 continue;
             }
             let empty = Snapshot::default();
@@ -473,19 +491,17 @@ impl Run<'_> {
     /// Steps 4 and 5: apply each plan and set `package.loaded`, then call each merged
     /// module's `__reload`; a failing one is undone (in a transaction, all are).
     unsafe fn apply_all(&mut self, l: *mut lua_State, loaded: c_int, gc: &mut GcPause) {
-        // Everything from here to the results (the walk, hooks, reports, two results per job)
-        // runs in this reserved space: nothing after the first write may fail for want of it.
-        let need = c_int::try_from(2 * self.jobs.len()).unwrap_or(c_int::MAX / 2)
-            + walk::STACK_NEEDED
-            + 96
-            + CHECK_SLACK;
+        // Everything from here to the results (the walk, hooks, reports, the two result
+        // lists) runs in this reserved space: nothing after the first write may fail for want
+        // of it.
+        let need = walk::STACK_NEEDED + 96 + CHECK_SLACK;
         // SAFETY: a non-raising check.
         if unsafe { ffi::lua_checkstack(l, need) } == 0 {
             for i in 0..self.jobs.len() {
                 if self.is_going(i)
                     && let Some(t) = self.targets.get(i)
                 {
-                    self.fail(i, ErrorKind::Merge.with(t, STACK_FULL));
+                    self.fail(i, stack_full(t, self.targets.len()));
                 }
             }
             return;
@@ -546,8 +562,12 @@ impl Run<'_> {
     unsafe fn keep_functions(&mut self, l: *mut lua_State) {
         for (t, job) in self.going() {
             if let (Some(plan), Some(_)) = (&job.plan, &job.mirror) {
-                // SAFETY: the plan's table is on the stack; inside the protected call.
-                unsafe { base::set_functions(l, &t.name, plan.functions) };
+                // SAFETY: the plan's anchors are on the stack; inside the protected call.
+                unsafe {
+                    plan.push(l, plan.functions);
+                    base::set_functions(l, &t.name, -1);
+                    ffi::lua_pop(l, 1);
+                }
             }
         }
     }

@@ -144,8 +144,8 @@ pub struct Plan {
     pub root: Pv,
     pub counts: Counts,
     pub mirror: Snapshot,
-    /// Stack index of the new version's functions by mirror node (`base::set_functions`).
-    pub functions: c_int,
+    /// Anchor slot of the new version's functions by mirror node (`base::set_functions`).
+    pub functions: u32,
 }
 
 impl Plan {
@@ -260,9 +260,9 @@ pub struct Planner<'o> {
     /// the new version's functions: allocated together, so a bitmap holds them compactly
     new_fn_at: AddrSet,
     cells: PtrMap<Cell>,
-    /// stack index of the previous version's functions by base node (`base::push_functions`),
+    /// anchor slot of the previous version's functions by base node (`base::push_functions`),
     /// 0 if none are known
-    base_fns: c_int,
+    base_fns: u32,
     stop: &'o PtrSet,
     /// the module's own running value, never foreign even where `stop` has it (an alias:
     /// `package.loaded.other = M`)
@@ -291,12 +291,12 @@ impl<'o> Planner<'o> {
     /// Pushes the anchor table. `stop` holds objects that belong to others (`_G`, other
     /// modules, see [`stop_set`]): the merge never walks into them, except the module's own
     /// running value `own` (0: none), which another name may hold too. `base_fns` is the
-    /// stack index of the functions of `old` (`base::push_functions`; 0: none). With `gc`,
-    /// the collector stays held until the plan is finished, and the anchor table is written
-    /// in place where it can be.
+    /// stack index of the functions of `old` (`base::push_functions`; 0: none), on top: the
+    /// anchor table keeps them and takes their place. With `gc`, the collector stays held
+    /// until the plan is finished, and the anchor table is written in place where it can be.
     ///
     /// # Safety
-    /// Inside `protect`.
+    /// Inside `protect`; `base_fns`, if not 0, is the top.
     pub unsafe fn new(
         l: *mut lua_State,
         old: &'o Snapshot,
@@ -320,7 +320,7 @@ impl<'o> Planner<'o> {
         objs.reserve(nodes + nodes / 4 + 64);
         let mut cells = PtrMap::default();
         cells.reserve(upvalues + upvalues / 4 + 64);
-        Planner {
+        let mut planner = Planner {
             old,
             // SAFETY: the table just pushed, which stays there.
             tab: unsafe { ffi::Anchors::at(l, anchors, gc.is_some()) },
@@ -331,7 +331,7 @@ impl<'o> Planner<'o> {
             merged: Vec::with_capacity(nodes),
             new_fn_at: AddrSet::default(),
             cells,
-            base_fns,
+            base_fns: 0,
             stop,
             own,
             mirror: Builder::sized_like(old),
@@ -346,7 +346,17 @@ impl<'o> Planner<'o> {
             fpairs: Vec::with_capacity(nodes / 2),
             acts: Vec::with_capacity(nodes / 2),
             counts: Counts::default(),
+        };
+        if base_fns != 0 {
+            // SAFETY: `base_fns` is the top but one (under the anchor table), which moves
+            // down into its place once it holds them.
+            unsafe {
+                planner.base_fns = anchor_new(l, planner.tab, &mut planner.n_anchors, base_fns);
+                ffi::lua_replace(l, base_fns);
+                planner.tab = ffi::Anchors::at(l, base_fns, gc.is_some());
+            }
         }
+        planner
     }
 
     /// Plans `package.loaded[name]`: `live` is the running value (nil if not loaded), `new`
@@ -442,7 +452,7 @@ impl<'o> Planner<'o> {
             self.counts.upvalues_joined = self.joins.len() as u32;
             #[cfg(feature = "luajit")]
             self.plan_fenvs(l);
-            let functions = self.push_functions(l);
+            let functions = self.anchor_functions(l);
             Plan {
                 // hooks may run the collector before anything else is anchored
                 tab: self.tab.sealed(),
@@ -462,10 +472,11 @@ impl<'o> Planner<'o> {
         }
     }
 
-    /// Pushes the new version's functions by mirror node: the base functions of the next
-    /// reload (see [`base::push_functions`](super::base::push_functions)). Returns its index.
-    unsafe fn push_functions(&mut self, l: *mut lua_State) -> c_int {
-        // SAFETY: each anchored function is pushed and stored in the fresh table.
+    /// Anchors the new version's functions by mirror node: the base functions of the next
+    /// reload (see [`base::push_functions`](super::base::push_functions)). Returns the slot.
+    unsafe fn anchor_functions(&mut self, l: *mut lua_State) -> u32 {
+        // SAFETY: each anchored function is pushed and stored in the fresh table, which is
+        // anchored and popped.
         unsafe {
             let n = c_int::try_from(self.new_fns.len()).unwrap_or(0);
             ffi::lua_createtable(l, n, 0);
@@ -475,7 +486,9 @@ impl<'o> Planner<'o> {
                 self.tab.get(l, slot);
                 ffi::lua_rawseti(l, t, ffi::lua_Integer::from(o.node) + 1);
             }
-            t
+            let slot = anchor_new(l, self.tab, &mut self.n_anchors, t);
+            ffi::lua_pop(l, 1);
+            slot
         }
     }
 
@@ -677,9 +690,11 @@ impl<'o> Planner<'o> {
         if self.base_fns == 0 {
             return None;
         }
-        // SAFETY: a raw read of the base functions' table.
+        // SAFETY: raw reads of the anchored base functions' table, removed after.
         unsafe {
-            ffi::rawgeti(l, self.base_fns, node.checked_add(1)?);
+            self.tab.get(l, self.base_fns);
+            ffi::rawgeti(l, -1, node.checked_add(1)?);
+            ffi::lua_remove(l, -2);
             if ffi::lua_type(l, -1) == ffi::LUA_TFUNCTION {
                 Some(ffi::lua_gettop(l))
             } else {
