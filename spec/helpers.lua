@@ -16,10 +16,16 @@ elseif gc_mode then
 end
 
 local sep = package.config:sub(1, 1)
-local root = (os.getenv("TMPDIR") or "/tmp") .. sep .. "hotreload-spec-" .. tostring(os.time())
-  .. "-" .. tostring(math.random(1, 1e9))
-helpers.root = root
-assert(lfs.mkdir(root))
+-- A name no other spec file took: LuaJIT's math.random gives every process the same numbers,
+-- and a file that crashed its interpreter never removed its directory.
+local root
+for _ = 1, 100 do
+  root = (os.getenv("TMPDIR") or "/tmp") .. sep .. "hotreload-spec-" .. tostring(os.time())
+    .. "-" .. tostring(math.random(1, 1e9))
+  if lfs.mkdir(root) then break end
+  root = nil
+end
+helpers.root = assert(root, "no scratch directory could be made")
 package.path = root .. sep .. "?.lua;" .. root .. sep .. "?" .. sep .. "init.lua;" .. package.path
 
 local function mkdirs(path)
