@@ -13,7 +13,7 @@ WALK_SPECS = spec/replace_spec.lua spec/lifecycle_spec.lua spec/fuzz_spec.lua
 FLAVOURS = lua54 luajit lua53
 MODULES  = $(FLAVOURS:%=build/%/hotreload.so)
 
-.PHONY: all deps build bench profile demo demo-luajit fuzz stress test test-rust test-lua54 test-luajit test-lua53 check-specs lint clean FORCE
+.PHONY: all deps build bench profile demo demo-luajit fuzz stress test test-rust test-lua54 test-luajit test-lua53 check-specs lint matrix matrix-valgrind clean FORCE
 
 all: build
 
@@ -23,6 +23,8 @@ deps:
 build: $(MODULES)
 
 # One target dir per flavour: the module feature set differs, and both stay cached.
+# Also builds build/lua55/hotreload.so, for the matrix's Lua 5.5 host (not in FLAVOURS: no
+# Debian Lua 5.5 to test it with outside the matrix).
 build/%/hotreload.so: FORCE
 	$(CARGO) build --release --locked --no-default-features --features $*,module --target-dir target/$*
 	@mkdir -p $(@D)
@@ -84,6 +86,20 @@ stress: deps $(MODULES)
 	prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(STRESS_SPECS)
 	prove --exec '$(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP' $(STRESS_SPECS)
 	prove --exec 'valgrind --error-exitcode=99 -q $(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(VALGRIND_SPECS)
+
+# The CI matrix (.ci/hosts/build, .ci/hosts/test): stock Lua 5.4.0, 5.4.6, 5.4.9 (also with
+# Lua's own API checks), 5.5.1 and LuaJIT 2.1 (GC64, 32-bit objects, API checks) built from
+# release sources; each runs the specs, and the Rust tests link against it. HOSTS picks some.
+HOSTS ?= lua540 lua546 lua549 lua549-check lua551 luajit luajit-nogc64 luajit-check
+matrix: deps
+	.ci/hosts/build $(HOSTS) >/dev/null
+	WALK_SPECS='$(WALK_SPECS)' .ci/hosts/test $(HOSTS)
+
+# Scheduled: memcheck over the engine specs on the oldest and newest Lua 5.4 hosts.
+VALGRIND_HOSTS ?= lua540 lua549
+matrix-valgrind: deps
+	.ci/hosts/build $(VALGRIND_HOSTS) >/dev/null
+	.ci/hosts/test --valgrind $(VALGRIND_HOSTS)
 
 # Every figure is a ratio to a baseline measured in the same run (see bench/run.lua).
 bench: deps $(MODULES)
