@@ -37,7 +37,7 @@ test: deps build test-rust check-specs test-lua53 test-lua54 test-luajit
 test-rust:
 	$(CARGO) test --locked
 	HOTRELOAD_PORTABLE_WALK=1 $(CARGO) test --locked
-	$(CARGO) test --locked --lib --no-default-features --features luajit,vendored --target-dir target/luajit-test
+	$(CARGO) test --locked --no-default-features --features luajit,vendored --target-dir target/luajit-test
 
 test-lua54: build/lua54/hotreload.so
 	prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(SPECS)

@@ -30,7 +30,9 @@ describe("a new version that cannot be used", function()
     { "an error object that is a table", "error({ code = 7 })", "error object is a table" },
     { "an error object with __tostring",
       "error(setmetatable({}, { __tostring = function() return 'custom' end }))", "custom" },
-    { "error() without a value", "error()", "error object is a nil value" },
+    -- (Lua 5.5 raises its own text for a nil error object)
+    { "error() without a value", "error()",
+      _VERSION == "Lua 5.5" and "<no error object>" or "error object is a nil value" },
     { "returning nil (require stores true)", "return nil", "returns a boolean" },
     { "returning false", "return false", "returns a boolean" },
     { "returning a number", "return 42", "returns a number" },
