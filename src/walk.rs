@@ -86,6 +86,12 @@ struct Frame {
     cursor: Option<tables::Cursor>,
 }
 
+/// Whether `lua_getlocal` named a temporary slot rather than a local or a vararg:
+/// `(temporary)` and `(C temporary)` on PUC Lua, `(*temporary)` on LuaJIT.
+fn is_temporary(name: &[u8]) -> bool {
+    name.ends_with(b"temporary)")
+}
+
 /// Levels of tables walked inside one another before the worklist takes over (two Lua stack
 /// slots each; LuaJIT lets a C function have 8000).
 const MAX_DEPTH: usize = 200;
@@ -802,8 +808,15 @@ impl<'p> Walker<'p> {
                 }
                 for sign in [1, -1] {
                     let mut n = sign;
-                    while !ffi::lua_getlocal(co, &ar, n).is_null() {
-                        self.check_local(l, co, &ar, n, own);
+                    while let Some(name) = ffi::lua_getlocal(co, &ar, n).as_ref() {
+                        // A temporary is not a variable: an expression's value in flight, or
+                        // on LuaJIT a stale slot that may hold one of the VM's own objects
+                        // (a trace), which the API cannot even type.
+                        if is_temporary(CStr::from_ptr(name).to_bytes()) {
+                            ffi::lua_pop(co, 1);
+                        } else {
+                            self.check_local(l, co, &ar, n, own);
+                        }
                         n += sign;
                     }
                 }
