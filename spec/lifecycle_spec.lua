@@ -314,6 +314,34 @@ describe("listeners", function()
     assert.equal(1, M.v)
   end)
 
+  -- a file that sets the program up once (LÖVE's main.lua) must never run again: refused
+  -- before anything is loaded, so its top level does not run
+  it("pin refuses a module before loading it, with its reason; unpin lets it reload", function()
+    local counter = { runs = 0 }
+    rawset(_G, "PIN_COUNTER", counter)
+    finally(function() rawset(_G, "PIN_COUNTER", nil) end)
+    local src = "PIN_COUNTER.runs = PIN_COUNTER.runs + 1 return { v = %d }"
+    local name = h.module(src:format(1))
+    local M = require(name)
+    local unpin = hotreload.pin(name, "it sets the game up once: restart the game")
+    h.rewrite(name, src:format(2))
+    local ok, err = hotreload.reload(name)
+    assert.is_nil(ok)
+    assert.equal("hotreload: cannot reload '" .. name .. "': it sets the game up once: restart "
+      .. "the game", err)
+    ok = hotreload.reload(name, { source = src:format(3) })
+    assert.is_nil(ok)
+    assert.equal(1, counter.runs, "the new top level ran")
+    assert.equal(1, M.v)
+    assert.is_true(unpin())
+    assert.is_false(unpin())
+    assert(hotreload.reload(name))
+    assert.equal(2, counter.runs)
+    assert.equal(2, M.v)
+    assert.has_error(function() hotreload.pin(42) end)
+    assert.has_error(function() hotreload.pin(name, 42) end)
+  end)
+
   it("listeners must be functions", function()
     assert.has_error(function() hotreload.on_reload("f") end)
     assert.has_error(function() hotreload.before_reload() end)

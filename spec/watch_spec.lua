@@ -70,6 +70,25 @@ describe("watch and poll", function()
     poll_until(function() return M.tag() == "v2" end)
   end)
 
+  -- `require "game/util"`: Lua's file searcher (and LÖVE's) accept a slash name, which no
+  -- package.path template turns back into from the file's path
+  it("reloads a module required with a slash name, and reports its syntax error", function()
+    local ctx = watched()
+    write(ctx, "game/util.lua", module_source("v1"))
+    local name = ctx.prefix .. "/game/util"
+    local U = require(name)
+    U.bump()
+    write(ctx, "game/util.lua", module_source("v2"))
+    local n = poll_until(function() return U.tag() == "v2" end)
+    assert.equal(1, n)
+    assert.equal(1, U.state, "state kept")
+    assert.equal(U, package.loaded[name])
+    write(ctx, "game/util.lua", "return {")
+    local errors = h.wait_until(function() return select(2, hotreload.poll()) end)
+    assert(errors, "no error reported")
+    assert.matches("cannot reload '" .. name .. "'", table.concat(errors, "\n"), 1, true)
+  end)
+
   it("reloads a package through its init.lua", function()
     local ctx = watched()
     write(ctx, "pkg/init.lua", module_source("v1"))

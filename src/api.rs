@@ -400,6 +400,47 @@ pub unsafe extern "C-unwind" fn before_reload(l: *mut lua_State) -> c_int {
     unsafe { listen(l, &hooks::BEFORE) }
 }
 
+/// `hotreload.pin(name [, reason])` -> unpin: module `name` is never reloaded from now on:
+/// `reload` and `poll` refuse it before loading anything, with `reason` as the message. For a
+/// file that sets the program up once (LÖVE's `main.lua`). `unpin()` returns true the first
+/// time, false after.
+///
+/// # Safety
+/// Called by Lua as a closure made by `open`.
+pub unsafe extern "C-unwind" fn pin(l: *mut lua_State) -> c_int {
+    // SAFETY: the types are checked first; the rest builds plain values.
+    unsafe {
+        ffi::luaL_checktype(l, 1, ffi::LUA_TSTRING);
+        if ffi::lua_type(l, 2) <= ffi::LUA_TNIL {
+            ffi::lua_settop(l, 1);
+            ffi::lua_pushstring(l, c"it is pinned (hotreload.pin): restart to apply it".as_ptr());
+        } else {
+            ffi::luaL_checktype(l, 2, ffi::LUA_TSTRING);
+        }
+        ffi::lua_settop(l, 2);
+        hooks::set_pinned(l, 1, 2);
+        ffi::lua_pushboolean(l, 0);
+        ffi::lua_pushcclosure(l, unpin, 3);
+        1
+    }
+}
+
+/// The function `pin` returns: unpins its module (the first time it is called).
+unsafe extern "C-unwind" fn unpin(l: *mut lua_State) -> c_int {
+    // SAFETY: the upvalues are the ones `pin` set (name, reason, done flag).
+    unsafe {
+        let done = ffi::lua_toboolean(l, ffi::lua_upvalueindex(3)) != 0;
+        if !done {
+            ffi::lua_pushnil(l);
+            hooks::set_pinned(l, ffi::lua_upvalueindex(1), -1);
+            ffi::lua_pushboolean(l, 1);
+            ffi::lua_replace(l, ffi::lua_upvalueindex(3));
+        }
+        ffi::lua_pushboolean(l, c_int::from(!done));
+        1
+    }
+}
+
 /// Adds the listener at 1 to list `k` and pushes its remover: a closure over (list key,
 /// listener, done flag), so that calling it twice removes one registration only.
 unsafe fn listen(l: *mut lua_State, k: &'static u8) -> c_int {

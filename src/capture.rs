@@ -6,11 +6,13 @@
 //! `require` behaves exactly as before: same results, same errors, same order of searchers.
 
 use std::os::raw::c_int;
+use std::path::Path;
 
 use crate::ffi::{self, lua_State};
+use crate::modname::{self, Template};
 use crate::reload::base::{self, Snapshot};
 use crate::reload::{load, plan};
-use crate::state;
+use crate::{poll, state};
 
 /// Wraps every searcher not wrapped yet (searchers added after `require "hotreload"` are
 /// picked up the next time this runs). `state` is the state userdata's index.
@@ -109,9 +111,37 @@ unsafe extern "C-unwind" fn loader(l: *mut lua_State) -> c_int {
             let name = ffi::lua_tolstring(l, 1, &mut len);
             let name = std::slice::from_raw_parts(name.cast::<u8>(), len);
             record_base(l, name, value, delta);
+            record_file(l, name, n);
         }
         ffi::lua_pushvalue(l, value);
         1
+    }
+}
+
+/// Records the file module `name` was loaded from: the loader's second argument where a
+/// file searcher gave one (Lua 5.2+), else the file `package.path` finds for the name as
+/// `require` spelt it (LuaJIT's searchers give none), if it exists.
+///
+/// # Safety
+/// The loader's `n` arguments at 1..=n; upvalue 1 is the state userdata; one free slot.
+unsafe fn record_file(l: *mut lua_State, name: &[u8], n: c_int) {
+    // SAFETY: raw reads; the strings are copied before anything else runs.
+    unsafe {
+        let Some(sb) = state::get(l, ffi::lua_upvalueindex(1)) else { return };
+        let given = match (n >= 2).then(|| ffi::read(l, 2)) {
+            Some(ffi::Val::Str(s)) => Some(String::from_utf8_lossy(s).into_owned()),
+            _ => None,
+        };
+        let found = given.filter(|p| Path::new(p).is_file()).or_else(|| {
+            let path = poll::package_path_raw(l)?;
+            let name = std::str::from_utf8(name).ok()?;
+            let templates = Template::parse(&path, |_| None);
+            modname::search(name, &templates, |p| Path::new(p).is_file())
+        });
+        let Some(file) = found.and_then(|f| std::fs::canonicalize(f).ok()) else { return };
+        if let Ok(mut st) = sb.data.try_borrow_mut() {
+            st.loaded_from(file, name);
+        }
     }
 }
 

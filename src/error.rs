@@ -18,6 +18,8 @@ pub enum ErrorKind {
     Busy,
     /// A `before_reload` listener or the module's `__unload` returned `false`.
     Vetoed,
+    /// The module is pinned (`hotreload.pin`): refused before loading; the detail is why.
+    Pinned,
     /// A hook or listener raised; the detail says which and Lua's message.
     Hook,
     /// In a transaction, another module failed, so this one was not reloaded either.

@@ -57,6 +57,7 @@ pub const EXPORTS: &[(&CStr, ffi::lua_CFunction)] = &[
     (c"pending", api::pending),
     (c"on_reload", api::on_reload),
     (c"before_reload", api::before_reload),
+    (c"pin", api::pin),
 ];
 
 /// `luaopen_hotreload`: checks that the host is the Lua this module was built for before

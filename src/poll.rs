@@ -62,7 +62,7 @@ pub unsafe fn poll(
         }
         if path.is_file() {
             // SAFETY: as above.
-            match unsafe { loaded_modules_of(l, path, &templates) } {
+            match unsafe { loaded_modules_of(l, sb, path, &templates) } {
                 Ok(names) => {
                     for name in names {
                         if !targets.iter().any(|t| t.name == name.as_bytes()) {
@@ -105,37 +105,69 @@ fn resolve_dir(dir: &str) -> Option<String> {
 /// `package.path`, read raw.
 unsafe fn package_path(l: *mut lua_State) -> Result<String, String> {
     let mut path = String::new();
-    // SAFETY: raw reads under protection; the string is copied before it is popped.
+    // SAFETY: raw reads under protection.
     unsafe {
         ffi::protect(l, 0, &mut |l| {
-            ffi::push_loaded(l);
-            ffi::push_bytes(l, b"package");
-            if ffi::lua_rawget(l, -2) == ffi::LUA_TTABLE {
-                ffi::push_bytes(l, b"path");
-                if ffi::lua_rawget(l, -2) == ffi::LUA_TSTRING
-                    && let ffi::Val::Str(s) = ffi::read(l, -1)
-                {
-                    path = String::from_utf8_lossy(s).into_owned();
-                }
-            }
+            path = package_path_raw(l).unwrap_or_default();
             0
         })?;
     }
     Ok(path)
 }
 
-/// The loaded modules whose file `path` is: names some template gives for the path (as
-/// reported or canonical), that `package.loaded` has, and whose `searchpath` file is this
-/// very file (not one shadowing it earlier in `package.path`).
+/// `package.path`, read raw, if it is a string.
+///
+/// # Safety
+/// Three free stack slots; raises only on a memory error.
+pub unsafe fn package_path_raw(l: *mut lua_State) -> Option<String> {
+    // SAFETY: raw reads; the string is copied before it is popped.
+    unsafe {
+        let top = ffi::lua_gettop(l);
+        ffi::push_loaded(l);
+        ffi::push_bytes(l, b"package");
+        let mut path = None;
+        if ffi::lua_rawget(l, -2) == ffi::LUA_TTABLE {
+            ffi::push_bytes(l, b"path");
+            if ffi::lua_rawget(l, -2) == ffi::LUA_TSTRING
+                && let ffi::Val::Str(s) = ffi::read(l, -1)
+            {
+                path = Some(String::from_utf8_lossy(s).into_owned());
+            }
+        }
+        ffi::lua_settop(l, top);
+        path
+    }
+}
+
+/// The loaded modules whose file `path` is: the names `require` loaded it under, and names
+/// some template gives for the path (as reported or canonical) whose `searchpath` file is
+/// this very file (not one shadowing it earlier in `package.path`); of these, those that
+/// `package.loaded` has.
 unsafe fn loaded_modules_of(
     l: *mut lua_State,
+    sb: &StateBox,
     path: &Path,
     templates: &[Template],
 ) -> Result<Vec<String>, String> {
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let spellings: Vec<&str> =
         [path, canonical.as_path()].iter().filter_map(|p| p.to_str()).collect();
-    let names = modname::names_for(&spellings, templates);
+    let same_file = |found: String| std::fs::canonicalize(found).is_ok_and(|f| f == canonical);
+    let is_file = |p: &str| Path::new(p).is_file();
+    let mut names: Vec<String> = modname::names_for(&spellings, templates)
+        .into_iter()
+        .filter(|name| modname::search(name, templates, is_file).is_some_and(same_file))
+        .collect();
+    if let Ok(st) = sb.data.try_borrow()
+        && let Some(recorded) = st.files.get(&canonical)
+    {
+        for name in recorded {
+            let name = String::from_utf8_lossy(name).into_owned();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
     if names.is_empty() {
         return Ok(names);
     }
@@ -152,16 +184,7 @@ unsafe fn loaded_modules_of(
             0
         })?;
     }
-    let same_file = |found: String| std::fs::canonicalize(found).is_ok_and(|f| f == canonical);
-    let is_file = |p: &str| Path::new(p).is_file();
-    Ok(names
-        .into_iter()
-        .zip(loaded)
-        .filter(|(name, is_loaded)| {
-            *is_loaded && modname::search(name, templates, is_file).is_some_and(same_file)
-        })
-        .map(|(name, _)| name)
-        .collect())
+    Ok(names.into_iter().zip(loaded).filter(|(_, is_loaded)| *is_loaded).map(|(n, _)| n).collect())
 }
 
 /// For `hotreload.pending()`: files waiting for a poll.

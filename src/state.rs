@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::raw::c_int;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::ffi::{self, lua_State};
@@ -24,6 +25,20 @@ pub struct State {
     /// made by the first such load after a batch, then each module loaded adds its value,
     /// so loading `n` modules reads `package.loaded` once, not `n` times.
     pub loaded_values: Option<PtrSet>,
+    /// The names each file was loaded under by `require` (canonical path -> names): `poll`
+    /// reloads these whatever `package.path` would call the file (`require "game/util"`,
+    /// an alias, a custom template).
+    pub files: HashMap<PathBuf, Vec<Box<[u8]>>>,
+}
+
+impl State {
+    /// Records that module `name` was loaded from `file` (canonical).
+    pub fn loaded_from(&mut self, file: PathBuf, name: &[u8]) {
+        let names = self.files.entry(file).or_default();
+        if !names.iter().any(|n| **n == *name) {
+            names.push(name.into());
+        }
+    }
 }
 
 /// The step a reload is in, as a refused nested reload explains it.

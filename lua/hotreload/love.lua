@@ -155,6 +155,17 @@ local function require_path(source)
   return table.concat(entries, ";")
 end
 
+-- From the first require on: the game's folders are on package.path (so that hotreload maps
+-- a saved file to the modules loaded from it, also those required before `setup`), and
+-- main.lua and conf.lua, which set the game up once, are never run again: a save of either
+-- shows that the game must restart, and runs nothing.
+if love and love.filesystem and love.filesystem.getSource then
+  package.path = require_path(love.filesystem.getSource()) .. ";" .. package.path
+end
+for _, name in ipairs({ "main", "conf" }) do
+  hotreload.pin(name, name .. ".lua sets the game up once: restart the game to apply it")
+end
+
 --- Starts watching. `opts.dirs`: folders to watch, relative to the game's folder (default:
 --- the game's folder). `opts.protect` (default true): catch errors of callbacks. Calling it
 --- again does nothing. Raises on misuse; a folder that cannot be watched is shown like a
@@ -170,17 +181,11 @@ function M.setup(opts)
   started = true
   catch = opts.protect ~= false
   local source = love.filesystem.getSource()
-  package.path = require_path(source) .. ";" .. package.path
   for _, dir in ipairs(dirs) do
     local path = dir:sub(1, 1) == "/" and dir or source .. "/" .. dir
     local w, err = hotreload.watch(path)
     if w then M.watchers[#M.watchers + 1] = w else report(path, err) end
   end
-  hotreload.before_reload(function(name)
-    if name == "main" or name == "conf" then
-      error(name .. ".lua sets the game up once: restart the game to apply it", 0)
-    end
-  end)
   hotreload.on_reload(function(name)
     clear(name)
     clear_callbacks() -- new code: let the callbacks run again

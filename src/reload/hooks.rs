@@ -14,6 +14,9 @@ use crate::ffi::{self, GcPause, lua_State};
 pub static BEFORE: u8 = b'B';
 pub static AFTER: u8 = b'A';
 
+/// Registry key of the table of pinned modules: name -> why it is never reloaded.
+pub static PINNED: u8 = b'P';
+
 pub fn key(k: &'static u8) -> *const c_void {
     (k as *const u8).cast()
 }
@@ -43,6 +46,52 @@ unsafe fn push_raw_field(l: *mut lua_State, idx: c_int, name: &[u8]) -> c_int {
         let idx = ffi::lua_absindex(l, idx);
         ffi::push_bytes(l, name);
         ffi::lua_rawget(l, idx)
+    }
+}
+
+/// Why module `name` is pinned (`hotreload.pin`), if it is: then it is refused before its
+/// new version is even loaded.
+///
+/// # Safety
+/// Three free stack slots; raises only on a memory error.
+pub unsafe fn pinned(l: *mut lua_State, name: &[u8]) -> Option<String> {
+    // SAFETY: raw reads of the registry; the reason is copied before it is popped.
+    unsafe {
+        let top = ffi::lua_gettop(l);
+        let mut reason = None;
+        if ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(&PINNED)) == ffi::LUA_TTABLE {
+            ffi::push_bytes(l, name);
+            if ffi::lua_rawget(l, -2) == ffi::LUA_TSTRING
+                && let ffi::Val::Str(s) = ffi::read(l, -1)
+            {
+                reason = Some(String::from_utf8_lossy(s).into_owned());
+            }
+        }
+        ffi::lua_settop(l, top);
+        reason
+    }
+}
+
+/// Pins module `name` (at `name_idx`) with the reason at `reason_idx`, or unpins it if that
+/// is nil.
+///
+/// # Safety
+/// Valid indices; inside a C function called by Lua (allocates).
+pub unsafe fn set_pinned(l: *mut lua_State, name_idx: c_int, reason_idx: c_int) {
+    // SAFETY: raw reads and writes of the registry and of our own table.
+    unsafe {
+        let (name_idx, reason_idx) =
+            (ffi::lua_absindex(l, name_idx), ffi::lua_absindex(l, reason_idx));
+        if ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(&PINNED)) != ffi::LUA_TTABLE {
+            ffi::lua_pop(l, 1);
+            ffi::lua_createtable(l, 0, 2);
+            ffi::lua_pushvalue(l, -1);
+            ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(&PINNED));
+        }
+        ffi::lua_pushvalue(l, name_idx);
+        ffi::lua_pushvalue(l, reason_idx);
+        ffi::lua_rawset(l, -3);
+        ffi::lua_pop(l, 1);
     }
 }
 

@@ -356,6 +356,12 @@ impl Run<'_> {
                 continue;
             }
             let Some(t) = self.targets.get(i) else { break };
+            // a pinned module is never run: refused before its new version is loaded
+            // SAFETY: a raw read of the registry.
+            if let Some(reason) = unsafe { hooks::pinned(l, &t.name) } {
+                self.fail(i, ErrorKind::Pinned.with(t, reason));
+                continue;
+            }
             // SAFETY: the loaders run under lua_pcall; three values per job stay on the stack.
             let result = unsafe {
                 if ffi::lua_checkstack(l, LOAD_STACK) == 0 {
