@@ -63,7 +63,8 @@ describe("Neovim", function()
       local ok, err = pcall(function()
         local notes = {}
         vim.notify = function(msg) notes[#notes + 1] = msg end
-        local hr = require("hotreload.nvim").setup{ dirs = { plug_dir }, interval = 10 }
+        local hr = require("hotreload.nvim").setup{ dirs = { plug_dir }, interval = 10,
+          verbose = true }
         assert(require("hotreload").flavor == "luajit")
         local plug = require "myplug"
         local greet = plug.greet
@@ -72,10 +73,18 @@ describe("Neovim", function()
         assert(vim.wait(5000, function() return plug.greet() == "v2" end, 10), "not reloaded")
         assert(greet() == "v2", "an old reference runs old code")
         assert(plug.count() == 2, "state lost")
+        assert(vim.wait(1000, function()
+          for _, note in ipairs(notes) do
+            if note == "reloaded myplug" then return true end
+          end
+        end, 10), "the verbose notice does not name the module: " .. table.concat(notes, " | "))
         write(plug_dir .. "/lua/myplug/init.lua", "return {")
         assert(vim.wait(5000, function()
-          return notes[#notes] and notes[#notes]:find("myplug", 1, true)
+          return notes[#notes] and notes[#notes]:find("cannot reload 'myplug'", 1, true)
         end, 10), "error not notified")
+        local last = notes[#notes]
+        assert(not last:find("_init_packages", 1, true), "Neovim's loader in: " .. last)
+        assert(last:find("myplug/init.lua:1:", 1, true), "no file:line in: " .. last)
         assert(plug.greet() == "v2", "old code should keep running")
         local other = require "other"
         write(%q .. "/nvother/other.lua", "return { v = 2 }")

@@ -8,8 +8,18 @@ local hotreload = require "hotreload"
 
 local M = { watchers = {}, timer = nil }
 
+local reloaded = {} -- names of the modules reloaded since the last notice (verbose)
+local stop_listening = nil
+
 local function notify(message, level)
   vim.notify(message, level or vim.log.levels.INFO, { title = "hotreload" })
+end
+
+--- A reload error as the user wants to read it: Neovim's runtimepath searcher raises a
+--- syntax error from its own line (`vim/_init_packages.lua:24: /path/x.lua:8: ...`); the
+--- module's file:line is what matters.
+local function readable(message)
+  return (message:gsub("[^%s']*vim/_init_packages%.lua:%d+: ", ""))
 end
 
 --- Puts the plugin's modules on package.path, so that files map to module names: a plugin
@@ -28,8 +38,11 @@ end
 --- Applies saved files now; notifies what happened. Returns `poll`'s results.
 function M.poll()
   local n, errors = hotreload.poll()
-  if n > 0 and M.verbose then notify(("reloaded %d module(s)"):format(n)) end
-  for _, e in ipairs(errors or {}) do notify(e, vim.log.levels.ERROR) end
+  if #reloaded > 0 then
+    notify("reloaded " .. table.concat(reloaded, ", "))
+    reloaded = {}
+  end
+  for _, e in ipairs(errors or {}) do notify(readable(e), vim.log.levels.ERROR) end
   return n, errors
 end
 
@@ -38,7 +51,7 @@ local function command(args)
   local name = args.args
   local module, err = hotreload.reload(name)
   if module == nil then
-    notify(err, vim.log.levels.ERROR)
+    notify(readable(err), vim.log.levels.ERROR)
   else
     notify(("reloaded '%s'"):format(name))
   end
@@ -63,6 +76,9 @@ function M.setup(opts)
       "a number of milliseconds, at least 1" } })
   M.stop()
   M.verbose = opts.verbose
+  if M.verbose then
+    stop_listening = hotreload.on_reload(function(name) reloaded[#reloaded + 1] = name end)
+  end
   for _, dir in ipairs(opts.dirs) do
     local path = vim.fn.fnamemodify(vim.fn.expand(dir), ":p"):gsub("/$", "")
     add_to_path(path)
@@ -91,6 +107,8 @@ function M.stop()
   end
   for _, w in ipairs(M.watchers) do w:close() end
   M.watchers = {}
+  if stop_listening then stop_listening() end
+  stop_listening, reloaded = nil, {}
 end
 
 return M
