@@ -25,6 +25,8 @@ describe("bench/run.lua", function()
       "scaling: reload of 100 functions",
       "scaling: reload of 1000 functions",
       "scaling: reload with 0k heap tables",
+      "batch of 100 modules vs single reloads, per module",
+      "batch of 1000 modules vs single reloads, per module",
     }
     for _, figure in ipairs(figures) do
       local row = out:match("\n?(| [^\n]*" .. figure .. "[^\n]*)")

@@ -195,6 +195,8 @@ unsafe fn per_module_field(l: *mut lua_State, has_opts: bool, list: bool, field:
 unsafe fn targets(l: *mut lua_State, n: i64) -> (Vec<reload::Target>, Vec<usize>) {
     let mut targets: Vec<reload::Target> = Vec::with_capacity(n as usize);
     let mut order = Vec::with_capacity(n as usize);
+    let mut at_of: std::collections::HashMap<Vec<u8>, usize> =
+        std::collections::HashMap::with_capacity(n as usize);
     // SAFETY: raw reads of checked values; nothing here raises.
     unsafe {
         for i in 1..=n {
@@ -206,9 +208,10 @@ unsafe fn targets(l: *mut lua_State, n: i64) -> (Vec<reload::Target>, Vec<usize>
             let source = per_module_text(l, 4)
                 .map(|text| reload::Source { text, chunkname: per_module_text(l, 5) });
             ffi::lua_pop(l, 1);
-            match targets.iter().position(|t| t.name == name) {
-                Some(at) => order.push(at),
+            match at_of.get(&name) {
+                Some(&at) => order.push(at),
                 None => {
+                    at_of.insert(name.clone(), targets.len());
                     order.push(targets.len());
                     targets.push(reload::Target { name, source });
                 }

@@ -756,12 +756,16 @@ pub unsafe fn rawgeti(l: *mut lua_State, idx: c_int, n: u32) {
     }
 }
 
-/// An anchor table (the plan's): at stack index `idx`, and on LuaJIT, where tables are read
-/// in place, the table's address, so that its array part is read (`get`) and, while the table
+/// An anchor table (the plan's): at stack index `idx` while it is on the stack, else held in
+/// another table (`held`: that table's index and the key; a batch keeps its plans there, so
+/// that a batch of any size fits the Lua stack); and on LuaJIT, where tables are read in
+/// place, the table's address, so that its array part is read (`get`) and, while the table
 /// is `unmarked`, written (`store`) without the C API.
 #[derive(Clone, Copy, Debug)]
 pub struct Anchors {
+    /// stack index, 0 while the table is only `held`
     pub idx: c_int,
+    held: Option<(c_int, lua_Integer)>,
     #[cfg_attr(not(feature = "luajit"), allow(dead_code))]
     table: usize,
     /// The collector has not marked the table since it was made: made while the collector is
@@ -783,15 +787,67 @@ impl Anchors {
         if unsafe { tables::usable(l) }
             && let Some(Val::Table(table)) = unsafe { raw::read(l, idx) }
         {
-            return Anchors { idx, table, unmarked };
+            return Anchors { idx, held: None, table, unmarked };
         }
         let _ = l;
-        Anchors { idx, table: 0, unmarked }
+        Anchors { idx, held: None, table: 0, unmarked }
     }
 
     /// The same table, written through the API from now on (the collector may run).
     pub fn sealed(self) -> Anchors {
         Anchors { unmarked: false, ..self }
+    }
+
+    /// Stores the table in `holder[key]` (`holder` an absolute index) and reads and writes it
+    /// there from now on: its stack slot may go.
+    ///
+    /// # Safety
+    /// The table is at `idx`; `holder` is a table that stays at its index while this is used.
+    pub unsafe fn hold(&mut self, l: *mut lua_State, holder: c_int, key: lua_Integer) {
+        // SAFETY: as documented.
+        unsafe {
+            lua_pushvalue(l, self.idx);
+            lua_rawseti(l, holder, key);
+        }
+        self.held = Some((holder, key));
+        self.idx = 0;
+    }
+
+    /// Pushes the table (also while it is held) and makes that its stack index until
+    /// [`Anchors::unplace`].
+    ///
+    /// # Safety
+    /// One free stack slot; the slot pushed stays until `unplace`.
+    pub unsafe fn place(&mut self, l: *mut lua_State) -> c_int {
+        // SAFETY: forwarded.
+        unsafe {
+            self.push_table(l);
+            self.idx = lua_gettop(l);
+        }
+        self.idx
+    }
+
+    /// Back to reading the table where it is held (the caller drops the slot `place` made).
+    pub fn unplace(&mut self) {
+        if self.held.is_some() {
+            self.idx = 0;
+        }
+    }
+
+    /// Pushes the table itself.
+    ///
+    /// # Safety
+    /// One free stack slot.
+    pub unsafe fn push_table(&self, l: *mut lua_State) {
+        // SAFETY: the table is at `idx`, or held.
+        unsafe {
+            match (self.idx, self.held) {
+                (0, Some((holder, key))) => {
+                    rawgeti_any(l, holder, key);
+                }
+                (idx, _) => lua_pushvalue(l, idx),
+            }
+        }
     }
 
     /// Pushes slot `n`, as [`rawgeti`].
@@ -810,6 +866,12 @@ impl Anchors {
                 raw::push(l, raw::Raw(*slot));
                 return;
             }
+            if self.idx == 0 {
+                self.push_table(l);
+                rawgeti(l, -1, n);
+                lua_remove(l, -2);
+                return;
+            }
             rawgeti(l, self.idx, n);
         }
     }
@@ -818,7 +880,7 @@ impl Anchors {
     /// table is unmarked and slot `n` is in the array part, else by `lua_rawseti`.
     ///
     /// # Safety
-    /// A valid index; one free stack slot; inside `protect` (may allocate).
+    /// A valid index; two free stack slots; inside `protect` (may allocate).
     #[inline]
     pub unsafe fn store(self, l: *mut lua_State, n: u32, v: c_int) {
         // SAFETY: as documented; in place, the slot is in the array part, and the table
@@ -833,9 +895,30 @@ impl Anchors {
                 *slot = value.0;
                 return;
             }
+            if self.idx == 0 {
+                self.push_table(l);
+                lua_pushvalue(l, v);
+                lua_rawseti(l, -2, lua_Integer::from(n));
+                lua_pop(l, 1);
+                return;
+            }
             lua_pushvalue(l, v);
             lua_rawseti(l, self.idx, lua_Integer::from(n));
         }
+    }
+}
+
+/// `lua_rawgeti` with any integer key, its result type unused.
+///
+/// # Safety
+/// As `lua_rawgeti`.
+unsafe fn rawgeti_any(l: *mut lua_State, idx: c_int, n: lua_Integer) {
+    // SAFETY: as documented.
+    unsafe {
+        #[cfg(feature = "luajit")]
+        lua_rawgeti_(l, idx, c_int::try_from(n).unwrap_or(0));
+        #[cfg(not(feature = "luajit"))]
+        lua_rawgeti(l, idx, n);
     }
 }
 

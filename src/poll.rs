@@ -12,8 +12,9 @@ use crate::modname::{self, Template};
 use crate::reload;
 use crate::state::StateBox;
 
-/// Modules per batch: a batch keeps a few Lua stack slots per module, and LuaJIT allows a C
-/// function 8000 (a checkout can change thousands of files at once).
+/// Modules per batch: a batch holds every plan (both versions of each module) until it is
+/// applied, so a checkout that changes thousands of files at once is applied in batches of
+/// this many, each with one walk of the heap.
 const POLL_BATCH: usize = 256;
 
 /// What one poll did.

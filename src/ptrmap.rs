@@ -99,6 +99,23 @@ impl AddrSet {
     }
 }
 
+impl AddrSet {
+    /// Adds every address of `other`.
+    pub fn extend_from(&mut self, other: &AddrSet) {
+        for &(key, at) in other.pages.slots.iter().filter(|&&(key, _)| key != 0) {
+            let Some(bits) = other.bitmaps.get(at) else { continue };
+            for (word, &w) in bits.iter().enumerate().filter(|&(_, &w)| w != 0) {
+                for bit in 0..64 {
+                    if w & (1 << bit) != 0 {
+                        let granule = (word << 6) | bit;
+                        self.insert(((key - 1) << PAGE_BITS) | (granule << GRANULE_BITS));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// An [`AddrSet`]'s page directory: page number -> bitmap index, open addressing with
 /// linear probing. A set has few pages (a few hundred for a big heap), so a slot is found in a
 /// multiply and a probe or two, where a general hash map spends several times that.
@@ -187,6 +204,24 @@ mod tests {
         }
         assert!(!s.insert(0x5500_0000));
         assert!(s.insert(0x5500_0008), "neighbouring granule");
+    }
+
+    #[test]
+    fn addr_set_union() {
+        let (mut a, mut b) = (AddrSet::default(), AddrSet::default());
+        let xs: Vec<usize> = (0..3000usize).map(|i| 0x7700_0000 + i * 40).collect();
+        for (i, &x) in xs.iter().enumerate() {
+            if i % 2 == 0 {
+                a.insert(x)
+            } else {
+                b.insert(x)
+            };
+        }
+        b.insert(0x1234_5678);
+        a.extend_from(&b);
+        assert!(xs.iter().all(|&x| a.contains(x)));
+        assert!(a.contains(0x1234_5678));
+        assert!(!a.contains(0x7700_0008));
     }
 
     #[test]

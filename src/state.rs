@@ -20,7 +20,7 @@ pub struct State {
     /// Modules being reloaded right now, and which step their reload is in: a reload of one
     /// of them from code that step runs (its top level, a hook, a listener, a finalizer) is
     /// refused, and the message says which.
-    pub busy: Vec<(Box<[u8]>, Phase)>,
+    pub busy: HashMap<Box<[u8]>, Phase>,
     /// The stop set (`plan::stop_set`) the base of a module `require` loads is taken with:
     /// made by the first such load after a batch, then each module loaded adds its value,
     /// so loading `n` modules reads `package.loaded` once, not `n` times.

@@ -54,6 +54,38 @@ struct Enclosing {
     last_line: c_int,
 }
 
+/// The plans' answers about objects (new functions, merged copies, new cells) in one index,
+/// for a batch of several plans: asking each plan in turn would cost the walk a look per
+/// plan at every object it meets.
+struct Index {
+    new_fns: AddrSet,
+    copies: PtrMap<Ref>,
+    /// new cell -> (plan, the old function and upvalue index it joins, if any)
+    cells: PtrMap<(usize, Option<(u32, c_int)>)>,
+}
+
+impl Index {
+    fn of(plans: &[Plan]) -> Index {
+        let mut index = Index {
+            new_fns: AddrSet::default(),
+            copies: PtrMap::default(),
+            cells: PtrMap::default(),
+        };
+        for (pi, plan) in plans.iter().enumerate() {
+            index.new_fns.extend_from(plan.new_fns());
+            for &p in plan.merged() {
+                if let Some(slot) = plan.merged_into(p) {
+                    index.copies.insert(p, (pi, slot));
+                }
+            }
+            for (id, joined) in plan.new_cells() {
+                index.cells.insert(id, (pi, joined));
+            }
+        }
+        index
+    }
+}
+
 /// What a look at a value found.
 enum Sight {
     /// An old function: the anchor slot of its replacement.
@@ -127,12 +159,14 @@ struct Walker<'p> {
     current: usize,
     /// per plan
     out: Vec<Outcome>,
+    /// the plans' answers in one index, for a batch of several
+    index: Option<Index>,
 }
 
 /// Replaces every reference to an old function the plans (or a factory) give a new version.
 ///
 /// # Safety
-/// Inside `protect`, after `apply`, with the plans' anchor tables still on the stack and the
+/// Inside `protect`, after `apply`, with the plans' anchor tables held (`Plan::hold`) and the
 /// collector paused.
 pub unsafe fn replace(l: *mut lua_State, plans: &mut [Plan]) -> Vec<Outcome> {
     // SAFETY: every step keeps the stack balanced; objects are pushed before use.
@@ -164,7 +198,9 @@ impl<'p> Walker<'p> {
             let mut map = PtrMap::with_capacity_and_hasher(pairs, Default::default());
             let mut visited = AddrSet::default();
             for (pi, plan) in plans.iter().enumerate() {
-                visited.insert(ffi::lua_topointer(l, plan.anchors()) as usize);
+                plan.push_anchors(l);
+                visited.insert(ffi::lua_topointer(l, -1) as usize);
+                ffi::lua_pop(l, 1);
                 for &p in plan.merged() {
                     visited.insert(p);
                 }
@@ -172,6 +208,7 @@ impl<'p> Walker<'p> {
                     map.insert(pair.at, (pi, pair.new));
                 }
             }
+            let index = (n_plans > 1).then(|| Index::of(plans));
             ffi::lua_createtable(l, 256, 0);
             let work = ffi::lua_gettop(l);
             ffi::lua_createtable(l, 0, 0);
@@ -194,6 +231,7 @@ impl<'p> Walker<'p> {
                 dumps: std::collections::HashMap::new(),
                 current: l as usize,
                 out: vec![Outcome::default(); n_plans],
+                index,
             }
         }
     }
@@ -267,24 +305,39 @@ impl<'p> Walker<'p> {
     }
 
     fn is_new_fn(&self, p: usize) -> bool {
-        self.plans.iter().any(|plan| plan.is_new_fn(p))
+        match (&self.index, &*self.plans) {
+            (Some(index), _) => index.new_fns.contains(p),
+            (None, [plan]) => plan.is_new_fn(p),
+            _ => false,
+        }
     }
 
     /// The running table that the new table at `p` merged into, if it is such a copy.
     fn copy_of(&self, p: usize) -> Option<Ref> {
-        self.plans.iter().enumerate().find_map(|(pi, plan)| plan.merged_into(p).map(|s| (pi, s)))
+        match (&self.index, &*self.plans) {
+            (Some(index), _) => index.copies.get(&p).copied(),
+            (None, [plan]) => plan.merged_into(p).map(|s| (0, s)),
+            _ => None,
+        }
     }
 
     fn is_new_cell(&self, id: usize) -> bool {
-        self.plans.iter().any(|plan| plan.is_new_cell(id))
+        match (&self.index, &*self.plans) {
+            (Some(index), _) => index.cells.contains_key(&id),
+            (None, [plan]) => plan.is_new_cell(id),
+            _ => false,
+        }
     }
 
     /// The old function (and its upvalue index) whose cell the new cell `id` joins.
     fn joined_cell(&self, id: usize) -> Option<(Ref, c_int)> {
-        self.plans
-            .iter()
-            .enumerate()
-            .find_map(|(pi, plan)| plan.joined_cell(id).map(|(f, n)| ((pi, f), n)))
+        match (&self.index, &*self.plans) {
+            (Some(index), _) => {
+                index.cells.get(&id).and_then(|&(pi, j)| j.map(|(f, n)| ((pi, f), n)))
+            }
+            (None, [plan]) => plan.joined_cell(id).map(|(f, n)| ((0, f), n)),
+            _ => None,
+        }
     }
 
     /// The registry, the running thread, and the metatables each basic type may have.

@@ -23,7 +23,7 @@ pub enum Undo {
 /// of a write).
 ///
 /// # Safety
-/// Inside `protect`, with the plan's anchor table still at `plan.anchors()`; the collector is
+/// Inside `protect`, with the plan's anchor table placed (`Plan::place`); the collector is
 /// paused (no finalizer may run between two writes).
 pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan, logged: bool) -> Vec<Undo> {
     let acts = std::mem::take(&mut plan.acts);
@@ -207,7 +207,7 @@ pub unsafe fn push(l: *mut lua_State, plan: &Plan, v: Pv, resolve: bool) -> Pv {
 }
 
 unsafe fn push_slot(l: *mut lua_State, plan: &Plan, slot: u32) {
-    // SAFETY: the anchor table is at `plan.anchors()`.
+    // SAFETY: the anchor table is placed or held.
     unsafe { plan.push(l, slot) }
 }
 

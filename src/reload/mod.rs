@@ -28,6 +28,7 @@ pub mod hooks;
 pub mod load;
 pub mod plan;
 
+use std::collections::HashSet;
 use std::os::raw::c_int;
 use std::time::Instant;
 
@@ -105,18 +106,38 @@ impl Outcome {
 /// after it fails, and on LuaJIT a raise here cannot be caught.
 const CHECK_SLACK: c_int = 40;
 
-/// Stack slots checked for before loading one job (three stay: new value, delta, live).
-const LOAD_STACK: c_int = 12 + CHECK_SLACK;
+/// Stack slots checked for before each step of one job.
+const JOB_STACK: c_int = 16 + CHECK_SLACK;
 
-/// The failure of a batch whose values no longer fit the Lua stack (LuaJIT gives a C
-/// function about 8000 slots, and a batch keeps four per module until it is applied).
+/// A job's values, kept in the batch's table of held values (not on the Lua stack, which
+/// LuaJIT limits to about 8000 slots per C function: a batch of any size fits): its new
+/// value, the globals its top level assigned, its running value, and its plan's anchors.
+const NEW: i64 = 1;
+const DELTA: i64 = 2;
+const LIVE: i64 = 3;
+const ANCHORS: i64 = 4;
+
+/// The key of value `k` of job `i` in the table of held values.
+fn held_key(i: usize, k: i64) -> ffi::lua_Integer {
+    ffi::lua_Integer::try_from(i).map_or(0, |i| 4 * i + k)
+}
+
+/// Where a job's values are while a step uses them.
+#[derive(Clone, Copy)]
+struct Values {
+    new: c_int,
+    delta: c_int,
+    live: c_int,
+}
+
+/// The failure of a batch that does not fit the Lua stack.
 fn stack_full(t: &Target, modules: usize) -> Error {
     Error::new(
         ErrorKind::TooMany,
         &t.name,
         format!(
-            "cannot reload {modules} modules in one batch: the Lua stack is full (it keeps 4 \
-             slots per module until the batch is applied); reload fewer at a time"
+            "cannot reload {modules} modules in one batch: the Lua stack is full; reload \
+             fewer at a time"
         ),
     )
 }
@@ -124,12 +145,10 @@ fn stack_full(t: &Target, modules: usize) -> Error {
 /// One target's progress through the steps.
 #[derive(Default)]
 struct Job {
-    /// the running value and the new one, on the stack once loaded
-    live: c_int,
-    new: c_int,
-    /// where `load::run` left the global table and the globals the chunk assigned
-    globals: c_int,
-    delta: c_int,
+    /// its values are held (`NEW`, `DELTA`, `LIVE`): the new version loaded and ran
+    loaded: bool,
+    /// no running value: a first load, for which no hook runs
+    first_load: bool,
     base: Option<Snapshot>,
     plan: Option<Plan>,
     undo: Vec<Undo>,
@@ -161,23 +180,25 @@ pub unsafe fn batch(
             let name = targets.first().map_or(&b""[..], |t| &t.name);
             return Err(Error::new(ErrorKind::Internal, name, "state in use"));
         };
-        for (i, (t, job)) in targets.iter().zip(jobs.iter_mut()).enumerate() {
-            let twice = targets.get(..i).is_some_and(|ts| ts.iter().any(|o| o.name == t.name));
-            let running = st.busy.iter().find(|(b, _)| **b == *t.name).map(|&(_, p)| p);
-            if let Some(phase) = running {
+        let mut seen: HashSet<&[u8]> = HashSet::with_capacity(targets.len());
+        for (t, job) in targets.iter().zip(jobs.iter_mut()) {
+            if let Some(phase) = st.busy.get(t.name.as_slice()) {
                 job.error = Some(Error::new(ErrorKind::Busy, &t.name, phase.doing()));
                 continue;
             }
-            if twice {
+            if !seen.insert(&t.name) {
                 job.error = Some(Error::new(ErrorKind::Busy, &t.name, "once more in its batch"));
                 continue;
             }
-            st.busy.push((t.name.as_slice().into(), Phase::Loading));
+            st.busy.insert(t.name.as_slice().into(), Phase::Loading);
             job.base = st.snapshots.remove(t.name.as_slice());
         }
         // a batch may change any module's value: the next base is taken with a fresh set
         st.loaded_values = None;
     }
+    // the modules this batch marked busy (not those an outer reload is busy with)
+    let owned: Vec<&Target> =
+        targets.iter().zip(&jobs).filter(|(_, j)| j.error.is_none()).map(|(t, _)| t).collect();
 
     let mut out = Outcome::default();
     let mut gc: Option<GcPause> = None;
@@ -188,16 +209,18 @@ pub unsafe fn batch(
     let outcome = unsafe {
         ffi::lua_pushvalue(l, state);
         ffi::protect(l, 1, &mut |l| {
-            let mut run = Run { targets, jobs: &mut jobs, mode, opts };
+            let mut run = Run { targets, jobs: &mut jobs, mode, opts, held: 0, globals: 0 };
             capture::wrap_searchers(l, 1);
             ffi::push_loaded(l);
             let loaded = ffi::lua_gettop(l);
             ffi::push_globals(l);
             let globals = loaded + 1;
+            ffi::lua_createtable(l, c_int::try_from(4 * targets.len()).unwrap_or(0), 0);
+            run.held = globals + 1;
             run.load_all(l, loaded, globals);
-            enter(cell, targets, Phase::Consenting);
+            enter(cell, &owned, Phase::Consenting);
             run.consent_all(l);
-            enter(cell, targets, Phase::Merging);
+            enter(cell, &owned, Phase::Merging);
             let pause = gc.insert(GcPause::new(l));
             run.plan_all(l, pause);
             run.apply_all(l, loaded, pause);
@@ -223,7 +246,7 @@ pub unsafe fn batch(
             }
             // results only for a batch that succeeded whole (a failed transaction answers with
             // its message)
-            enter(cell, targets, Phase::Reporting);
+            enter(cell, &owned, Phase::Reporting);
             let push = push && run.jobs.iter().all(|j| j.error.is_none());
             let tables = push || hooks::has_listeners(l, &hooks::AFTER);
             let lists = ffi::lua_gettop(l) + 1;
@@ -266,7 +289,7 @@ pub unsafe fn batch(
     for (t, job) in targets.iter().zip(jobs.iter_mut()) {
         if let Some(st) = st.as_mut() {
             if job.error.as_ref().is_none_or(|e| e.kind != ErrorKind::Busy) {
-                st.busy.retain(|(b, _)| **b != *t.name);
+                st.busy.remove(t.name.as_slice());
             }
             if let Some(s) = job.mirror.take().or_else(|| job.base.take()) {
                 st.snapshots.insert(t.name.as_slice().into(), s);
@@ -296,10 +319,10 @@ pub unsafe fn batch(
 }
 
 /// Records that the batch's modules are in `phase` (for the message of a reload they refuse).
-fn enter(cell: &StateCell, targets: &[Target], phase: Phase) {
+fn enter(cell: &StateCell, targets: &[&Target], phase: Phase) {
     if let Ok(mut st) = cell.try_borrow_mut() {
-        for (name, p) in st.busy.iter_mut() {
-            if targets.iter().any(|t| *t.name == **name) {
+        for t in targets {
+            if let Some(p) = st.busy.get_mut(t.name.as_slice()) {
                 *p = phase;
             }
         }
@@ -312,6 +335,10 @@ struct Run<'a> {
     jobs: &'a mut [Job],
     mode: Mode,
     opts: Options,
+    /// stack index of the table of held values (see `NEW`)
+    held: c_int,
+    /// stack index of the global table
+    globals: c_int,
 }
 
 impl Run<'_> {
@@ -343,8 +370,24 @@ impl Run<'_> {
         self.jobs.get(i).is_some_and(|j| j.error.is_none())
     }
 
-    /// Step 1: each new version, and each running value, on the stack.
+    /// Pushes the held values of job `i` (loaded) for a step.
+    ///
+    /// # Safety
+    /// Three free stack slots.
+    unsafe fn push_values(&self, l: *mut lua_State, i: usize) -> Values {
+        // SAFETY: raw reads of the table of held values.
+        unsafe {
+            for k in [NEW, DELTA, LIVE] {
+                ffi::lua_rawgeti(l, self.held, held_key(i, k));
+            }
+            let top = ffi::lua_gettop(l);
+            Values { new: top - 2, delta: top - 1, live: top }
+        }
+    }
+
+    /// Step 1: each new version, and each running value, held.
     unsafe fn load_all(&mut self, l: *mut lua_State, loaded: c_int, globals: c_int) {
+        self.globals = globals;
         // a module refused before the batch started (busy) fails a transaction too
         let refused =
             self.jobs.iter_mut().enumerate().find_map(|(i, j)| Some((i, j.error.take()?)));
@@ -362,9 +405,10 @@ impl Run<'_> {
                 self.fail(i, ErrorKind::Pinned.with(t, reason));
                 continue;
             }
-            // SAFETY: the loaders run under lua_pcall; three values per job stay on the stack.
+            // SAFETY: the loaders run under lua_pcall; the job's values are held, and the
+            // stack is as it was after each job.
             let result = unsafe {
-                if ffi::lua_checkstack(l, LOAD_STACK) == 0 {
+                if ffi::lua_checkstack(l, JOB_STACK) == 0 {
                     self.fail(i, stack_full(t, self.targets.len()));
                     continue;
                 }
@@ -398,19 +442,23 @@ impl Run<'_> {
                 }
             };
             // a table module that the new version cannot merge into fails before any hook
-            // SAFETY: the three values are on the stack, dropped if the job fails.
-            let result = result.and_then(|at| match unsafe { plan::check_root(l, at + 2, at) } {
-                Ok(()) => Ok(at),
-                Err(m) => {
-                    unsafe { ffi::lua_settop(l, at - 1) };
-                    Err(ErrorKind::Merge.with(t, m))
+            // SAFETY: the three values are on the stack; held, then dropped either way.
+            let result = result.and_then(|at| unsafe {
+                let checked = plan::check_root(l, at + 2, at);
+                let first_load = ffi::lua_type(l, at + 2) == ffi::LUA_TNIL;
+                if checked.is_ok() {
+                    for (k, idx) in [(NEW, at), (DELTA, at + 1), (LIVE, at + 2)] {
+                        ffi::lua_pushvalue(l, idx);
+                        ffi::lua_rawseti(l, self.held, held_key(i, k));
+                    }
                 }
+                ffi::lua_settop(l, at - 1);
+                checked.map(|()| first_load).map_err(|m| ErrorKind::Merge.with(t, m))
             });
             match result {
-                Ok(at) => {
+                Ok(first_load) => {
                     if let Some(job) = self.jobs.get_mut(i) {
-                        (job.new, job.delta, job.live) = (at, at + 1, at + 2);
-                        job.globals = globals;
+                        (job.loaded, job.first_load) = (true, first_load);
                     }
                 }
                 Err(e) => self.fail(i, e),
@@ -422,19 +470,27 @@ impl Run<'_> {
     unsafe fn plan_all(&mut self, l: *mut lua_State, gc: &GcPause) {
         // SAFETY: inside the protected call, with the stack room `load_all` checked.
         let stop = unsafe { plan::stop_set(l) };
+        let (held, globals) = (self.held, self.globals);
         for i in 0..self.jobs.len() {
             let Some(t) = self.targets.get(i) else { break };
-            let Some(job) = self.jobs.get_mut(i).filter(|j| j.error.is_none()) else { continue };
+            if !self.is_going(i) {
+                continue;
+            }
             // SAFETY: a non-raising check (a raise here could not be caught on LuaJIT).
-            if unsafe { ffi::lua_checkstack(l, plan::STACK_NEEDED + CHECK_SLACK) } == 0 {
+            if unsafe { ffi::lua_checkstack(l, plan::STACK_NEEDED + JOB_STACK) } == 0 {
                 self.fail(i, stack_full(t, self.targets.len()));
                 continue;
             }
+            // SAFETY: the job's values are pushed, and dropped with what the plan left once
+            // its anchors are held.
+            let top = unsafe { ffi::lua_gettop(l) };
+            let v = unsafe { self.push_values(l, i) };
+            let Some(job) = self.jobs.get_mut(i) else { break };
             let empty = Snapshot::default();
             let base = job.base.as_ref().unwrap_or(&empty);
-            // SAFETY: the values `load_all` left are still on the stack.
+            // SAFETY: the job's values are on the stack.
             let planned = unsafe {
-                let own = ffi::read(l, job.live).object().unwrap_or(0);
+                let own = ffi::read(l, v.live).object().unwrap_or(0);
                 let base_fns = if base::push_functions(l, &t.name) {
                     ffi::lua_gettop(l)
                 } else {
@@ -442,14 +498,18 @@ impl Run<'_> {
                     0
                 };
                 let mut planner = Planner::new(l, base, base_fns, &stop, own, Some(gc));
-                match planner.root(l, job.live, job.new) {
+                match planner.root(l, v.live, v.new) {
                     Ok(()) => {
-                        planner.globals(l, Some(job.globals), job.delta);
-                        Ok(planner.finish(l))
+                        planner.globals(l, Some(globals), v.delta);
+                        let mut plan = planner.finish(l);
+                        plan.hold(l, held, held_key(i, ANCHORS));
+                        Ok(plan)
                     }
                     Err(m) => Err(m),
                 }
             };
+            // SAFETY: back to where the step began.
+            unsafe { ffi::lua_settop(l, top) };
             match planned {
                 Ok(p) => job.plan = Some(p),
                 Err(m) => self.fail(i, ErrorKind::Merge.with(t, m)),
@@ -465,17 +525,24 @@ impl Run<'_> {
         for step in [Step::Listeners, Step::Unload] {
             for i in 0..self.jobs.len() {
                 let (Some(t), Some(job)) = (self.targets.get(i), self.jobs.get(i)) else { break };
-                if job.error.is_some() {
+                if job.error.is_some() || (step == Step::Unload && job.first_load) {
                     continue;
                 }
-                // SAFETY: the running and new values are on the stack; user code is protected.
+                // SAFETY: the job's values are pushed for the step and dropped after it; user
+                // code is protected.
                 let verdict = unsafe {
-                    match step {
-                        Step::Listeners => {
-                            hooks::before_listeners(l, None, &t.name, job.live, job.new)
-                        }
-                        Step::Unload => hooks::call_module_hook(l, None, job.live, b"__unload"),
+                    if ffi::lua_checkstack(l, JOB_STACK) == 0 {
+                        self.fail(i, stack_full(t, self.targets.len()));
+                        continue;
                     }
+                    let top = ffi::lua_gettop(l);
+                    let v = self.push_values(l, i);
+                    let verdict = match step {
+                        Step::Listeners => hooks::before_listeners(l, None, &t.name, v.live, v.new),
+                        Step::Unload => hooks::call_module_hook(l, None, v.live, b"__unload"),
+                    };
+                    ffi::lua_settop(l, top);
+                    verdict
                 };
                 let who = match step {
                     Step::Listeners => "a before_reload listener",
@@ -512,32 +579,37 @@ impl Run<'_> {
             }
             return;
         }
-        // SAFETY: both values of each job are on the stack.
+        // SAFETY: the job's values are pushed and dropped.
         let logged = self.jobs.len() > 1
-            || self.going().any(|(_, job)| unsafe {
-                hooks::has_field(l, job.live, b"__reload")
-                    || hooks::has_field(l, job.new, b"__reload")
+            || (0..self.jobs.len()).any(|i| unsafe {
+                if !self.is_going(i) {
+                    return false;
+                }
+                let v = self.push_values(l, i);
+                let has = hooks::has_field(l, v.live, b"__reload")
+                    || hooks::has_field(l, v.new, b"__reload");
+                ffi::lua_pop(l, 3);
+                has
             });
         for (t, job) in self.going() {
             let Some(plan) = job.plan.as_mut() else { continue };
-            // SAFETY: the plan's anchors are on the stack; the collector is paused.
+            // SAFETY: the plan's anchors are placed on the stack for the step; the collector
+            // is paused.
             unsafe {
+                plan.place(l);
                 job.undo = apply::apply(l, plan, logged);
                 ffi::push_bytes(l, &t.name);
                 apply::push(l, plan, plan.root, true);
                 ffi::lua_rawset(l, loaded);
+                plan.unplace();
+                ffi::lua_pop(l, 1);
             }
             // applied: from now on the new version is the base, whatever happens next
             job.mirror = Some(std::mem::take(&mut plan.mirror));
         }
         for i in 0..self.jobs.len() {
             let (Some(t), Some(job)) = (self.targets.get(i), self.jobs.get(i)) else { break };
-            // a failed job never put its values on the stack (`live` is not an index)
-            if job.error.is_some() {
-                continue;
-            }
-            // SAFETY: the running value of a job still going is on the stack.
-            if unsafe { ffi::lua_type(l, job.live) } == ffi::LUA_TNIL {
+            if job.error.is_some() || job.first_load {
                 continue; // hooks are for reloads: a first load has nothing to dispose of
             }
             // SAFETY: as above; the hook runs protected.
@@ -554,10 +626,11 @@ impl Run<'_> {
                 let was = self.failed();
                 self.fail(i, e);
                 // undo what this failure stopped, newest first
+                let held = self.held;
                 for (j, job) in self.jobs.iter_mut().enumerate().rev() {
                     if was.get(j) == Some(&false) && job.error.is_some() {
                         // SAFETY: as above.
-                        unsafe { undo_job(l, self.targets.get(j), job, loaded) };
+                        unsafe { undo_job(l, self.targets.get(j), job, loaded, (held, j)) };
                     }
                 }
             }
@@ -584,22 +657,32 @@ impl Run<'_> {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Step {
     Listeners,
     Unload,
 }
 
-/// Puts back what applying `job`'s plan overwrote, and its `package.loaded` entry.
-unsafe fn undo_job(l: *mut lua_State, t: Option<&Target>, job: &mut Job, loaded: c_int) {
-    let (Some(t), Some(plan)) = (t, job.plan.as_ref()) else { return };
+/// Puts back what applying `job`'s plan overwrote, and its `package.loaded` entry (the
+/// running value, job `i`'s in the table of held values at `held`).
+unsafe fn undo_job(
+    l: *mut lua_State,
+    t: Option<&Target>,
+    job: &mut Job,
+    loaded: c_int,
+    (held, i): (c_int, usize),
+) {
+    let (Some(t), Some(plan)) = (t, job.plan.as_mut()) else { return };
     let log = std::mem::take(&mut job.undo);
     job.mirror = None; // rolled back: the old base stands
-    // SAFETY: the plan's anchors and the running value are on the stack.
+    // SAFETY: the plan's anchors are placed for the step; the running value is held.
     unsafe {
+        plan.place(l);
         apply::undo(l, plan, &log);
+        plan.unplace();
+        ffi::lua_pop(l, 1);
         ffi::push_bytes(l, &t.name);
-        ffi::lua_pushvalue(l, job.live);
+        ffi::lua_rawgeti(l, held, held_key(i, LIVE));
         ffi::lua_rawset(l, loaded);
     }
 }

@@ -178,15 +178,58 @@ impl Plan {
         matches!(self.cells.get(&id), Some(Cell::Joined(..) | Cell::Adopted))
     }
 
-    /// The stack index of the anchor table.
-    pub fn anchors(&self) -> c_int {
-        self.tab.idx
+    /// The new version's functions (as `is_new_fn` knows them).
+    pub fn new_fns(&self) -> &AddrSet {
+        &self.new_fn_at
+    }
+
+    /// Every cell the new version created, with the old cell it joins if it does.
+    pub fn new_cells(&self) -> impl Iterator<Item = (usize, Option<(u32, c_int)>)> + '_ {
+        self.cells.iter().filter_map(|(&id, c)| match *c {
+            Cell::Joined(f, n) => Some((id, Some((f, n)))),
+            Cell::Adopted => Some((id, None)),
+            Cell::Claimed => None,
+        })
+    }
+
+    /// Pushes the anchor table itself (also while it is held).
+    ///
+    /// # Safety
+    /// One free stack slot.
+    pub unsafe fn push_anchors(&self, l: *mut lua_State) {
+        // SAFETY: forwarded.
+        unsafe { self.tab.push_table(l) }
+    }
+
+    /// Keeps the anchor table in `holder[key]` from now on, not on the stack (see
+    /// `ffi::Anchors::hold`).
+    ///
+    /// # Safety
+    /// The anchor table is still at its stack index; `holder` stays at its index.
+    pub unsafe fn hold(&mut self, l: *mut lua_State, holder: c_int, key: ffi::lua_Integer) {
+        // SAFETY: forwarded.
+        unsafe { self.tab.hold(l, holder, key) }
+    }
+
+    /// Pushes the anchor table for a step that reads and writes it a lot (`apply`), until
+    /// [`Plan::unplace`].
+    ///
+    /// # Safety
+    /// One free stack slot, which stays until `unplace`.
+    pub unsafe fn place(&mut self, l: *mut lua_State) -> c_int {
+        // SAFETY: forwarded.
+        unsafe { self.tab.place(l) }
+    }
+
+    /// Back to the held anchor table (the caller drops the slot `place` pushed).
+    pub fn unplace(&mut self) {
+        self.tab.unplace();
     }
 
     /// Keeps the value at `idx` alive with the plan's objects; returns its slot.
     ///
     /// # Safety
-    /// The anchor table still at `self.anchors()`; inside `protect` (allocates).
+    /// Inside `protect` (allocates); two free stack slots.
     pub unsafe fn anchor(&mut self, l: *mut lua_State, idx: c_int) -> u32 {
         // SAFETY: as documented.
         unsafe { anchor_new(l, self.tab, &mut self.n_anchors, idx) }
@@ -204,7 +247,7 @@ impl Plan {
     /// Pushes the anchored value in `slot`.
     ///
     /// # Safety
-    /// The anchor table still at `self.anchors()`; one free stack slot.
+    /// Two free stack slots.
     pub unsafe fn push(&self, l: *mut lua_State, slot: u32) {
         // SAFETY: as documented.
         unsafe { self.tab.get(l, slot) }
