@@ -37,7 +37,7 @@ return function()
       }, runs)
       rows[#rows + 1] = { figure = ("batch of %d modules vs single reloads, per module (%dk others)")
           :format(n, math.floor(others / 1000)), value = batch / n * 1e6, baseline = single / sample * 1e6,
-        ratio = ratio(1, 2) * sample / n, unit = "µs", target = 1.5 }
+        ratio = ratio(1, 2) * sample / n, unit = "us", target = 1.5 }
     else
       io.stderr:write(("batch of %d modules: %s\n"):format(n, err))
     end
