@@ -1,7 +1,6 @@
 //! hotreload: pick up edited Lua code in a running program without losing its state.
 //!
-//! A native Lua module for Lua 5.4 and LuaJIT (5.2/5.3 build too). `require "hotreload"`
-//! gives:
+//! A native Lua module for Lua 5.4, 5.5, 5.3 and LuaJIT. `require "hotreload"` gives:
 //!
 //! ```lua
 //! local hotreload = require "hotreload"
@@ -10,55 +9,19 @@
 //! assert(hotreload.reload("game"))     -- same table, new functions, state kept
 //! ```
 //!
-//! How a reload flows: [`api`] checks arguments, [`reload`] loads the new version in
-//! isolation (`reload::load`), plans the merge against the base the previous version left
-//! (`reload::plan`, `reload::base`), asks the hooks (`reload::hooks`), applies it
-//! (`reload::apply`), replaces the old functions elsewhere ([`walk`]), and keeps the new base.
-//! [`capture`] records the base of every module `require` loads.
+//! The crate in four folders, dependencies pointing one way (`docs/internals.md` has the
+//! map): `lua_api` (every function Lua calls, argument checks, registry keys) uses `engine`
+//! (a batch of reloads: load, plan, apply, walk) and `watch` (the notify thread, the queue
+//! of changed files, file to module names); `engine` and `watch` read the VM only through
+//! `vm` (the C API shims, and the probed in-place readers).
 
-pub mod api;
-pub mod capture;
-#[cfg(any(feature = "luajit", feature = "lua54"))]
-pub mod cells;
-pub mod error;
-pub mod ffi;
-#[cfg(feature = "luajit")]
-pub mod jitraw;
-#[cfg(feature = "luajit")]
-pub mod jittable;
-pub mod modname;
-pub mod poll;
-pub mod proto;
-pub mod ptrmap;
-pub mod queue;
-#[cfg(feature = "lua54")]
-pub mod rawslot;
-#[cfg(feature = "lua54")]
-pub mod rawtable;
-pub mod reload;
-pub mod state;
-#[cfg(any(feature = "luajit", feature = "lua54"))]
-pub mod tableprobe;
-pub mod walk;
-pub mod watch;
+mod engine;
+mod lua_api;
+mod vm;
+mod watch;
 
-use std::ffi::CStr;
 #[cfg(feature = "module")]
 use std::os::raw::c_int;
-
-use mlua::{Lua, Result as LuaResult, Table};
-
-/// The exported functions, by their Lua name.
-pub const EXPORTS: &[(&CStr, ffi::lua_CFunction)] = &[
-    (c"reload", api::reload),
-    (c"watch", api::watch),
-    (c"unwatch", api::unwatch),
-    (c"poll", api::poll),
-    (c"pending", api::pending),
-    (c"on_reload", api::on_reload),
-    (c"before_reload", api::before_reload),
-    (c"pin", api::pin),
-];
 
 /// `luaopen_hotreload`: checks that the host is the Lua this module was built for before
 /// anything else (a Lua 5.4 build in a Lua 5.5 host, or the other way round, links, and
@@ -68,30 +31,38 @@ pub const EXPORTS: &[(&CStr, ffi::lua_CFunction)] = &[
 /// Called by `require` (or `luaL_requiref`) with a Lua state.
 #[cfg(feature = "module")]
 #[unsafe(no_mangle)]
-pub unsafe extern "C-unwind" fn luaopen_hotreload(l: *mut ffi::lua_State) -> c_int {
-    // SAFETY: `host_version` only asks `lua_version`, whose signature the builds this check
-    // tells apart share; the rest runs protected, and raises only with nothing owned alive.
+pub unsafe extern "C-unwind" fn luaopen_hotreload(l: *mut mlua::ffi::lua_State) -> c_int {
+    // SAFETY: `host_mismatch` only asks `lua_version`, whose signature the builds it tells
+    // apart share; the rest runs protected, and raises only with nothing owned alive.
     unsafe {
-        let message = match ffi::host_mismatch(l) {
+        let message = match vm::capi::host_mismatch(l) {
             Some(message) => message,
-            None => match ffi::protect(l, 0, &mut |l| api::open(l, EXPORTS)) {
+            None => match vm::capi::protect(l, 0, &mut |l| lua_api::open(l)) {
                 Ok(_) => return 1,
                 Err(message) => message,
             },
         };
-        ffi::push_bytes(l, message.as_bytes());
+        vm::capi::push_bytes(l, message.as_bytes());
         drop(message);
-        ffi::lua_error(l)
+        mlua::ffi::lua_error(l)
     }
 }
 
-/// The module table, opened in an mlua state (the tests' way in; a host uses
-/// [`luaopen_hotreload`]).
-pub fn hotreload(lua: &Lua) -> LuaResult<Table> {
-    // SAFETY: `open` only builds a table; exec_raw runs it protected and takes the result.
-    unsafe {
-        lua.exec_raw((), |l| {
-            api::open(l, EXPORTS);
-        })
+/// For the integration tests in `tests/`: the module opened in an mlua state, and the
+/// protected call.
+#[doc(hidden)]
+pub mod testing {
+    use mlua::{Lua, Result, Table};
+
+    pub use crate::vm::capi::protect;
+
+    /// The module table, opened in `lua` (a host uses `luaopen_hotreload`).
+    pub fn open(lua: &Lua) -> Result<Table> {
+        // SAFETY: `open` only builds a table; exec_raw runs it protected and takes the result.
+        unsafe {
+            lua.exec_raw((), |l| {
+                crate::lua_api::open(l);
+            })
+        }
     }
 }

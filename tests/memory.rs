@@ -52,7 +52,7 @@ fn reloads_short_of_memory_fail_cleanly_and_the_next_one_works() {
     for extra in (0..120_000).step_by(2_000) {
         std::fs::write(&file, SOURCE.replace("VERSION", "v1")).unwrap();
         let lua = Lua::new();
-        let hr = hotreload::hotreload(&lua).unwrap();
+        let hr = hotreload::testing::open(&lua).unwrap();
         lua.globals().set("hotreload", hr).unwrap();
         let path = format!("package.path = '{}/?.lua;' .. package.path", dir.display());
         lua.load(path).exec().unwrap();

@@ -8,7 +8,7 @@ use mlua::{Lua, Table};
 
 fn state(path: &str) -> Lua {
     let lua = Lua::new();
-    let hr = hotreload::hotreload(&lua).unwrap();
+    let hr = hotreload::testing::open(&lua).unwrap();
     lua.globals().set("hotreload", hr).unwrap();
     lua.load(format!("package.path = '{path}/?.lua;' .. package.path")).exec().unwrap();
     lua
@@ -105,7 +105,7 @@ fn a_panic_inside_the_engine_becomes_an_error_not_an_unwind_into_lua() {
     // SAFETY: exec_raw gives a valid state with free stack slots; the closure only panics.
     unsafe {
         lua.exec_raw::<()>((), |l| {
-            result = Some(hotreload::ffi::protect(l, 0, &mut |_| panic!("engine bug")));
+            result = Some(hotreload::testing::protect(l, 0, &mut |_| panic!("engine bug")));
         })
         .unwrap();
     }

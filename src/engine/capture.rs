@@ -8,11 +8,13 @@
 use std::os::raw::c_int;
 use std::path::Path;
 
-use crate::ffi::{self, lua_State};
-use crate::modname::{self, Template};
-use crate::reload::base::{self, Snapshot};
-use crate::reload::{load, plan};
-use crate::{poll, state};
+use mlua::ffi as lua;
+
+use super::base::{self, Snapshot};
+use super::{load, plan, state};
+use crate::vm::access;
+use crate::vm::capi::{self, lua_State};
+use crate::watch::modname::{self, Template};
 
 /// Wraps every searcher not wrapped yet (searchers added after `require "hotreload"` are
 /// picked up the next time this runs). `state` is the state userdata's index.
@@ -22,24 +24,24 @@ use crate::{poll, state};
 pub unsafe fn wrap_searchers(l: *mut lua_State, state: c_int) {
     // SAFETY: raw reads and writes of the searchers table; stack restored.
     unsafe {
-        let top = ffi::lua_gettop(l);
-        let state = ffi::lua_absindex(l, state);
+        let top = lua::lua_gettop(l);
+        let state = lua::lua_absindex(l, state);
         let searchers = load::push_searchers(l);
         if searchers != 0 {
             let mut i = 1;
-            while ffi::lua_rawgeti(l, searchers, i) != ffi::LUA_TNIL {
+            while lua::lua_rawgeti(l, searchers, i) != lua::LUA_TNIL {
                 if !is(l, -1, searcher) {
-                    ffi::lua_pushvalue(l, state);
-                    ffi::lua_insert(l, -2);
-                    ffi::lua_pushcclosure(l, searcher, 2);
-                    ffi::lua_rawseti(l, searchers, i);
+                    lua::lua_pushvalue(l, state);
+                    lua::lua_insert(l, -2);
+                    lua::lua_pushcclosure(l, searcher, 2);
+                    lua::lua_rawseti(l, searchers, i);
                 } else {
-                    ffi::lua_pop(l, 1);
+                    lua::lua_pop(l, 1);
                 }
                 i += 1;
             }
         }
-        ffi::lua_settop(l, top);
+        lua::lua_settop(l, top);
     }
 }
 
@@ -50,18 +52,18 @@ pub unsafe fn wrap_searchers(l: *mut lua_State, state: c_int) {
 pub unsafe fn unwrap_loader(l: *mut lua_State, idx: c_int) {
     // SAFETY: a `loader` closure always has the original loader as upvalue 2.
     unsafe {
-        let idx = ffi::lua_absindex(l, idx);
-        if is(l, idx, loader) && !ffi::lua_getupvalue(l, idx, 2).is_null() {
-            ffi::lua_replace(l, idx);
+        let idx = lua::lua_absindex(l, idx);
+        if is(l, idx, loader) && !lua::lua_getupvalue(l, idx, 2).is_null() {
+            lua::lua_replace(l, idx);
         }
     }
 }
 
 /// Whether the value at `idx` is a closure of our C function `f`. Both wrappers are plain,
 /// non-generic functions of this crate, so each has one address.
-unsafe fn is(l: *mut lua_State, idx: c_int, f: ffi::lua_CFunction) -> bool {
+unsafe fn is(l: *mut lua_State, idx: c_int, f: lua::lua_CFunction) -> bool {
     // SAFETY: lua_tocfunction accepts any index and returns None for non-C values.
-    unsafe { ffi::lua_tocfunction(l, idx) }.is_some_and(|g| std::ptr::fn_addr_eq(g, f))
+    unsafe { lua::lua_tocfunction(l, idx) }.is_some_and(|g| std::ptr::fn_addr_eq(g, f))
 }
 
 /// Upvalues: state userdata, original searcher.
@@ -69,20 +71,20 @@ unsafe extern "C-unwind" fn searcher(l: *mut lua_State) -> c_int {
     // SAFETY: errors of the original searcher propagate through this frame, which owns
     // nothing.
     unsafe {
-        let n = ffi::lua_gettop(l);
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
-        ffi::lua_insert(l, 1);
-        ffi::lua_call(l, n, ffi::LUA_MULTRET);
-        let results = ffi::lua_gettop(l);
+        let n = lua::lua_gettop(l);
+        lua::lua_pushvalue(l, lua::lua_upvalueindex(2));
+        lua::lua_insert(l, 1);
+        lua::lua_call(l, n, lua::LUA_MULTRET);
+        let results = lua::lua_gettop(l);
         if results >= 1
-            && ffi::lua_type(l, 1) == ffi::LUA_TFUNCTION
-            && ffi::lua_iscfunction(l, 1) == 0
+            && lua::lua_type(l, 1) == lua::LUA_TFUNCTION
+            && lua::lua_iscfunction(l, 1) == 0
         {
-            ffi::luaL_checkstack(l, 3, std::ptr::null());
-            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
-            ffi::lua_pushvalue(l, 1);
-            ffi::lua_pushcclosure(l, loader, 2);
-            ffi::lua_replace(l, 1);
+            lua::luaL_checkstack(l, 3, std::ptr::null());
+            lua::lua_pushvalue(l, lua::lua_upvalueindex(1));
+            lua::lua_pushvalue(l, 1);
+            lua::lua_pushcclosure(l, loader, 2);
+            lua::lua_replace(l, 1);
         }
         results
     }
@@ -94,26 +96,26 @@ unsafe extern "C-unwind" fn loader(l: *mut lua_State) -> c_int {
     // SAFETY: until `record_base` the frame owns nothing, so the loader's errors may unwind
     // through it; `record_base` runs protected and drops what it owns before returning.
     unsafe {
-        let n = ffi::lua_gettop(l);
-        ffi::luaL_checkstack(l, n + 8, std::ptr::null());
-        ffi::push_globals(l);
+        let n = lua::lua_gettop(l);
+        lua::luaL_checkstack(l, n + 8, std::ptr::null());
+        capi::push_globals(l);
         let globals = n + 1;
         load::copy_table(l, globals);
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
+        lua::lua_pushvalue(l, lua::lua_upvalueindex(2));
         for i in 1..=n {
-            ffi::lua_pushvalue(l, i);
+            lua::lua_pushvalue(l, i);
         }
-        ffi::lua_call(l, n, 1);
+        lua::lua_call(l, n, 1);
         let value = n + 3;
         let delta = load::global_delta(l, globals, n + 2, false);
-        if ffi::lua_type(l, 1) == ffi::LUA_TSTRING {
+        if lua::lua_type(l, 1) == lua::LUA_TSTRING {
             let mut len = 0usize;
-            let name = ffi::lua_tolstring(l, 1, &mut len);
+            let name = lua::lua_tolstring(l, 1, &mut len);
             let name = std::slice::from_raw_parts(name.cast::<u8>(), len);
             record_base(l, name, value, delta);
             record_file(l, name, n);
         }
-        ffi::lua_pushvalue(l, value);
+        lua::lua_pushvalue(l, value);
         1
     }
 }
@@ -127,19 +129,19 @@ unsafe extern "C-unwind" fn loader(l: *mut lua_State) -> c_int {
 unsafe fn record_file(l: *mut lua_State, name: &[u8], n: c_int) {
     // SAFETY: raw reads; the strings are copied before anything else runs.
     unsafe {
-        let Some(sb) = state::get(l, ffi::lua_upvalueindex(1)) else { return };
-        let given = match (n >= 2).then(|| ffi::read(l, 2)) {
-            Some(ffi::Val::Str(s)) => Some(String::from_utf8_lossy(s).into_owned()),
+        let Some(sb) = state::get(l, lua::lua_upvalueindex(1)) else { return };
+        let given = match (n >= 2).then(|| access::read(l, 2)) {
+            Some(access::Val::Str(s)) => Some(String::from_utf8_lossy(s).into_owned()),
             _ => None,
         };
         let found = given.filter(|p| Path::new(p).is_file()).or_else(|| {
-            let path = poll::package_path_raw(l)?;
+            let path = capi::package_path(l)?;
             let name = std::str::from_utf8(name).ok()?;
             let templates = Template::parse(&path, |_| None);
             modname::search(name, &templates, |p| Path::new(p).is_file())
         });
         let Some(file) = found.and_then(|f| std::fs::canonicalize(f).ok()) else { return };
-        if let Ok(mut st) = sb.data.try_borrow_mut() {
+        if let Ok(mut st) = sb.try_borrow_mut() {
             st.loaded_from(file, name);
         }
     }
@@ -150,26 +152,26 @@ unsafe fn record_file(l: *mut lua_State, name: &[u8], n: c_int) {
 unsafe fn record_base(l: *mut lua_State, name: &[u8], value: c_int, delta: c_int) {
     // SAFETY: the upvalue is the state userdata; the walk runs protected.
     unsafe {
-        let Some(sb) = state::get(l, ffi::lua_upvalueindex(1)) else { return };
-        ffi::lua_pushvalue(l, value);
-        if ffi::lua_type(l, -1) == ffi::LUA_TNIL {
+        let Some(sb) = state::get(l, lua::lua_upvalueindex(1)) else { return };
+        lua::lua_pushvalue(l, value);
+        if lua::lua_type(l, -1) == lua::LUA_TNIL {
             // the chunk stored itself in package.loaded instead of returning
-            ffi::lua_pop(l, 1);
-            ffi::push_loaded(l);
-            ffi::push_bytes(l, name);
-            ffi::lua_rawget(l, -2);
-            ffi::lua_remove(l, -2);
+            lua::lua_pop(l, 1);
+            capi::push_loaded(l);
+            capi::push_bytes(l, name);
+            lua::lua_rawget(l, -2);
+            lua::lua_remove(l, -2);
         }
-        ffi::lua_pushvalue(l, delta);
+        lua::lua_pushvalue(l, delta);
         let mut mirror = None;
-        let mut stop = sb.data.try_borrow_mut().ok().and_then(|mut st| st.loaded_values.take());
-        let walked = ffi::protect(l, 2, &mut |l| {
+        let mut stop = sb.try_borrow_mut().ok().and_then(|mut st| st.loaded_values.take());
+        let walked = capi::protect(l, 2, &mut |l| {
             let none = Snapshot::default();
             let stop = stop.get_or_insert_with(|| plan::stop_set(l));
-            let own = ffi::read(l, 1).object().unwrap_or(0);
+            let own = access::read(l, 1).object().unwrap_or(0);
             let mut planner = plan::Planner::new(l, &none, 0, stop, own, None);
-            ffi::lua_pushnil(l);
-            let nothing = ffi::lua_gettop(l);
+            lua::lua_pushnil(l);
+            let nothing = lua::lua_gettop(l);
             if planner.root(l, nothing, 1).is_ok() {
                 planner.globals(l, None, 2);
                 let plan = planner.finish(l);
@@ -180,7 +182,7 @@ unsafe fn record_base(l: *mut lua_State, name: &[u8], value: c_int, delta: c_int
             stop.insert(own);
             0
         });
-        if let (Ok(_), Ok(mut st)) = (walked, sb.data.try_borrow_mut()) {
+        if let (Ok(_), Ok(mut st)) = (walked, sb.try_borrow_mut()) {
             if let Some(mirror) = mirror {
                 st.snapshots.insert(name.into(), mirror);
             }

@@ -20,10 +20,14 @@
 //! `cells`) and its environment in place, probed the same way.
 
 use std::os::raw::{c_char, c_int};
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::cells::{self, Layout, Probe};
-use crate::ffi::{self, Val, lua_State};
+use mlua::ffi as lua;
+
+use crate::vm::capi::{self, lua_State};
+use crate::vm::layout;
+use crate::vm::layout::cells::{self, Layout, Probe};
+use crate::vm::value::{self, Val};
 
 /// The head of `lua_State` (`lj_obj.h`, GC64), up to `top`.
 #[repr(C)]
@@ -86,10 +90,8 @@ pub(crate) const TUDATA: u32 = !12;
 /// Marks a pseudo-index (`LUA_REGISTRYINDEX` and below).
 const PSEUDO: c_int = -10000;
 
-const UNKNOWN: u8 = 0;
-const NO: u8 = u8::MAX;
-/// 0 until probed, `NO` if reads keep to the API, else the index in `STR_LEN_OFFSETS` + 1.
-static LAYOUT: AtomicU8 = AtomicU8::new(UNKNOWN);
+/// The answer of the probe: the index in `STR_LEN_OFFSETS` of the string length's offset.
+static LAYOUT: layout::Probed = layout::Probed::new();
 
 /// Probes the layout once per process (one process links one LuaJIT); true if reads are
 /// made in place from now on.
@@ -97,34 +99,25 @@ static LAYOUT: AtomicU8 = AtomicU8::new(UNKNOWN);
 /// # Safety
 /// Inside a protected call (the probe allocates and reserves its stack).
 pub unsafe fn usable(l: *mut lua_State) -> bool {
-    if LAYOUT.load(Ordering::Relaxed) == UNKNOWN {
-        let off = ffi::portable();
-        // SAFETY: forwarded.
-        let found = if off { None } else { unsafe { probe(l) } };
-        let answer = found.and_then(|i| u8::try_from(i + 1).ok()).unwrap_or(NO);
-        LAYOUT.store(answer, Ordering::Relaxed);
-    }
-    found()
+    // SAFETY: forwarded.
+    LAYOUT.get_variant(|| unsafe { probe(l) }.and_then(|i| u8::try_from(i).ok())).is_some()
 }
 
 /// Whether the layout was probed and found: the in-place readers' check, which never probes.
 #[inline]
 fn found() -> bool {
-    !matches!(LAYOUT.load(Ordering::Relaxed), UNKNOWN | NO)
+    LAYOUT.found()
 }
 
-/// The value at `idx` as `ffi::read` gives it, or `None` where the API must answer.
+/// The value at `idx` as `access::read` gives it, or `None` where the API must answer.
 ///
 /// # Safety
 /// `idx` must be a valid index of `l`.
 #[inline]
 pub unsafe fn read<'a>(l: *mut lua_State, idx: c_int) -> Option<Val<'a>> {
-    let layout = LAYOUT.load(Ordering::Relaxed);
-    if layout == UNKNOWN || layout == NO {
-        return None;
-    }
+    let offset = STR_LEN_OFFSETS[usize::from(LAYOUT.variant()?) & 1];
     // SAFETY: forwarded; the probe found this layout.
-    unsafe { read_with(l, idx, STR_LEN_OFFSETS[usize::from(layout - 1) & 1]) }
+    unsafe { read_with(l, idx, offset) }
 }
 
 /// `read` with the string length at `len_offset`, whatever `LAYOUT` says (the probe checks
@@ -329,7 +322,7 @@ pub(crate) unsafe fn pop(l: *mut lua_State, n: usize) {
     }
 }
 
-/// A GC64 `TValue` as `ffi::read` gives it, or `None` for the kinds left to the API.
+/// A GC64 `TValue` as `access::read` gives it, or `None` for the kinds left to the API.
 ///
 /// # Safety
 /// `tv` is a live value and the probe checked the layout (`len_offset` included).
@@ -379,10 +372,10 @@ unsafe fn probe_cdata(l: *mut lua_State) {
     // SAFETY: each object is read only after its tag and address matched the API's answer,
     // and only within its header and an 8-byte payload (the literals' types).
     unsafe {
-        let top = ffi::lua_gettop(l);
+        let top = lua::lua_gettop(l);
         let chunk = c"return 5LL, 7ULL, -3LL, 5LL";
-        if ffi::luaL_loadstring(l, chunk.as_ptr()) != 0 || ffi::lua_pcall(l, 0, 4, 0) != 0 {
-            ffi::lua_settop(l, top);
+        if lua::luaL_loadstring(l, chunk.as_ptr()) != 0 || lua::lua_pcall(l, 0, 4, 0) != 0 {
+            lua::lua_settop(l, top);
             return;
         }
         let head = l as *const StateHead;
@@ -392,9 +385,9 @@ unsafe fn probe_cdata(l: *mut lua_State) {
             let idx = top + 1 + i as c_int;
             let tv = *(*head).base.add(idx as usize - 1);
             let p = (tv & GCV_MASK) as usize;
-            ok &= ffi::lua_type(l, idx) == ffi::LUA_TCDATA
+            ok &= lua::lua_type(l, idx) == capi::LUA_TCDATA
                 && itype(tv) == TCDATA
-                && p + CDATA_PAYLOAD_OFFSET == ffi::lua_topointer(l, idx) as usize
+                && p + CDATA_PAYLOAD_OFFSET == lua::lua_topointer(l, idx) as usize
                 && *((p + CDATA_PAYLOAD_OFFSET) as *const u64) == want;
             if !ok {
                 break;
@@ -412,7 +405,7 @@ unsafe fn probe_cdata(l: *mut lua_State) {
         {
             INT64_IDS.store(u32::from(int64) << 16 | u32::from(uint64), Ordering::Relaxed);
         }
-        ffi::lua_settop(l, top);
+        lua::lua_settop(l, top);
     }
 }
 
@@ -426,14 +419,14 @@ pub(crate) unsafe fn probe(l: *mut lua_State) -> Option<usize> {
         return None;
     }
     // SAFETY: reserves the slots the probe pushes (about 14).
-    unsafe { ffi::luaL_checkstack(l, 20, c"hotreload: Lua stack exhausted".as_ptr()) };
+    unsafe { lua::luaL_checkstack(l, 20, c"hotreload: Lua stack exhausted".as_ptr()) };
     // SAFETY: `base` and `top` are read from the head of a `lua_State`, larger than
     // `StateHead` in any LuaJIT; only slots between them are read, and an object is only
     // read once its tag and address matched the API's answer for it.
     unsafe {
-        let top = ffi::lua_gettop(l);
+        let top = lua::lua_gettop(l);
         let found = probe_values(l);
-        ffi::lua_settop(l, top);
+        lua::lua_settop(l, top);
         found
     }
 }
@@ -444,18 +437,18 @@ unsafe fn probe_values(l: *mut lua_State) -> Option<usize> {
     }
     // SAFETY: see `probe`; the pushes are within what `probe` reserved.
     unsafe {
-        let first = ffi::lua_gettop(l) + 1;
-        ffi::lua_pushnumber(l, -1.5e300);
-        ffi::lua_pushboolean(l, 1);
-        ffi::lua_pushboolean(l, 0);
-        ffi::lua_pushnil(l);
-        ffi::lua_createtable(l, 0, 0);
-        ffi::lua_pushcfunction(l, native);
-        if ffi::luaL_loadstring(l, c"return".as_ptr()) != 0 {
+        let first = lua::lua_gettop(l) + 1;
+        lua::lua_pushnumber(l, -1.5e300);
+        lua::lua_pushboolean(l, 1);
+        lua::lua_pushboolean(l, 0);
+        lua::lua_pushnil(l);
+        lua::lua_createtable(l, 0, 0);
+        lua::lua_pushcfunction(l, native);
+        if lua::luaL_loadstring(l, c"return".as_ptr()) != 0 {
             return None;
         }
-        ffi::lua_pushthread(l);
-        let last = ffi::lua_gettop(l);
+        lua::lua_pushthread(l);
+        let last = lua::lua_gettop(l);
         // (a raw pointer: the API moves `top` while the probe reads)
         let head = l as *const StateHead;
         let (base, top) = ((*head).base, (*head).top);
@@ -470,11 +463,11 @@ unsafe fn probe_values(l: *mut lua_State) -> Option<usize> {
             let tv = *base.add(idx as usize - 1);
             let itype = ((tv as i64) >> 47) as u32;
             let ok = match i {
-                0 => itype < TISNUM && f64::from_bits(tv) == ffi::lua_tonumber(l, idx),
+                0 => itype < TISNUM && f64::from_bits(tv) == lua::lua_tonumber(l, idx),
                 1..=3 => itype == tags[i],
                 _ => {
                     itype == tags[i]
-                        && (tv & GCV_MASK) as usize == ffi::lua_topointer(l, idx) as usize
+                        && (tv & GCV_MASK) as usize == lua::lua_topointer(l, idx) as usize
                 }
             };
             if !ok {
@@ -489,12 +482,12 @@ unsafe fn probe_values(l: *mut lua_State) -> Option<usize> {
             return None;
         }
         // strings: the offset of the length both strings agree on, the characters after
-        ffi::push_bytes(l, b"");
-        ffi::push_bytes(l, b"hotreload: a probe of the string layout");
+        capi::push_bytes(l, b"");
+        capi::push_bytes(l, b"hotreload: a probe of the string layout");
         let mut agree = [true; 2];
         for idx in [-2, -1] {
             let mut len = 0usize;
-            let chars = ffi::lua_tolstring(l, idx, &mut len) as usize;
+            let chars = lua::lua_tolstring(l, idx, &mut len) as usize;
             let tv = *(*head).top.offset(idx as isize);
             let p = (tv & GCV_MASK) as usize;
             if ((tv as i64) >> 47) as u32 != TSTR || chars != p + STR_DATA_OFFSET {
@@ -506,10 +499,10 @@ unsafe fn probe_values(l: *mut lua_State) -> Option<usize> {
         }
         let found = agree.iter().position(|&ok| ok)?;
         let len_offset = STR_LEN_OFFSETS[found];
-        // and the reader agrees with `ffi::read`'s API path on every slot, both ways
-        let all = ffi::lua_gettop(l);
+        // and the reader agrees with `access::read`'s API path on every slot, both ways
+        let all = lua::lua_gettop(l);
         let same = (first..=all).all(|idx| {
-            let from_api = ffi::read_by_api(l, idx);
+            let from_api = value::read_by_api(l, idx);
             let at = |i| read_with(l, i, len_offset);
             at(idx) == Some(from_api) && at(idx - all - 1) == Some(from_api)
         });
@@ -536,11 +529,11 @@ unsafe fn probe_functions(l: *mut lua_State, len_offset: usize) -> bool {
     unsafe {
         let Some((f, p)) = cells::probe(l, &with) else { return false };
         // the C function in cell 4 has no cells to read in place
-        ffi::lua_getupvalue(l, f, 4);
+        lua::lua_getupvalue(l, f, 4);
         let native = matches!(read_with(l, -1, len_offset), Some(Val::CFn(_)));
-        ffi::lua_getfenv(l, f);
-        let env = ffi::lua_topointer(l, -1) as usize;
-        ffi::lua_pop(l, 2);
+        lua::lua_getfenv(l, f);
+        let env = lua::lua_topointer(l, -1) as usize;
+        lua::lua_pop(l, 2);
         native && env != 0 && env_of(p) == env
     }
 }

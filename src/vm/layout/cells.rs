@@ -12,13 +12,16 @@
 use std::marker::PhantomData;
 use std::os::raw::{c_char, c_int};
 
-use crate::ffi::{self, Val, lua_State};
+use mlua::ffi as lua;
+
+use crate::vm::capi::{self, lua_State};
+use crate::vm::value::{self, Val};
 
 /// Where a VM keeps a Lua function's cells: byte offsets of the upvalue count (one byte) and
 /// of the cell array in the function, and of the value pointer in a cell; how the probe
 /// checks that the function at an address, with that many upvalues, has its prototype where
 /// the layout says (before reading names); and how the name of upvalue `n` (from 1) of the
-/// Lua function at an address is found in its prototype, as `ffi::get_upvalue` gives it
+/// Lua function at an address is found in its prototype, as `capi::get_upvalue` gives it
 /// (`""` where the function was stripped of its names; it lives as long as the prototype);
 /// and where the name of its chunk is, the very characters `lua_getinfo` gives as `source`
 /// (null where the prototype has none: `lua_getinfo` then says `"=?"`).
@@ -75,7 +78,7 @@ impl<R: Copy> Upvalues<R> {
         unsafe { *self.cells.add(n as usize - 1) }
     }
 
-    /// The name of upvalue `n` (from 1), as `ffi::get_upvalue` gives it.
+    /// The name of upvalue `n` (from 1), as `capi::get_upvalue` gives it.
     ///
     /// # Safety
     /// As `cell`, and the layout was checked; the name lives as long as the function.
@@ -122,7 +125,7 @@ pub struct Probe<'a, R, F: Fn(c_int) -> Option<Val<'a>>> {
 /// Makes a closure over four cells (a number, a table, a string and a C function, the last
 /// with a name longer than Lua 5.4's short strings) and checks each cell read in place
 /// against the API: its address against `lua_upvalueid` (before the cell is read), its name
-/// against `ffi::get_upvalue`'s (once the prototype's header is where the layout says), its
+/// against `capi::get_upvalue`'s (once the prototype's header is where the layout says), its
 /// value pushed in place against the one `lua_getupvalue` pushes (raw equal, and read alike:
 /// the number, the table and the string must be decoded), and `is_object`; and the chunk
 /// name against `lua_getinfo`'s `source`, the same characters. Leaves the closure on the
@@ -143,14 +146,14 @@ pub unsafe fn probe<'a, R: Copy, F: Fn(c_int) -> Option<Val<'a>>>(
     // SAFETY: the closure and its values are on the stack while read; a cell's address is
     // compared with `lua_upvalueid` before the cell is read.
     unsafe {
-        if ffi::luaL_loadstring(l, chunk.as_ptr()) != 0 {
+        if lua::luaL_loadstring(l, chunk.as_ptr()) != 0 {
             return None;
         }
-        ffi::lua_pushcfunction(l, native);
-        if ffi::lua_pcall(l, 1, 1, 0) != 0 {
+        lua::lua_pushcfunction(l, native);
+        if lua::lua_pcall(l, 1, 1, 0) != 0 {
             return None;
         }
-        let f = ffi::lua_gettop(l);
+        let f = lua::lua_gettop(l);
         let Some(Val::LuaFn(p)) = (with.read)(f) else { return None };
         // (4 cells: Lua 5.4 adds no _ENV upvalue to a function that uses no global)
         let ups = Upvalues::<R>::of(p, with.layout);
@@ -158,38 +161,38 @@ pub unsafe fn probe<'a, R: Copy, F: Fn(c_int) -> Option<Val<'a>>>(
             return None;
         }
         for n in 1..=ups.count() {
-            if ups.cell(n) != ffi::lua_upvalueid(l, f, n) as usize {
+            if ups.cell(n) != capi::upvalue_id(l, f, n) {
                 return None;
             }
         }
         if !(with.layout.proto_ok)(p, ups.count()) {
             return None;
         }
-        let mut ar: ffi::lua_Debug = std::mem::zeroed();
-        ffi::lua_pushvalue(l, f);
-        if ffi::lua_getinfo(l, c">S".as_ptr(), &mut ar) == 0 || ar.source != ups.source() {
+        let mut ar: lua::lua_Debug = std::mem::zeroed();
+        lua::lua_pushvalue(l, f);
+        if lua::lua_getinfo(l, c">S".as_ptr(), &mut ar) == 0 || ar.source != ups.source() {
             return None;
         }
         for n in 1..=ups.count() {
-            match ffi::get_upvalue(l, f, n) {
+            match capi::get_upvalue(l, f, n) {
                 Some(name) if name == ups.name(n) => {}
                 _ => return None,
             }
             let (_, value) = ups.get(n);
-            let by_api = ffi::read_by_api(l, -1);
+            let by_api = value::read_by_api(l, -1);
             (with.push)(l, value);
             let read = (with.read)(-1);
             let decoded = match by_api {
                 Val::Num(_) | Val::Table(_) | Val::Str(_) => read == Some(by_api),
                 _ => read.is_none_or(|v| v == by_api),
             };
-            let same = decoded && ffi::lua_rawequal(l, -1, -2) != 0;
+            let same = decoded && lua::lua_rawequal(l, -1, -2) != 0;
             let object = match by_api {
                 Val::Table(_) => true,
                 Val::CFn(_) => with.c_function_is_object,
                 _ => false,
             };
-            ffi::lua_pop(l, 2);
+            lua::lua_pop(l, 2);
             if !same || (with.is_object)(value) != object {
                 return None;
             }

@@ -20,9 +20,13 @@
 
 use std::os::raw::{c_char, c_int};
 
-use crate::cells::{self, Layout, Probe};
-use crate::ffi::{self, Val, lua_State};
-use crate::rawtable::{self, COLLECTABLE, StateHead, TValue, VNUMINT};
+use mlua::ffi as lua;
+
+use super::tables::{self as rawtable, COLLECTABLE, StateHead, TValue, VNUMINT};
+use crate::vm::capi::{self, lua_State};
+use crate::vm::layout;
+use crate::vm::layout::cells::{self, Layout, Probe};
+use crate::vm::value::{self, Val};
 
 /// Type tags with their variant bits and the collectable bit (`lobject.h`, `makevariant`).
 const VNIL: u8 = 0x00;
@@ -49,9 +53,9 @@ const SHRLEN_OFFSET: usize = 11;
 const LNGLEN_OFFSET: usize = 16;
 const CONTENTS_OFFSET: usize = 24;
 /// Marks a pseudo-index (`LUA_REGISTRYINDEX` and upvalue indices below it).
-const PSEUDO: c_int = ffi::LUA_REGISTRYINDEX;
+const PSEUDO: c_int = lua::LUA_REGISTRYINDEX;
 
-static LAYOUT: ffi::Probed = ffi::Probed::new();
+static LAYOUT: layout::Probed = layout::Probed::new();
 
 /// Probes the layout once per process (one process links one Lua); true if reads are made
 /// in place from now on.
@@ -63,7 +67,7 @@ pub unsafe fn usable(l: *mut lua_State) -> bool {
     LAYOUT.get(|| unsafe { probe(l) })
 }
 
-/// The value at `idx` as `ffi::read` gives it, or `None` where the API must answer.
+/// The value at `idx` as `access::read` gives it, or `None` where the API must answer.
 ///
 /// # Safety
 /// `idx` must be a valid index of `l`.
@@ -229,7 +233,7 @@ pub unsafe fn push(l: *mut lua_State, v: Raw) {
     unsafe { rawtable::push(l, v.0) }
 }
 
-/// A `TValue` as `ffi::read` gives it, or `None` for the kinds left to the API.
+/// A `TValue` as `access::read` gives it, or `None` for the kinds left to the API.
 ///
 /// # Safety
 /// `v` is a live value and the probe checked the layout.
@@ -260,7 +264,7 @@ unsafe fn decode<'a>(v: TValue) -> Option<Val<'a>> {
 }
 
 /// Checks the layout against the API: every kind this module decodes (and a few it leaves
-/// to the API), read at positive and negative indices, must read as `ffi::read_by_api` has
+/// to the API), read at positive and negative indices, must read as `value::read_by_api` has
 /// them.
 ///
 /// # Safety
@@ -277,24 +281,24 @@ unsafe fn probe(l: *mut lua_State) -> bool {
     // an object only once its tag matched the API's type, and a string's length only once
     // its characters are where `lua_tolstring` has them.
     unsafe {
-        if ffi::lua_version(l) != 504.0 {
+        if lua::lua_version(l) != 504.0 {
             return false;
         }
-        ffi::luaL_checkstack(l, 20, c"hotreload: Lua stack exhausted".as_ptr());
-        let top = ffi::lua_gettop(l);
+        lua::luaL_checkstack(l, 20, c"hotreload: Lua stack exhausted".as_ptr());
+        let top = lua::lua_gettop(l);
         let first = top + 1;
-        ffi::lua_pushinteger(l, -0x1234_5678_9abc);
-        ffi::lua_pushnumber(l, 2.5);
-        ffi::lua_pushboolean(l, 1);
-        ffi::lua_pushboolean(l, 0);
-        ffi::lua_pushnil(l);
-        ffi::push_bytes(l, b"hotreload");
-        ffi::push_bytes(l, &[b'x'; 60]); // a long string (over LUAI_MAXSHORTLEN)
-        ffi::lua_createtable(l, 0, 0);
-        ffi::lua_pushthread(l);
-        let ok = ffi::luaL_loadstring(l, c"return".as_ptr()) == 0 && {
-            ffi::lua_pushcfunction(l, native);
-            let last = ffi::lua_gettop(l);
+        lua::lua_pushinteger(l, -0x1234_5678_9abc);
+        lua::lua_pushnumber(l, 2.5);
+        lua::lua_pushboolean(l, 1);
+        lua::lua_pushboolean(l, 0);
+        lua::lua_pushnil(l);
+        capi::push_bytes(l, b"hotreload");
+        capi::push_bytes(l, &[b'x'; 60]); // a long string (over LUAI_MAXSHORTLEN)
+        lua::lua_createtable(l, 0, 0);
+        lua::lua_pushthread(l);
+        let ok = lua::luaL_loadstring(l, c"return".as_ptr()) == 0 && {
+            lua::lua_pushcfunction(l, native);
+            let last = lua::lua_gettop(l);
             let head = l as *const StateHead;
             let func = *(*head).ci;
             let bracketed = func.wrapping_add(last as usize + 1) == (*head).top;
@@ -305,7 +309,7 @@ unsafe fn probe(l: *mut lua_State) -> bool {
             let strings = tagged
                 && [first + 5, first + 6].iter().all(|&idx| {
                     let mut len = 0usize;
-                    let chars = ffi::lua_tolstring(l, idx, &mut len) as usize;
+                    let chars = lua::lua_tolstring(l, idx, &mut len) as usize;
                     let p = (*func.add(idx as usize)).value as usize;
                     let found = if idx == first + 5 {
                         usize::from(*((p + SHRLEN_OFFSET) as *const u8))
@@ -316,7 +320,7 @@ unsafe fn probe(l: *mut lua_State) -> bool {
                 });
             let same = strings
                 && (first..=last).all(|idx| {
-                    let by_api = ffi::read_by_api(l, idx);
+                    let by_api = value::read_by_api(l, idx);
                     let agree = |v: Option<Val>| v.is_none_or(|v| v == by_api);
                     agree(read_unchecked(l, idx)) && agree(read_unchecked(l, idx - last - 1))
                 })
@@ -324,7 +328,7 @@ unsafe fn probe(l: *mut lua_State) -> bool {
                 && read_unchecked(l, last).is_none();
             same && probe_upvalues(l)
         };
-        ffi::lua_settop(l, top);
+        lua::lua_settop(l, top);
         ok
     }
 }
@@ -347,9 +351,9 @@ unsafe fn probe_upvalues(l: *mut lua_State) -> bool {
     // SAFETY: see `probe`; the closure stays on the stack while its cells are read.
     unsafe {
         let Some((f, _)) = cells::probe(l, &with) else { return false };
-        ffi::lua_getupvalue(l, f, 4);
+        lua::lua_getupvalue(l, f, 4);
         let native = read_unchecked(l, -1).is_none();
-        ffi::lua_pop(l, 1);
+        lua::lua_pop(l, 1);
         native
     }
 }
@@ -372,19 +376,19 @@ mod tests {
             )
             .eval()
             .unwrap();
-        let n = values.raw_len() as ffi::lua_Integer;
+        let n = values.raw_len() as lua::lua_Integer;
         // SAFETY: the values are pushed one above the other and read.
         unsafe {
-            ffi::testing::assert_raw(&lua, values, |l, failures| {
+            capi::testing::assert_raw(&lua, values, |l, failures| {
                 if !probe(l) {
                     failures.push_str("the layout probe failed");
                 }
                 for i in 1..=n {
-                    ffi::lua_rawgeti(l, 1, i);
+                    lua::lua_rawgeti(l, 1, i);
                 }
-                let top = ffi::lua_gettop(l);
+                let top = lua::lua_gettop(l);
                 for idx in 2..=top {
-                    let by_api = ffi::read_by_api(l, idx);
+                    let by_api = value::read_by_api(l, idx);
                     for at in [idx, idx - top - 1] {
                         match read_unchecked(l, at) {
                             // NaN is not equal to itself: compare the bits

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher, WatcherKind};
 
-use crate::queue::Queue;
+use super::queue::Queue;
 
 /// Options of `hotreload.watch`.
 #[derive(Clone, Debug)]

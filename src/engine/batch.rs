@@ -1,48 +1,26 @@
-//! The reload engine. A reload is a batch of one or more modules: a transaction for
-//! `reload({...})` (all or none), each module on its own for `poll`. It flows through these
-//! steps, each in its own file:
-//!
-//! 1. `load`: find each module as `require` would (or compile the given source text) and run
-//!    its new version in isolation; a table module whose new version is not a table stops
-//!    here;
-//! 2. `hooks`: the program's `before_reload` listeners (what they change in the new version
-//!    is part of it), then the old module's `__unload` (what it clears is its clean-up);
-//!    either may refuse (return `false`) or fail (raise), and then nothing is written;
-//! 3. `plan`: walk new and running versions in lockstep and decide every slot, against the
-//!    `base` mirror of the previous version (three-way merge);
-//! 4. `apply`: write the plan into the running program and join upvalue cells, logging every
-//!    value it overwrites (unless no `__reload` hook can run: a batch of one module whose two
-//!    versions have none, since the merged module only has keys of the two);
-//! 5. `hooks`: the merged module's `__reload`; if it raises, the log puts everything back;
-//! 6. `walk` (unless turned off): replace the old functions wherever the VM still holds them,
-//!    then flush LuaJIT's compiled code;
-//! 7. each new version's mirror becomes the base of its next reload, and `on_reload` listeners
-//!    receive the report.
-//!
-//! Nothing is written before step 4, and a failure after it is undone before anything else
-//! sees it, so a failed reload leaves the program as it was (rule 10).
-
-pub mod apply;
-pub mod base;
-pub mod hooks;
-pub mod load;
-pub mod plan;
+//! One batch of reloads through the steps the engine's module doc lists: the jobs, the
+//! protected run, and what is kept once it is over.
 
 use std::collections::HashSet;
 use std::os::raw::c_int;
 use std::time::Instant;
 
-use crate::capture;
-use crate::error::{Error, ErrorKind};
-use crate::ffi::{self, GcPause, lua_State};
-use crate::state::{Phase, StateCell};
-use crate::walk;
-use apply::Undo;
-use base::Snapshot;
-use hooks::Verdict;
-pub use load::Source;
-pub use plan::Counts;
-use plan::{Plan, Planner};
+use mlua::ffi as lua;
+
+use super::apply::{self, Undo};
+use super::base::{self, Snapshot};
+use super::capture;
+use super::error::{Error, ErrorKind};
+use super::hooks::{self, Verdict};
+use super::load::{self, Source};
+pub(crate) use super::plan::Counts;
+use super::plan::{self, Plan, Planner};
+use super::state::{Phase, StateCell};
+use super::walk;
+use crate::vm::access;
+use crate::vm::capi::{self, lua_State};
+use crate::vm::gc::GcPause;
+use crate::vm::registry::AFTER;
 
 /// How to reload (`hotreload.reload(name, opts)`, `hotreload.defaults`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,8 +96,8 @@ const LIVE: i64 = 3;
 const ANCHORS: i64 = 4;
 
 /// The key of value `k` of job `i` in the table of held values.
-fn held_key(i: usize, k: i64) -> ffi::lua_Integer {
-    ffi::lua_Integer::try_from(i).map_or(0, |i| 4 * i + k)
+fn held_key(i: usize, k: i64) -> lua::lua_Integer {
+    lua::lua_Integer::try_from(i).map_or(0, |i| 4 * i + k)
 }
 
 /// Where a job's values are while a step uses them.
@@ -207,15 +185,15 @@ pub unsafe fn batch(
     // SAFETY: everything the closure owns lives in this frame (jobs, out, gc, plans), so an
     // error unwinding out of the protected call loses nothing that needs dropping.
     let outcome = unsafe {
-        ffi::lua_pushvalue(l, state);
-        ffi::protect(l, 1, &mut |l| {
+        lua::lua_pushvalue(l, state);
+        capi::protect(l, 1, &mut |l| {
             let mut run = Run { targets, jobs: &mut jobs, mode, opts, held: 0, globals: 0 };
             capture::wrap_searchers(l, 1);
-            ffi::push_loaded(l);
-            let loaded = ffi::lua_gettop(l);
-            ffi::push_globals(l);
+            capi::push_loaded(l);
+            let loaded = lua::lua_gettop(l);
+            capi::push_globals(l);
             let globals = loaded + 1;
-            ffi::lua_createtable(l, c_int::try_from(4 * targets.len()).unwrap_or(0), 0);
+            lua::lua_createtable(l, c_int::try_from(4 * targets.len()).unwrap_or(0), 0);
             run.held = globals + 1;
             run.load_all(l, loaded, globals);
             enter(cell, &owned, Phase::Consenting);
@@ -231,7 +209,7 @@ pub unsafe fn batch(
             } else {
                 vec![walk::Outcome::default(); plans.len()]
             };
-            ffi::flush_jit(l);
+            capi::flush_jit(l);
             gc = None;
             let seconds = start.elapsed().as_secs_f64();
             let mut walked = walked.into_iter();
@@ -248,23 +226,23 @@ pub unsafe fn batch(
             // its message)
             enter(cell, &owned, Phase::Reporting);
             let push = push && run.jobs.iter().all(|j| j.error.is_none());
-            let tables = push || hooks::has_listeners(l, &hooks::AFTER);
-            let lists = ffi::lua_gettop(l) + 1;
+            let tables = push || hooks::has_listeners(l, &AFTER);
+            let lists = lua::lua_gettop(l) + 1;
             if push {
                 let n = c_int::try_from(targets.len()).unwrap_or(0);
-                ffi::lua_createtable(l, n, 0);
-                ffi::lua_createtable(l, n, 0);
+                lua::lua_createtable(l, n, 0);
+                lua::lua_createtable(l, n, 0);
             }
             // (only succeeded targets push anything: a failed one may have left no room)
             for (i, (t, report)) in targets.iter().zip(&reports).enumerate() {
                 let Some(r) = report else { continue };
-                let (module, table) = (ffi::lua_gettop(l) + 1, ffi::lua_gettop(l) + 2);
-                ffi::push_bytes(l, &t.name);
-                ffi::lua_rawget(l, loaded);
+                let (module, table) = (lua::lua_gettop(l) + 1, lua::lua_gettop(l) + 2);
+                capi::push_bytes(l, &t.name);
+                lua::lua_rawget(l, loaded);
                 if tables {
                     hooks::push_report(l, r);
                 } else {
-                    ffi::lua_pushnil(l);
+                    lua::lua_pushnil(l);
                 }
                 let before = out.listener_errors.len();
                 hooks::after_listeners(l, &t.name, module, table, &mut out.listener_errors);
@@ -272,11 +250,11 @@ pub unsafe fn batch(
                     hooks::set_errors(l, table, errors);
                 }
                 if push {
-                    let i = ffi::lua_Integer::try_from(i + 1).unwrap_or(0);
-                    ffi::lua_rawseti(l, lists + 1, i);
-                    ffi::lua_rawseti(l, lists, i);
+                    let i = lua::lua_Integer::try_from(i + 1).unwrap_or(0);
+                    lua::lua_rawseti(l, lists + 1, i);
+                    lua::lua_rawseti(l, lists, i);
                 } else {
-                    ffi::lua_pop(l, 2);
+                    lua::lua_pop(l, 2);
                 }
             }
             if push { 2 } else { 0 }
@@ -378,9 +356,9 @@ impl Run<'_> {
         // SAFETY: raw reads of the table of held values.
         unsafe {
             for k in [NEW, DELTA, LIVE] {
-                ffi::lua_rawgeti(l, self.held, held_key(i, k));
+                lua::lua_rawgeti(l, self.held, held_key(i, k));
             }
-            let top = ffi::lua_gettop(l);
+            let top = lua::lua_gettop(l);
             Values { new: top - 2, delta: top - 1, live: top }
         }
     }
@@ -408,11 +386,11 @@ impl Run<'_> {
             // SAFETY: the loaders run under lua_pcall; the job's values are held, and the
             // stack is as it was after each job.
             let result = unsafe {
-                if ffi::lua_checkstack(l, JOB_STACK) == 0 {
+                if lua::lua_checkstack(l, JOB_STACK) == 0 {
                     self.fail(i, stack_full(t, self.targets.len()));
                     continue;
                 }
-                let loader = ffi::lua_gettop(l) + 1;
+                let loader = lua::lua_gettop(l) + 1;
                 let found = match &t.source {
                     Some(src) => load::load_source(l, &t.name, src, self.opts.binary),
                     None => load::find_loader(l, &t.name),
@@ -423,19 +401,19 @@ impl Run<'_> {
                     Err(load::LoadError::Native) => Err(ErrorKind::Native.with(t, "")),
                     Ok(()) => match load::run(l, &t.name, loader) {
                         Err(m) => {
-                            ffi::lua_settop(l, loader - 1);
+                            lua::lua_settop(l, loader - 1);
                             Err(ErrorKind::Load.with(t, m))
                         }
                         Ok(new) => {
                             // keep the new value and the globals it assigned where the loader
                             // and its extra value were, then the running value
-                            ffi::lua_pushvalue(l, new.value);
-                            ffi::lua_replace(l, loader);
-                            ffi::lua_pushvalue(l, new.delta);
-                            ffi::lua_replace(l, loader + 1);
-                            ffi::lua_settop(l, loader + 1);
-                            ffi::push_bytes(l, &t.name);
-                            ffi::lua_rawget(l, loaded);
+                            lua::lua_pushvalue(l, new.value);
+                            lua::lua_replace(l, loader);
+                            lua::lua_pushvalue(l, new.delta);
+                            lua::lua_replace(l, loader + 1);
+                            lua::lua_settop(l, loader + 1);
+                            capi::push_bytes(l, &t.name);
+                            lua::lua_rawget(l, loaded);
                             Ok(loader)
                         }
                     },
@@ -445,14 +423,14 @@ impl Run<'_> {
             // SAFETY: the three values are on the stack; held, then dropped either way.
             let result = result.and_then(|at| unsafe {
                 let checked = plan::check_root(l, at + 2, at);
-                let first_load = ffi::lua_type(l, at + 2) == ffi::LUA_TNIL;
+                let first_load = lua::lua_type(l, at + 2) == lua::LUA_TNIL;
                 if checked.is_ok() {
                     for (k, idx) in [(NEW, at), (DELTA, at + 1), (LIVE, at + 2)] {
-                        ffi::lua_pushvalue(l, idx);
-                        ffi::lua_rawseti(l, self.held, held_key(i, k));
+                        lua::lua_pushvalue(l, idx);
+                        lua::lua_rawseti(l, self.held, held_key(i, k));
                     }
                 }
-                ffi::lua_settop(l, at - 1);
+                lua::lua_settop(l, at - 1);
                 checked.map(|()| first_load).map_err(|m| ErrorKind::Merge.with(t, m))
             });
             match result {
@@ -477,24 +455,24 @@ impl Run<'_> {
                 continue;
             }
             // SAFETY: a non-raising check (a raise here could not be caught on LuaJIT).
-            if unsafe { ffi::lua_checkstack(l, plan::STACK_NEEDED + JOB_STACK) } == 0 {
+            if unsafe { lua::lua_checkstack(l, plan::STACK_NEEDED + JOB_STACK) } == 0 {
                 self.fail(i, stack_full(t, self.targets.len()));
                 continue;
             }
             // SAFETY: the job's values are pushed, and dropped with what the plan left once
             // its anchors are held.
-            let top = unsafe { ffi::lua_gettop(l) };
+            let top = unsafe { lua::lua_gettop(l) };
             let v = unsafe { self.push_values(l, i) };
             let Some(job) = self.jobs.get_mut(i) else { break };
             let empty = Snapshot::default();
             let base = job.base.as_ref().unwrap_or(&empty);
             // SAFETY: the job's values are on the stack.
             let planned = unsafe {
-                let own = ffi::read(l, v.live).object().unwrap_or(0);
+                let own = access::read(l, v.live).object().unwrap_or(0);
                 let base_fns = if base::push_functions(l, &t.name) {
-                    ffi::lua_gettop(l)
+                    lua::lua_gettop(l)
                 } else {
-                    ffi::lua_pop(l, 1);
+                    lua::lua_pop(l, 1);
                     0
                 };
                 let mut planner = Planner::new(l, base, base_fns, &stop, own, Some(gc));
@@ -509,7 +487,7 @@ impl Run<'_> {
                 }
             };
             // SAFETY: back to where the step began.
-            unsafe { ffi::lua_settop(l, top) };
+            unsafe { lua::lua_settop(l, top) };
             match planned {
                 Ok(p) => job.plan = Some(p),
                 Err(m) => self.fail(i, ErrorKind::Merge.with(t, m)),
@@ -531,17 +509,17 @@ impl Run<'_> {
                 // SAFETY: the job's values are pushed for the step and dropped after it; user
                 // code is protected.
                 let verdict = unsafe {
-                    if ffi::lua_checkstack(l, JOB_STACK) == 0 {
+                    if lua::lua_checkstack(l, JOB_STACK) == 0 {
                         self.fail(i, stack_full(t, self.targets.len()));
                         continue;
                     }
-                    let top = ffi::lua_gettop(l);
+                    let top = lua::lua_gettop(l);
                     let v = self.push_values(l, i);
                     let verdict = match step {
                         Step::Listeners => hooks::before_listeners(l, None, &t.name, v.live, v.new),
                         Step::Unload => hooks::call_module_hook(l, None, v.live, b"__unload"),
                     };
-                    ffi::lua_settop(l, top);
+                    lua::lua_settop(l, top);
                     verdict
                 };
                 let who = match step {
@@ -569,7 +547,7 @@ impl Run<'_> {
         // of it.
         let need = walk::STACK_NEEDED + 96 + CHECK_SLACK;
         // SAFETY: a non-raising check.
-        if unsafe { ffi::lua_checkstack(l, need) } == 0 {
+        if unsafe { lua::lua_checkstack(l, need) } == 0 {
             for i in 0..self.jobs.len() {
                 if self.is_going(i)
                     && let Some(t) = self.targets.get(i)
@@ -588,7 +566,7 @@ impl Run<'_> {
                 let v = self.push_values(l, i);
                 let has = hooks::has_field(l, v.live, b"__reload")
                     || hooks::has_field(l, v.new, b"__reload");
-                ffi::lua_pop(l, 3);
+                lua::lua_pop(l, 3);
                 has
             });
         for (t, job) in self.going() {
@@ -598,11 +576,11 @@ impl Run<'_> {
             unsafe {
                 plan.place(l);
                 job.undo = apply::apply(l, plan, logged);
-                ffi::push_bytes(l, &t.name);
+                capi::push_bytes(l, &t.name);
                 apply::push(l, plan, plan.root, true);
-                ffi::lua_rawset(l, loaded);
+                lua::lua_rawset(l, loaded);
                 plan.unplace();
-                ffi::lua_pop(l, 1);
+                lua::lua_pop(l, 1);
             }
             // applied: from now on the new version is the base, whatever happens next
             job.mirror = Some(std::mem::take(&mut plan.mirror));
@@ -614,10 +592,10 @@ impl Run<'_> {
             }
             // SAFETY: as above; the hook runs protected.
             let verdict = unsafe {
-                ffi::push_bytes(l, &t.name);
-                ffi::lua_rawget(l, loaded);
-                let v = hooks::call_module_hook(l, Some(gc), ffi::lua_gettop(l), b"__reload");
-                ffi::lua_pop(l, 1);
+                capi::push_bytes(l, &t.name);
+                lua::lua_rawget(l, loaded);
+                let v = hooks::call_module_hook(l, Some(gc), lua::lua_gettop(l), b"__reload");
+                lua::lua_pop(l, 1);
                 v
             };
             if let Verdict::Failed(m) = verdict {
@@ -645,7 +623,7 @@ impl Run<'_> {
                 unsafe {
                     plan.push(l, plan.functions);
                     base::set_functions(l, &t.name, -1);
-                    ffi::lua_pop(l, 1);
+                    lua::lua_pop(l, 1);
                 }
             }
         }
@@ -680,10 +658,10 @@ unsafe fn undo_job(
         plan.place(l);
         apply::undo(l, plan, &log);
         plan.unplace();
-        ffi::lua_pop(l, 1);
-        ffi::push_bytes(l, &t.name);
-        ffi::lua_rawgeti(l, held, held_key(i, LIVE));
-        ffi::lua_rawset(l, loaded);
+        lua::lua_pop(l, 1);
+        capi::push_bytes(l, &t.name);
+        lua::lua_rawgeti(l, held, held_key(i, LIVE));
+        lua::lua_rawset(l, loaded);
     }
 }
 

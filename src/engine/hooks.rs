@@ -5,21 +5,15 @@
 //! run while the reload holds the collector run with it released (`GcPause::lifted`): user
 //! code sees the collector as the program left it.
 
-use std::os::raw::{c_int, c_void};
+use std::os::raw::c_int;
+
+use mlua::ffi as lua;
 
 use super::Report;
-use crate::ffi::{self, GcPause, lua_State};
-
-/// Registry keys (their addresses) of the listener lists.
-pub static BEFORE: u8 = b'B';
-pub static AFTER: u8 = b'A';
-
-/// Registry key of the table of pinned modules: name -> why it is never reloaded.
-pub static PINNED: u8 = b'P';
-
-pub fn key(k: &'static u8) -> *const c_void {
-    (k as *const u8).cast()
-}
+use crate::vm::access;
+use crate::vm::capi::{self, lua_State};
+use crate::vm::gc::GcPause;
+use crate::vm::registry::{AFTER, BEFORE, PINNED, key};
 
 /// What a hook or a listener said.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,13 +33,13 @@ pub enum Verdict {
 unsafe fn push_raw_field(l: *mut lua_State, idx: c_int, name: &[u8]) -> c_int {
     // SAFETY: one push either way.
     unsafe {
-        if ffi::lua_type(l, idx) != ffi::LUA_TTABLE {
-            ffi::lua_pushnil(l);
-            return ffi::LUA_TNIL;
+        if lua::lua_type(l, idx) != lua::LUA_TTABLE {
+            lua::lua_pushnil(l);
+            return lua::LUA_TNIL;
         }
-        let idx = ffi::lua_absindex(l, idx);
-        ffi::push_bytes(l, name);
-        ffi::lua_rawget(l, idx)
+        let idx = lua::lua_absindex(l, idx);
+        capi::push_bytes(l, name);
+        lua::lua_rawget(l, idx)
     }
 }
 
@@ -57,17 +51,17 @@ unsafe fn push_raw_field(l: *mut lua_State, idx: c_int, name: &[u8]) -> c_int {
 pub unsafe fn pinned(l: *mut lua_State, name: &[u8]) -> Option<String> {
     // SAFETY: raw reads of the registry; the reason is copied before it is popped.
     unsafe {
-        let top = ffi::lua_gettop(l);
+        let top = lua::lua_gettop(l);
         let mut reason = None;
-        if ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(&PINNED)) == ffi::LUA_TTABLE {
-            ffi::push_bytes(l, name);
-            if ffi::lua_rawget(l, -2) == ffi::LUA_TSTRING
-                && let ffi::Val::Str(s) = ffi::read(l, -1)
+        if lua::lua_rawgetp(l, lua::LUA_REGISTRYINDEX, key(&PINNED)) == lua::LUA_TTABLE {
+            capi::push_bytes(l, name);
+            if lua::lua_rawget(l, -2) == lua::LUA_TSTRING
+                && let access::Val::Str(s) = access::read(l, -1)
             {
                 reason = Some(String::from_utf8_lossy(s).into_owned());
             }
         }
-        ffi::lua_settop(l, top);
+        lua::lua_settop(l, top);
         reason
     }
 }
@@ -81,17 +75,17 @@ pub unsafe fn set_pinned(l: *mut lua_State, name_idx: c_int, reason_idx: c_int) 
     // SAFETY: raw reads and writes of the registry and of our own table.
     unsafe {
         let (name_idx, reason_idx) =
-            (ffi::lua_absindex(l, name_idx), ffi::lua_absindex(l, reason_idx));
-        if ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(&PINNED)) != ffi::LUA_TTABLE {
-            ffi::lua_pop(l, 1);
-            ffi::lua_createtable(l, 0, 2);
-            ffi::lua_pushvalue(l, -1);
-            ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(&PINNED));
+            (lua::lua_absindex(l, name_idx), lua::lua_absindex(l, reason_idx));
+        if lua::lua_rawgetp(l, lua::LUA_REGISTRYINDEX, key(&PINNED)) != lua::LUA_TTABLE {
+            lua::lua_pop(l, 1);
+            lua::lua_createtable(l, 0, 2);
+            lua::lua_pushvalue(l, -1);
+            lua::lua_rawsetp(l, lua::LUA_REGISTRYINDEX, key(&PINNED));
         }
-        ffi::lua_pushvalue(l, name_idx);
-        ffi::lua_pushvalue(l, reason_idx);
-        ffi::lua_rawset(l, -3);
-        ffi::lua_pop(l, 1);
+        lua::lua_pushvalue(l, name_idx);
+        lua::lua_pushvalue(l, reason_idx);
+        lua::lua_rawset(l, -3);
+        lua::lua_pop(l, 1);
     }
 }
 
@@ -102,8 +96,8 @@ pub unsafe fn set_pinned(l: *mut lua_State, name_idx: c_int, reason_idx: c_int) 
 pub unsafe fn has_field(l: *mut lua_State, idx: c_int, name: &[u8]) -> bool {
     // SAFETY: one push, popped.
     unsafe {
-        let found = push_raw_field(l, idx, name) != ffi::LUA_TNIL;
-        ffi::lua_pop(l, 1);
+        let found = push_raw_field(l, idx, name) != lua::LUA_TNIL;
+        lua::lua_pop(l, 1);
         found
     }
 }
@@ -133,14 +127,14 @@ pub unsafe fn call_module_hook(
 ) -> Verdict {
     // SAFETY: raw read, then a protected call; the stack is restored.
     unsafe {
-        let top = ffi::lua_gettop(l);
-        if push_raw_field(l, module, hook) != ffi::LUA_TFUNCTION {
-            ffi::lua_settop(l, top);
+        let top = lua::lua_gettop(l);
+        if push_raw_field(l, module, hook) != lua::LUA_TFUNCTION {
+            lua::lua_settop(l, top);
             return Verdict::Go;
         }
-        ffi::lua_pushvalue(l, module);
+        lua::lua_pushvalue(l, module);
         let verdict = lifted(gc, || call(l, 1));
-        ffi::lua_settop(l, top);
+        lua::lua_settop(l, top);
         verdict
     }
 }
@@ -159,24 +153,24 @@ pub unsafe fn before_listeners(
 ) -> Verdict {
     // SAFETY: the list is read raw; each call is protected; the stack is restored.
     unsafe {
-        let top = ffi::lua_gettop(l);
-        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(&BEFORE));
+        let top = lua::lua_gettop(l);
+        lua::lua_rawgetp(l, lua::LUA_REGISTRYINDEX, key(&BEFORE));
         let list = top + 1;
         let mut i = 1;
         let mut verdict = Verdict::Go;
-        while ffi::lua_type(l, list) == ffi::LUA_TTABLE
-            && ffi::lua_rawgeti(l, list, i) == ffi::LUA_TFUNCTION
+        while lua::lua_type(l, list) == lua::LUA_TTABLE
+            && lua::lua_rawgeti(l, list, i) == lua::LUA_TFUNCTION
         {
-            ffi::push_bytes(l, name);
-            ffi::lua_pushvalue(l, old);
-            ffi::lua_pushvalue(l, new);
+            capi::push_bytes(l, name);
+            lua::lua_pushvalue(l, old);
+            lua::lua_pushvalue(l, new);
             verdict = lifted(gc.as_deref_mut(), || call(l, 3));
             if verdict != Verdict::Go {
                 break;
             }
             i += 1;
         }
-        ffi::lua_settop(l, top);
+        lua::lua_settop(l, top);
         verdict
     }
 }
@@ -195,16 +189,16 @@ pub unsafe fn after_listeners(
 ) {
     // SAFETY: as `before_listeners`.
     unsafe {
-        let top = ffi::lua_gettop(l);
-        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(&AFTER));
+        let top = lua::lua_gettop(l);
+        lua::lua_rawgetp(l, lua::LUA_REGISTRYINDEX, key(&AFTER));
         let list = top + 1;
         let mut i = 1;
-        while ffi::lua_type(l, list) == ffi::LUA_TTABLE
-            && ffi::lua_rawgeti(l, list, i) == ffi::LUA_TFUNCTION
+        while lua::lua_type(l, list) == lua::LUA_TTABLE
+            && lua::lua_rawgeti(l, list, i) == lua::LUA_TFUNCTION
         {
-            ffi::push_bytes(l, name);
-            ffi::lua_pushvalue(l, module);
-            ffi::lua_pushvalue(l, report);
+            capi::push_bytes(l, name);
+            lua::lua_pushvalue(l, module);
+            lua::lua_pushvalue(l, report);
             if let Verdict::Failed(m) = call(l, 3) {
                 errors.push(format!(
                     "hotreload: on_reload listener for '{}': {m}",
@@ -213,7 +207,7 @@ pub unsafe fn after_listeners(
             }
             i += 1;
         }
-        ffi::lua_settop(l, top);
+        lua::lua_settop(l, top);
     }
 }
 
@@ -221,13 +215,13 @@ pub unsafe fn after_listeners(
 unsafe fn call(l: *mut lua_State, nargs: c_int) -> Verdict {
     // SAFETY: a function and its arguments are on top.
     unsafe {
-        if ffi::lua_pcall(l, nargs, 1, 0) != ffi::LUA_OK {
-            let message = ffi::describe(l, -1);
-            ffi::lua_pop(l, 1);
+        if lua::lua_pcall(l, nargs, 1, 0) != lua::LUA_OK {
+            let message = capi::describe(l, -1);
+            lua::lua_pop(l, 1);
             return Verdict::Failed(message);
         }
-        let vetoed = ffi::lua_type(l, -1) == ffi::LUA_TBOOLEAN && ffi::lua_toboolean(l, -1) == 0;
-        ffi::lua_pop(l, 1);
+        let vetoed = lua::lua_type(l, -1) == lua::LUA_TBOOLEAN && lua::lua_toboolean(l, -1) == 0;
+        lua::lua_pop(l, 1);
         if vetoed { Verdict::Veto } else { Verdict::Go }
     }
 }
@@ -239,7 +233,7 @@ unsafe fn call(l: *mut lua_State, nargs: c_int) -> Verdict {
 pub unsafe fn push_report(l: *mut lua_State, r: &Report) {
     // SAFETY: fills a fresh table.
     unsafe {
-        ffi::lua_createtable(l, 0, 12);
+        lua::lua_createtable(l, 0, 12);
         let fields: [(&std::ffi::CStr, u32); 10] = [
             (c"functions_replaced", r.merge.functions_replaced),
             (c"functions_added", r.merge.functions_added),
@@ -253,11 +247,11 @@ pub unsafe fn push_report(l: *mut lua_State, r: &Report) {
             (c"closures_left", r.walk.closures_left),
         ];
         for (name, n) in fields {
-            ffi::lua_pushinteger(l, ffi::lua_Integer::from(n));
-            ffi::lua_setfield(l, -2, name.as_ptr());
+            lua::lua_pushinteger(l, lua::lua_Integer::from(n));
+            lua::lua_setfield(l, -2, name.as_ptr());
         }
-        ffi::lua_pushnumber(l, r.seconds);
-        ffi::lua_setfield(l, -2, c"seconds".as_ptr());
+        lua::lua_pushnumber(l, r.seconds);
+        lua::lua_setfield(l, -2, c"seconds".as_ptr());
     }
 }
 
@@ -268,9 +262,9 @@ pub unsafe fn push_report(l: *mut lua_State, r: &Report) {
 pub unsafe fn has_listeners(l: *mut lua_State, k: &'static u8) -> bool {
     // SAFETY: a raw read, popped.
     unsafe {
-        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(k));
-        let some = ffi::lua_type(l, -1) == ffi::LUA_TTABLE && ffi::lua_rawlen(l, -1) > 0;
-        ffi::lua_pop(l, 1);
+        lua::lua_rawgetp(l, lua::LUA_REGISTRYINDEX, key(k));
+        let some = lua::lua_type(l, -1) == lua::LUA_TTABLE && lua::lua_rawlen(l, -1) > 0;
+        lua::lua_pop(l, 1);
         some
     }
 }
@@ -283,12 +277,12 @@ pub unsafe fn has_listeners(l: *mut lua_State, k: &'static u8) -> bool {
 pub unsafe fn add_listener(l: *mut lua_State, k: &'static u8, f: c_int) {
     // SAFETY: raw reads and writes of a fresh table and the registry.
     unsafe {
-        let f = ffi::lua_absindex(l, f);
+        let f = lua::lua_absindex(l, f);
         copy_list(l, k, None);
-        let n = ffi::lua_rawlen(l, -1) as ffi::lua_Integer;
-        ffi::lua_pushvalue(l, f);
-        ffi::lua_rawseti(l, -2, n + 1);
-        ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(k));
+        let n = lua::lua_rawlen(l, -1) as lua::lua_Integer;
+        lua::lua_pushvalue(l, f);
+        lua::lua_rawseti(l, -2, n + 1);
+        lua::lua_rawsetp(l, lua::LUA_REGISTRYINDEX, key(k));
     }
 }
 
@@ -299,9 +293,9 @@ pub unsafe fn add_listener(l: *mut lua_State, k: &'static u8, f: c_int) {
 pub unsafe fn remove_listener(l: *mut lua_State, k: &'static u8, f: c_int) {
     // SAFETY: as `add_listener`.
     unsafe {
-        let f = ffi::lua_absindex(l, f);
+        let f = lua::lua_absindex(l, f);
         copy_list(l, k, Some(f));
-        ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, key(k));
+        lua::lua_rawsetp(l, lua::LUA_REGISTRYINDEX, key(k));
     }
 }
 
@@ -309,26 +303,26 @@ pub unsafe fn remove_listener(l: *mut lua_State, k: &'static u8, f: c_int) {
 unsafe fn copy_list(l: *mut lua_State, k: &'static u8, skip: Option<c_int>) {
     // SAFETY: the old list is read raw while only the copy is written.
     unsafe {
-        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, key(k));
-        let old = ffi::lua_gettop(l);
+        lua::lua_rawgetp(l, lua::LUA_REGISTRYINDEX, key(k));
+        let old = lua::lua_gettop(l);
         let len =
-            if ffi::lua_type(l, old) == ffi::LUA_TTABLE { ffi::lua_rawlen(l, old) } else { 0 };
-        ffi::lua_createtable(l, c_int::try_from(len + 1).unwrap_or(0), 0);
+            if lua::lua_type(l, old) == lua::LUA_TTABLE { lua::lua_rawlen(l, old) } else { 0 };
+        lua::lua_createtable(l, c_int::try_from(len + 1).unwrap_or(0), 0);
         let mut skip = skip;
         let mut n = 0;
-        for i in 1..=len as ffi::lua_Integer {
-            ffi::lua_rawgeti(l, old, i);
+        for i in 1..=len as lua::lua_Integer {
+            lua::lua_rawgeti(l, old, i);
             if let Some(s) = skip
-                && ffi::lua_rawequal(l, -1, s) != 0
+                && lua::lua_rawequal(l, -1, s) != 0
             {
                 skip = None;
-                ffi::lua_pop(l, 1);
+                lua::lua_pop(l, 1);
                 continue;
             }
             n += 1;
-            ffi::lua_rawseti(l, -2, n);
+            lua::lua_rawseti(l, -2, n);
         }
-        ffi::lua_remove(l, old);
+        lua::lua_remove(l, old);
     }
 }
 
@@ -342,11 +336,11 @@ pub unsafe fn set_errors(l: *mut lua_State, report: c_int, errors: &[String]) {
     }
     // SAFETY: fills a fresh table and stores it in the report.
     unsafe {
-        ffi::lua_createtable(l, c_int::try_from(errors.len()).unwrap_or(0), 0);
+        lua::lua_createtable(l, c_int::try_from(errors.len()).unwrap_or(0), 0);
         for (i, e) in errors.iter().enumerate() {
-            ffi::push_bytes(l, e.as_bytes());
-            ffi::lua_rawseti(l, -2, i as ffi::lua_Integer + 1);
+            capi::push_bytes(l, e.as_bytes());
+            lua::lua_rawseti(l, -2, i as lua::lua_Integer + 1);
         }
-        ffi::lua_setfield(l, report, c"errors".as_ptr());
+        lua::lua_setfield(l, report, c"errors".as_ptr());
     }
 }

@@ -20,14 +20,17 @@
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int};
 
-use crate::ffi::{self, lua_State};
-use crate::proto::Dump;
-use crate::ptrmap::{AddrSet, PtrMap, PtrSet};
-use crate::reload::plan::{FnPair, Plan};
+use mlua::ffi as lua;
 
-/// Upvalue cells and tables read in place (see `ffi::raw`, `ffi::tables`).
+use super::plan::{FnPair, Plan};
+use super::proto::Dump;
+use super::ptrmap::{AddrSet, PtrMap, PtrSet};
+use crate::vm::access;
+use crate::vm::capi::{self, lua_State};
+
+/// Upvalue cells and tables read in place.
 #[cfg(any(feature = "luajit", feature = "lua54"))]
-use crate::ffi::{raw, tables};
+use crate::vm::access::in_place;
 
 /// What the walk did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -115,7 +118,7 @@ struct Frame {
     weak: (bool, bool),
     /// LuaJIT and Lua 5.4: the table read in place, instead of by `lua_next`
     #[cfg(any(feature = "luajit", feature = "lua54"))]
-    cursor: Option<tables::Cursor>,
+    cursor: Option<in_place::Cursor>,
 }
 
 /// Whether `lua_getlocal` named a temporary slot rather than a local or a vararg:
@@ -144,10 +147,10 @@ struct Walker<'p> {
     in_place: bool,
     /// worklist (a Lua table used as a stack)
     work: c_int,
-    top: ffi::lua_Integer,
+    top: lua::lua_Integer,
     /// table keys to rename once the walk is over: (table, old key, new key) triples
     keys: c_int,
-    n_keys: ffi::lua_Integer,
+    n_keys: lua::lua_Integer,
     /// chunk names and the functions of the plans by where they are in them, indexed the
     /// first time an unpaired closure needs them (most reloads meet none)
     sources: Vec<Vec<u8>>,
@@ -171,20 +174,20 @@ struct Walker<'p> {
 pub unsafe fn replace(l: *mut lua_State, plans: &mut [Plan]) -> Vec<Outcome> {
     // SAFETY: every step keeps the stack balanced; objects are pushed before use.
     unsafe {
-        ffi::luaL_checkstack(l, STACK_NEEDED, c"hotreload: Lua stack exhausted".as_ptr());
-        let top = ffi::lua_gettop(l);
+        lua::luaL_checkstack(l, STACK_NEEDED, c"hotreload: Lua stack exhausted".as_ptr());
+        let top = lua::lua_gettop(l);
         let mut w = Walker::new(l, plans);
-        w.in_place = ffi::reads_tables_in_place(l);
+        w.in_place = access::reads_tables_in_place(l);
         w.roots(l);
-        let base = ffi::lua_gettop(l);
+        let base = lua::lua_gettop(l);
         while w.top > 0 {
-            ffi::rawgeti(l, w.work, w.top as u32);
+            capi::rawgeti(l, w.work, w.top as u32);
             w.top -= 1;
-            w.visit(l, base + 1, ffi::object_at(l, base + 1).0);
-            ffi::settop_down(l, base);
+            w.visit(l, base + 1, access::object_at(l, base + 1).0);
+            access::settop_down(l, base);
         }
         w.rename_keys(l);
-        ffi::lua_settop(l, top);
+        lua::lua_settop(l, top);
         w.out
     }
 }
@@ -199,8 +202,8 @@ impl<'p> Walker<'p> {
             let mut visited = AddrSet::default();
             for (pi, plan) in plans.iter().enumerate() {
                 plan.push_anchors(l);
-                visited.insert(ffi::lua_topointer(l, -1) as usize);
-                ffi::lua_pop(l, 1);
+                visited.insert(lua::lua_topointer(l, -1) as usize);
+                lua::lua_pop(l, 1);
                 for &p in plan.merged() {
                     visited.insert(p);
                 }
@@ -209,12 +212,12 @@ impl<'p> Walker<'p> {
                 }
             }
             let index = (n_plans > 1).then(|| Index::of(plans));
-            ffi::lua_createtable(l, 256, 0);
-            let work = ffi::lua_gettop(l);
-            ffi::lua_createtable(l, 0, 0);
-            let keys = ffi::lua_gettop(l);
-            visited.insert(ffi::lua_topointer(l, work) as usize);
-            visited.insert(ffi::lua_topointer(l, keys) as usize);
+            lua::lua_createtable(l, 256, 0);
+            let work = lua::lua_gettop(l);
+            lua::lua_createtable(l, 0, 0);
+            let keys = lua::lua_gettop(l);
+            visited.insert(lua::lua_topointer(l, work) as usize);
+            visited.insert(lua::lua_topointer(l, keys) as usize);
             Walker {
                 plans,
                 frames: Vec::new(),
@@ -245,8 +248,8 @@ impl<'p> Walker<'p> {
             for (pi, plan) in self.plans.iter().enumerate() {
                 for &FnPair { old, new, .. } in &plan.fpairs {
                     plan.push(l, old);
-                    let mut ar: ffi::lua_Debug = std::mem::zeroed();
-                    if ffi::lua_getinfo(l, c">S".as_ptr(), &mut ar) == 0 || ar.source.is_null() {
+                    let mut ar: lua::lua_Debug = std::mem::zeroed();
+                    if lua::lua_getinfo(l, c">S".as_ptr(), &mut ar) == 0 || ar.source.is_null() {
                         continue;
                     }
                     let source = CStr::from_ptr(ar.source).to_bytes();
@@ -293,7 +296,7 @@ impl<'p> Walker<'p> {
         unsafe {
             match self.plans.get(pi) {
                 Some(plan) => plan.push(l, slot),
-                None => ffi::lua_pushnil(l),
+                None => lua::lua_pushnil(l),
             }
         }
     }
@@ -347,29 +350,29 @@ impl<'p> Walker<'p> {
         }
         // SAFETY: one value pushed and popped per root.
         unsafe {
-            ffi::lua_pushvalue(l, ffi::LUA_REGISTRYINDEX);
+            lua::lua_pushvalue(l, lua::LUA_REGISTRYINDEX);
             self.examine(l, -1);
-            ffi::lua_pushthread(l);
+            lua::lua_pushthread(l);
             self.examine(l, -1);
-            ffi::lua_pop(l, 2);
+            lua::lua_pop(l, 2);
             // nil, boolean, number, string, light userdata, function, thread
             for kind in 0..7 {
                 match kind {
-                    0 => ffi::lua_pushnil(l),
-                    1 => ffi::lua_pushboolean(l, 0),
-                    2 => ffi::lua_pushnumber(l, 0.0),
-                    3 => ffi::push_bytes(l, b""),
-                    4 => ffi::lua_pushlightuserdata(l, std::ptr::null_mut()),
-                    5 => ffi::lua_pushcfunction(l, nothing),
+                    0 => lua::lua_pushnil(l),
+                    1 => lua::lua_pushboolean(l, 0),
+                    2 => lua::lua_pushnumber(l, 0.0),
+                    3 => capi::push_bytes(l, b""),
+                    4 => lua::lua_pushlightuserdata(l, std::ptr::null_mut()),
+                    5 => lua::lua_pushcfunction(l, nothing),
                     _ => {
-                        ffi::lua_pushthread(l);
+                        lua::lua_pushthread(l);
                     }
                 }
-                if ffi::lua_getmetatable(l, -1) != 0 {
+                if lua::lua_getmetatable(l, -1) != 0 {
                     self.examine(l, -1);
-                    ffi::lua_pop(l, 1);
+                    lua::lua_pop(l, 1);
                 }
-                ffi::lua_pop(l, 1);
+                lua::lua_pop(l, 1);
             }
         }
     }
@@ -395,12 +398,12 @@ impl<'p> Walker<'p> {
     unsafe fn sight(&mut self, l: *mut lua_State, idx: c_int) -> Sight {
         // SAFETY: `idx` is valid.
         unsafe {
-            let idx = ffi::lua_absindex(l, idx);
-            self.sight_typed(l, idx, ffi::object_at(l, idx))
+            let idx = lua::lua_absindex(l, idx);
+            self.sight_typed(l, idx, access::object_at(l, idx))
         }
     }
 
-    /// `sight` of the value at absolute index `idx`, as [`ffi::object_at`] read it.
+    /// `sight` of the value at absolute index `idx`, as [`access::object_at`] read it.
     unsafe fn sight_typed(
         &mut self,
         l: *mut lua_State,
@@ -410,8 +413,8 @@ impl<'p> Walker<'p> {
         // SAFETY: `idx` is valid and absolute; every push below is popped before returning.
         unsafe {
             match t {
-                ffi::LUA_TTABLE => {
-                    let p = at.unwrap_or_else(|| ffi::lua_topointer(l, idx) as usize);
+                lua::LUA_TTABLE => {
+                    let p = at.unwrap_or_else(|| lua::lua_topointer(l, idx) as usize);
                     if self.visited.insert(p) {
                         if self.holds_nothing(p) {
                             return Sight::Nothing;
@@ -426,8 +429,8 @@ impl<'p> Walker<'p> {
                     }
                     Sight::Nothing
                 }
-                ffi::LUA_TFUNCTION => {
-                    let p = at.unwrap_or_else(|| ffi::lua_topointer(l, idx) as usize);
+                lua::LUA_TFUNCTION => {
+                    let p = at.unwrap_or_else(|| lua::lua_topointer(l, idx) as usize);
                     if let Some(&slot) = self.map.get(&p) {
                         self.reach_slot(l, slot);
                         return Sight::Replace(slot);
@@ -435,7 +438,7 @@ impl<'p> Walker<'p> {
                     if !self.visited.insert(p) {
                         return Sight::Nothing;
                     }
-                    if ffi::lua_iscfunction(l, idx) == 0
+                    if lua::lua_iscfunction(l, idx) == 0
                         && !self.is_new_fn(p)
                         && let Some(slot) = self.factory_closure(l, idx)
                     {
@@ -446,8 +449,8 @@ impl<'p> Walker<'p> {
                     self.enqueue(l, idx);
                     Sight::Nothing
                 }
-                ffi::LUA_TUSERDATA | ffi::LUA_TTHREAD => {
-                    if self.visited.insert(ffi::lua_topointer(l, idx) as usize) {
+                lua::LUA_TUSERDATA | lua::LUA_TTHREAD => {
+                    if self.visited.insert(lua::lua_topointer(l, idx) as usize) {
                         self.enqueue(l, idx);
                     }
                     Sight::Nothing
@@ -462,19 +465,19 @@ impl<'p> Walker<'p> {
         // SAFETY: push, look, pop.
         unsafe {
             self.push_ref(l, slot);
-            if self.visited.insert(ffi::lua_topointer(l, -1) as usize) {
+            if self.visited.insert(lua::lua_topointer(l, -1) as usize) {
                 self.enqueue(l, -1);
             }
-            ffi::lua_pop(l, 1);
+            lua::lua_pop(l, 1);
         }
     }
 
     unsafe fn enqueue(&mut self, l: *mut lua_State, idx: c_int) {
         // SAFETY: the worklist table is at `self.work`.
         unsafe {
-            ffi::lua_pushvalue(l, idx);
+            lua::lua_pushvalue(l, idx);
             self.top += 1;
-            ffi::lua_rawseti(l, self.work, self.top);
+            lua::lua_rawseti(l, self.work, self.top);
         }
     }
 
@@ -483,10 +486,10 @@ impl<'p> Walker<'p> {
         // SAFETY: `idx` holds an object of the matching type.
         unsafe {
             match t {
-                ffi::LUA_TTABLE => self.walk_tables(l, idx),
-                ffi::LUA_TFUNCTION => self.visit_function(l, idx),
-                ffi::LUA_TUSERDATA => self.visit_userdata(l, idx),
-                ffi::LUA_TTHREAD => self.visit_thread(l, idx),
+                lua::LUA_TTABLE => self.walk_tables(l, idx),
+                lua::LUA_TFUNCTION => self.visit_function(l, idx),
+                lua::LUA_TUSERDATA => self.visit_userdata(l, idx),
+                lua::LUA_TTHREAD => self.visit_thread(l, idx),
                 _ => {}
             }
         }
@@ -500,8 +503,8 @@ impl<'p> Walker<'p> {
         // SAFETY: each frame owns two stack slots (table, key) above `base`; a traversal only
         // assigns to existing keys (allowed during `lua_next`); key renames wait for the end.
         unsafe {
-            let base = ffi::lua_gettop(l);
-            ffi::lua_pushvalue(l, t);
+            let base = lua::lua_gettop(l);
+            lua::lua_pushvalue(l, t);
             self.enter(l);
             loop {
                 let depth = self.frames.len() as c_int;
@@ -512,45 +515,45 @@ impl<'p> Walker<'p> {
                     Step::Done => continue,
                     Step::Pushed => true,
                     Step::End => false,
-                    Step::Api => ffi::lua_next(l, table) != 0,
+                    Step::Api => lua::lua_next(l, table) != 0,
                 };
                 if !more {
                     self.leave(l, table);
                     continue;
                 }
                 let value = key + 1;
-                let k = ffi::object_at(l, key);
-                if k.0 != ffi::LUA_TNIL {
+                let k = access::object_at(l, key);
+                if k.0 != lua::LUA_TNIL {
                     match self.sight_typed(l, key, k) {
                         Sight::Replace(slot) if !weak.0 => self.defer_key(l, table, key, slot),
                         Sight::NewTable => self.enqueue(l, key),
                         _ => {}
                     }
                 }
-                let v = ffi::object_at(l, value);
-                if v.0 == ffi::LUA_TNIL {
-                    ffi::settop_down(l, key); // plain data: most values
+                let v = access::object_at(l, value);
+                if v.0 == lua::LUA_TNIL {
+                    access::settop_down(l, key); // plain data: most values
                     continue;
                 }
                 match self.sight_typed(l, value, v) {
                     Sight::Replace(slot) => {
                         if !weak.1 {
-                            ffi::lua_pushvalue(l, key);
+                            lua::lua_pushvalue(l, key);
                             self.push_ref(l, slot);
-                            ffi::lua_rawset(l, table);
+                            lua::lua_rawset(l, table);
                             self.tally(slot).references += 1;
                         }
-                        ffi::settop_down(l, key);
+                        access::settop_down(l, key);
                     }
                     Sight::NewTable if (depth as usize) < MAX_DEPTH => self.enter(l), // value is the new frame's table
                     Sight::NewTable => {
                         self.enqueue(l, value);
-                        ffi::settop_down(l, key);
+                        access::settop_down(l, key);
                     }
-                    Sight::Nothing => ffi::settop_down(l, key),
+                    Sight::Nothing => access::settop_down(l, key),
                 }
             }
-            ffi::lua_settop(l, base);
+            lua::lua_settop(l, base);
         }
     }
 
@@ -563,22 +566,22 @@ impl<'p> Walker<'p> {
         // key slot (nil) is pushed.
         unsafe {
             let (mut weak_keys, mut weak_values) = (false, false);
-            if self.metatable(l, ffi::lua_gettop(l)) {
-                ffi::push_bytes(l, b"__mode");
-                if ffi::lua_rawget(l, -2) == ffi::LUA_TSTRING
-                    && let ffi::Val::Str(mode) = ffi::read(l, -1)
+            if self.metatable(l, lua::lua_gettop(l)) {
+                capi::push_bytes(l, b"__mode");
+                if lua::lua_rawget(l, -2) == lua::LUA_TSTRING
+                    && let access::Val::Str(mode) = access::read(l, -1)
                 {
                     weak_keys = mode.contains(&b'k');
                     weak_values = mode.contains(&b'v');
                 }
-                ffi::lua_pop(l, 2);
+                lua::lua_pop(l, 2);
             }
             self.frames.push(Frame {
                 weak: (weak_keys, weak_values),
                 #[cfg(any(feature = "luajit", feature = "lua54"))]
-                cursor: self.in_place.then(|| tables::Cursor::new(l, -1)),
+                cursor: self.in_place.then(|| in_place::Cursor::new(l, -1)),
             });
-            ffi::lua_pushnil(l);
+            lua::lua_pushnil(l);
         }
     }
 
@@ -593,7 +596,7 @@ impl<'p> Walker<'p> {
         // are only resized once the walk is over (`rename_keys`).
         unsafe {
             let depth = self.frames.len();
-            debug_assert_eq!(ffi::lua_gettop(l), table + 1);
+            debug_assert_eq!(lua::lua_gettop(l), table + 1);
             let Some(cursor) = self.frames.last_mut().and_then(|f| f.cursor.as_mut()) else {
                 return Step::Api;
             };
@@ -605,13 +608,13 @@ impl<'p> Walker<'p> {
                     if self.holds_nothing(p) {
                         return Step::Done;
                     }
-                    tables::push_table(l, p);
-                    if tables::has_metatable(p) {
+                    in_place::push_table(l, p);
+                    if in_place::has_metatable(p) {
                         self.enter(l);
                     } else {
-                        let cursor = Some(tables::Cursor::of(p));
+                        let cursor = Some(in_place::Cursor::of(p));
                         self.frames.push(Frame { weak: (false, false), cursor });
-                        ffi::lua_pushnil(l);
+                        lua::lua_pushnil(l);
                     }
                     return Step::Done;
                 }
@@ -619,7 +622,7 @@ impl<'p> Walker<'p> {
                     return Step::Done;
                 }
             }
-            tables::pop(l, 1);
+            in_place::pop(l, 1);
             slot.push(l);
             Step::Pushed
         }
@@ -637,13 +640,13 @@ impl<'p> Walker<'p> {
         unsafe {
             #[cfg(any(feature = "luajit", feature = "lua54"))]
             if self.frames.last().is_some_and(|f| f.cursor.is_some()) {
-                debug_assert_eq!(ffi::lua_gettop(l), table + 1);
-                tables::pop(l, 2);
+                debug_assert_eq!(lua::lua_gettop(l), table + 1);
+                in_place::pop(l, 2);
                 self.frames.pop();
                 return;
             }
-            debug_assert_eq!(ffi::lua_gettop(l), table);
-            ffi::lua_settop(l, table - 1);
+            debug_assert_eq!(lua::lua_gettop(l), table);
+            lua::lua_settop(l, table - 1);
             self.frames.pop();
         }
     }
@@ -652,13 +655,13 @@ impl<'p> Walker<'p> {
         // SAFETY: three appends to the key table.
         unsafe {
             for v in [t, k] {
-                ffi::lua_pushvalue(l, v);
+                lua::lua_pushvalue(l, v);
                 self.n_keys += 1;
-                ffi::lua_rawseti(l, self.keys, self.n_keys);
+                lua::lua_rawseti(l, self.keys, self.n_keys);
             }
             self.push_ref(l, slot);
             self.n_keys += 1;
-            ffi::lua_rawseti(l, self.keys, self.n_keys);
+            lua::lua_rawseti(l, self.keys, self.n_keys);
         }
         self.tally(slot).references += 1;
     }
@@ -668,17 +671,17 @@ impl<'p> Walker<'p> {
         unsafe {
             let mut i = 1;
             while i + 2 <= self.n_keys {
-                ffi::lua_rawgeti(l, self.keys, i); // t
-                ffi::lua_rawgeti(l, self.keys, i + 2); // new key
-                ffi::lua_rawgeti(l, self.keys, i + 1); // old key
-                ffi::lua_pushvalue(l, -1);
-                ffi::lua_rawget(l, -4); // value
-                ffi::lua_pushvalue(l, -2);
-                ffi::lua_pushnil(l);
-                ffi::lua_rawset(l, -6); // t[old] = nil
-                ffi::lua_remove(l, -2); // t, new, value
-                ffi::lua_rawset(l, -3); // t[new] = value
-                ffi::lua_pop(l, 1);
+                lua::lua_rawgeti(l, self.keys, i); // t
+                lua::lua_rawgeti(l, self.keys, i + 2); // new key
+                lua::lua_rawgeti(l, self.keys, i + 1); // old key
+                lua::lua_pushvalue(l, -1);
+                lua::lua_rawget(l, -4); // value
+                lua::lua_pushvalue(l, -2);
+                lua::lua_pushnil(l);
+                lua::lua_rawset(l, -6); // t[old] = nil
+                lua::lua_remove(l, -2); // t, new, value
+                lua::lua_rawset(l, -3); // t[new] = value
+                lua::lua_pop(l, 1);
                 i += 3;
             }
         }
@@ -688,32 +691,32 @@ impl<'p> Walker<'p> {
         // SAFETY: upvalue indices come from lua_getupvalue, which stops at the last one, or
         // from the count read in place; joins only ever involve Lua functions.
         unsafe {
-            let (lua_fn, p) = match ffi::read(l, f) {
-                ffi::Val::LuaFn(p) => (true, p),
-                ffi::Val::CFn(p) => (false, p),
+            let (lua_fn, p) = match access::read(l, f) {
+                access::Val::LuaFn(p) => (true, p),
+                access::Val::CFn(p) => (false, p),
                 _ => return,
             };
             let new_fn = self.is_new_fn(p);
             #[cfg(any(feature = "luajit", feature = "lua54"))]
-            if let Some(ups) = raw::upvalues(l, f) {
+            if let Some(ups) = in_place::upvalues(l, f) {
                 for i in 1..=ups.count() {
                     let (cell, value) = ups.get(i);
                     if !new_fn && self.joined_cell(cell).is_some() {
-                        ffi::lua_getupvalue(l, f, i);
+                        lua::lua_getupvalue(l, f, i);
                         self.upvalue(l, f, i, true);
                     } else if value.is_object() {
-                        raw::push(l, value);
+                        in_place::push(l, value);
                         self.upvalue(l, f, i, false);
                     }
                 }
                 #[cfg(feature = "luajit")]
-                if self.needs_visit(raw::env_of(p)) {
+                if self.needs_visit(in_place::env_of(p)) {
                     self.visit_env(l, f);
                 }
                 return;
             }
             let mut i = 1;
-            while ffi::get_upvalue(l, f, i).is_some() {
+            while capi::get_upvalue(l, f, i).is_some() {
                 self.upvalue(l, f, i, lua_fn && !new_fn);
                 i += 1;
             }
@@ -727,17 +730,17 @@ impl<'p> Walker<'p> {
     unsafe fn upvalue(&mut self, l: *mut lua_State, f: c_int, i: c_int, join: bool) {
         // SAFETY: `f` is a function with an upvalue `i`; one value above it, popped.
         unsafe {
-            if join && let Some((old_fn, old_n)) = self.joined_cell(ffi::upvalue_id(l, f, i)) {
-                ffi::lua_pop(l, 1);
+            if join && let Some((old_fn, old_n)) = self.joined_cell(capi::upvalue_id(l, f, i)) {
+                lua::lua_pop(l, 1);
                 self.push_ref(l, old_fn);
-                ffi::join_upvalue(l, f, i, -1, old_n);
-                ffi::lua_pop(l, 1);
-                ffi::lua_getupvalue(l, f, i);
+                capi::join_upvalue(l, f, i, -1, old_n);
+                lua::lua_pop(l, 1);
+                lua::lua_getupvalue(l, f, i);
             }
             if self.push_replacement(l) {
-                ffi::lua_setupvalue(l, f, i);
+                lua::lua_setupvalue(l, f, i);
             }
-            ffi::lua_pop(l, 1);
+            lua::lua_pop(l, 1);
         }
     }
 
@@ -748,7 +751,9 @@ impl<'p> Walker<'p> {
         #[cfg(any(feature = "luajit", feature = "lua54"))]
         if self.in_place {
             // SAFETY: `p` is a live table the walk just reached; the layout was probed.
-            return unsafe { !tables::has_metatable(p) && tables::Cursor::of(p).next().is_none() };
+            return unsafe {
+                !in_place::has_metatable(p) && in_place::Cursor::of(p).next().is_none()
+            };
         }
         let _ = p;
         false
@@ -766,12 +771,12 @@ impl<'p> Walker<'p> {
         #[cfg(feature = "luajit")]
         // SAFETY: lua_getfenv pushes one value.
         unsafe {
-            let idx = ffi::lua_absindex(l, idx);
-            ffi::lua_getfenv(l, idx);
+            let idx = lua::lua_absindex(l, idx);
+            lua::lua_getfenv(l, idx);
             if self.push_replacement(l) {
-                ffi::lua_setfenv(l, idx);
+                lua::lua_setfenv(l, idx);
             }
-            ffi::lua_pop(l, 1);
+            lua::lua_pop(l, 1);
         }
         let _ = (l, idx);
     }
@@ -794,13 +799,13 @@ impl<'p> Walker<'p> {
     unsafe fn metatable(&mut self, l: *mut lua_State, obj: c_int) -> bool {
         // SAFETY: one value is left pushed when true, none when false.
         unsafe {
-            if ffi::lua_getmetatable(l, obj) == 0 {
+            if lua::lua_getmetatable(l, obj) == 0 {
                 return false;
             }
             if self.push_replacement(l) {
-                ffi::lua_pushvalue(l, -1);
-                ffi::lua_setmetatable(l, obj);
-                ffi::lua_remove(l, -2); // the discarded copy
+                lua::lua_pushvalue(l, -1);
+                lua::lua_setmetatable(l, obj);
+                lua::lua_remove(l, -2); // the discarded copy
             }
             true
         }
@@ -810,27 +815,27 @@ impl<'p> Walker<'p> {
         // SAFETY: user value accessors for this Lua version; stack balanced.
         unsafe {
             if self.metatable(l, u) {
-                ffi::lua_pop(l, 1);
+                lua::lua_pop(l, 1);
             }
             #[cfg(any(feature = "lua54", feature = "lua55"))]
             {
                 let mut n = 1;
-                while ffi::lua_getiuservalue(l, u, n) != ffi::LUA_TNONE {
+                while lua::lua_getiuservalue(l, u, n) != lua::LUA_TNONE {
                     if self.push_replacement(l) {
-                        ffi::lua_setiuservalue(l, u, n);
+                        lua::lua_setiuservalue(l, u, n);
                     }
-                    ffi::lua_pop(l, 1);
+                    lua::lua_pop(l, 1);
                     n += 1;
                 }
-                ffi::lua_pop(l, 1);
+                lua::lua_pop(l, 1);
             }
             #[cfg(any(feature = "lua52", feature = "lua53"))]
             {
-                ffi::lua_getuservalue(l, u);
+                lua::lua_getuservalue(l, u);
                 if self.push_replacement(l) {
-                    ffi::lua_setuservalue(l, u);
+                    lua::lua_setuservalue(l, u);
                 }
-                ffi::lua_pop(l, 1);
+                lua::lua_pop(l, 1);
             }
             self.visit_env(l, u);
         }
@@ -841,19 +846,19 @@ impl<'p> Walker<'p> {
         // lua_xmove after a stack check; the running thread's own C frames (this walk) are
         // skipped.
         unsafe {
-            let co = ffi::lua_tothread(l, idx);
+            let co = lua::lua_tothread(l, idx);
             if co.is_null() {
                 return;
             }
             let own = co as usize == self.current;
-            if !own && ffi::lua_checkstack(co, 4) == 0 {
+            if !own && lua::lua_checkstack(co, 4) == 0 {
                 return;
             }
             let mut level = 0;
-            let mut ar: ffi::lua_Debug = std::mem::zeroed();
-            while ffi::lua_getstack(co, level, &mut ar) != 0 {
+            let mut ar: lua::lua_Debug = std::mem::zeroed();
+            while lua::lua_getstack(co, level, &mut ar) != 0 {
                 level += 1;
-                if ffi::lua_getinfo(co, c"S".as_ptr(), &mut ar) == 0
+                if lua::lua_getinfo(co, c"S".as_ptr(), &mut ar) == 0
                     || ar.what.is_null()
                     || CStr::from_ptr(ar.what).to_bytes() == b"C"
                 {
@@ -861,12 +866,12 @@ impl<'p> Walker<'p> {
                 }
                 for sign in [1, -1] {
                     let mut n = sign;
-                    while let Some(name) = ffi::lua_getlocal(co, &ar, n).as_ref() {
+                    while let Some(name) = lua::lua_getlocal(co, &ar, n).as_ref() {
                         // A temporary is not a variable: an expression's value in flight, or
                         // on LuaJIT a stale slot that may hold one of the VM's own objects
                         // (a trace), which the API cannot even type.
                         if is_temporary(CStr::from_ptr(name).to_bytes()) {
-                            ffi::lua_pop(co, 1);
+                            lua::lua_pop(co, 1);
                         } else {
                             self.check_local(l, co, &ar, n, own);
                         }
@@ -877,14 +882,14 @@ impl<'p> Walker<'p> {
             if !own {
                 // values not in a Lua frame: a coroutine's body before its first resume, or
                 // what it yielded
-                for i in 1..=ffi::lua_gettop(co) {
-                    ffi::lua_pushvalue(co, i);
-                    ffi::lua_xmove(co, l, 1);
+                for i in 1..=lua::lua_gettop(co) {
+                    lua::lua_pushvalue(co, i);
+                    lua::lua_xmove(co, l, 1);
                     if self.push_replacement(l) {
-                        ffi::lua_xmove(l, co, 1);
-                        ffi::lua_replace(co, i);
+                        lua::lua_xmove(l, co, 1);
+                        lua::lua_replace(co, i);
                     }
-                    ffi::lua_pop(l, 1);
+                    lua::lua_pop(l, 1);
                 }
             }
             self.visit_env(l, idx);
@@ -896,7 +901,7 @@ impl<'p> Walker<'p> {
         &mut self,
         l: *mut lua_State,
         co: *mut lua_State,
-        ar: &ffi::lua_Debug,
+        ar: &lua::lua_Debug,
         n: c_int,
         own: bool,
     ) {
@@ -904,15 +909,15 @@ impl<'p> Walker<'p> {
         // where lua_setlocal pops it.
         unsafe {
             if !own {
-                ffi::lua_xmove(co, l, 1);
+                lua::lua_xmove(co, l, 1);
             }
             if self.push_replacement(l) {
                 if !own {
-                    ffi::lua_xmove(l, co, 1);
+                    lua::lua_xmove(l, co, 1);
                 }
-                ffi::lua_setlocal(co, ar, n);
+                lua::lua_setlocal(co, ar, n);
             }
-            ffi::lua_pop(l, 1);
+            lua::lua_pop(l, 1);
         }
     }
 
@@ -922,9 +927,9 @@ impl<'p> Walker<'p> {
     unsafe fn factory_closure(&mut self, l: *mut lua_State, c: c_int) -> Option<Ref> {
         // SAFETY: debug API reads; the loaded closure is popped on every path.
         unsafe {
-            let mut ar: ffi::lua_Debug = std::mem::zeroed();
-            ffi::lua_pushvalue(l, c);
-            if ffi::lua_getinfo(l, c">S".as_ptr(), &mut ar) == 0 || ar.source.is_null() {
+            let mut ar: lua::lua_Debug = std::mem::zeroed();
+            lua::lua_pushvalue(l, c);
+            if lua::lua_getinfo(l, c">S".as_ptr(), &mut ar) == 0 || ar.source.is_null() {
                 return None;
             }
             let source = CStr::from_ptr(ar.source).to_bytes();
@@ -935,9 +940,9 @@ impl<'p> Walker<'p> {
             let src = self.sources.iter().position(|s| s == source)?;
             // a closure on a cell the new version made is the new version's own
             let mut i = 1;
-            while ffi::get_upvalue(l, c, i).is_some() {
-                ffi::lua_pop(l, 1);
-                if self.is_new_cell(ffi::upvalue_id(l, c, i)) {
+            while capi::get_upvalue(l, c, i).is_some() {
+                lua::lua_pop(l, 1);
+                if self.is_new_cell(capi::upvalue_id(l, c, i)) {
                     return None;
                 }
                 i += 1;
@@ -1004,8 +1009,8 @@ impl<'p> Walker<'p> {
         // SAFETY: the anchored function is pushed, dumped and popped.
         unsafe {
             self.push_ref(l, slot);
-            let parsed = ffi::dump(l, -1).and_then(|bytes| Dump::parse(&bytes).ok());
-            ffi::lua_pop(l, 1);
+            let parsed = capi::dump(l, -1).and_then(|bytes| Dump::parse(&bytes).ok());
+            lua::lua_pop(l, 1);
             self.dumps.insert(slot, parsed);
         }
     }
@@ -1024,7 +1029,7 @@ impl<'p> Walker<'p> {
         let name = CString::new(source).ok()?;
         // SAFETY: the chunk is loaded in binary mode; the closure is popped on every path.
         unsafe {
-            let status = ffi::luaL_loadbufferx(
+            let status = lua::luaL_loadbufferx(
                 l,
                 chunk.as_ptr().cast(),
                 chunk.len(),
@@ -1033,34 +1038,34 @@ impl<'p> Walker<'p> {
             );
             drop(chunk);
             drop(name);
-            if status != ffi::LUA_OK {
-                ffi::lua_pop(l, 1);
+            if status != lua::LUA_OK {
+                lua::lua_pop(l, 1);
                 self.tally(new).closures_left += 1;
                 return None;
             }
-            let g = ffi::lua_gettop(l);
+            let g = lua::lua_gettop(l);
             let mut i = 1;
-            while let Some(wanted) = ffi::get_upvalue(l, g, i) {
-                ffi::lua_pop(l, 1);
+            while let Some(wanted) = capi::get_upvalue(l, g, i) {
+                lua::lua_pop(l, 1);
                 match find_upvalue(l, c, wanted) {
-                    Some(j) => ffi::join_upvalue(l, g, i, c, j),
+                    Some(j) => capi::join_upvalue(l, g, i, c, j),
                     // a new global access: the environment the new enclosing function has
                     None if wanted == b"_ENV" => {
                         self.push_ref(l, new);
-                        let f = ffi::lua_gettop(l);
+                        let f = lua::lua_gettop(l);
                         match find_upvalue(l, f, b"_ENV") {
-                            Some(j) => ffi::join_upvalue(l, g, i, f, j),
+                            Some(j) => capi::join_upvalue(l, g, i, f, j),
                             None => {
-                                ffi::lua_pop(l, 2);
+                                lua::lua_pop(l, 2);
                                 self.tally(new).closures_left += 1;
                                 return None;
                             }
                         }
-                        ffi::lua_pop(l, 1);
+                        lua::lua_pop(l, 1);
                     }
                     // captures a variable the old closure did not have: no state to give it
                     None => {
-                        ffi::lua_pop(l, 1);
+                        lua::lua_pop(l, 1);
                         self.tally(new).closures_left += 1;
                         return None;
                     }
@@ -1069,11 +1074,11 @@ impl<'p> Walker<'p> {
             }
             #[cfg(feature = "luajit")]
             {
-                ffi::lua_getfenv(l, c);
-                ffi::lua_setfenv(l, g);
+                lua::lua_getfenv(l, c);
+                lua::lua_setfenv(l, g);
             }
             let slot = self.plans.get_mut(new.0)?.anchor(l, g);
-            ffi::lua_pop(l, 1);
+            lua::lua_pop(l, 1);
             self.tally(new).closures_updated += 1;
             Some((new.0, slot))
         }
@@ -1085,9 +1090,9 @@ unsafe fn find_upvalue(l: *mut lua_State, f: c_int, name: &[u8]) -> Option<c_int
     // SAFETY: names are read and their values popped at once.
     unsafe {
         let mut j = 1;
-        while let Some(n) = ffi::get_upvalue(l, f, j) {
+        while let Some(n) = capi::get_upvalue(l, f, j) {
             let same = n == name;
-            ffi::lua_pop(l, 1);
+            lua::lua_pop(l, 1);
             if same {
                 return Some(j);
             }

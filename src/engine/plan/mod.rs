@@ -10,12 +10,20 @@
 
 use std::os::raw::c_int;
 
+use mlua::ffi as lua;
+
+mod anchors;
+
+use anchors::Anchors;
+
 use super::base::{
     Builder, Decision, KeyRef, Kind, NodeId, Prior, Snapshot, Was, decide, kept_by_source,
 };
-use crate::ffi::{self, GcPause, Val, lua_State, read};
-use crate::proto::Dump;
-use crate::ptrmap::{AddrSet, PtrMap, PtrSet};
+use super::proto::Dump;
+use super::ptrmap::{AddrSet, PtrMap, PtrSet};
+use crate::vm::access::{self, Val, read};
+use crate::vm::capi::{self, lua_State};
+use crate::vm::gc::GcPause;
 
 /// A value an action writes: inline data, or a slot of the anchor table.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,7 +76,7 @@ pub struct Join {
 
 /// A running function and the new one that replaces it (anchor slots), with what the walk
 /// needs of the old one: its address, and where its chunk name is when read in place (see
-/// `ffi::Upvalues::source`).
+/// `access::Upvalues::source`).
 #[derive(Clone, Copy, Debug)]
 pub struct FnPair {
     pub old: u32,
@@ -128,7 +136,7 @@ enum Cell {
 
 /// A planned merge, ready for `apply`.
 pub struct Plan {
-    tab: ffi::Anchors,
+    tab: Anchors,
     n_anchors: u32,
     pub acts: Vec<Act>,
     pub joins: Vec<Join>,
@@ -202,11 +210,11 @@ impl Plan {
     }
 
     /// Keeps the anchor table in `holder[key]` from now on, not on the stack (see
-    /// `ffi::Anchors::hold`).
+    /// `Anchors::hold`).
     ///
     /// # Safety
     /// The anchor table is still at its stack index; `holder` stays at its index.
-    pub unsafe fn hold(&mut self, l: *mut lua_State, holder: c_int, key: ffi::lua_Integer) {
+    pub unsafe fn hold(&mut self, l: *mut lua_State, holder: c_int, key: lua::lua_Integer) {
         // SAFETY: forwarded.
         unsafe { self.tab.hold(l, holder, key) }
     }
@@ -290,7 +298,7 @@ struct Deferred {
 pub struct Planner<'o> {
     old: &'o Snapshot,
     /// unmarked while the plan is made if the collector is held (written in place)
-    tab: ffi::Anchors,
+    tab: Anchors,
     n_anchors: u32,
     /// the new version's objects (and any running one anchored as a value)
     objs: PtrMap<Obj>,
@@ -352,11 +360,11 @@ impl<'o> Planner<'o> {
         let (nodes, _, upvalues) = old.size();
         // SAFETY: plain pushes; a memory error unwinds to `protect`.
         let anchors = unsafe {
-            ffi::luaL_checkstack(l, STACK_NEEDED, c"hotreload: Lua stack exhausted".as_ptr());
+            lua::luaL_checkstack(l, STACK_NEEDED, c"hotreload: Lua stack exhausted".as_ptr());
             // both versions' objects, and a quarter more for strings (keys written anew)
             let slots = nodes * 2 + nodes / 2;
-            ffi::lua_createtable(l, c_int::try_from(slots).unwrap_or(0).max(64), 0);
-            ffi::lua_gettop(l)
+            lua::lua_createtable(l, c_int::try_from(slots).unwrap_or(0).max(64), 0);
+            lua::lua_gettop(l)
         };
         // the new version's objects and cells, and room for a few more before the first rehash
         let mut objs = PtrMap::default();
@@ -366,7 +374,7 @@ impl<'o> Planner<'o> {
         let mut planner = Planner {
             old,
             // SAFETY: the table just pushed, which stays there.
-            tab: unsafe { ffi::Anchors::at(l, anchors, gc.is_some()) },
+            tab: unsafe { Anchors::at(l, anchors, gc.is_some()) },
             n_anchors: 0,
             objs,
             claimed: AddrSet::default(),
@@ -395,8 +403,8 @@ impl<'o> Planner<'o> {
             // down into its place once it holds them.
             unsafe {
                 planner.base_fns = anchor_new(l, planner.tab, &mut planner.n_anchors, base_fns);
-                ffi::lua_replace(l, base_fns);
-                planner.tab = ffi::Anchors::at(l, base_fns, gc.is_some());
+                lua::lua_replace(l, base_fns);
+                planner.tab = Anchors::at(l, base_fns, gc.is_some());
             }
         }
         planner
@@ -474,8 +482,8 @@ impl<'o> Planner<'o> {
                     // the next pair's two objects are fetched while this one is planned
                     if let Some(Item::Tables { at, .. } | Item::Fns { at, .. }) = self.paired.last()
                     {
-                        ffi::prefetch(at.old);
-                        ffi::prefetch(at.new);
+                        access::prefetch(at.old);
+                        access::prefetch(at.new);
                     }
                     self.process(l, item);
                 } else if let Some(d) = self.deferred.pop() {
@@ -522,15 +530,15 @@ impl<'o> Planner<'o> {
         // anchored and popped.
         unsafe {
             let n = c_int::try_from(self.new_fns.len()).unwrap_or(0);
-            ffi::lua_createtable(l, n, 0);
-            let t = ffi::lua_gettop(l);
+            lua::lua_createtable(l, n, 0);
+            let t = lua::lua_gettop(l);
             for &(slot, p) in &self.new_fns {
                 let Some(o) = self.objs.get(&p).filter(|o| o.node != NO_NODE) else { continue };
                 self.tab.get(l, slot);
-                ffi::lua_rawseti(l, t, ffi::lua_Integer::from(o.node) + 1);
+                lua::lua_rawseti(l, t, lua::lua_Integer::from(o.node) + 1);
             }
             let slot = anchor_new(l, self.tab, &mut self.n_anchors, t);
-            ffi::lua_pop(l, 1);
+            lua::lua_pop(l, 1);
             slot
         }
     }
@@ -547,12 +555,12 @@ impl<'o> Planner<'o> {
                 Item::AdoptFn { new, node } => self.adopt_fn(l, new, node),
                 Item::Cell { f, n } => {
                     self.push(l, f);
-                    let fi = ffi::lua_gettop(l);
-                    if ffi::get_upvalue(l, fi, n).is_some() {
-                        let id = ffi::upvalue_id(l, fi, n);
+                    let fi = lua::lua_gettop(l);
+                    if capi::get_upvalue(l, fi, n).is_some() {
+                        let id = capi::upvalue_id(l, fi, n);
                         self.adopt_cell(l, f, n, id, fi + 1);
                     }
-                    ffi::settop_down(l, fi - 1);
+                    access::settop_down(l, fi - 1);
                 }
             }
         }
@@ -603,7 +611,7 @@ impl<'o> Planner<'o> {
                     // paired, but not planned: the running one stays as it is
                     let base = self.old.child(prior, Kind::Table);
                     let bare =
-                        q.is_some() && self.old.is_bare(base) && ffi::is_bare_table(l, new, p);
+                        q.is_some() && self.old.is_bare(base) && access::is_bare_table(l, new, p);
                     let not_merged = |o: &Obj| o.flags & MERGED == 0;
                     let (o, paired) =
                         self.meet(l, (live, new), (q, p), not_merged, MERGED | QUEUED, !bare);
@@ -613,8 +621,8 @@ impl<'o> Planner<'o> {
                         // already holds the table it merged into
                         let keep = matches!(lv, Val::Table(_)) && {
                             self.push(l, o.pair);
-                            let same = ffi::lua_rawequal(l, live, -1) != 0;
-                            ffi::lua_pop(l, 1);
+                            let same = lua::lua_rawequal(l, live, -1) != 0;
+                            lua::lua_pop(l, 1);
                             same
                         };
                         let d = if keep { Decision::Keep } else { Decision::TakeNew };
@@ -644,14 +652,14 @@ impl<'o> Planner<'o> {
                     if lv == nv {
                         return (Decision::Keep, Was::Opaque);
                     }
-                    let top = ffi::lua_gettop(l);
+                    let top = lua::lua_gettop(l);
                     let (old_fn, d) = self.decide_function(l, live, new, lv, prior);
                     let q = old_fn.and_then(|i| read(l, i).object());
                     let unpaired = |o: &Obj| o.pair == 0;
                     let old_at = old_fn.unwrap_or(live);
                     let (o, paired) = self.meet(l, (old_at, new), (q, p), unpaired, QUEUED, true);
                     let node = o.node;
-                    ffi::settop_down(l, top);
+                    access::settop_down(l, top);
                     if let (Some((live_slot, new_slot)), Some(q)) = (paired, q) {
                         self.new_fn_at.insert(p);
                         let base = self.old.child(prior, Kind::Func);
@@ -703,7 +711,7 @@ impl<'o> Planner<'o> {
         // SAFETY: as documented; the base functions' table is at `base_fns`.
         unsafe {
             match self.push_base_fn(l, prior) {
-                Some(b) if ffi::lua_rawequal(l, b, live) != 0 => (Some(live), Decision::TakeNew),
+                Some(b) if lua::lua_rawequal(l, b, live) != 0 => (Some(live), Decision::TakeNew),
                 Some(b) => {
                     if same_code(l, b, new) {
                         self.counts.functions_kept += 1;
@@ -714,7 +722,7 @@ impl<'o> Planner<'o> {
                 }
                 None if matches!(prior, Prior::Unknown)
                     && matches!(lv, Val::LuaFn(_))
-                    && ffi::same_chunk(l, live, new) =>
+                    && capi::same_chunk(l, live, new) =>
                 {
                     (Some(live), Decision::TakeNew)
                 }
@@ -736,12 +744,12 @@ impl<'o> Planner<'o> {
         // SAFETY: raw reads of the anchored base functions' table, removed after.
         unsafe {
             self.tab.get(l, self.base_fns);
-            ffi::rawgeti(l, -1, node.checked_add(1)?);
-            ffi::lua_remove(l, -2);
-            if ffi::lua_type(l, -1) == ffi::LUA_TFUNCTION {
-                Some(ffi::lua_gettop(l))
+            capi::rawgeti(l, -1, node.checked_add(1)?);
+            lua::lua_remove(l, -2);
+            if lua::lua_type(l, -1) == lua::LUA_TFUNCTION {
+                Some(lua::lua_gettop(l))
             } else {
-                ffi::lua_pop(l, 1);
+                lua::lua_pop(l, 1);
                 None
             }
         }
@@ -875,14 +883,14 @@ impl<'o> Planner<'o> {
         // SAFETY: both tables are anchored; the traversal only reads `new` and `live`, so
         // `lua_next` stays valid; every branch restores the stack to `top + 3` (the key).
         unsafe {
-            let top = ffi::lua_gettop(l);
+            let top = lua::lua_gettop(l);
             self.push(l, live);
             self.push(l, new);
             let (ti, ni) = (top + 1, top + 2);
             self.mirror.begin(node, Kind::Table);
             let mut seen_in_base = 0usize;
             let mut cur = old.cursor(base);
-            let mut entries = ffi::Entries::new(l, ni);
+            let mut entries = access::Entries::new(l, ni);
             while entries.next(l) {
                 let (k, v) = (top + 3, top + 4);
                 let kv = read(l, k);
@@ -911,7 +919,7 @@ impl<'o> Planner<'o> {
                         self.merge_entry(l, (live, ti), k, v, Prior::Unknown);
                     }
                 }
-                ffi::settop_down(l, top + 3);
+                access::settop_down(l, top + 3);
             }
             if scope == Scope::Module {
                 if seen_in_base < old.len(base) {
@@ -919,7 +927,7 @@ impl<'o> Planner<'o> {
                 }
                 self.pair_metatables(l, live, ti, ni, base, node);
             }
-            ffi::settop_down(l, top);
+            access::settop_down(l, top);
         }
     }
 
@@ -936,8 +944,8 @@ impl<'o> Planner<'o> {
     ) -> Decided<'v> {
         // SAFETY: valid indices from the caller, `v` on top; one free slot.
         unsafe {
-            ffi::lua_pushvalue(l, k);
-            ffi::rawget(l, ti);
+            lua::lua_pushvalue(l, k);
+            capi::rawget(l, ti);
             let m = self.merge_slot(l, v + 1, v, prior);
             self.record_set(l, live, k, v, &m);
             m
@@ -980,21 +988,21 @@ impl<'o> Planner<'o> {
         let old = self.old;
         // SAFETY: `ti`/`ni` are the anchored tables; each key is pushed and popped here.
         unsafe {
-            let top = ffi::lua_gettop(l);
+            let top = lua::lua_gettop(l);
             for key in old.keys(base) {
                 push_key(l, key);
-                ffi::lua_pushvalue(l, -1);
-                let in_new = ffi::lua_rawget(l, ni) != ffi::LUA_TNIL;
-                ffi::lua_pop(l, 1);
+                lua::lua_pushvalue(l, -1);
+                let in_new = lua::lua_rawget(l, ni) != lua::LUA_TNIL;
+                lua::lua_pop(l, 1);
                 if !in_new {
-                    ffi::lua_pushvalue(l, -1);
-                    if ffi::lua_rawget(l, ti) != ffi::LUA_TNIL {
+                    lua::lua_pushvalue(l, -1);
+                    if lua::lua_rawget(l, ti) != lua::LUA_TNIL {
                         let k = self.capture(l, top + 1);
                         self.acts.push(Act::Set { t: live, k, v: Pv::Nil });
                         self.counts.keys_removed += 1;
                     }
                 }
-                ffi::settop_down(l, top);
+                access::settop_down(l, top);
             }
         }
     }
@@ -1012,19 +1020,19 @@ impl<'o> Planner<'o> {
         let old = self.old;
         // SAFETY: two pushes at most (new metatable, running one), popped by the final settop.
         unsafe {
-            let top = ffi::lua_gettop(l);
-            let has_new = ffi::lua_getmetatable(l, ni) != 0;
+            let top = lua::lua_gettop(l);
+            let has_new = lua::lua_getmetatable(l, ni) != 0;
             let prior = old.meta(base);
             if !has_new && !matches!(prior, Prior::Was(_)) {
                 // nothing to set either way: the running metatable is not even looked up
-                ffi::settop_down(l, top);
+                access::settop_down(l, top);
                 return;
             }
             if !has_new {
-                ffi::lua_pushnil(l);
+                lua::lua_pushnil(l);
             }
-            if ffi::lua_getmetatable(l, ti) == 0 {
-                ffi::lua_pushnil(l);
+            if lua::lua_getmetatable(l, ti) == 0 {
+                lua::lua_pushnil(l);
             }
             let (live_mt, new_mt) = (top + 2, top + 1);
             if has_new {
@@ -1034,11 +1042,11 @@ impl<'o> Planner<'o> {
                     let mt = self.capture_val(l, new_mt, m.new);
                     self.acts.push(Act::Meta { t: live, mt });
                 }
-            } else if ffi::lua_type(l, live_mt) != ffi::LUA_TNIL {
+            } else if lua::lua_type(l, live_mt) != lua::LUA_TNIL {
                 // The source dropped its setmetatable.
                 self.acts.push(Act::Meta { t: live, mt: Pv::Nil });
             }
-            ffi::settop_down(l, top);
+            access::settop_down(l, top);
         }
     }
 
@@ -1054,11 +1062,11 @@ impl<'o> Planner<'o> {
         // SAFETY: both functions are anchored Lua functions, at `fi` and `ni` while their
         // upvalues are read; `get` stops at the last one; each loop turn restores `top + 2`.
         unsafe {
-            let top = ffi::lua_gettop(l);
+            let top = lua::lua_gettop(l);
             self.push(l, live);
             self.push(l, new);
             let (fi, ni) = (top + 1, top + 2);
-            let (old_ups, new_ups) = (ffi::Upvalues::of(l, fi), ffi::Upvalues::of(l, ni));
+            let (old_ups, new_ups) = (access::Upvalues::of(l, fi), access::Upvalues::of(l, ni));
             self.mirror.begin(node, Kind::Func);
             let at = read(l, fi).object().unwrap_or(0);
             let source = old_ups.source().map(|s| s as usize);
@@ -1117,26 +1125,26 @@ impl<'o> Planner<'o> {
                     let was = self.base_of(read(l, value));
                     self.mirror.upvalue(node, name, was);
                 }
-                ffi::settop_down(l, top + 2);
+                access::settop_down(l, top + 2);
                 i += 1;
             }
-            ffi::settop_down(l, top);
+            access::settop_down(l, top);
         }
     }
 
     unsafe fn adopt_table(&mut self, l: *mut lua_State, new: u32, node: NodeId) {
         // SAFETY: the table is anchored; the traversal only writes through planned actions.
         unsafe {
-            let top = ffi::lua_gettop(l);
+            let top = lua::lua_gettop(l);
             self.push(l, new);
             let ni = top + 1;
             if self.is_merged(read(l, ni)) {
-                ffi::settop_down(l, top);
+                access::settop_down(l, top);
                 return; // paired after all
             }
             self.mirror.begin(node, Kind::Table);
-            ffi::lua_pushnil(l);
-            while ffi::lua_next(l, ni) != 0 {
+            lua::lua_pushnil(l);
+            while lua::lua_next(l, ni) != 0 {
                 let (k, v) = (top + 2, top + 3);
                 let (kv, vv) = (read(l, k), read(l, v));
                 if let Some(key) = KeyRef::of(kv) {
@@ -1154,9 +1162,9 @@ impl<'o> Planner<'o> {
                     }
                     self.acts.push(Act::Set { t: new, k: kp, v: vp });
                 }
-                ffi::settop_down(l, top + 2);
+                access::settop_down(l, top + 2);
             }
-            if ffi::lua_getmetatable(l, ni) != 0 {
+            if lua::lua_getmetatable(l, ni) != 0 {
                 let mv = read(l, top + 2);
                 let was = self.base_of(mv);
                 self.mirror.meta(node, was);
@@ -1166,22 +1174,22 @@ impl<'o> Planner<'o> {
                     self.acts.push(Act::Meta { t: new, mt });
                 }
             }
-            ffi::settop_down(l, top);
+            access::settop_down(l, top);
         }
     }
 
     unsafe fn adopt_fn(&mut self, l: *mut lua_State, new: u32, node: NodeId) {
         // SAFETY: the function is anchored and a Lua function (`reach` checked).
         unsafe {
-            let top = ffi::lua_gettop(l);
+            let top = lua::lua_gettop(l);
             self.push(l, new);
             let fi = top + 1;
             let at = read(l, fi).object().unwrap_or(0);
             if at != 0 && self.obj(at).pair != 0 {
-                ffi::settop_down(l, top);
+                access::settop_down(l, top);
                 return; // paired after all
             }
-            let ups = ffi::Upvalues::of(l, fi);
+            let ups = access::Upvalues::of(l, fi);
             self.mirror.begin(node, Kind::Func);
             self.new_fns.push((new, at));
             self.mark_new_fn(l, fi);
@@ -1199,10 +1207,10 @@ impl<'o> Planner<'o> {
                     Some(_) => {}
                     None => self.adopt_cell(l, new, i, id, top + 2),
                 }
-                ffi::settop_down(l, fi);
+                access::settop_down(l, fi);
                 i += 1;
             }
-            ffi::settop_down(l, top);
+            access::settop_down(l, top);
         }
     }
 
@@ -1227,7 +1235,7 @@ impl<'o> Planner<'o> {
     unsafe fn deferred_entry(&mut self, l: *mut lua_State, d: Deferred) {
         // SAFETY: all three are anchored; pushes are undone by the final settop.
         unsafe {
-            let top = ffi::lua_gettop(l);
+            let top = lua::lua_gettop(l);
             self.push(l, d.t);
             self.push(l, d.k);
             self.push(l, d.v);
@@ -1242,19 +1250,19 @@ impl<'o> Planner<'o> {
             match live_key {
                 Some(lk) => {
                     self.push(l, lk);
-                    ffi::rawget(l, ti);
+                    capi::rawget(l, ti);
                 }
-                None => ffi::lua_pushnil(l),
+                None => lua::lua_pushnil(l),
             }
             let dec = self.merge_slot(l, live, vi, Prior::Unknown).d;
-            let renamed = matches!(kv, Val::LuaFn(_)) && ffi::lua_type(l, live) != ffi::LUA_TNIL;
+            let renamed = matches!(kv, Val::LuaFn(_)) && lua::lua_type(l, live) != lua::LUA_TNIL;
             if let (true, Some(lk)) = (renamed, live_key) {
                 // old_function -> v becomes new_function -> v
                 self.acts.push(Act::Unset { t: d.t, k: Pv::Slot(lk) });
                 let value = if dec == Decision::Keep { live } else { vi };
                 let v = self.capture(l, value);
                 self.acts.push(Act::Set { t: d.t, k: Pv::Slot(d.k), v });
-            } else if dec == Decision::TakeNew && ffi::lua_rawequal(l, live, vi) == 0 {
+            } else if dec == Decision::TakeNew && lua::lua_rawequal(l, live, vi) == 0 {
                 self.reach(l, ki);
                 let k = match (kv, live_key) {
                     (Val::Table(_), Some(lk)) => Pv::Slot(lk),
@@ -1263,7 +1271,7 @@ impl<'o> Planner<'o> {
                 let v = self.capture(l, vi);
                 self.acts.push(Act::Set { t: d.t, k, v });
             }
-            ffi::settop_down(l, top);
+            access::settop_down(l, top);
         }
     }
 
@@ -1273,18 +1281,18 @@ impl<'o> Planner<'o> {
     unsafe fn plan_fenvs(&mut self, l: *mut lua_State) {
         // SAFETY: anchored functions, read in place as probed; lua_getfenv pushes one value.
         unsafe {
-            let in_place = ffi::reads_slots_in_place(l);
+            let in_place = access::reads_slots_in_place(l);
             // functions of one version mostly share one environment: ask once per table
             let mut last: Option<(Val, bool)> = None;
             for i in 0..self.new_fns.len() {
                 let Some(&(f, p)) = self.new_fns.get(i) else { break };
                 let env = if in_place && p != 0 {
-                    Val::Table(ffi::raw::env_of(p))
+                    Val::Table(access::in_place::env_of(p))
                 } else {
                     self.push(l, f);
-                    ffi::lua_getfenv(l, -1);
+                    lua::lua_getfenv(l, -1);
                     let env = read(l, -1);
-                    ffi::lua_pop(l, 2);
+                    lua::lua_pop(l, 2);
                     env
                 };
                 let merged = match last {
@@ -1294,10 +1302,10 @@ impl<'o> Planner<'o> {
                 last = Some((env, merged));
                 if merged {
                     self.push(l, f);
-                    ffi::lua_getfenv(l, -1);
-                    let env = self.capture(l, ffi::lua_gettop(l));
+                    lua::lua_getfenv(l, -1);
+                    let env = self.capture(l, lua::lua_gettop(l));
                     self.acts.push(Act::Fenv { f, env });
-                    ffi::lua_pop(l, 2);
+                    lua::lua_pop(l, 2);
                 }
             }
         }
@@ -1363,7 +1371,7 @@ pub unsafe fn check_root(l: *mut lua_State, live: c_int, new: c_int) -> Result<(
             return Err(format!(
                 "the new version returns a {}, but the loaded module is a table; \
                  a reload cannot turn one into the other without breaking references to it",
-                ffi::type_name(l, new)
+                capi::type_name(l, new)
             ));
         }
         Ok(())
@@ -1385,7 +1393,7 @@ fn new_entry<'m>(objs: &'m mut PtrMap<Obj>, mirror: &mut Builder, p: usize) -> &
 /// As [`anchor_new`].
 unsafe fn anchor_obj(
     l: *mut lua_State,
-    anchors: ffi::Anchors,
+    anchors: Anchors,
     n: &mut u32,
     o: &mut Obj,
     idx: c_int,
@@ -1403,7 +1411,7 @@ unsafe fn anchor_obj(
 ///
 /// # Safety
 /// Valid indices; one free stack slot; inside `protect` (allocates).
-unsafe fn anchor_new(l: *mut lua_State, anchors: ffi::Anchors, n: &mut u32, idx: c_int) -> u32 {
+unsafe fn anchor_new(l: *mut lua_State, anchors: Anchors, n: &mut u32, idx: c_int) -> u32 {
     *n += 1;
     // SAFETY: as documented.
     unsafe { anchors.store(l, *n, idx) };
@@ -1446,7 +1454,7 @@ fn identical(a: Val, b: Val) -> bool {
 unsafe fn same_code(l: *mut lua_State, a: c_int, b: c_int) -> bool {
     // SAFETY: forwarded.
     let digest = |idx| unsafe {
-        let dump = Dump::parse(&ffi::dump(l, idx)?).ok()?;
+        let dump = Dump::parse(&capi::dump(l, idx)?).ok()?;
         dump.code_digest(dump.root)
     };
     matches!((digest(a), digest(b)), (Some(x), Some(y)) if x == y)
@@ -1469,11 +1477,11 @@ unsafe fn push_key(l: *mut lua_State, key: KeyRef) {
     // SAFETY: one push each.
     unsafe {
         match key {
-            KeyRef::Str(s) => ffi::push_bytes(l, s),
-            KeyRef::Other(Key::Bool(b)) => ffi::lua_pushboolean(l, c_int::from(b)),
+            KeyRef::Str(s) => capi::push_bytes(l, s),
+            KeyRef::Other(Key::Bool(b)) => lua::lua_pushboolean(l, c_int::from(b)),
             KeyRef::Other(Key::Int(i)) => push_int(l, i),
-            KeyRef::Other(Key::Num(bits)) => ffi::lua_pushnumber(l, f64::from_bits(bits)),
-            KeyRef::Other(Key::Light(p)) => ffi::lua_pushlightuserdata(l, p as *mut _),
+            KeyRef::Other(Key::Num(bits)) => lua::lua_pushnumber(l, f64::from_bits(bits)),
+            KeyRef::Other(Key::Light(p)) => lua::lua_pushlightuserdata(l, p as *mut _),
         }
     }
 }
@@ -1486,9 +1494,9 @@ pub unsafe fn push_int(l: *mut lua_State, i: i64) {
     // SAFETY: one push.
     unsafe {
         #[cfg(not(feature = "luajit"))]
-        ffi::lua_pushinteger(l, i);
+        lua::lua_pushinteger(l, i);
         #[cfg(feature = "luajit")]
-        ffi::lua_pushnumber(l, i as f64);
+        lua::lua_pushnumber(l, i as f64);
     }
 }
 
@@ -1502,27 +1510,27 @@ pub unsafe fn stop_set(l: *mut lua_State) -> PtrSet {
     let mut stop = PtrSet::default();
     // SAFETY: plain reads of the registry, `_LOADED` and the globals; stack restored.
     unsafe {
-        let top = ffi::lua_gettop(l);
-        stop.insert(ffi::lua_topointer(l, ffi::LUA_REGISTRYINDEX) as usize);
-        ffi::push_globals(l);
-        stop.insert(ffi::lua_topointer(l, -1) as usize);
-        ffi::push_loaded(l);
-        let loaded = ffi::lua_gettop(l);
-        if ffi::lua_type(l, loaded) == ffi::LUA_TTABLE {
-            stop.insert(ffi::lua_topointer(l, loaded) as usize);
-            let mut entries = ffi::Entries::new(l, loaded);
+        let top = lua::lua_gettop(l);
+        stop.insert(lua::lua_topointer(l, lua::LUA_REGISTRYINDEX) as usize);
+        capi::push_globals(l);
+        stop.insert(lua::lua_topointer(l, -1) as usize);
+        capi::push_loaded(l);
+        let loaded = lua::lua_gettop(l);
+        if lua::lua_type(l, loaded) == lua::LUA_TTABLE {
+            stop.insert(lua::lua_topointer(l, loaded) as usize);
+            let mut entries = access::Entries::new(l, loaded);
             while entries.next(l) {
                 if let Some(p) = read(l, -1).object() {
                     stop.insert(p);
                 }
-                ffi::lua_pop(l, 1);
+                lua::lua_pop(l, 1);
             }
         }
-        ffi::push_bytes(l, b"");
-        if ffi::lua_getmetatable(l, -1) != 0 {
-            stop.insert(ffi::lua_topointer(l, -1) as usize);
+        capi::push_bytes(l, b"");
+        if lua::lua_getmetatable(l, -1) != 0 {
+            stop.insert(lua::lua_topointer(l, -1) as usize);
         }
-        ffi::lua_settop(l, top);
+        lua::lua_settop(l, top);
     }
     stop
 }
@@ -1550,24 +1558,24 @@ mod tests {
         let list: mlua::Table = lua.load(values).eval().unwrap();
         // SAFETY: the list is pushed once; each pair of its values is pushed and popped.
         unsafe {
-            ffi::testing::assert_raw(&lua, list, |l, failures| {
-                let n = ffi::lua_rawlen(l, 1) as ffi::lua_Integer;
+            capi::testing::assert_raw(&lua, list, |l, failures| {
+                let n = lua::lua_rawlen(l, 1) as lua::lua_Integer;
                 for i in 1..=n {
                     for j in 1..=n {
-                        ffi::lua_rawgeti(l, 1, i);
-                        ffi::lua_rawgeti(l, 1, j);
-                        let numbers = ffi::lua_type(l, -2) == ffi::LUA_TNUMBER
-                            && ffi::lua_type(l, -1) == ffi::LUA_TNUMBER;
+                        lua::lua_rawgeti(l, 1, i);
+                        lua::lua_rawgeti(l, 1, j);
+                        let numbers = lua::lua_type(l, -2) == lua::LUA_TNUMBER
+                            && lua::lua_type(l, -1) == lua::LUA_TNUMBER;
                         let same_kind = !numbers || {
-                            let int = |idx| read(l, idx) == Val::Int(ffi::lua_tointeger(l, idx));
-                            let bits = |idx| ffi::lua_tonumber(l, idx).to_bits();
+                            let int = |idx| read(l, idx) == Val::Int(lua::lua_tointeger(l, idx));
+                            let bits = |idx| lua::lua_tonumber(l, idx).to_bits();
                             int(-2) == int(-1) && (int(-2) || bits(-2) == bits(-1))
                         };
-                        let expected = ffi::lua_rawequal(l, -2, -1) != 0 && same_kind;
+                        let expected = lua::lua_rawequal(l, -2, -1) != 0 && same_kind;
                         if identical(read(l, -2), read(l, -1)) != expected {
                             failures.push_str(&format!("items {i} and {j}: expected {expected}\n"));
                         }
-                        ffi::lua_pop(l, 2);
+                        lua::lua_pop(l, 2);
                     }
                 }
             });

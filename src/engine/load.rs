@@ -5,8 +5,10 @@
 
 use std::os::raw::c_int;
 
-use crate::capture;
-use crate::ffi::{self, lua_State};
+use mlua::ffi as lua;
+
+use super::capture;
+use crate::vm::capi::{self, lua_State};
 
 /// Why no new version could be produced.
 pub enum LoadError {
@@ -23,8 +25,6 @@ pub struct Loaded {
     pub value: c_int,
     /// Table of the globals the chunk assigned: key -> new value.
     pub delta: c_int,
-    /// The global table.
-    pub globals: c_int,
 }
 
 /// Pushes the loader and its extra value (the file name on 5.4) for `name`, unwrapping the
@@ -35,37 +35,37 @@ pub struct Loaded {
 pub unsafe fn find_loader(l: *mut lua_State, name: &[u8]) -> Result<(), LoadError> {
     // SAFETY: plain stack work; searchers run under lua_pcall.
     unsafe {
-        let top = ffi::lua_gettop(l);
+        let top = lua::lua_gettop(l);
         let searchers = push_searchers(l);
         if searchers == 0 {
-            ffi::lua_settop(l, top);
+            lua::lua_settop(l, top);
             return Err(LoadError::Failed("'package.searchers' must be a table".into()));
         }
         let mut tried = String::new();
         let mut i = 1;
         loop {
-            if ffi::lua_rawgeti(l, searchers, i) == ffi::LUA_TNIL {
+            if lua::lua_rawgeti(l, searchers, i) == lua::LUA_TNIL {
                 break;
             }
-            ffi::push_bytes(l, name);
-            if ffi::lua_pcall(l, 1, 2, 0) != ffi::LUA_OK {
-                let message = ffi::describe(l, -1);
-                ffi::lua_settop(l, top);
+            capi::push_bytes(l, name);
+            if lua::lua_pcall(l, 1, 2, 0) != lua::LUA_OK {
+                let message = capi::describe(l, -1);
+                lua::lua_settop(l, top);
                 return Err(LoadError::Failed(message));
             }
-            match ffi::lua_type(l, -2) {
-                ffi::LUA_TFUNCTION => {
+            match lua::lua_type(l, -2) {
+                lua::LUA_TFUNCTION => {
                     capture::unwrap_loader(l, -2);
-                    if ffi::lua_iscfunction(l, -2) != 0 {
-                        ffi::lua_settop(l, top);
+                    if lua::lua_iscfunction(l, -2) != 0 {
+                        lua::lua_settop(l, top);
                         return Err(LoadError::Native);
                     }
                     // keep loader and extra, drop the searchers table
-                    ffi::lua_remove(l, searchers);
+                    lua::lua_remove(l, searchers);
                     return Ok(());
                 }
-                ffi::LUA_TSTRING => {
-                    let message = ffi::describe(l, -2);
+                lua::LUA_TSTRING => {
+                    let message = capi::describe(l, -2);
                     if !message.starts_with('\n') {
                         tried.push_str("\n\t");
                     }
@@ -73,10 +73,10 @@ pub unsafe fn find_loader(l: *mut lua_State, name: &[u8]) -> Result<(), LoadErro
                 }
                 _ => {}
             }
-            ffi::lua_pop(l, 2);
+            lua::lua_pop(l, 2);
             i += 1;
         }
-        ffi::lua_settop(l, top);
+        lua::lua_settop(l, top);
         Err(LoadError::NotFound(format!(
             "module '{}' not found:{}",
             String::from_utf8_lossy(name),
@@ -123,16 +123,16 @@ pub unsafe fn load_source(
     let mode = if binary { c"bt" } else { c"t" };
     // SAFETY: the buffer and name outlive the call; one value is pushed either way.
     unsafe {
-        let status = ffi::luaL_loadbufferx(
+        let status = lua::luaL_loadbufferx(
             l,
             src.text.as_ptr().cast(),
             src.text.len(),
             c_name.as_ptr(),
             mode.as_ptr(),
         );
-        if status != ffi::LUA_OK {
-            let message = ffi::describe(l, -1);
-            ffi::lua_pop(l, 1);
+        if status != lua::LUA_OK {
+            let message = capi::describe(l, -1);
+            lua::lua_pop(l, 1);
             return Err(LoadError::Failed(message));
         }
         let bytes = c_name.as_bytes();
@@ -140,7 +140,7 @@ pub unsafe fn load_source(
             Some(b'@' | b'=') => bytes.get(1..).unwrap_or_default(),
             _ => bytes,
         };
-        ffi::push_bytes(l, extra);
+        capi::push_bytes(l, extra);
     }
     Ok(())
 }
@@ -153,81 +153,81 @@ pub unsafe fn load_source(
 pub unsafe fn push_searchers(l: *mut lua_State) -> c_int {
     // SAFETY: raw reads from `_LOADED.package`.
     unsafe {
-        ffi::push_loaded(l);
-        ffi::push_bytes(l, b"package");
-        ffi::lua_rawget(l, -2);
-        ffi::lua_remove(l, -2);
-        if ffi::lua_type(l, -1) != ffi::LUA_TTABLE {
-            ffi::lua_pop(l, 1);
+        capi::push_loaded(l);
+        capi::push_bytes(l, b"package");
+        lua::lua_rawget(l, -2);
+        lua::lua_remove(l, -2);
+        if lua::lua_type(l, -1) != lua::LUA_TTABLE {
+            lua::lua_pop(l, 1);
             return 0;
         }
         for field in [b"searchers".as_slice(), b"loaders"] {
-            ffi::push_bytes(l, field);
-            if ffi::lua_rawget(l, -2) == ffi::LUA_TTABLE {
-                ffi::lua_remove(l, -2);
-                return ffi::lua_gettop(l);
+            capi::push_bytes(l, field);
+            if lua::lua_rawget(l, -2) == lua::LUA_TTABLE {
+                lua::lua_remove(l, -2);
+                return lua::lua_gettop(l);
             }
-            ffi::lua_pop(l, 1);
+            lua::lua_pop(l, 1);
         }
-        ffi::lua_pop(l, 1);
+        lua::lua_pop(l, 1);
         0
     }
 }
 
 /// Runs the loader at `loader` (with `extra` after it) as `require` would, then restores
-/// `package.loaded[name]` and the globals. On success, returns where the new value, the
-/// assigned globals and the global table are (all left on the stack).
+/// `package.loaded[name]` and the globals. On success, returns where the new value and the
+/// assigned globals are (left on the stack, above the global table).
 ///
 /// # Safety
 /// Inside `protect`; loader and extra at `loader`, `loader + 1`.
 pub unsafe fn run(l: *mut lua_State, name: &[u8], loader: c_int) -> Result<Loaded, String> {
     // SAFETY: raw table operations; the loader (user code) runs under lua_pcall.
     unsafe {
-        ffi::luaL_checkstack(l, 12, c"hotreload: Lua stack exhausted".as_ptr());
-        ffi::push_loaded(l);
-        let loaded = ffi::lua_gettop(l);
-        ffi::push_globals(l);
+        lua::luaL_checkstack(l, 12, c"hotreload: Lua stack exhausted".as_ptr());
+        capi::push_loaded(l);
+        let loaded = lua::lua_gettop(l);
+        capi::push_globals(l);
         let globals = loaded + 1;
-        ffi::push_bytes(l, name);
-        ffi::lua_rawget(l, loaded);
+        capi::push_bytes(l, name);
+        lua::lua_rawget(l, loaded);
         let saved = loaded + 2;
         copy_table(l, globals);
         let before = loaded + 3;
 
         // As a fresh `require`: `module()` and `package.loaded[...] or {}` idioms see nothing.
         set_loaded(l, loaded, name, None);
-        ffi::lua_pushvalue(l, loader);
-        ffi::push_bytes(l, name);
-        ffi::lua_pushvalue(l, loader + 1);
-        let ok = ffi::lua_pcall(l, 2, 1, 0) == ffi::LUA_OK;
+        lua::lua_pushvalue(l, loader);
+        capi::push_bytes(l, name);
+        lua::lua_pushvalue(l, loader + 1);
+        let ok = lua::lua_pcall(l, 2, 1, 0) == lua::LUA_OK;
         let value = loaded + 4;
-        if ok && ffi::lua_type(l, value) == ffi::LUA_TNIL {
+        if ok && lua::lua_type(l, value) == lua::LUA_TNIL {
             // A chunk that returns nothing may have stored itself; else `require` stores true.
-            ffi::lua_pop(l, 1);
-            ffi::push_bytes(l, name);
-            if ffi::lua_rawget(l, loaded) == ffi::LUA_TNIL {
-                ffi::lua_pop(l, 1);
-                ffi::lua_pushboolean(l, 1);
+            lua::lua_pop(l, 1);
+            capi::push_bytes(l, name);
+            if lua::lua_rawget(l, loaded) == lua::LUA_TNIL {
+                lua::lua_pop(l, 1);
+                lua::lua_pushboolean(l, 1);
             }
         }
         set_loaded(l, loaded, name, Some(saved));
         let delta = global_delta(l, globals, before, true);
         if !ok {
-            return Err(ffi::describe(l, value));
+            return Err(capi::describe(l, value));
         }
-        Ok(Loaded { value, delta, globals })
+        Ok(Loaded { value, delta })
     }
 }
 
 unsafe fn set_loaded(l: *mut lua_State, loaded: c_int, name: &[u8], value: Option<c_int>) {
     // SAFETY: raw set on `_LOADED`.
     unsafe {
-        ffi::push_bytes(l, name);
+        capi::push_bytes(l, name);
         match value {
-            Some(v) => ffi::lua_pushvalue(l, v),
-            None => ffi::lua_pushnil(l),
+            Some(v) => lua::lua_pushvalue(l, v),
+            None => lua::lua_pushnil(l),
         }
-        ffi::lua_rawset(l, loaded);
+        lua::lua_rawset(l, loaded);
     }
 }
 
@@ -238,13 +238,13 @@ unsafe fn set_loaded(l: *mut lua_State, loaded: c_int, name: &[u8], value: Optio
 pub unsafe fn copy_table(l: *mut lua_State, t: c_int) {
     // SAFETY: raw traversal of `t` while writing only to the copy.
     unsafe {
-        ffi::lua_createtable(l, 0, 64);
-        let copy = ffi::lua_gettop(l);
-        ffi::lua_pushnil(l);
-        while ffi::lua_next(l, t) != 0 {
-            ffi::lua_pushvalue(l, -2);
-            ffi::lua_insert(l, -2);
-            ffi::lua_rawset(l, copy);
+        lua::lua_createtable(l, 0, 64);
+        let copy = lua::lua_gettop(l);
+        lua::lua_pushnil(l);
+        while lua::lua_next(l, t) != 0 {
+            lua::lua_pushvalue(l, -2);
+            lua::lua_insert(l, -2);
+            lua::lua_rawset(l, copy);
         }
     }
 }
@@ -262,38 +262,38 @@ pub unsafe fn global_delta(
 ) -> c_int {
     // SAFETY: each traversal writes only to a table other than the one it walks.
     unsafe {
-        ffi::lua_createtable(l, 0, 4);
-        let delta = ffi::lua_gettop(l);
-        ffi::lua_pushnil(l);
-        while ffi::lua_next(l, globals) != 0 {
-            ffi::lua_pushvalue(l, -2);
-            ffi::lua_rawget(l, before);
-            if ffi::lua_rawequal(l, -1, -2) == 0 {
-                ffi::lua_pushvalue(l, -3);
-                ffi::lua_pushvalue(l, -3);
-                ffi::lua_rawset(l, delta);
+        lua::lua_createtable(l, 0, 4);
+        let delta = lua::lua_gettop(l);
+        lua::lua_pushnil(l);
+        while lua::lua_next(l, globals) != 0 {
+            lua::lua_pushvalue(l, -2);
+            lua::lua_rawget(l, before);
+            if lua::lua_rawequal(l, -1, -2) == 0 {
+                lua::lua_pushvalue(l, -3);
+                lua::lua_pushvalue(l, -3);
+                lua::lua_rawset(l, delta);
             }
-            ffi::lua_pop(l, 2);
+            lua::lua_pop(l, 2);
         }
         if restore {
-            ffi::lua_pushnil(l);
-            while ffi::lua_next(l, delta) != 0 {
-                ffi::lua_pop(l, 1);
-                ffi::lua_pushvalue(l, -1);
-                ffi::lua_pushvalue(l, -1);
-                ffi::lua_rawget(l, before);
-                ffi::lua_rawset(l, globals);
+            lua::lua_pushnil(l);
+            while lua::lua_next(l, delta) != 0 {
+                lua::lua_pop(l, 1);
+                lua::lua_pushvalue(l, -1);
+                lua::lua_pushvalue(l, -1);
+                lua::lua_rawget(l, before);
+                lua::lua_rawset(l, globals);
             }
             // globals the chunk set to nil
-            ffi::lua_pushnil(l);
-            while ffi::lua_next(l, before) != 0 {
-                ffi::lua_pushvalue(l, -2);
-                if ffi::lua_rawget(l, globals) == ffi::LUA_TNIL {
-                    ffi::lua_pushvalue(l, -3);
-                    ffi::lua_pushvalue(l, -3);
-                    ffi::lua_rawset(l, globals);
+            lua::lua_pushnil(l);
+            while lua::lua_next(l, before) != 0 {
+                lua::lua_pushvalue(l, -2);
+                if lua::lua_rawget(l, globals) == lua::LUA_TNIL {
+                    lua::lua_pushvalue(l, -3);
+                    lua::lua_pushvalue(l, -3);
+                    lua::lua_rawset(l, globals);
                 }
-                ffi::lua_pop(l, 2);
+                lua::lua_pop(l, 2);
             }
         }
         delta

@@ -20,9 +20,12 @@
 
 use std::os::raw::c_int;
 
-use crate::ffi::{self, lua_State};
-use crate::jitraw::{self, GCV_MASK, Raw, TNIL, TTAB, itype};
-use crate::tableprobe::{self, Reader};
+use mlua::ffi as lua;
+
+use super::slots::{self as jitraw, GCV_MASK, Raw, TNIL, TTAB, itype};
+use crate::vm::capi::lua_State;
+use crate::vm::layout::probe::{self as tableprobe, Reader};
+use crate::vm::layout::{self, PREFETCH_AHEAD};
 
 /// `GCtab` (`lj_obj.h`, GC64), up to `hmask`.
 #[repr(C)]
@@ -52,7 +55,7 @@ struct Node {
 const GCT_TABLE: u8 = 11;
 
 /// The answer of the probe.
-static LAYOUT: ffi::Probed = ffi::Probed::new();
+static LAYOUT: layout::Probed = layout::Probed::new();
 
 /// Whether the walk may read tables in place; probes the layout the first time.
 ///
@@ -88,7 +91,7 @@ impl Cursor {
     /// `idx` holds a table, and [`usable`] said yes.
     pub unsafe fn new(l: *mut lua_State, idx: c_int) -> Cursor {
         // SAFETY: a table's `lua_topointer` is its `GCtab`.
-        unsafe { Cursor::of(ffi::lua_topointer(l, idx) as usize) }
+        unsafe { Cursor::of(lua::lua_topointer(l, idx) as usize) }
     }
 
     /// # Safety
@@ -130,7 +133,7 @@ impl Cursor {
     }
 
     /// The next slot with a non-nil value whose key and value `keep` accepts (fetching
-    /// objects `ffi::PREFETCH_AHEAD` nodes on).
+    /// objects `PREFETCH_AHEAD` nodes on).
     ///
     /// # Safety
     /// As `next`.
@@ -153,8 +156,8 @@ impl Cursor {
             while i < self.nsize {
                 let n = &*self.node.add(i);
                 i += 1;
-                if ahead && i + ffi::PREFETCH_AHEAD < self.nsize {
-                    let n = &*self.node.add(i + ffi::PREFETCH_AHEAD);
+                if ahead && i + PREFETCH_AHEAD < self.nsize {
+                    let n = &*self.node.add(i + PREFETCH_AHEAD);
                     prefetch(n.key);
                     prefetch(n.value);
                 }
@@ -173,7 +176,7 @@ impl Cursor {
 fn prefetch(tv: u64) {
     // GC64 tags of collectable values: ~4 (string) to ~12 (userdata)
     if (4..=12).contains(&!itype(tv)) {
-        ffi::prefetch((tv & GCV_MASK) as usize);
+        layout::prefetch((tv & GCV_MASK) as usize);
     }
 }
 
@@ -197,7 +200,7 @@ impl Slot {
     }
 }
 
-/// Where slot `n` of the table at `table` is, if it is in the array part: `ffi::Anchors`
+/// Where slot `n` of the table at `table` is, if it is in the array part: `Anchors`
 /// reads and writes the anchor tables there.
 ///
 /// # Safety
@@ -267,18 +270,18 @@ pub(crate) unsafe fn probe(l: *mut lua_State) -> bool {
     // SAFETY: until each structure is checked, only its first bytes are read, and only from
     // tables (a `GCtab` is 64 bytes in GC64); the pushes stay within the 16 slots.
     unsafe {
-        let top = ffi::lua_gettop(l);
+        let top = lua::lua_gettop(l);
         // 1: an array part of 17 (indices 0 to 16) holding tables at 0 to 9 and 11
-        ffi::lua_createtable(l, 16, 0);
+        lua::lua_createtable(l, 16, 0);
         for i in (0..=9).chain([11]) {
-            ffi::lua_createtable(l, 0, 0);
-            ffi::lua_rawseti(l, -2, i);
+            lua::lua_createtable(l, 0, 0);
+            lua::lua_rawseti(l, -2, i);
         }
-        let t = &*(ffi::lua_topointer(l, -1) as *const Table);
+        let t = &*(lua::lua_topointer(l, -1) as *const Table);
         let ok = t.gct == GCT_TABLE
             && t.asize == 17
             && t.metatable == 0
-            && tableprobe::agrees(l, ffi::lua_gettop(l), 11, &READER)
+            && tableprobe::agrees(l, lua::lua_gettop(l), 11, &READER)
             // 2: a hash part of 8 slots, with a metatable
             && tableprobe::hash_part(l, &READER, |p, mt| {
                 let t = &*(p as *const Table);
@@ -286,7 +289,7 @@ pub(crate) unsafe fn probe(l: *mut lua_State) -> bool {
             })
             // 3: every array size and limit the shapes give
             && tableprobe::shapes(l, &READER);
-        ffi::lua_settop(l, top);
+        lua::lua_settop(l, top);
         ok
     }
 }

@@ -12,12 +12,14 @@
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-
 use std::os::raw::c_int;
 
-use super::hooks;
-use crate::ffi::{self, Val};
-use crate::ptrmap::PtrHasher;
+use mlua::ffi as lua;
+
+use super::ptrmap::PtrHasher;
+use crate::vm::access::Val;
+use crate::vm::capi;
+use crate::vm::registry::{FUNCTIONS, key};
 
 pub type NodeId = u32;
 
@@ -493,9 +495,6 @@ impl Builder {
     }
 }
 
-/// Registry key (its address) of the table `module name -> functions of its base`.
-static FUNCTIONS: u8 = 0;
-
 /// The mirror holds no Lua values, but the three-way merge of code (rule 2) must tell the
 /// function the previous version put at a slot from one the program put there since (a
 /// mock, a patch): by identity, which an address alone cannot prove once the function may
@@ -506,17 +505,17 @@ static FUNCTIONS: u8 = 0;
 ///
 /// # Safety
 /// Three free stack slots.
-pub unsafe fn push_functions(l: *mut ffi::lua_State, name: &[u8]) -> bool {
+pub unsafe fn push_functions(l: *mut lua::lua_State, name: &[u8]) -> bool {
     // SAFETY: raw reads of the registry.
     unsafe {
-        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, hooks::key(&FUNCTIONS));
-        if ffi::lua_type(l, -1) != ffi::LUA_TTABLE {
+        lua::lua_rawgetp(l, lua::LUA_REGISTRYINDEX, key(&FUNCTIONS));
+        if lua::lua_type(l, -1) != lua::LUA_TTABLE {
             return false;
         }
-        ffi::push_bytes(l, name);
-        ffi::lua_rawget(l, -2);
-        ffi::lua_remove(l, -2);
-        ffi::lua_type(l, -1) == ffi::LUA_TTABLE
+        capi::push_bytes(l, name);
+        lua::lua_rawget(l, -2);
+        lua::lua_remove(l, -2);
+        lua::lua_type(l, -1) == lua::LUA_TTABLE
     }
 }
 
@@ -524,21 +523,21 @@ pub unsafe fn push_functions(l: *mut ffi::lua_State, name: &[u8]) -> bool {
 ///
 /// # Safety
 /// Inside a protected call (allocates); three free stack slots.
-pub unsafe fn set_functions(l: *mut ffi::lua_State, name: &[u8], idx: c_int) {
+pub unsafe fn set_functions(l: *mut lua::lua_State, name: &[u8], idx: c_int) {
     // SAFETY: raw reads and writes of the registry and of our own table.
     unsafe {
-        let idx = ffi::lua_absindex(l, idx);
-        ffi::lua_rawgetp(l, ffi::LUA_REGISTRYINDEX, hooks::key(&FUNCTIONS));
-        if ffi::lua_type(l, -1) != ffi::LUA_TTABLE {
-            ffi::lua_pop(l, 1);
-            ffi::lua_createtable(l, 0, 8);
-            ffi::lua_pushvalue(l, -1);
-            ffi::lua_rawsetp(l, ffi::LUA_REGISTRYINDEX, hooks::key(&FUNCTIONS));
+        let idx = lua::lua_absindex(l, idx);
+        lua::lua_rawgetp(l, lua::LUA_REGISTRYINDEX, key(&FUNCTIONS));
+        if lua::lua_type(l, -1) != lua::LUA_TTABLE {
+            lua::lua_pop(l, 1);
+            lua::lua_createtable(l, 0, 8);
+            lua::lua_pushvalue(l, -1);
+            lua::lua_rawsetp(l, lua::LUA_REGISTRYINDEX, key(&FUNCTIONS));
         }
-        ffi::push_bytes(l, name);
-        ffi::lua_pushvalue(l, idx);
-        ffi::lua_rawset(l, -3);
-        ffi::lua_pop(l, 1);
+        capi::push_bytes(l, name);
+        lua::lua_pushvalue(l, idx);
+        lua::lua_rawset(l, -3);
+        lua::lua_pop(l, 1);
     }
 }
 

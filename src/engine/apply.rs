@@ -5,8 +5,11 @@
 
 use std::os::raw::c_int;
 
+use mlua::ffi as lua;
+
 use super::plan::{Act, Plan, Pv, push_int};
-use crate::ffi::{self, Val, lua_State, read};
+use crate::vm::access::{Val, read};
+use crate::vm::capi::{self, lua_State};
 
 /// One write: what it overwrote, and what it wrote (undone only if still there, so that
 /// undoing one module of a batch never clobbers what another one wrote after it).
@@ -33,14 +36,14 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan, logged: bool) -> Vec<Und
         // SAFETY: a value on top, anchored if kept, then popped.
         unsafe {
             let old = if logged { plan.capture(l, -1) } else { Pv::Nil };
-            ffi::lua_pop(l, 1);
+            lua::lua_pop(l, 1);
             old
         }
     };
     // SAFETY: every operand is an anchored object or inline data; each arm is stack-neutral.
     unsafe {
-        ffi::luaL_checkstack(l, 8, c"hotreload: Lua stack exhausted".as_ptr());
-        let top = ffi::lua_gettop(l);
+        lua::luaL_checkstack(l, 8, c"hotreload: Lua stack exhausted".as_ptr());
+        let top = lua::lua_gettop(l);
         for act in &acts {
             let undo = match *act {
                 Act::Set { t, k, .. } | Act::Unset { t, k } => {
@@ -52,32 +55,32 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan, logged: bool) -> Vec<Und
                     push_slot(l, plan, t);
                     let k = push(l, plan, k, resolve_key);
                     let old = if logged {
-                        ffi::lua_pushvalue(l, -1);
-                        ffi::lua_rawget(l, top + 1);
+                        lua::lua_pushvalue(l, -1);
+                        lua::lua_rawget(l, top + 1);
                         overwritten(l, plan)
                     } else {
                         Pv::Nil
                     };
                     push(l, plan, value, true);
-                    ffi::lua_rawset(l, top + 1);
+                    lua::lua_rawset(l, top + 1);
                     Undo::Set { t, k, old, new: value }
                 }
                 Act::Meta { t, mt } => {
                     push_slot(l, plan, t);
-                    if ffi::lua_getmetatable(l, -1) == 0 {
-                        ffi::lua_pushnil(l);
+                    if lua::lua_getmetatable(l, -1) == 0 {
+                        lua::lua_pushnil(l);
                     }
                     let old = overwritten(l, plan);
                     push(l, plan, mt, true);
-                    ffi::lua_setmetatable(l, -2);
+                    lua::lua_setmetatable(l, -2);
                     Undo::Meta { t, old, new: mt }
                 }
                 Act::Up { f, n, v } => {
                     push_slot(l, plan, f);
-                    ffi::lua_getupvalue(l, -1, n);
+                    lua::lua_getupvalue(l, -1, n);
                     let old = overwritten(l, plan);
                     push(l, plan, v, true);
-                    ffi::lua_setupvalue(l, -2, n);
+                    lua::lua_setupvalue(l, -2, n);
                     Undo::Up { f, n, old, new: v }
                 }
                 Act::Fenv { f, env } => {
@@ -92,20 +95,20 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan, logged: bool) -> Vec<Und
             if logged {
                 log.push(undo);
             }
-            ffi::lua_settop(l, top);
+            lua::lua_settop(l, top);
         }
         // a function's joins are consecutive: its two functions stay pushed across them
         let mut pushed = None;
         for j in &plan.joins {
             if pushed != Some((j.new_fn, j.old_fn)) {
-                ffi::lua_settop(l, top);
+                lua::lua_settop(l, top);
                 push_slot(l, plan, j.new_fn);
                 push_slot(l, plan, j.old_fn);
                 pushed = Some((j.new_fn, j.old_fn));
             }
-            ffi::join_upvalue(l, top + 1, j.n, top + 2, j.old_n);
+            capi::join_upvalue(l, top + 1, j.n, top + 2, j.old_n);
         }
-        ffi::lua_settop(l, top);
+        lua::lua_settop(l, top);
     }
     log
 }
@@ -118,48 +121,48 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan, logged: bool) -> Vec<Und
 pub unsafe fn undo(l: *mut lua_State, plan: &Plan, log: &[Undo]) {
     // SAFETY: every operand is anchored; each arm is stack-neutral (settop below).
     unsafe {
-        let top = ffi::lua_gettop(l);
+        let top = lua::lua_gettop(l);
         for u in log.iter().rev() {
             match *u {
                 Undo::Set { t, k, old, new } => {
                     push_slot(l, plan, t); // top + 1
                     push(l, plan, k, false);
-                    ffi::lua_rawget(l, top + 1);
+                    lua::lua_rawget(l, top + 1);
                     if still(l, plan, new) {
                         push(l, plan, k, false);
                         push(l, plan, old, false);
-                        ffi::lua_rawset(l, top + 1);
+                        lua::lua_rawset(l, top + 1);
                     }
                 }
                 Undo::Meta { t, old, new } => {
                     push_slot(l, plan, t);
-                    if ffi::lua_getmetatable(l, top + 1) == 0 {
-                        ffi::lua_pushnil(l);
+                    if lua::lua_getmetatable(l, top + 1) == 0 {
+                        lua::lua_pushnil(l);
                     }
                     if still(l, plan, new) {
                         push(l, plan, old, false);
-                        ffi::lua_setmetatable(l, top + 1);
+                        lua::lua_setmetatable(l, top + 1);
                     }
                 }
                 Undo::Up { f, n, old, new } => {
                     push_slot(l, plan, f);
-                    ffi::lua_getupvalue(l, top + 1, n);
+                    lua::lua_getupvalue(l, top + 1, n);
                     if still(l, plan, new) {
                         push(l, plan, old, false);
-                        ffi::lua_setupvalue(l, top + 1, n);
+                        lua::lua_setupvalue(l, top + 1, n);
                     }
                 }
                 Undo::Fenv { f, old, new } => {
                     push_slot(l, plan, f);
                     get_fenv(l);
                     if still(l, plan, new) {
-                        ffi::lua_settop(l, top + 1);
+                        lua::lua_settop(l, top + 1);
                         push(l, plan, old, false);
                         set_fenv(l);
                     }
                 }
             }
-            ffi::lua_settop(l, top);
+            lua::lua_settop(l, top);
         }
     }
 }
@@ -170,8 +173,8 @@ unsafe fn still(l: *mut lua_State, plan: &Plan, new: Pv) -> bool {
     // SAFETY: one push, compared, popped.
     unsafe {
         push(l, plan, new, true);
-        let same = ffi::lua_rawequal(l, -1, -2) != 0;
-        ffi::lua_pop(l, 1);
+        let same = lua::lua_rawequal(l, -1, -2) != 0;
+        lua::lua_pop(l, 1);
         same
     }
 }
@@ -186,17 +189,17 @@ pub unsafe fn push(l: *mut lua_State, plan: &Plan, v: Pv, resolve: bool) -> Pv {
     // SAFETY: one push per arm (the resolved case replaces the value it pushed).
     unsafe {
         match v {
-            Pv::Nil => ffi::lua_pushnil(l),
-            Pv::Bool(b) => ffi::lua_pushboolean(l, c_int::from(b)),
+            Pv::Nil => lua::lua_pushnil(l),
+            Pv::Bool(b) => lua::lua_pushboolean(l, c_int::from(b)),
             Pv::Int(i) => push_int(l, i),
-            Pv::Num(n) => ffi::lua_pushnumber(l, n),
+            Pv::Num(n) => lua::lua_pushnumber(l, n),
             Pv::Slot(s) => {
                 push_slot(l, plan, s);
                 if resolve
                     && let Val::Table(p) = read(l, -1)
                     && let Some(live) = plan.merged_into(p)
                 {
-                    ffi::lua_pop(l, 1);
+                    lua::lua_pop(l, 1);
                     push_slot(l, plan, live);
                     return Pv::Slot(live);
                 }
@@ -215,14 +218,14 @@ unsafe fn push_slot(l: *mut lua_State, plan: &Plan, slot: u32) {
 #[cfg(feature = "luajit")]
 unsafe fn get_fenv(l: *mut lua_State) {
     // SAFETY: a function on top.
-    unsafe { ffi::lua_getfenv(l, -1) }
+    unsafe { lua::lua_getfenv(l, -1) }
 }
 
 #[cfg(feature = "luajit")]
 unsafe fn set_fenv(l: *mut lua_State) {
     // SAFETY: a function at -2 and a table at -1.
     unsafe {
-        ffi::lua_setfenv(l, -2);
+        lua::lua_setfenv(l, -2);
     }
 }
 
@@ -231,11 +234,11 @@ unsafe fn set_fenv(l: *mut lua_State) {
 #[cfg(not(feature = "luajit"))]
 unsafe fn get_fenv(l: *mut lua_State) {
     // SAFETY: one push.
-    unsafe { ffi::lua_pushnil(l) }
+    unsafe { lua::lua_pushnil(l) }
 }
 
 #[cfg(not(feature = "luajit"))]
 unsafe fn set_fenv(l: *mut lua_State) {
     // SAFETY: drops the pushed environment.
-    unsafe { ffi::lua_pop(l, 1) }
+    unsafe { lua::lua_pop(l, 1) }
 }

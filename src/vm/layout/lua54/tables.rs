@@ -21,8 +21,11 @@
 use std::os::raw::{c_int, c_void};
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::ffi::{self, lua_State};
-use crate::tableprobe::{self, Reader};
+use mlua::ffi as lua;
+
+use crate::vm::capi::lua_State;
+use crate::vm::layout::probe::{self as tableprobe, Reader};
+use crate::vm::layout::{self, PREFETCH_AHEAD};
 
 /// `TValue`: a value and its type tag (`lobject.h`).
 #[repr(C)]
@@ -95,7 +98,7 @@ fn is_empty(tt: u8) -> bool {
 }
 
 /// The answer of the probe.
-static LAYOUT: ffi::Probed = ffi::Probed::new();
+static LAYOUT: layout::Probed = layout::Probed::new();
 
 /// Whether the walk may read tables in place; probes the layout the first time.
 ///
@@ -126,7 +129,7 @@ impl Cursor {
     /// `idx` holds a table, and [`usable`] said yes.
     pub unsafe fn new(l: *mut lua_State, idx: c_int) -> Cursor {
         // SAFETY: a table's `lua_topointer` is its `Table` (5.4's `gcvalue`).
-        unsafe { Cursor::of(ffi::lua_topointer(l, idx) as usize) }
+        unsafe { Cursor::of(lua::lua_topointer(l, idx) as usize) }
     }
 
     /// # Safety
@@ -168,7 +171,7 @@ impl Cursor {
     }
 
     /// The next slot with a value whose key's and value's tags `keep` accepts (fetching
-    /// objects `ffi::PREFETCH_AHEAD` nodes on).
+    /// objects `PREFETCH_AHEAD` nodes on).
     ///
     /// # Safety
     /// As `next`.
@@ -192,8 +195,8 @@ impl Cursor {
             while i < self.nsize {
                 let n = self.node.add(i);
                 i += 1;
-                if ahead && i + ffi::PREFETCH_AHEAD < self.nsize {
-                    let n = &*self.node.add(i + ffi::PREFETCH_AHEAD);
+                if ahead && i + PREFETCH_AHEAD < self.nsize {
+                    let n = &*self.node.add(i + PREFETCH_AHEAD);
                     prefetch(n.key_tt, n.key_val);
                     prefetch(n.tt, n.value);
                 }
@@ -216,7 +219,7 @@ impl Cursor {
 /// Fetches the object a value refers to (a string, a table, a function...) into the cache.
 fn prefetch(tt: u8, value: u64) {
     if tt & COLLECTABLE != 0 {
-        ffi::prefetch(value as usize);
+        layout::prefetch(value as usize);
     }
 }
 
@@ -317,12 +320,12 @@ pub(crate) unsafe fn probe(l: *mut lua_State) -> bool {
     // more); the pushes stay within the 16 slots.
     unsafe {
         // SAFETY: plain API call.
-        if ffi::lua_version(l) != 504.0 {
+        if lua::lua_version(l) != 504.0 {
             return false;
         }
-        let top = ffi::lua_gettop(l);
+        let top = lua::lua_gettop(l);
         let ok = probe_stack(l) && probe_tables(l);
-        ffi::lua_settop(l, top);
+        lua::lua_settop(l, top);
         ok
     }
 }
@@ -333,7 +336,7 @@ unsafe fn probe_stack(l: *mut lua_State) -> bool {
     // pushed, with a free slot reserved.
     unsafe {
         let n: i64 = 0x1234_5678_9abc;
-        ffi::lua_pushinteger(l, n);
+        lua::lua_pushinteger(l, n);
         let head = l as *mut StateHead;
         let top = (*head).top;
         if top.is_null() || !(top as usize).is_multiple_of(8) {
@@ -343,11 +346,11 @@ unsafe fn probe_stack(l: *mut lua_State) -> bool {
         if last.value != n as u64 || last.tt != VNUMINT {
             return false;
         }
-        let before = ffi::lua_gettop(l);
+        let before = lua::lua_gettop(l);
         push(l, last);
-        ffi::lua_gettop(l) == before + 1
-            && ffi::lua_rawequal(l, -1, -2) != 0
-            && ffi::lua_isinteger(l, -1) != 0
+        lua::lua_gettop(l) == before + 1
+            && lua::lua_rawequal(l, -1, -2) != 0
+            && lua::lua_isinteger(l, -1) != 0
     }
 }
 
@@ -378,17 +381,17 @@ unsafe fn probe_tables(l: *mut lua_State) -> bool {
     unsafe {
         // 1: an array part of 5, its limit the real size; then one of 16 with 1..9 and 11
         // set: `#` gives 9 and lowers `alimit` to it, which sets `BITRAS`
-        ffi::lua_createtable(l, 5, 0);
-        let real = &*(ffi::lua_topointer(l, -1) as *const Table);
-        ffi::lua_createtable(l, 16, 0);
+        lua::lua_createtable(l, 5, 0);
+        let real = &*(lua::lua_topointer(l, -1) as *const Table);
+        lua::lua_createtable(l, 16, 0);
         for i in (1..=9).chain([11]) {
-            ffi::lua_createtable(l, 0, 0);
-            ffi::lua_rawseti(l, -2, i);
+            lua::lua_createtable(l, 0, 0);
+            lua::lua_rawseti(l, -2, i);
         }
-        if ffi::lua_rawlen(l, -1) != 9 {
+        if lua::lua_rawlen(l, -1) != 9 {
             return false;
         }
-        let lowered = &*(ffi::lua_topointer(l, -1) as *const Table);
+        let lowered = &*(lua::lua_topointer(l, -1) as *const Table);
         if real.tt != VTABLE || lowered.tt != VTABLE || real.alimit != 5 || lowered.alimit != 9 {
             return false;
         }
@@ -397,7 +400,7 @@ unsafe fn probe_tables(l: *mut lua_State) -> bool {
         });
         let Some(ras_in) = ras_in else { return false };
         RAS_IN.store(ras_in, Ordering::Relaxed);
-        let ok = tableprobe::agrees(l, ffi::lua_gettop(l), 10, &READER)
+        let ok = tableprobe::agrees(l, lua::lua_gettop(l), 10, &READER)
             // 2: a hash part of 8 slots, with a metatable
             && tableprobe::hash_part(l, &READER, |p, mt| {
                 let t = &*(p as *const Table);

@@ -6,7 +6,9 @@
 
 use std::os::raw::{c_int, c_void};
 
-use crate::ffi::{self, lua_State};
+use mlua::ffi as lua;
+
+use crate::vm::capi::{self, lua_State};
 
 /// What a VM's table reader gives the probe.
 pub struct Reader {
@@ -39,10 +41,10 @@ pub unsafe fn count_slots(
     unsafe {
         let mut seen = 0;
         while next(l) {
-            ffi::lua_pushvalue(l, -2);
-            ffi::lua_rawget(l, t);
-            let same = ffi::lua_rawequal(l, -1, -2) != 0 && ffi::lua_type(l, -1) != ffi::LUA_TNIL;
-            ffi::lua_pop(l, 3);
+            lua::lua_pushvalue(l, -2);
+            lua::lua_rawget(l, t);
+            let same = lua::lua_rawequal(l, -1, -2) != 0 && lua::lua_type(l, -1) != lua::LUA_TNIL;
+            lua::lua_pop(l, 3);
             if !same {
                 return None;
             }
@@ -66,12 +68,12 @@ pub unsafe fn entries_holding(
     // SAFETY: each turn pops the value `lua_next` pushed; `wanted` leaves the stack as is.
     unsafe {
         let mut n = 0;
-        ffi::lua_pushnil(l);
-        while ffi::lua_next(l, t) != 0 {
+        lua::lua_pushnil(l);
+        while lua::lua_next(l, t) != 0 {
             if wanted(l, -1) || wanted(l, -2) {
                 n += 1;
             }
-            ffi::lua_pop(l, 1);
+            lua::lua_pop(l, 1);
         }
         n
     }
@@ -86,11 +88,11 @@ pub unsafe fn entries_holding(
 pub unsafe fn agrees(l: *mut lua_State, t: c_int, expected: usize, r: &Reader) -> bool {
     unsafe fn is_table(l: *mut lua_State, idx: c_int) -> bool {
         // SAFETY: a valid index.
-        unsafe { ffi::lua_type(l, idx) == ffi::LUA_TTABLE }
+        unsafe { lua::lua_type(l, idx) == lua::LUA_TTABLE }
     }
     // SAFETY: only checked table parts are read.
     unsafe {
-        (r.parts_ok)(ffi::lua_topointer(l, t) as usize)
+        (r.parts_ok)(lua::lua_topointer(l, t) as usize)
             && (r.slots)(l, t) == Some(expected)
             && entries_holding(l, t, is_table) == expected
     }
@@ -109,46 +111,46 @@ pub unsafe fn hash_part(
 ) -> bool {
     // SAFETY: every table is on the stack while it is read.
     unsafe {
-        ffi::lua_createtable(l, 2, 8);
-        let h = ffi::lua_gettop(l);
-        ffi::lua_createtable(l, 0, 0);
-        let sub = ffi::lua_gettop(l);
-        ffi::lua_pushvalue(l, sub);
-        ffi::lua_rawseti(l, h, 1); // array part
-        ffi::lua_pushinteger(l, 7);
-        ffi::lua_rawseti(l, h, 2);
-        ffi::lua_pushvalue(l, sub);
-        ffi::lua_rawseti(l, h, 100); // integer key in the hash part
-        ffi::lua_pushnumber(l, 1.5);
-        ffi::lua_pushvalue(l, sub);
-        ffi::lua_rawset(l, h);
-        ffi::lua_pushboolean(l, 1);
-        ffi::lua_pushvalue(l, sub);
-        ffi::lua_rawset(l, h);
-        ffi::push_bytes(l, b"name");
-        ffi::lua_pushvalue(l, sub);
-        ffi::lua_rawset(l, h);
-        ffi::lua_pushlightuserdata(l, h as usize as *mut c_void);
-        ffi::lua_pushvalue(l, sub);
-        ffi::lua_rawset(l, h);
-        ffi::lua_pushvalue(l, sub);
-        ffi::push_bytes(l, b"table key");
-        ffi::lua_rawset(l, h);
-        ffi::push_bytes(l, b"plain");
-        ffi::lua_pushinteger(l, 1);
-        ffi::lua_rawset(l, h);
-        ffi::lua_pushvalue(l, sub);
-        ffi::lua_setmetatable(l, h);
-        let (p, q) = (ffi::lua_topointer(l, h) as usize, ffi::lua_topointer(l, sub) as usize);
+        lua::lua_createtable(l, 2, 8);
+        let h = lua::lua_gettop(l);
+        lua::lua_createtable(l, 0, 0);
+        let sub = lua::lua_gettop(l);
+        lua::lua_pushvalue(l, sub);
+        lua::lua_rawseti(l, h, 1); // array part
+        lua::lua_pushinteger(l, 7);
+        lua::lua_rawseti(l, h, 2);
+        lua::lua_pushvalue(l, sub);
+        lua::lua_rawseti(l, h, 100); // integer key in the hash part
+        lua::lua_pushnumber(l, 1.5);
+        lua::lua_pushvalue(l, sub);
+        lua::lua_rawset(l, h);
+        lua::lua_pushboolean(l, 1);
+        lua::lua_pushvalue(l, sub);
+        lua::lua_rawset(l, h);
+        capi::push_bytes(l, b"name");
+        lua::lua_pushvalue(l, sub);
+        lua::lua_rawset(l, h);
+        lua::lua_pushlightuserdata(l, h as usize as *mut c_void);
+        lua::lua_pushvalue(l, sub);
+        lua::lua_rawset(l, h);
+        lua::lua_pushvalue(l, sub);
+        capi::push_bytes(l, b"table key");
+        lua::lua_rawset(l, h);
+        capi::push_bytes(l, b"plain");
+        lua::lua_pushinteger(l, 1);
+        lua::lua_rawset(l, h);
+        lua::lua_pushvalue(l, sub);
+        lua::lua_setmetatable(l, h);
+        let (p, q) = (lua::lua_topointer(l, h) as usize, lua::lua_topointer(l, sub) as usize);
         if !sized(p, q) || !(r.has_metatable)(p) || (r.has_metatable)(q) {
             return false;
         }
-        let before = ffi::lua_gettop(l);
+        let before = lua::lua_gettop(l);
         (r.push_table)(l, p);
-        let pushed = ffi::lua_rawequal(l, -1, h) != 0 && ffi::lua_gettop(l) == before + 1;
+        let pushed = lua::lua_rawequal(l, -1, h) != 0 && lua::lua_gettop(l) == before + 1;
         (r.pop)(l, 1);
         // the plain one (and the integer 7) is not handed over
-        pushed && ffi::lua_gettop(l) == before && agrees(l, h, 7, r)
+        pushed && lua::lua_gettop(l) == before && agrees(l, h, 7, r)
     }
 }
 
@@ -171,65 +173,65 @@ const ARRAY_SIZES: [c_int; 27] = [
 pub unsafe fn shapes(l: *mut lua_State, r: &Reader) -> bool {
     unsafe fn is_table(l: *mut lua_State, idx: c_int) -> bool {
         // SAFETY: a valid index.
-        unsafe { ffi::lua_type(l, idx) == ffi::LUA_TTABLE }
+        unsafe { lua::lua_type(l, idx) == lua::LUA_TTABLE }
     }
     // SAFETY: each table is on the stack while it is built and read, then popped.
     unsafe {
-        let top = ffi::lua_gettop(l);
-        ffi::lua_createtable(l, 0, 0);
+        let top = lua::lua_gettop(l);
+        lua::lua_createtable(l, 0, 0);
         let sub = top + 1;
         let check = |l, created: Option<c_int>| {
-            let t = ffi::lua_gettop(l);
-            let size = (r.array_size)(ffi::lua_topointer(l, t) as usize);
+            let t = lua::lua_gettop(l);
+            let size = (r.array_size)(lua::lua_topointer(l, t) as usize);
             let ok = agrees(l, t, entries_holding(l, t, is_table), r)
                 && created.is_none_or(|n| size == (r.created_array_size)(n));
-            ffi::lua_settop(l, t - 1);
+            lua::lua_settop(l, t - 1);
             ok
         };
         let fill = |l, from: c_int, to: c_int| {
             for i in from..=to {
-                ffi::lua_pushvalue(l, sub);
-                ffi::lua_rawseti(l, -2, ffi::lua_Integer::from(i));
+                lua::lua_pushvalue(l, sub);
+                lua::lua_rawseti(l, -2, lua::lua_Integer::from(i));
             }
         };
         let mut ok = true;
         for n in ARRAY_SIZES {
-            ffi::lua_createtable(l, n, 0);
+            lua::lua_createtable(l, n, 0);
             fill(l, 1, n);
             ok &= check(l, Some(n));
-            ffi::lua_createtable(l, n, 0);
+            lua::lua_createtable(l, n, 0);
             fill(l, 1, n);
             for i in n / 2 + 1..=n {
-                ffi::lua_pushnil(l);
-                ffi::lua_rawseti(l, -2, ffi::lua_Integer::from(i));
+                lua::lua_pushnil(l);
+                lua::lua_rawseti(l, -2, lua::lua_Integer::from(i));
             }
-            ffi::lua_rawlen(l, -1);
+            lua::lua_rawlen(l, -1);
             fill(l, n.max(1), n);
             ok &= check(l, Some(n));
-            ffi::lua_createtable(l, 0, 0);
+            lua::lua_createtable(l, 0, 0);
             fill(l, 1, n);
             ok &= check(l, None);
-            ffi::lua_createtable(l, n, 12);
+            lua::lua_createtable(l, n, 12);
             fill(l, 1, n);
             for k in [n + 1, n + 2, 0, -1] {
-                ffi::lua_pushvalue(l, sub);
-                ffi::lua_rawseti(l, -2, ffi::lua_Integer::from(k));
+                lua::lua_pushvalue(l, sub);
+                lua::lua_rawseti(l, -2, lua::lua_Integer::from(k));
             }
-            ffi::push_bytes(l, b"plain");
-            ffi::push_bytes(l, b"a string value");
-            ffi::lua_rawset(l, -3);
-            ffi::lua_pushnumber(l, 0.25);
-            ffi::lua_pushboolean(l, 1);
-            ffi::lua_rawset(l, -3);
-            ffi::lua_pushboolean(l, 0);
-            ffi::lua_pushnumber(l, 2.5);
-            ffi::lua_rawset(l, -3);
-            ffi::lua_pushlightuserdata(l, sub as usize as *mut c_void);
-            ffi::lua_pushinteger(l, 7);
-            ffi::lua_rawset(l, -3);
+            capi::push_bytes(l, b"plain");
+            capi::push_bytes(l, b"a string value");
+            lua::lua_rawset(l, -3);
+            lua::lua_pushnumber(l, 0.25);
+            lua::lua_pushboolean(l, 1);
+            lua::lua_rawset(l, -3);
+            lua::lua_pushboolean(l, 0);
+            lua::lua_pushnumber(l, 2.5);
+            lua::lua_rawset(l, -3);
+            lua::lua_pushlightuserdata(l, sub as usize as *mut c_void);
+            lua::lua_pushinteger(l, 7);
+            lua::lua_rawset(l, -3);
             ok &= check(l, None); // (LuaJIT may rehash it, growing the array part)
         }
-        ffi::lua_settop(l, top);
+        lua::lua_settop(l, top);
         ok
     }
 }
@@ -239,7 +241,7 @@ mod tests {
     use super::*;
     use mlua::Lua;
 
-    use crate::ffi::tables;
+    use crate::vm::layout::tables;
 
     /// The VM's table layout passes its probe, once what it relies on passed its own (on
     /// LuaJIT, `jitraw`'s stack and values), whatever `HOTRELOAD_PORTABLE_WALK` says.
@@ -247,7 +249,7 @@ mod tests {
         // SAFETY: forwarded; each probe leaves the stack as it found it.
         unsafe {
             #[cfg(feature = "luajit")]
-            if crate::jitraw::probe(l).is_none() {
+            if crate::vm::layout::raw::probe(l).is_none() {
                 return false;
             }
             tables::probe(l)
@@ -258,16 +260,16 @@ mod tests {
     unsafe fn is_object(l: *mut lua_State, idx: c_int) -> bool {
         // SAFETY: a valid index; the upvalue probe pushes at most one value and pops it.
         unsafe {
-            match ffi::lua_type(l, idx) {
-                ffi::LUA_TTABLE | ffi::LUA_TUSERDATA | ffi::LUA_TTHREAD => true,
-                ffi::LUA_TFUNCTION if ffi::lua_iscfunction(l, idx) == 0 => true,
+            match lua::lua_type(l, idx) {
+                lua::LUA_TTABLE | lua::LUA_TUSERDATA | lua::LUA_TTHREAD => true,
+                lua::LUA_TFUNCTION if lua::lua_iscfunction(l, idx) == 0 => true,
                 // every LuaJIT function is an object
-                ffi::LUA_TFUNCTION if cfg!(feature = "luajit") => true,
+                lua::LUA_TFUNCTION if cfg!(feature = "luajit") => true,
                 // a C closure has upvalues, a light C function none
-                ffi::LUA_TFUNCTION => {
-                    let has = !ffi::lua_getupvalue(l, idx, 1).is_null();
+                lua::LUA_TFUNCTION => {
+                    let has = !lua::lua_getupvalue(l, idx, 1).is_null();
                     if has {
-                        ffi::lua_pop(l, 1);
+                        lua::lua_pop(l, 1);
                     }
                     has
                 }
@@ -293,12 +295,12 @@ mod tests {
     #[test]
     fn the_layout_probe_accepts_exactly_the_layouts_it_knows() {
         let lua = Lua::new();
-        let supported = ffi::testing::supported_layout();
+        let supported = capi::testing::supported_layout();
         // SAFETY: the probe leaves the stack as it found it; one boolean is returned.
         let ok: bool = unsafe {
             lua.exec_raw((), |l| {
                 let ok = layout_probed(l);
-                ffi::lua_pushboolean(l, ok as c_int);
+                lua::lua_pushboolean(l, ok as c_int);
             })
         }
         .unwrap();
@@ -306,7 +308,7 @@ mod tests {
             ok,
             supported,
             "the layout probe on {} (known layout: {supported})",
-            ffi::FLAVOR
+            capi::FLAVOR
         );
     }
 
@@ -353,23 +355,23 @@ mod tests {
             )
             .eval()
             .unwrap();
-        let n = tables.raw_len() as ffi::lua_Integer;
-        if !ffi::testing::supported_layout() {
+        let n = tables.raw_len() as lua::lua_Integer;
+        if !capi::testing::supported_layout() {
             return; // no cursor reads this VM's tables (the probe refuses it, tested above)
         }
         // SAFETY: one table on the stack at a time.
         unsafe {
-            ffi::testing::assert_raw(&lua, tables, |l, failures| {
+            capi::testing::assert_raw(&lua, tables, |l, failures| {
                 if !layout_probed(l) {
                     failures.push_str("the layout probe failed\n");
                     return;
                 }
                 for i in 1..=n {
-                    ffi::lua_rawgeti(l, 1, i);
-                    if let Err(e) = check(l, ffi::lua_gettop(l)) {
+                    lua::lua_rawgeti(l, 1, i);
+                    if let Err(e) = check(l, lua::lua_gettop(l)) {
                         failures.push_str(&format!("table {i}: {e}\n"));
                     }
-                    ffi::lua_pop(l, 1);
+                    lua::lua_pop(l, 1);
                 }
             });
         }

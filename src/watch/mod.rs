@@ -1,0 +1,8 @@
+//! Watching directories for saved Lua files: a notify thread per watcher that never touches
+//! Lua (`watcher`) records changed paths in a queue (`queue`); `poll`, on the Lua thread,
+//! takes the ready ones and finds the modules each file is (`modname`, `poll`).
+
+pub(crate) mod modname;
+pub(crate) mod queue;
+pub(crate) mod targets;
+pub(crate) mod watcher;
