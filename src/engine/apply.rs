@@ -42,7 +42,7 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan, logged: bool) -> Vec<Und
     };
     // SAFETY: every operand is an anchored object or inline data; each arm is stack-neutral.
     unsafe {
-        lua::luaL_checkstack(l, 8, c"hotreload: Lua stack exhausted".as_ptr());
+        capi::check_stack(l, 8);
         let top = lua::lua_gettop(l);
         for act in &acts {
             let undo = match *act {

@@ -11,7 +11,7 @@ use std::path::Path;
 use mlua::ffi as lua;
 
 use super::base::{self, Snapshot};
-use super::{load, plan, state};
+use super::{plan, require, state};
 use crate::vm::access;
 use crate::vm::capi::{self, lua_State};
 use crate::watch::modname::{self, Template};
@@ -26,7 +26,7 @@ pub unsafe fn wrap_searchers(l: *mut lua_State, state: c_int) {
     unsafe {
         let top = lua::lua_gettop(l);
         let state = lua::lua_absindex(l, state);
-        let searchers = load::push_searchers(l);
+        let searchers = require::push_searchers(l);
         if searchers != 0 {
             let mut i = 1;
             while lua::lua_rawgeti(l, searchers, i) != lua::LUA_TNIL {
@@ -100,14 +100,14 @@ unsafe extern "C-unwind" fn loader(l: *mut lua_State) -> c_int {
         lua::luaL_checkstack(l, n + 8, std::ptr::null());
         capi::push_globals(l);
         let globals = n + 1;
-        load::copy_table(l, globals);
+        require::copy_table(l, globals);
         lua::lua_pushvalue(l, lua::lua_upvalueindex(2));
         for i in 1..=n {
             lua::lua_pushvalue(l, i);
         }
         lua::lua_call(l, n, 1);
         let value = n + 3;
-        let delta = load::global_delta(l, globals, n + 2, false);
+        let delta = require::global_delta(l, globals, n + 2, false);
         if lua::lua_type(l, 1) == lua::LUA_TSTRING {
             let mut len = 0usize;
             let name = lua::lua_tolstring(l, 1, &mut len);

@@ -8,6 +8,7 @@ use std::os::raw::c_int;
 use mlua::ffi as lua;
 
 use super::capture;
+use super::require::{copy_table, global_delta, push_searchers};
 use crate::vm::capi::{self, lua_State};
 
 /// Why no new version could be produced.
@@ -145,35 +146,6 @@ pub unsafe fn load_source(
     Ok(())
 }
 
-/// Pushes `package.searchers` (or `package.loaders`) and returns its index, 0 if missing
-/// (then nothing is pushed).
-///
-/// # Safety
-/// Three free stack slots.
-pub unsafe fn push_searchers(l: *mut lua_State) -> c_int {
-    // SAFETY: raw reads from `_LOADED.package`.
-    unsafe {
-        capi::push_loaded(l);
-        capi::push_bytes(l, b"package");
-        lua::lua_rawget(l, -2);
-        lua::lua_remove(l, -2);
-        if lua::lua_type(l, -1) != lua::LUA_TTABLE {
-            lua::lua_pop(l, 1);
-            return 0;
-        }
-        for field in [b"searchers".as_slice(), b"loaders"] {
-            capi::push_bytes(l, field);
-            if lua::lua_rawget(l, -2) == lua::LUA_TTABLE {
-                lua::lua_remove(l, -2);
-                return lua::lua_gettop(l);
-            }
-            lua::lua_pop(l, 1);
-        }
-        lua::lua_pop(l, 1);
-        0
-    }
-}
-
 /// Runs the loader at `loader` (with `extra` after it) as `require` would, then restores
 /// `package.loaded[name]` and the globals. On success, returns where the new value and the
 /// assigned globals are (left on the stack, above the global table).
@@ -183,7 +155,7 @@ pub unsafe fn push_searchers(l: *mut lua_State) -> c_int {
 pub unsafe fn run(l: *mut lua_State, name: &[u8], loader: c_int) -> Result<Loaded, String> {
     // SAFETY: raw table operations; the loader (user code) runs under lua_pcall.
     unsafe {
-        lua::luaL_checkstack(l, 12, c"hotreload: Lua stack exhausted".as_ptr());
+        capi::check_stack(l, 12);
         capi::push_loaded(l);
         let loaded = lua::lua_gettop(l);
         capi::push_globals(l);
@@ -228,74 +200,5 @@ unsafe fn set_loaded(l: *mut lua_State, loaded: c_int, name: &[u8], value: Optio
             None => lua::lua_pushnil(l),
         }
         lua::lua_rawset(l, loaded);
-    }
-}
-
-/// Pushes a shallow raw copy of the table at `t`.
-///
-/// # Safety
-/// Inside `protect` (allocates); `t` absolute.
-pub unsafe fn copy_table(l: *mut lua_State, t: c_int) {
-    // SAFETY: raw traversal of `t` while writing only to the copy.
-    unsafe {
-        lua::lua_createtable(l, 0, 64);
-        let copy = lua::lua_gettop(l);
-        lua::lua_pushnil(l);
-        while lua::lua_next(l, t) != 0 {
-            lua::lua_pushvalue(l, -2);
-            lua::lua_insert(l, -2);
-            lua::lua_rawset(l, copy);
-        }
-    }
-}
-
-/// Pushes a table of the keys of `globals` whose value differs from `before` (key -> new
-/// value). With `restore`, also puts every global back as it was in `before`.
-///
-/// # Safety
-/// Inside `protect` (allocates); absolute indices.
-pub unsafe fn global_delta(
-    l: *mut lua_State,
-    globals: c_int,
-    before: c_int,
-    restore: bool,
-) -> c_int {
-    // SAFETY: each traversal writes only to a table other than the one it walks.
-    unsafe {
-        lua::lua_createtable(l, 0, 4);
-        let delta = lua::lua_gettop(l);
-        lua::lua_pushnil(l);
-        while lua::lua_next(l, globals) != 0 {
-            lua::lua_pushvalue(l, -2);
-            lua::lua_rawget(l, before);
-            if lua::lua_rawequal(l, -1, -2) == 0 {
-                lua::lua_pushvalue(l, -3);
-                lua::lua_pushvalue(l, -3);
-                lua::lua_rawset(l, delta);
-            }
-            lua::lua_pop(l, 2);
-        }
-        if restore {
-            lua::lua_pushnil(l);
-            while lua::lua_next(l, delta) != 0 {
-                lua::lua_pop(l, 1);
-                lua::lua_pushvalue(l, -1);
-                lua::lua_pushvalue(l, -1);
-                lua::lua_rawget(l, before);
-                lua::lua_rawset(l, globals);
-            }
-            // globals the chunk set to nil
-            lua::lua_pushnil(l);
-            while lua::lua_next(l, before) != 0 {
-                lua::lua_pushvalue(l, -2);
-                if lua::lua_rawget(l, globals) == lua::LUA_TNIL {
-                    lua::lua_pushvalue(l, -3);
-                    lua::lua_pushvalue(l, -3);
-                    lua::lua_rawset(l, globals);
-                }
-                lua::lua_pop(l, 2);
-            }
-        }
-        delta
     }
 }

@@ -32,6 +32,7 @@ pub(crate) mod load;
 pub(crate) mod plan;
 pub(crate) mod proto;
 pub(crate) mod ptrmap;
+pub(crate) mod require;
 pub(crate) mod state;
 pub(crate) mod walk;
 

@@ -204,7 +204,7 @@ unsafe fn run_reload(
         }
         // the batch left the list of modules and the list of reports, by target
         let (modules, reports) = (base + 1, base + 2);
-        lua::luaL_checkstack(l, 4, c"hotreload: Lua stack exhausted".as_ptr());
+        capi::check_stack(l, 4);
         if !list {
             lua::lua_rawgeti(l, modules, 1);
             lua::lua_rawgeti(l, reports, 1);

@@ -204,16 +204,37 @@ impl Upvalues {
         unsafe { lua_getupvalue(l, self.f, n) };
     }
 
-    /// Where the function's chunk name is, as `lua_getinfo`'s `source`, where it is read in
-    /// place and the prototype has one; `None`: ask `lua_getinfo`.
-    pub fn source(&self) -> Option<*const c_char> {
+    /// The function's chunk name, where it is read in place and the prototype has one;
+    /// `None`: ask `lua_getinfo`.
+    pub fn source(&self) -> Option<ChunkName> {
         #[cfg(any(feature = "luajit", feature = "lua54"))]
         if let Some(ups) = &self.raw {
             // SAFETY: the function is at `self.f` while this is used; the layout was probed.
             let source = unsafe { ups.source() };
-            return (!source.is_null()).then_some(source);
+            return (!source.is_null()).then_some(ChunkName(source));
         }
         None
+    }
+}
+
+/// A Lua function's chunk name as read in place: the characters `lua_getinfo` gives as
+/// `source`, which live as long as the function's prototype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChunkName(*const c_char);
+
+impl ChunkName {
+    /// Identifies the name's string (functions of one chunk share it).
+    pub(crate) fn id(self) -> usize {
+        self.0 as usize
+    }
+
+    /// The name's characters.
+    ///
+    /// # Safety
+    /// A function it was read from is still alive.
+    pub(crate) unsafe fn to_bytes<'a>(self) -> &'a [u8] {
+        // SAFETY: a Lua string, zero-terminated, alive with its function (as documented).
+        unsafe { std::ffi::CStr::from_ptr(self.0) }.to_bytes()
     }
 }
 

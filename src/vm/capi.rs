@@ -284,6 +284,22 @@ pub unsafe fn same_chunk(l: *mut lua_State, a: c_int, b: c_int) -> bool {
     }
 }
 
+/// `luaL_checkstack` with hotreload's message: makes room for `n` more values or raises
+/// "hotreload: Lua stack exhausted".
+///
+/// # Safety
+/// May raise (inside a protected call, or where the caller owns nothing).
+pub(crate) unsafe fn check_stack(l: *mut lua_State, n: c_int) {
+    // SAFETY: as documented.
+    unsafe { luaL_checkstack(l, n, c"hotreload: Lua stack exhausted".as_ptr()) }
+}
+
+/// A C function that does nothing: a stand-in where a C function of our own is needed (a
+/// probe's light C function, a metatable's root for the walk).
+pub(crate) unsafe extern "C-unwind" fn noop(_: *mut lua_State) -> c_int {
+    0
+}
+
 /// Pushes a Rust string as a Lua string.
 ///
 /// # Safety

@@ -82,7 +82,7 @@ pub struct FnPair {
     pub old: u32,
     pub new: u32,
     pub at: usize,
-    pub source: Option<usize>,
+    pub source: Option<access::ChunkName>,
 }
 
 /// What a reload did, for the report and for tests.
@@ -360,7 +360,7 @@ impl<'o> Planner<'o> {
         let (nodes, _, upvalues) = old.size();
         // SAFETY: plain pushes; a memory error unwinds to `protect`.
         let anchors = unsafe {
-            lua::luaL_checkstack(l, STACK_NEEDED, c"hotreload: Lua stack exhausted".as_ptr());
+            capi::check_stack(l, STACK_NEEDED);
             // both versions' objects, and a quarter more for strings (keys written anew)
             let slots = nodes * 2 + nodes / 2;
             lua::lua_createtable(l, c_int::try_from(slots).unwrap_or(0).max(64), 0);
@@ -1069,7 +1069,7 @@ impl<'o> Planner<'o> {
             let (old_ups, new_ups) = (access::Upvalues::of(l, fi), access::Upvalues::of(l, ni));
             self.mirror.begin(node, Kind::Func);
             let at = read(l, fi).object().unwrap_or(0);
-            let source = old_ups.source().map(|s| s as usize);
+            let source = old_ups.source();
             self.fpairs.push(FnPair { old: live, new, at, source });
             self.new_fns.push((new, read(l, ni).object().unwrap_or(0))); // (in new_fn_at since paired)
             self.counts.functions_replaced += 1;

@@ -18,7 +18,7 @@
 //! by such a callback) at the running table.
 
 use std::ffi::{CStr, CString};
-use std::os::raw::{c_char, c_int};
+use std::os::raw::c_int;
 
 use mlua::ffi as lua;
 
@@ -174,7 +174,7 @@ struct Walker<'p> {
 pub unsafe fn replace(l: *mut lua_State, plans: &mut [Plan]) -> Vec<Outcome> {
     // SAFETY: every step keeps the stack balanced; objects are pushed before use.
     unsafe {
-        lua::luaL_checkstack(l, STACK_NEEDED, c"hotreload: Lua stack exhausted".as_ptr());
+        capi::check_stack(l, STACK_NEEDED);
         let top = lua::lua_gettop(l);
         let mut w = Walker::new(l, plans);
         w.in_place = access::reads_tables_in_place(l);
@@ -279,11 +279,10 @@ impl<'p> Walker<'p> {
             let mut seen = PtrSet::default();
             let mut names = Vec::new();
             for pair in plans.iter().flat_map(|p| &p.fpairs) {
-                let at = pair.source?;
-                if seen.insert(at) {
-                    // SAFETY: the old function is anchored, and with it its chunk name,
-                    // a string (zero-terminated, as all Lua strings).
-                    names.push(unsafe { CStr::from_ptr(at as *const c_char) }.to_bytes().to_vec());
+                let name = pair.source?;
+                if seen.insert(name.id()) {
+                    // SAFETY: the old function is anchored, and with it its chunk name.
+                    names.push(unsafe { name.to_bytes() }.to_vec());
                 }
             }
             Some(names)
@@ -345,9 +344,6 @@ impl<'p> Walker<'p> {
 
     /// The registry, the running thread, and the metatables each basic type may have.
     unsafe fn roots(&mut self, l: *mut lua_State) {
-        unsafe extern "C-unwind" fn nothing(_: *mut lua_State) -> c_int {
-            0
-        }
         // SAFETY: one value pushed and popped per root.
         unsafe {
             lua::lua_pushvalue(l, lua::LUA_REGISTRYINDEX);
@@ -363,7 +359,7 @@ impl<'p> Walker<'p> {
                     2 => lua::lua_pushnumber(l, 0.0),
                     3 => capi::push_bytes(l, b""),
                     4 => lua::lua_pushlightuserdata(l, std::ptr::null_mut()),
-                    5 => lua::lua_pushcfunction(l, nothing),
+                    5 => lua::lua_pushcfunction(l, capi::noop),
                     _ => {
                         lua::lua_pushthread(l);
                     }

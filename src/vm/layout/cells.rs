@@ -137,9 +137,6 @@ pub unsafe fn probe<'a, R: Copy, F: Fn(c_int) -> Option<Val<'a>>>(
     l: *mut lua_State,
     with: &Probe<'a, R, F>,
 ) -> Option<(c_int, usize)> {
-    unsafe extern "C-unwind" fn native(_: *mut lua_State) -> c_int {
-        0
-    }
     let chunk =
         c"local n, t, s, a_c_function_under_a_name_of_more_than_40_bytes = 1.5, {}, 'cell', ...
         return function() return n, t, s, a_c_function_under_a_name_of_more_than_40_bytes end";
@@ -149,7 +146,7 @@ pub unsafe fn probe<'a, R: Copy, F: Fn(c_int) -> Option<Val<'a>>>(
         if lua::luaL_loadstring(l, chunk.as_ptr()) != 0 {
             return None;
         }
-        lua::lua_pushcfunction(l, native);
+        lua::lua_pushcfunction(l, capi::noop);
         if lua::lua_pcall(l, 1, 1, 0) != 0 {
             return None;
         }

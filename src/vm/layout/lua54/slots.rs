@@ -273,9 +273,6 @@ unsafe fn probe(l: *mut lua_State) -> bool {
     if cfg!(not(target_pointer_width = "64")) {
         return false;
     }
-    unsafe extern "C-unwind" fn native(_: *mut lua_State) -> c_int {
-        0
-    }
     // SAFETY: the head of a `lua_State` and of its `CallInfo` are larger than what is read
     // in any 5.4; a slot is only decoded once `top` and `ci->func` bracket the pushed values,
     // an object only once its tag matched the API's type, and a string's length only once
@@ -284,7 +281,7 @@ unsafe fn probe(l: *mut lua_State) -> bool {
         if lua::lua_version(l) != 504.0 {
             return false;
         }
-        lua::luaL_checkstack(l, 20, c"hotreload: Lua stack exhausted".as_ptr());
+        capi::check_stack(l, 20);
         let top = lua::lua_gettop(l);
         let first = top + 1;
         lua::lua_pushinteger(l, -0x1234_5678_9abc);
@@ -297,7 +294,7 @@ unsafe fn probe(l: *mut lua_State) -> bool {
         lua::lua_createtable(l, 0, 0);
         lua::lua_pushthread(l);
         let ok = lua::luaL_loadstring(l, c"return".as_ptr()) == 0 && {
-            lua::lua_pushcfunction(l, native);
+            lua::lua_pushcfunction(l, capi::noop);
             let last = lua::lua_gettop(l);
             let head = l as *const StateHead;
             let func = *(*head).ci;

@@ -419,7 +419,7 @@ pub(crate) unsafe fn probe(l: *mut lua_State) -> Option<usize> {
         return None;
     }
     // SAFETY: reserves the slots the probe pushes (about 14).
-    unsafe { lua::luaL_checkstack(l, 20, c"hotreload: Lua stack exhausted".as_ptr()) };
+    unsafe { capi::check_stack(l, 20) };
     // SAFETY: `base` and `top` are read from the head of a `lua_State`, larger than
     // `StateHead` in any LuaJIT; only slots between them are read, and an object is only
     // read once its tag and address matched the API's answer for it.
@@ -432,9 +432,6 @@ pub(crate) unsafe fn probe(l: *mut lua_State) -> Option<usize> {
 }
 
 unsafe fn probe_values(l: *mut lua_State) -> Option<usize> {
-    unsafe extern "C-unwind" fn native(_: *mut lua_State) -> c_int {
-        0
-    }
     // SAFETY: see `probe`; the pushes are within what `probe` reserved.
     unsafe {
         let first = lua::lua_gettop(l) + 1;
@@ -443,7 +440,7 @@ unsafe fn probe_values(l: *mut lua_State) -> Option<usize> {
         lua::lua_pushboolean(l, 0);
         lua::lua_pushnil(l);
         lua::lua_createtable(l, 0, 0);
-        lua::lua_pushcfunction(l, native);
+        lua::lua_pushcfunction(l, capi::noop);
         if lua::luaL_loadstring(l, c"return".as_ptr()) != 0 {
             return None;
         }
