@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 #[cfg(any(feature = "luajit", feature = "lua54"))]
 pub(crate) mod cells;
+#[cfg(any(feature = "luajit", feature = "lua54"))]
+pub(crate) mod cursor;
 #[cfg(feature = "lua54")]
 pub(crate) mod lua54;
 #[cfg(feature = "luajit")]

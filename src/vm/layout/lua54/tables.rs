@@ -24,8 +24,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use mlua::ffi as lua;
 
 use crate::vm::capi::lua_State;
+use crate::vm::layout;
+use crate::vm::layout::cursor::{self, TableLayout};
 use crate::vm::layout::probe::{self as tableprobe, Reader};
-use crate::vm::layout::{self, PREFETCH_AHEAD};
 
 /// `TValue`: a value and its type tag (`lobject.h`).
 #[repr(C)]
@@ -37,7 +38,7 @@ pub(crate) struct TValue {
 
 /// `Node`: a hash slot, its value first (`lobject.h`).
 #[repr(C)]
-struct Node {
+pub(crate) struct Node {
     value: u64,
     tt: u8,
     key_tt: u8,
@@ -109,110 +110,69 @@ pub unsafe fn usable(l: *mut lua_State) -> bool {
     LAYOUT.get(|| unsafe { probe(l) })
 }
 
-/// The slots of one table, read in place, and how far the walk has read.
-pub struct Cursor {
-    array: *const TValue,
-    asize: usize,
-    node: *const Node,
-    nsize: usize,
-    at: usize,
-}
+/// Lua 5.4's tables as the cursor reads them.
+pub(crate) struct Layout54;
 
-/// A slot whose key or value is an object the walk must see.
-pub struct Slot {
-    key: TValue,
-    value: TValue,
-}
+/// A cursor over a Lua 5.4 table.
+pub(crate) type Cursor = cursor::Cursor<Layout54>;
 
-impl Cursor {
-    /// # Safety
-    /// `idx` holds a table, and [`usable`] said yes.
-    pub unsafe fn new(l: *mut lua_State, idx: c_int) -> Cursor {
-        // SAFETY: a table's `lua_topointer` is its `Table` (5.4's `gcvalue`).
-        unsafe { Cursor::of(lua::lua_topointer(l, idx) as usize) }
-    }
+impl TableLayout for Layout54 {
+    type Value = TValue;
+    type ArraySlot = TValue;
+    type Node = Node;
 
-    /// # Safety
-    /// `table` is the address of a live table, and [`usable`] said yes.
-    pub unsafe fn of(table: usize) -> Cursor {
+    unsafe fn parts(table: usize) -> (*const TValue, usize, *const Node, usize) {
         // SAFETY: the probe checked the layout.
+        let t = unsafe { &*(table as *const Table) };
+        (t.array, real_asize(t), t.node, 1 << t.lsizenode)
+    }
+
+    #[inline(always)]
+    fn array_key(index: usize) -> TValue {
+        TValue { value: index as u64 + 1, tt: VNUMINT }
+    }
+
+    #[inline(always)]
+    unsafe fn array_value(slot: *const TValue) -> Option<TValue> {
+        // SAFETY: a slot of a live array part.
+        let v = unsafe { *slot };
+        (!is_empty(v.tt)).then_some(v)
+    }
+
+    #[inline(always)]
+    unsafe fn node_entry(node: *const Node) -> Option<(TValue, TValue)> {
+        // SAFETY: a node of a live table; the tags first: the value bits of an empty slot
+        // or a boolean are not set.
         unsafe {
-            let t = &*(table as *const Table);
-            Cursor {
-                array: t.array,
-                asize: real_asize(t),
-                node: t.node,
-                nsize: 1 << t.lsizenode,
-                at: 0,
-            }
+            let (tt, key_tt) = ((*node).tt, (*node).key_tt);
+            (!is_empty(tt)).then(|| {
+                (TValue { value: (*node).key_val, tt: key_tt }, TValue { value: (*node).value, tt })
+            })
         }
     }
 
-    /// The next slot the walk must see: those that hold plain data (numbers, strings,
-    /// booleans, light userdata and light C functions) on both sides are skipped.
-    ///
-    /// # Safety
-    /// The table has not been resized since the cursor was made.
-    pub unsafe fn next(&mut self) -> Option<Slot> {
-        // SAFETY: forwarded.
-        unsafe { self.next_where(false, |key, value| wanted(key) || wanted(value)) }
+    #[inline(always)]
+    unsafe fn prefetch_node(node: *const Node) {
+        // SAFETY: a node of a live table.
+        let n = unsafe { &*node };
+        prefetch(n.key_tt, n.key_val);
+        prefetch(n.tt, n.value);
     }
 
-    /// The next entry, whatever it holds, as `lua_next` gives it. The objects of the entries
-    /// a few nodes on are fetched into the cache meanwhile: the merge reads every key and
-    /// value, and they are scattered over the heap.
-    ///
-    /// # Safety
-    /// As `next`.
     #[inline(always)]
-    pub unsafe fn next_entry(&mut self) -> Option<Slot> {
-        // SAFETY: forwarded.
-        unsafe { self.next_where(true, |_, _| true) }
+    fn wanted(v: TValue) -> bool {
+        wanted(v.tt)
     }
 
-    /// The next slot with a value whose key's and value's tags `keep` accepts (fetching
-    /// objects `PREFETCH_AHEAD` nodes on).
-    ///
-    /// # Safety
-    /// As `next`.
     #[inline(always)]
-    unsafe fn next_where(&mut self, ahead: bool, keep: impl Fn(u8, u8) -> bool) -> Option<Slot> {
-        // SAFETY: `at` stays below the sizes read from the table, which has not changed.
-        unsafe {
-            let mut at = self.at;
-            while at < self.asize {
-                let slot = self.array.add(at);
-                at += 1;
-                if !is_empty((*slot).tt) && keep(VNUMINT, (*slot).tt) {
-                    self.at = at;
-                    return Some(Slot {
-                        key: TValue { value: at as u64, tt: VNUMINT },
-                        value: *slot,
-                    });
-                }
-            }
-            let mut i = at - self.asize;
-            while i < self.nsize {
-                let n = self.node.add(i);
-                i += 1;
-                if ahead && i + PREFETCH_AHEAD < self.nsize {
-                    let n = &*self.node.add(i + PREFETCH_AHEAD);
-                    prefetch(n.key_tt, n.key_val);
-                    prefetch(n.tt, n.value);
-                }
-                // the tags first: the value bits of an empty slot or a boolean are not set
-                let (tt, key_tt) = ((*n).tt, (*n).key_tt);
-                if !is_empty(tt) && keep(key_tt, tt) {
-                    self.at = self.asize + i;
-                    return Some(Slot {
-                        key: TValue { value: (*n).key_val, tt: key_tt },
-                        value: TValue { value: (*n).value, tt },
-                    });
-                }
-            }
-            self.at = self.asize + i;
-            None
-        }
+    fn table(v: TValue) -> Option<usize> {
+        (v.tt == VTABLE | COLLECTABLE).then_some(v.value as usize)
+    }
+
+    #[inline(always)]
+    unsafe fn push(l: *mut lua_State, v: TValue) {
+        // SAFETY: forwarded.
+        unsafe { push(l, v) }
     }
 }
 
@@ -220,27 +180,6 @@ impl Cursor {
 fn prefetch(tt: u8, value: u64) {
     if tt & COLLECTABLE != 0 {
         layout::prefetch(value as usize);
-    }
-}
-
-impl Slot {
-    /// The address of the table this slot holds under a key of plain data: the commonest
-    /// kind of slot the walk must see.
-    pub fn table_under_plain_key(&self) -> Option<usize> {
-        (self.value.tt == VTABLE | COLLECTABLE && !wanted(self.key.tt))
-            .then_some(self.value.value as usize)
-    }
-
-    /// Pushes the key and the value, as `lua_next` does.
-    ///
-    /// # Safety
-    /// Two free stack slots; the table still holds the slot.
-    pub unsafe fn push(&self, l: *mut lua_State) {
-        // SAFETY: forwarded; both values are live while the table holds them.
-        unsafe {
-            push(l, self.key);
-            push(l, self.value);
-        }
     }
 }
 

@@ -24,8 +24,9 @@ use mlua::ffi as lua;
 
 use super::slots::{self as jitraw, GCV_MASK, Raw, TNIL, TTAB, itype};
 use crate::vm::capi::lua_State;
+use crate::vm::layout;
+use crate::vm::layout::cursor::{self, TableLayout};
 use crate::vm::layout::probe::{self as tableprobe, Reader};
-use crate::vm::layout::{self, PREFETCH_AHEAD};
 
 /// `GCtab` (`lj_obj.h`, GC64), up to `hmask`.
 #[repr(C)]
@@ -45,7 +46,7 @@ struct Table {
 
 /// `Node` (GC64): a hash slot, its value first.
 #[repr(C)]
-struct Node {
+pub(crate) struct Node {
     value: u64,
     key: u64,
     _next: u64,
@@ -71,104 +72,65 @@ fn wanted(tv: u64) -> bool {
     Raw(tv).is_object()
 }
 
-/// The slots of one table, read in place, and how far the walk has read.
-pub struct Cursor {
-    array: *const u64,
-    asize: usize,
-    node: *const Node,
-    nsize: usize,
-    at: usize,
-}
+/// LuaJIT's tables (GC64) as the cursor reads them.
+pub(crate) struct LayoutJit;
 
-/// A slot whose key or value is an object the walk must see.
-pub struct Slot {
-    key: u64,
-    value: u64,
-}
+/// A cursor over a LuaJIT table.
+pub(crate) type Cursor = cursor::Cursor<LayoutJit>;
 
-impl Cursor {
-    /// # Safety
-    /// `idx` holds a table, and [`usable`] said yes.
-    pub unsafe fn new(l: *mut lua_State, idx: c_int) -> Cursor {
-        // SAFETY: a table's `lua_topointer` is its `GCtab`.
-        unsafe { Cursor::of(lua::lua_topointer(l, idx) as usize) }
-    }
+impl TableLayout for LayoutJit {
+    type Value = u64;
+    type ArraySlot = u64;
+    type Node = Node;
 
-    /// # Safety
-    /// `table` is the address of a live table, and [`usable`] said yes.
-    pub unsafe fn of(table: usize) -> Cursor {
+    unsafe fn parts(table: usize) -> (*const u64, usize, *const Node, usize) {
         // SAFETY: the probe checked the layout.
-        unsafe {
-            let t = &*(table as *const Table);
-            Cursor {
-                array: t.array,
-                asize: t.asize as usize,
-                node: t.node,
-                nsize: t.hmask as usize + 1,
-                at: 0,
-            }
-        }
+        let t = unsafe { &*(table as *const Table) };
+        (t.array, t.asize as usize, t.node, t.hmask as usize + 1)
     }
 
-    /// The next slot the walk must see: those that hold plain data (numbers, strings,
-    /// booleans, light userdata, cdata) on both sides are skipped.
-    ///
-    /// # Safety
-    /// The table has not been resized since the cursor was made.
-    pub unsafe fn next(&mut self) -> Option<Slot> {
-        // SAFETY: forwarded.
-        unsafe { self.next_where(false, |key, value| wanted(key) || wanted(value)) }
-    }
-
-    /// The next entry, whatever it holds, as `lua_next` gives it. The objects of the entries
-    /// a few nodes on are fetched into the cache meanwhile: the merge reads every key and
-    /// value, and they are scattered over the heap.
-    ///
-    /// # Safety
-    /// As `next`.
+    /// `lua_next` gives array keys as numbers, from 0.
     #[inline(always)]
-    pub unsafe fn next_entry(&mut self) -> Option<Slot> {
-        // SAFETY: forwarded.
-        unsafe { self.next_where(true, |_, _| true) }
+    fn array_key(index: usize) -> u64 {
+        (index as f64).to_bits()
     }
 
-    /// The next slot with a non-nil value whose key and value `keep` accepts (fetching
-    /// objects `PREFETCH_AHEAD` nodes on).
-    ///
-    /// # Safety
-    /// As `next`.
     #[inline(always)]
-    unsafe fn next_where(&mut self, ahead: bool, keep: impl Fn(u64, u64) -> bool) -> Option<Slot> {
-        // SAFETY: `at` stays below the sizes read from the table, which has not changed.
-        unsafe {
-            let mut at = self.at;
-            while at < self.asize {
-                let value = *self.array.add(at);
-                at += 1;
-                // `lua_next` gives array keys as numbers (from 0)
-                let key = ((at - 1) as f64).to_bits();
-                if itype(value) != TNIL && keep(key, value) {
-                    self.at = at;
-                    return Some(Slot { key, value });
-                }
-            }
-            let mut i = at - self.asize;
-            while i < self.nsize {
-                let n = &*self.node.add(i);
-                i += 1;
-                if ahead && i + PREFETCH_AHEAD < self.nsize {
-                    let n = &*self.node.add(i + PREFETCH_AHEAD);
-                    prefetch(n.key);
-                    prefetch(n.value);
-                }
-                if itype(n.value) != TNIL && keep(n.key, n.value) {
-                    self.at = self.asize + i;
-                    return Some(Slot { key: n.key, value: n.value });
-                }
-            }
-            self.at = self.asize + i;
-            None
-        }
+    unsafe fn array_value(slot: *const u64) -> Option<u64> {
+        // SAFETY: a slot of a live array part.
+        let v = unsafe { *slot };
+        (itype(v) != TNIL).then_some(v)
+    }
+
+    #[inline(always)]
+    unsafe fn node_entry(node: *const Node) -> Option<(u64, u64)> {
+        // SAFETY: a node of a live table.
+        let n = unsafe { &*node };
+        (itype(n.value) != TNIL).then_some((n.key, n.value))
+    }
+
+    #[inline(always)]
+    unsafe fn prefetch_node(node: *const Node) {
+        // SAFETY: a node of a live table.
+        let n = unsafe { &*node };
+        prefetch(n.key);
+        prefetch(n.value);
+    }
+
+    #[inline(always)]
+    fn wanted(v: u64) -> bool {
+        wanted(v)
+    }
+
+    #[inline(always)]
+    fn table(v: u64) -> Option<usize> {
+        (itype(v) == TTAB).then_some((v & GCV_MASK) as usize)
+    }
+
+    #[inline(always)]
+    unsafe fn push(l: *mut lua_State, v: u64) {
+        // SAFETY: forwarded.
+        unsafe { jitraw::push(l, Raw(v)) }
     }
 }
 
@@ -177,26 +139,6 @@ fn prefetch(tv: u64) {
     // GC64 tags of collectable values: ~4 (string) to ~12 (userdata)
     if (4..=12).contains(&!itype(tv)) {
         layout::prefetch((tv & GCV_MASK) as usize);
-    }
-}
-
-impl Slot {
-    /// The address of the table this slot holds under a key of plain data: the commonest
-    /// kind of slot the walk must see.
-    pub fn table_under_plain_key(&self) -> Option<usize> {
-        (itype(self.value) == TTAB && !wanted(self.key)).then_some((self.value & GCV_MASK) as usize)
-    }
-
-    /// Pushes the key and the value, as `lua_next` does.
-    ///
-    /// # Safety
-    /// Two free stack slots; the table still holds the slot.
-    pub unsafe fn push(&self, l: *mut lua_State) {
-        // SAFETY: forwarded; both values are live while the table holds them.
-        unsafe {
-            jitraw::push(l, Raw(self.key));
-            jitraw::push(l, Raw(self.value));
-        }
     }
 }
 
