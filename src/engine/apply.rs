@@ -7,7 +7,7 @@ use std::os::raw::c_int;
 
 use mlua::ffi as lua;
 
-use super::plan::{Act, Plan, Pv, push_int};
+use super::plan::{Act, Operand, Plan, push_int};
 use crate::vm::access::{Val, read};
 use crate::vm::capi::{self, lua_State};
 
@@ -15,10 +15,10 @@ use crate::vm::capi::{self, lua_State};
 /// undoing one module of a batch never clobbers what another one wrote after it).
 #[derive(Debug)]
 pub enum Undo {
-    Set { t: u32, k: Pv, old: Pv, new: Pv },
-    Meta { t: u32, old: Pv, new: Pv },
-    Up { f: u32, n: c_int, old: Pv, new: Pv },
-    Fenv { f: u32, old: Pv, new: Pv },
+    Set { t: u32, k: Operand, old: Operand, new: Operand },
+    Meta { t: u32, old: Operand, new: Operand },
+    Up { f: u32, n: c_int, old: Operand, new: Operand },
+    Fenv { f: u32, old: Operand, new: Operand },
 }
 
 /// Performs every write of `plan` and joins the upvalue cells; returns the undo log, empty
@@ -35,7 +35,7 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan, logged: bool) -> Vec<Und
     let overwritten = |l: *mut lua_State, plan: &mut Plan| {
         // SAFETY: a value on top, anchored if kept, then popped.
         unsafe {
-            let old = if logged { plan.capture(l, -1) } else { Pv::Nil };
+            let old = if logged { plan.capture(l, -1) } else { Operand::Nil };
             lua::lua_pop(l, 1);
             old
         }
@@ -50,7 +50,7 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan, logged: bool) -> Vec<Und
                     // Set writes a value under the key as resolved; Unset removes a key as is
                     let (resolve_key, value) = match *act {
                         Act::Set { v, .. } => (true, v),
-                        _ => (false, Pv::Nil),
+                        _ => (false, Operand::Nil),
                     };
                     push_slot(l, plan, t);
                     let k = push(l, plan, k, resolve_key);
@@ -59,7 +59,7 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan, logged: bool) -> Vec<Und
                         lua::lua_rawget(l, top + 1);
                         overwritten(l, plan)
                     } else {
-                        Pv::Nil
+                        Operand::Nil
                     };
                     push(l, plan, value, true);
                     lua::lua_rawset(l, top + 1);
@@ -75,7 +75,7 @@ pub unsafe fn apply(l: *mut lua_State, plan: &mut Plan, logged: bool) -> Vec<Und
                     lua::lua_setmetatable(l, -2);
                     Undo::Meta { t, old, new: mt }
                 }
-                Act::Up { f, n, v } => {
+                Act::Upvalue { f, n, v } => {
                     push_slot(l, plan, f);
                     lua::lua_getupvalue(l, -1, n);
                     let old = overwritten(l, plan);
@@ -169,7 +169,7 @@ pub unsafe fn undo(l: *mut lua_State, plan: &Plan, log: &[Undo]) {
 
 /// Whether the value on top is the one `new` wrote (resolved as `apply` wrote it). Leaves the
 /// stack as it was.
-unsafe fn still(l: *mut lua_State, plan: &Plan, new: Pv) -> bool {
+unsafe fn still(l: *mut lua_State, plan: &Plan, new: Operand) -> bool {
     // SAFETY: one push, compared, popped.
     unsafe {
         push(l, plan, new, true);
@@ -185,15 +185,15 @@ unsafe fn still(l: *mut lua_State, plan: &Plan, new: Pv) -> bool {
 ///
 /// # Safety
 /// One free stack slot; the plan's anchors in place.
-pub unsafe fn push(l: *mut lua_State, plan: &Plan, v: Pv, resolve: bool) -> Pv {
+pub unsafe fn push(l: *mut lua_State, plan: &Plan, v: Operand, resolve: bool) -> Operand {
     // SAFETY: one push per arm (the resolved case replaces the value it pushed).
     unsafe {
         match v {
-            Pv::Nil => lua::lua_pushnil(l),
-            Pv::Bool(b) => lua::lua_pushboolean(l, c_int::from(b)),
-            Pv::Int(i) => push_int(l, i),
-            Pv::Num(n) => lua::lua_pushnumber(l, n),
-            Pv::Slot(s) => {
+            Operand::Nil => lua::lua_pushnil(l),
+            Operand::Bool(b) => lua::lua_pushboolean(l, c_int::from(b)),
+            Operand::Int(i) => push_int(l, i),
+            Operand::Num(n) => lua::lua_pushnumber(l, n),
+            Operand::Slot(s) => {
                 push_slot(l, plan, s);
                 if resolve
                     && let Val::Table(p) = read(l, -1)
@@ -201,7 +201,7 @@ pub unsafe fn push(l: *mut lua_State, plan: &Plan, v: Pv, resolve: bool) -> Pv {
                 {
                     lua::lua_pop(l, 1);
                     push_slot(l, plan, live);
-                    return Pv::Slot(live);
+                    return Operand::Slot(live);
                 }
             }
         }

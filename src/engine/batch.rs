@@ -154,13 +154,13 @@ pub unsafe fn batch(
     let start = Instant::now();
     let mut jobs: Vec<Job> = targets.iter().map(|_| Job::default()).collect();
     {
-        let Ok(mut st) = cell.try_borrow_mut() else {
+        let Ok(mut known) = cell.try_borrow_mut() else {
             let name = targets.first().map_or(&b""[..], |t| &t.name);
             return Err(Error::new(ErrorKind::Internal, name, "state in use"));
         };
         let mut seen: HashSet<&[u8]> = HashSet::with_capacity(targets.len());
         for (t, job) in targets.iter().zip(jobs.iter_mut()) {
-            if let Some(phase) = st.busy.get(t.name.as_slice()) {
+            if let Some(phase) = known.busy.get(t.name.as_slice()) {
                 job.error = Some(Error::new(ErrorKind::Busy, &t.name, phase.doing()));
                 continue;
             }
@@ -168,11 +168,11 @@ pub unsafe fn batch(
                 job.error = Some(Error::new(ErrorKind::Busy, &t.name, "once more in its batch"));
                 continue;
             }
-            st.busy.insert(t.name.as_slice().into(), Phase::Loading);
-            job.base = st.snapshots.remove(t.name.as_slice());
+            known.busy.insert(t.name.as_slice().into(), Phase::Loading);
+            job.base = known.snapshots.remove(t.name.as_slice());
         }
         // a batch may change any module's value: the next base is taken with a fresh set
-        st.loaded_values = None;
+        known.loaded_values = None;
     }
     // the modules this batch marked busy (not those an outer reload is busy with)
     let owned: Vec<&Target> =
@@ -263,18 +263,18 @@ pub unsafe fn batch(
     drop(gc);
     drop(plans);
 
-    let mut st = cell.try_borrow_mut().ok();
+    let mut known = cell.try_borrow_mut().ok();
     for (t, job) in targets.iter().zip(jobs.iter_mut()) {
-        if let Some(st) = st.as_mut() {
+        if let Some(known) = known.as_mut() {
             if job.error.as_ref().is_none_or(|e| e.kind != ErrorKind::Busy) {
-                st.busy.remove(t.name.as_slice());
+                known.busy.remove(t.name.as_slice());
             }
             if let Some(s) = job.mirror.take().or_else(|| job.base.take()) {
-                st.snapshots.insert(t.name.as_slice().into(), s);
+                known.snapshots.insert(t.name.as_slice().into(), s);
             }
         }
     }
-    drop(st);
+    drop(known);
     match outcome {
         Ok(_) => {
             let mut reports = reports.into_iter();
@@ -298,9 +298,9 @@ pub unsafe fn batch(
 
 /// Records that the batch's modules are in `phase` (for the message of a reload they refuse).
 fn enter(cell: &StateCell, targets: &[&Target], phase: Phase) {
-    if let Ok(mut st) = cell.try_borrow_mut() {
+    if let Ok(mut known) = cell.try_borrow_mut() {
         for t in targets {
-            if let Some(p) = st.busy.get_mut(t.name.as_slice()) {
+            if let Some(p) = known.busy.get_mut(t.name.as_slice()) {
                 *p = phase;
             }
         }

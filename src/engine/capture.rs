@@ -129,7 +129,7 @@ unsafe extern "C-unwind" fn loader(l: *mut lua_State) -> c_int {
 unsafe fn record_file(l: *mut lua_State, name: &[u8], n: c_int) {
     // SAFETY: raw reads; the strings are copied before anything else runs.
     unsafe {
-        let Some(sb) = state::get(l, lua::lua_upvalueindex(1)) else { return };
+        let Some(cell) = state::get(l, lua::lua_upvalueindex(1)) else { return };
         let given = match (n >= 2).then(|| access::read(l, 2)) {
             Some(access::Val::Str(s)) => Some(String::from_utf8_lossy(s).into_owned()),
             _ => None,
@@ -141,8 +141,8 @@ unsafe fn record_file(l: *mut lua_State, name: &[u8], n: c_int) {
             modname::search(name, &templates, |p| Path::new(p).is_file())
         });
         let Some(file) = found.and_then(|f| std::fs::canonicalize(f).ok()) else { return };
-        if let Ok(mut st) = sb.try_borrow_mut() {
-            st.loaded_from(file, name);
+        if let Ok(mut known) = cell.try_borrow_mut() {
+            known.loaded_from(file, name);
         }
     }
 }
@@ -152,7 +152,7 @@ unsafe fn record_file(l: *mut lua_State, name: &[u8], n: c_int) {
 unsafe fn record_base(l: *mut lua_State, name: &[u8], value: c_int, delta: c_int) {
     // SAFETY: the upvalue is the state userdata; the walk runs protected.
     unsafe {
-        let Some(sb) = state::get(l, lua::lua_upvalueindex(1)) else { return };
+        let Some(cell) = state::get(l, lua::lua_upvalueindex(1)) else { return };
         lua::lua_pushvalue(l, value);
         if lua::lua_type(l, -1) == lua::LUA_TNIL {
             // the chunk stored itself in package.loaded instead of returning
@@ -164,7 +164,7 @@ unsafe fn record_base(l: *mut lua_State, name: &[u8], value: c_int, delta: c_int
         }
         lua::lua_pushvalue(l, delta);
         let mut mirror = None;
-        let mut stop = sb.try_borrow_mut().ok().and_then(|mut st| st.loaded_values.take());
+        let mut stop = cell.try_borrow_mut().ok().and_then(|mut known| known.loaded_values.take());
         let walked = capi::protect(l, 2, &mut |l| {
             let none = Snapshot::default();
             let stop = stop.get_or_insert_with(|| plan::stop_set(l));
@@ -182,11 +182,11 @@ unsafe fn record_base(l: *mut lua_State, name: &[u8], value: c_int, delta: c_int
             stop.insert(own);
             0
         });
-        if let (Ok(_), Ok(mut st)) = (walked, sb.try_borrow_mut()) {
+        if let (Ok(_), Ok(mut known)) = (walked, cell.try_borrow_mut()) {
             if let Some(mirror) = mirror {
-                st.snapshots.insert(name.into(), mirror);
+                known.snapshots.insert(name.into(), mirror);
             }
-            st.loaded_values = stop;
+            known.loaded_values = stop;
         }
     }
 }

@@ -102,5 +102,8 @@ pub(crate) unsafe fn poll(
 /// The names `require` loaded the file at `path` under (see `engine::state`).
 fn recorded_names(cell: &StateCell, path: &Path) -> Vec<Box<[u8]>> {
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    cell.try_borrow().ok().and_then(|st| st.files.get(&canonical).cloned()).unwrap_or_default()
+    cell.try_borrow()
+        .ok()
+        .and_then(|known| known.files.get(&canonical).cloned())
+        .unwrap_or_default()
 }

@@ -13,6 +13,9 @@ use std::os::raw::c_int;
 use mlua::ffi as lua;
 
 mod anchors;
+mod functions;
+mod slot;
+mod tables;
 
 use anchors::Anchors;
 
@@ -27,7 +30,7 @@ use crate::vm::gc::GcPause;
 
 /// A value an action writes: inline data, or a slot of the anchor table.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Pv {
+pub enum Operand {
     Nil,
     Bool(bool),
     Int(i64),
@@ -41,27 +44,27 @@ pub enum Pv {
 pub enum Act {
     Set {
         t: u32,
-        k: Pv,
-        v: Pv,
+        k: Operand,
+        v: Operand,
     },
     /// `t[k] = nil` with `k` taken as is: an old key being renamed or redirected.
     Unset {
         t: u32,
-        k: Pv,
+        k: Operand,
     },
     Meta {
         t: u32,
-        mt: Pv,
+        mt: Operand,
     },
-    Up {
+    Upvalue {
         f: u32,
         n: c_int,
-        v: Pv,
+        v: Operand,
     },
     #[cfg_attr(not(feature = "luajit"), allow(dead_code))]
     Fenv {
         f: u32,
-        env: Pv,
+        env: Operand,
     },
 }
 
@@ -147,9 +150,9 @@ pub struct Plan {
     new_fn_at: AddrSet,
     cells: PtrMap<Cell>,
     /// Paired functions, for replacing references elsewhere.
-    pub fpairs: Vec<FnPair>,
+    pub fn_pairs: Vec<FnPair>,
     /// What `package.loaded[name]` holds afterwards.
-    pub root: Pv,
+    pub root: Operand,
     pub counts: Counts,
     pub mirror: Snapshot,
     /// Anchor slot of the new version's functions by mirror node (`base::set_functions`).
@@ -247,9 +250,11 @@ impl Plan {
     ///
     /// # Safety
     /// As `anchor`.
-    pub unsafe fn capture(&mut self, l: *mut lua_State, idx: c_int) -> Pv {
+    pub unsafe fn capture(&mut self, l: *mut lua_State, idx: c_int) -> Operand {
         // SAFETY: as documented.
-        unsafe { inline_operand(read(l, idx)).unwrap_or_else(|| Pv::Slot(self.anchor(l, idx))) }
+        unsafe {
+            inline_operand(read(l, idx)).unwrap_or_else(|| Operand::Slot(self.anchor(l, idx)))
+        }
     }
 
     /// Pushes the anchored value in `slot`.
@@ -286,6 +291,23 @@ struct Pair {
     new: usize,
 }
 
+/// An object on the stack: its index, and its address.
+#[derive(Clone, Copy, Debug)]
+struct Located {
+    idx: c_int,
+    at: usize,
+}
+
+/// How `Planner::meet` pairs a new object with a running one.
+#[derive(Clone, Copy, Debug)]
+enum Pairing {
+    /// A table merges into the running table (once); `anchor_new`: the new copy is anchored
+    /// too (not for a bare table, which is not planned).
+    Table { anchor_new: bool },
+    /// A function replaces the running function (once).
+    Function,
+}
+
 /// An entry of a paired table whose key is a table or a function: its running counterpart
 /// is only known once all pairs are found.
 #[derive(Debug)]
@@ -319,7 +341,7 @@ pub struct Planner<'o> {
     /// `package.loaded.other = M`)
     own: usize,
     mirror: Builder,
-    root: Option<Pv>,
+    root: Option<Operand>,
     globals_node: Option<NodeId>,
     paired: Vec<Item>,
     adopt: Vec<Item>,
@@ -330,7 +352,7 @@ pub struct Planner<'o> {
     unjoined: Vec<(u32, c_int, usize)>,
     /// the new version's functions: anchor slot and address
     new_fns: Vec<(u32, usize)>,
-    fpairs: Vec<FnPair>,
+    fn_pairs: Vec<FnPair>,
     acts: Vec<Act>,
     counts: Counts,
 }
@@ -394,7 +416,7 @@ impl<'o> Planner<'o> {
             joins: Vec::with_capacity(upvalues),
             unjoined: Vec::new(),
             new_fns: Vec::with_capacity(nodes / 2),
-            fpairs: Vec::with_capacity(nodes / 2),
+            fn_pairs: Vec::with_capacity(nodes / 2),
             acts: Vec::with_capacity(nodes / 2),
             counts: Counts::default(),
         };
@@ -428,7 +450,7 @@ impl<'o> Planner<'o> {
             let (keep, base) = if nv.object().is_some() {
                 let old = self.old;
                 let m = self.merge_slot(l, live, new, old.root());
-                (m.d == Decision::Keep, m.was)
+                (m.decision == Decision::Keep, m.was)
             } else {
                 (false, Was::of(nv))
             };
@@ -514,8 +536,8 @@ impl<'o> Planner<'o> {
                 merged: self.merged,
                 new_fn_at: self.new_fn_at,
                 cells: self.cells,
-                fpairs: self.fpairs,
-                root: self.root.unwrap_or(Pv::Nil),
+                fn_pairs: self.fn_pairs,
+                root: self.root.unwrap_or(Operand::Nil),
                 counts: self.counts,
                 mirror: self.mirror.finish(self.globals_node),
                 functions,
@@ -566,195 +588,6 @@ impl<'o> Planner<'o> {
         }
     }
 
-    /// Decides one slot (a field, a metatable, an upvalue cell) whose running value is at
-    /// `live` and new value at `new`, queueing the walks it implies.
-    unsafe fn merge_slot<'v>(
-        &mut self,
-        l: *mut lua_State,
-        live: c_int,
-        new: c_int,
-        prior: Prior,
-    ) -> Decided<'v> {
-        // SAFETY: valid absolute indices from the caller.
-        unsafe {
-            let (lv, nv): (Val<'v>, Val<'v>) = (read(l, live), read(l, new));
-            let equal = identical(lv, nv);
-            let (d, was) = self.decide_slot(l, live, new, lv, nv, prior);
-            Decided { d, was, new: nv, equal }
-        }
-    }
-
-    /// `merge_slot` on the values `lv` and `nv` read at `live` and `new`.
-    unsafe fn decide_slot<'v>(
-        &mut self,
-        l: *mut lua_State,
-        live: c_int,
-        new: c_int,
-        lv: Val<'v>,
-        nv: Val<'v>,
-        prior: Prior,
-    ) -> (Decision, Was<'v>) {
-        // SAFETY: valid absolute indices from the caller; anchoring keeps objects alive.
-        unsafe {
-            match nv {
-                Val::Table(p) => {
-                    if lv == nv || self.foreign(p) {
-                        // Not the new version's own table (a shared or foreign one).
-                        let d = if lv == nv { Decision::Keep } else { Decision::TakeNew };
-                        return (d, Was::Opaque);
-                    }
-                    let q = match lv {
-                        Val::Table(q) if !self.foreign(q) => Some(q),
-                        _ => None,
-                    };
-                    // (`local cache = {}`) a table with nothing to merge, delete or set is
-                    // paired, but not planned: the running one stays as it is
-                    let base = self.old.child(prior, Kind::Table);
-                    let bare =
-                        q.is_some() && self.old.is_bare(base) && access::is_bare_table(l, new, p);
-                    let not_merged = |o: &Obj| o.flags & MERGED == 0;
-                    let (o, paired) =
-                        self.meet(l, (live, new), (q, p), not_merged, MERGED | QUEUED, !bare);
-                    let node = o.node;
-                    if o.flags & MERGED != 0 {
-                        // a table of the new version met again: kept if the running slot
-                        // already holds the table it merged into
-                        let keep = matches!(lv, Val::Table(_)) && {
-                            self.push(l, o.pair);
-                            let same = lua::lua_rawequal(l, live, -1) != 0;
-                            lua::lua_pop(l, 1);
-                            same
-                        };
-                        let d = if keep { Decision::Keep } else { Decision::TakeNew };
-                        return (d, Was::Node(node));
-                    }
-                    if let (Some((live_slot, new_slot)), Some(q)) = (paired, q) {
-                        self.merged.push(p);
-                        if bare {
-                            self.mirror.begin(node, Kind::Table);
-                            return (Decision::Keep, Was::Node(node));
-                        }
-                        let scope = Scope::Module;
-                        self.paired.push(Item::Tables {
-                            at: Pair { old: q, new: p },
-                            live: live_slot,
-                            new: new_slot,
-                            base,
-                            node,
-                            scope,
-                        });
-                        return (Decision::Keep, Was::Node(node));
-                    }
-                    self.reach_val(l, new, nv);
-                    (Decision::TakeNew, Was::Node(node))
-                }
-                Val::LuaFn(p) => {
-                    if lv == nv {
-                        return (Decision::Keep, Was::Opaque);
-                    }
-                    let top = lua::lua_gettop(l);
-                    let (old_fn, d) = self.decide_function(l, live, new, lv, prior);
-                    let q = old_fn.and_then(|i| read(l, i).object());
-                    let unpaired = |o: &Obj| o.pair == 0;
-                    let old_at = old_fn.unwrap_or(live);
-                    let (o, paired) = self.meet(l, (old_at, new), (q, p), unpaired, QUEUED, true);
-                    let node = o.node;
-                    access::settop_down(l, top);
-                    if let (Some((live_slot, new_slot)), Some(q)) = (paired, q) {
-                        self.new_fn_at.insert(p);
-                        let base = self.old.child(prior, Kind::Func);
-                        let at = Pair { old: q, new: p };
-                        self.paired.push(Item::Fns {
-                            at,
-                            live: live_slot,
-                            new: new_slot,
-                            base,
-                            node,
-                        });
-                        return (d, Was::Node(node));
-                    }
-                    self.reach_val(l, new, nv);
-                    (d, Was::Node(node))
-                }
-                // Code, even native: the new version's wins unless it is the very same one.
-                Val::CFn(_) => {
-                    let d = if lv == nv { Decision::Keep } else { Decision::TakeNew };
-                    (d, Was::Opaque)
-                }
-                _ => (decide(prior, lv, nv), Was::of(nv)),
-            }
-        }
-    }
-
-    /// Rule 2, three-way: which old function the new one at `new` replaces (its stack index;
-    /// `None`: none, the new one is added) and whether the slot takes the new one.
-    ///
-    /// Only a function the module's previous version made is ever replaced, in this slot or
-    /// anywhere else (the walk): the one the base has here, pushed from the base functions.
-    /// If the running value (at `live`, read as `lv`) is still that one, it is replaced. If
-    /// the program put its own value here (a mock, a patch), that value stays unless the
-    /// source changed the function (compared without line information), and is never
-    /// replaced elsewhere; the previous version's function is replaced wherever it is still
-    /// held. Without a base (a module loaded before hotreload), a running function from the
-    /// same chunk as the new one is taken for the module's.
-    ///
-    /// # Safety
-    /// Valid indices; may push one value, which the caller drops.
-    unsafe fn decide_function(
-        &mut self,
-        l: *mut lua_State,
-        live: c_int,
-        new: c_int,
-        lv: Val,
-        prior: Prior,
-    ) -> (Option<c_int>, Decision) {
-        // SAFETY: as documented; the base functions' table is at `base_fns`.
-        unsafe {
-            match self.push_base_fn(l, prior) {
-                Some(b) if lua::lua_rawequal(l, b, live) != 0 => (Some(live), Decision::TakeNew),
-                Some(b) => {
-                    if same_code(l, b, new) {
-                        self.counts.functions_kept += 1;
-                        (Some(b), Decision::Keep)
-                    } else {
-                        (Some(b), Decision::TakeNew)
-                    }
-                }
-                None if matches!(prior, Prior::Unknown)
-                    && matches!(lv, Val::LuaFn(_))
-                    && capi::same_chunk(l, live, new) =>
-                {
-                    (Some(live), Decision::TakeNew)
-                }
-                None => (None, Decision::TakeNew),
-            }
-        }
-    }
-
-    /// Pushes the function the previous version had at a slot whose base is `prior`, if the
-    /// base knows it; returns its index.
-    ///
-    /// # Safety
-    /// One free stack slot.
-    unsafe fn push_base_fn(&mut self, l: *mut lua_State, prior: Prior) -> Option<c_int> {
-        let node = self.old.child(prior, Kind::Func)?;
-        if self.base_fns == 0 {
-            return None;
-        }
-        // SAFETY: raw reads of the anchored base functions' table, removed after.
-        unsafe {
-            self.tab.get(l, self.base_fns);
-            capi::rawgeti(l, -1, node.checked_add(1)?);
-            lua::lua_remove(l, -2);
-            if lua::lua_type(l, -1) == lua::LUA_TFUNCTION {
-                Some(lua::lua_gettop(l))
-            } else {
-                lua::lua_pop(l, 1);
-                None
-            }
-        }
-    }
-
     unsafe fn mark_new_fn(&mut self, l: *mut lua_State, idx: c_int) {
         // SAFETY: a valid index.
         if let Val::LuaFn(p) = unsafe { read(l, idx) } {
@@ -781,38 +614,45 @@ impl<'o> Planner<'o> {
         *new_entry(&mut self.objs, &mut self.mirror, p)
     }
 
-    /// Meets the new object `p`, at stack index `new`, in a slot whose running value is the
-    /// object `q` (if any), at `live`: gives `p` a mirror node if it has none, and if
-    /// `may_pair` says so of `p` and `q` was not paired yet, pairs them (marking `p` with
-    /// `flags`) and anchors the running one, and the new one if `with_new` (else its slot
-    /// is 0 until something anchors it). Returns what was known of `p` before pairing, and
-    /// the (running, new) anchor slots if they were paired now. One lookup of `p` in all.
+    /// Meets the new object at `new` in a slot whose running value may pair with it (the
+    /// object at `running`, if any): gives the new object a mirror node if it has none, and
+    /// pairs the two if the rule of `kind` allows it and the running object was not paired
+    /// yet, anchoring the running one, and the new one too unless `kind` says not to (its
+    /// slot is then 0 until something anchors it). Returns what was known of the new object
+    /// before, and the (running, new) anchor slots if they were paired now. One lookup of
+    /// the new object in all.
     unsafe fn meet(
         &mut self,
         l: *mut lua_State,
-        (live, new): (c_int, c_int),
-        (q, p): (Option<usize>, usize),
-        may_pair: impl Fn(&Obj) -> bool,
-        flags: u8,
-        with_new: bool,
+        running: Option<Located>,
+        new: Located,
+        kind: Pairing,
     ) -> (Obj, Option<(u32, u32)>) {
         let Planner { objs, mirror, claimed, tab, n_anchors, .. } = self;
         let to = *tab;
-        let o = new_entry(objs, mirror, p);
+        let o = new_entry(objs, mirror, new.at);
         let before = *o;
-        match q {
-            Some(q) if may_pair(o) && claimed.insert(q) => {
+        let may_pair = match kind {
+            Pairing::Table { .. } => o.flags & MERGED == 0,
+            Pairing::Function => o.pair == 0,
+        };
+        match running {
+            Some(running) if may_pair && claimed.insert(running.at) => {
                 // SAFETY: valid indices from the caller.
-                let live_slot = unsafe { anchor_new(l, to, n_anchors, live) };
-                o.pair = live_slot;
+                let running_slot = unsafe { anchor_new(l, to, n_anchors, running.idx) };
+                o.pair = running_slot;
+                let (flags, anchor_new_one) = match kind {
+                    Pairing::Table { anchor_new } => (MERGED | QUEUED, anchor_new),
+                    Pairing::Function => (QUEUED, true),
+                };
                 o.flags |= flags;
-                let new_slot = if with_new {
+                let new_slot = if anchor_new_one {
                     // SAFETY: as above.
-                    unsafe { anchor_obj(l, to, n_anchors, o, new) }
+                    unsafe { anchor_obj(l, to, n_anchors, o, new.idx) }
                 } else {
                     o.slot
                 };
-                (before, Some((live_slot, new_slot)))
+                (before, Some((running_slot, new_slot)))
             }
             _ => (before, None),
         }
@@ -870,447 +710,6 @@ impl<'o> Planner<'o> {
         matches!(v, Val::Table(p) if self.objs.get(&p).is_some_and(|o| o.flags & MERGED != 0))
     }
 
-    unsafe fn pair_tables(
-        &mut self,
-        l: *mut lua_State,
-        live: u32,
-        new: u32,
-        base: Option<NodeId>,
-        node: NodeId,
-        scope: Scope,
-    ) {
-        let old = self.old;
-        // SAFETY: both tables are anchored; the traversal only reads `new` and `live`, so
-        // `lua_next` stays valid; every branch restores the stack to `top + 3` (the key).
-        unsafe {
-            let top = lua::lua_gettop(l);
-            self.push(l, live);
-            self.push(l, new);
-            let (ti, ni) = (top + 1, top + 2);
-            self.mirror.begin(node, Kind::Table);
-            let mut seen_in_base = 0usize;
-            let mut cur = old.cursor(base);
-            let mut entries = access::Entries::new(l, ni);
-            while entries.next(l) {
-                let (k, v) = (top + 3, top + 4);
-                let kv = read(l, k);
-                match KeyRef::of(kv) {
-                    Some(key) => {
-                        let prior = old.field(base, key, &mut cur);
-                        if matches!(prior, Prior::Was(_)) {
-                            seen_in_base += 1;
-                        }
-                        let nv = read(l, v);
-                        if kept_by_source(prior, nv) {
-                            // the running value stays, whatever it is: not even looked up
-                            self.mirror.field(node, key, Was::of(nv));
-                            self.counts.values_kept += 1;
-                        } else {
-                            let m = self.merge_entry(l, (live, ti), k, v, prior);
-                            self.mirror.field(node, key, m.was);
-                        }
-                    }
-                    None if kv.object().is_some() => {
-                        let (k, v) = (self.anchor(l, k), self.anchor(l, v));
-                        self.deferred.push(Deferred { t: live, k, v });
-                    }
-                    None => {
-                        // userdata or coroutine keys: the same object in both versions
-                        self.merge_entry(l, (live, ti), k, v, Prior::Unknown);
-                    }
-                }
-                access::settop_down(l, top + 3);
-            }
-            if scope == Scope::Module {
-                if seen_in_base < old.len(base) {
-                    self.plan_deletions(l, live, ti, ni, base);
-                }
-                self.pair_metatables(l, live, ti, ni, base, node);
-            }
-            access::settop_down(l, top);
-        }
-    }
-
-    /// Decides the entry of a new table at `k` and `v` (the top two stack slots) against the
-    /// running table `live`, at `ti`: its running value is pushed above them, and the write
-    /// the decision implies is recorded.
-    unsafe fn merge_entry<'v>(
-        &mut self,
-        l: *mut lua_State,
-        (live, ti): (u32, c_int),
-        k: c_int,
-        v: c_int,
-        prior: Prior,
-    ) -> Decided<'v> {
-        // SAFETY: valid indices from the caller, `v` on top; one free slot.
-        unsafe {
-            lua::lua_pushvalue(l, k);
-            capi::rawget(l, ti);
-            let m = self.merge_slot(l, v + 1, v, prior);
-            self.record_set(l, live, k, v, &m);
-            m
-        }
-    }
-
-    /// Records `t[k] = new` (`new` the stack index of `m.new`) if the decision takes the new
-    /// value and it differs.
-    unsafe fn record_set(&mut self, l: *mut lua_State, t: u32, k: c_int, new: c_int, m: &Decided) {
-        self.count_value(m);
-        if m.takes_new() {
-            // SAFETY: valid indices from the caller.
-            let (k, v) = unsafe { (self.capture(l, k), self.capture_val(l, new, m.new)) };
-            self.acts.push(Act::Set { t, k, v });
-        }
-    }
-
-    /// Counts a slot of data in the new source (not a function or a table, counted as such)
-    /// for the report: kept as it runs, or taken from the source.
-    fn count_value(&mut self, m: &Decided) {
-        let data = !matches!(m.new, Val::Table(_) | Val::LuaFn(_) | Val::CFn(_));
-        if m.d == Decision::Keep {
-            if data {
-                self.counts.values_kept += 1;
-            }
-        } else if data && !m.equal {
-            self.counts.values_taken += 1;
-        }
-    }
-
-    /// Rule 5: a key the base had and the new source no longer has is removed.
-    unsafe fn plan_deletions(
-        &mut self,
-        l: *mut lua_State,
-        live: u32,
-        ti: c_int,
-        ni: c_int,
-        base: Option<NodeId>,
-    ) {
-        let old = self.old;
-        // SAFETY: `ti`/`ni` are the anchored tables; each key is pushed and popped here.
-        unsafe {
-            let top = lua::lua_gettop(l);
-            for key in old.keys(base) {
-                push_key(l, key);
-                lua::lua_pushvalue(l, -1);
-                let in_new = lua::lua_rawget(l, ni) != lua::LUA_TNIL;
-                lua::lua_pop(l, 1);
-                if !in_new {
-                    lua::lua_pushvalue(l, -1);
-                    if lua::lua_rawget(l, ti) != lua::LUA_TNIL {
-                        let k = self.capture(l, top + 1);
-                        self.acts.push(Act::Set { t: live, k, v: Pv::Nil });
-                        self.counts.keys_removed += 1;
-                    }
-                }
-                access::settop_down(l, top);
-            }
-        }
-    }
-
-    /// Rule 6: metatables merge like tables (read raw: `__metatable` does not hide them).
-    unsafe fn pair_metatables(
-        &mut self,
-        l: *mut lua_State,
-        live: u32,
-        ti: c_int,
-        ni: c_int,
-        base: Option<NodeId>,
-        node: NodeId,
-    ) {
-        let old = self.old;
-        // SAFETY: two pushes at most (new metatable, running one), popped by the final settop.
-        unsafe {
-            let top = lua::lua_gettop(l);
-            let has_new = lua::lua_getmetatable(l, ni) != 0;
-            let prior = old.meta(base);
-            if !has_new && !matches!(prior, Prior::Was(_)) {
-                // nothing to set either way: the running metatable is not even looked up
-                access::settop_down(l, top);
-                return;
-            }
-            if !has_new {
-                lua::lua_pushnil(l);
-            }
-            if lua::lua_getmetatable(l, ti) == 0 {
-                lua::lua_pushnil(l);
-            }
-            let (live_mt, new_mt) = (top + 2, top + 1);
-            if has_new {
-                let m = self.merge_slot(l, live_mt, new_mt, prior);
-                self.mirror.meta(node, m.was);
-                if m.takes_new() {
-                    let mt = self.capture_val(l, new_mt, m.new);
-                    self.acts.push(Act::Meta { t: live, mt });
-                }
-            } else if lua::lua_type(l, live_mt) != lua::LUA_TNIL {
-                // The source dropped its setmetatable.
-                self.acts.push(Act::Meta { t: live, mt: Pv::Nil });
-            }
-            access::settop_down(l, top);
-        }
-    }
-
-    unsafe fn pair_fns(
-        &mut self,
-        l: *mut lua_State,
-        live: u32,
-        new: u32,
-        base: Option<NodeId>,
-        node: NodeId,
-    ) {
-        let old = self.old;
-        // SAFETY: both functions are anchored Lua functions, at `fi` and `ni` while their
-        // upvalues are read; `get` stops at the last one; each loop turn restores `top + 2`.
-        unsafe {
-            let top = lua::lua_gettop(l);
-            self.push(l, live);
-            self.push(l, new);
-            let (fi, ni) = (top + 1, top + 2);
-            let (old_ups, new_ups) = (access::Upvalues::of(l, fi), access::Upvalues::of(l, ni));
-            self.mirror.begin(node, Kind::Func);
-            let at = read(l, fi).object().unwrap_or(0);
-            let source = old_ups.source();
-            self.fpairs.push(FnPair { old: live, new, at, source });
-            self.new_fns.push((new, read(l, ni).object().unwrap_or(0))); // (in new_fn_at since paired)
-            self.counts.functions_replaced += 1;
-            let mut i = 1;
-            while let Some(name) = new_ups.get(l, i) {
-                let value = top + 3;
-                let id = new_ups.id(l, i);
-                let prior = old.upvalue(base, name, i as usize);
-                let mut joined = false;
-                match self.cell(id) {
-                    // a cell shared with a function paired before
-                    Some(Cell::Joined(old_fn, old_n)) => {
-                        self.joins.push(Join { new_fn: new, n: i, old_fn, old_n });
-                    }
-                    Some(_) => {}
-                    None => {
-                        if !name.is_empty()
-                            && let Some(j) = old_ups.find(l, name, i)
-                        {
-                            let old_id = old_ups.id(l, j);
-                            if self.cell(old_id).is_none() {
-                                // Rule 3: the new cell joins the old one; its value is decided
-                                // like any data slot (rule 5), a table merges (rule 4), a
-                                // function is new.
-                                self.claimed_cells.insert(old_id);
-                                self.cells.insert(id, Cell::Joined(live, j));
-                                self.joins.push(Join { new_fn: new, n: i, old_fn: live, old_n: j });
-                                let nv = read(l, value);
-                                if kept_by_source(prior, nv) {
-                                    // the running value stays: not even read
-                                    self.mirror.upvalue(node, name, Was::of(nv));
-                                    self.counts.values_kept += 1;
-                                } else {
-                                    old_ups.push(l, j); // at top + 4
-                                    let m = self.merge_slot(l, top + 4, value, prior);
-                                    self.mirror.upvalue(node, name, m.was);
-                                    self.count_value(&m);
-                                    if m.takes_new() {
-                                        let v = self.capture_val(l, value, m.new);
-                                        self.acts.push(Act::Up { f: live, n: j, v });
-                                    }
-                                }
-                                joined = true;
-                            }
-                        }
-                        if !joined {
-                            self.unjoined.push((new, i, id));
-                            self.adopt.push(Item::Cell { f: new, n: i });
-                        }
-                    }
-                }
-                if !joined {
-                    let was = self.base_of(read(l, value));
-                    self.mirror.upvalue(node, name, was);
-                }
-                access::settop_down(l, top + 2);
-                i += 1;
-            }
-            access::settop_down(l, top);
-        }
-    }
-
-    unsafe fn adopt_table(&mut self, l: *mut lua_State, new: u32, node: NodeId) {
-        // SAFETY: the table is anchored; the traversal only writes through planned actions.
-        unsafe {
-            let top = lua::lua_gettop(l);
-            self.push(l, new);
-            let ni = top + 1;
-            if self.is_merged(read(l, ni)) {
-                access::settop_down(l, top);
-                return; // paired after all
-            }
-            self.mirror.begin(node, Kind::Table);
-            lua::lua_pushnil(l);
-            while lua::lua_next(l, ni) != 0 {
-                let (k, v) = (top + 2, top + 3);
-                let (kv, vv) = (read(l, k), read(l, v));
-                if let Some(key) = KeyRef::of(kv) {
-                    let was = self.base_of(vv);
-                    self.mirror.field(node, key, was);
-                }
-                self.reach(l, k);
-                self.reach(l, v);
-                // References to a new table that merged into a running one are redirected.
-                let (remap_key, remap_value) = (self.is_merged(kv), self.is_merged(vv));
-                if remap_key || remap_value {
-                    let (kp, vp) = (self.capture(l, k), self.capture(l, v));
-                    if remap_key {
-                        self.acts.push(Act::Unset { t: new, k: kp });
-                    }
-                    self.acts.push(Act::Set { t: new, k: kp, v: vp });
-                }
-                access::settop_down(l, top + 2);
-            }
-            if lua::lua_getmetatable(l, ni) != 0 {
-                let mv = read(l, top + 2);
-                let was = self.base_of(mv);
-                self.mirror.meta(node, was);
-                self.reach(l, top + 2);
-                if self.is_merged(mv) {
-                    let mt = self.capture(l, top + 2);
-                    self.acts.push(Act::Meta { t: new, mt });
-                }
-            }
-            access::settop_down(l, top);
-        }
-    }
-
-    unsafe fn adopt_fn(&mut self, l: *mut lua_State, new: u32, node: NodeId) {
-        // SAFETY: the function is anchored and a Lua function (`reach` checked).
-        unsafe {
-            let top = lua::lua_gettop(l);
-            self.push(l, new);
-            let fi = top + 1;
-            let at = read(l, fi).object().unwrap_or(0);
-            if at != 0 && self.obj(at).pair != 0 {
-                access::settop_down(l, top);
-                return; // paired after all
-            }
-            let ups = access::Upvalues::of(l, fi);
-            self.mirror.begin(node, Kind::Func);
-            self.new_fns.push((new, at));
-            self.mark_new_fn(l, fi);
-            self.counts.functions_added += 1;
-            let mut i = 1;
-            while let Some(name) = ups.get(l, i) {
-                let id = ups.id(l, i);
-                let was = self.base_of(read(l, top + 2));
-                self.mirror.upvalue(node, name, was);
-                // (every pair is planned: a cell joined by now stays so)
-                match self.cell(id) {
-                    Some(Cell::Joined(old_fn, old_n)) => {
-                        self.joins.push(Join { new_fn: new, n: i, old_fn, old_n });
-                    }
-                    Some(_) => {}
-                    None => self.adopt_cell(l, new, i, id, top + 2),
-                }
-                access::settop_down(l, fi);
-                i += 1;
-            }
-            access::settop_down(l, top);
-        }
-    }
-
-    /// A new cell that joins no old one: its value stays, but a table in it that merged into
-    /// a running table is replaced by that table.
-    unsafe fn adopt_cell(&mut self, l: *mut lua_State, f: u32, n: c_int, id: usize, value: c_int) {
-        if self.cell(id).is_some() {
-            return;
-        }
-        self.cells.insert(id, Cell::Adopted);
-        // SAFETY: `value` is the cell's value on the stack.
-        unsafe {
-            if self.is_merged(read(l, value)) {
-                let v = self.capture(l, value);
-                self.acts.push(Act::Up { f, n, v });
-            }
-            self.reach(l, value);
-        }
-    }
-
-    /// An entry of a paired table keyed by a table or a function (see [`Deferred`]).
-    unsafe fn deferred_entry(&mut self, l: *mut lua_State, d: Deferred) {
-        // SAFETY: all three are anchored; pushes are undone by the final settop.
-        unsafe {
-            let top = lua::lua_gettop(l);
-            self.push(l, d.t);
-            self.push(l, d.k);
-            self.push(l, d.v);
-            let (ti, ki, vi, live) = (top + 1, top + 2, top + 3, top + 4);
-            let kv = read(l, ki);
-            let live_key = match kv {
-                Val::Table(p) | Val::LuaFn(p) => {
-                    self.objs.get(&p).map(|o| o.pair).filter(|&s| s != 0)
-                }
-                _ => None,
-            };
-            match live_key {
-                Some(lk) => {
-                    self.push(l, lk);
-                    capi::rawget(l, ti);
-                }
-                None => lua::lua_pushnil(l),
-            }
-            let dec = self.merge_slot(l, live, vi, Prior::Unknown).d;
-            let renamed = matches!(kv, Val::LuaFn(_)) && lua::lua_type(l, live) != lua::LUA_TNIL;
-            if let (true, Some(lk)) = (renamed, live_key) {
-                // old_function -> v becomes new_function -> v
-                self.acts.push(Act::Unset { t: d.t, k: Pv::Slot(lk) });
-                let value = if dec == Decision::Keep { live } else { vi };
-                let v = self.capture(l, value);
-                self.acts.push(Act::Set { t: d.t, k: Pv::Slot(d.k), v });
-            } else if dec == Decision::TakeNew && lua::lua_rawequal(l, live, vi) == 0 {
-                self.reach(l, ki);
-                let k = match (kv, live_key) {
-                    (Val::Table(_), Some(lk)) => Pv::Slot(lk),
-                    _ => Pv::Slot(d.k),
-                };
-                let v = self.capture(l, vi);
-                self.acts.push(Act::Set { t: d.t, k, v });
-            }
-            access::settop_down(l, top);
-        }
-    }
-
-    /// LuaJIT: a new function whose environment is a new table that merged into a running
-    /// one (a `module()`-style module, or `setfenv`) gets the running table as environment.
-    #[cfg(feature = "luajit")]
-    unsafe fn plan_fenvs(&mut self, l: *mut lua_State) {
-        // SAFETY: anchored functions, read in place as probed; lua_getfenv pushes one value.
-        unsafe {
-            let in_place = access::reads_slots_in_place(l);
-            // functions of one version mostly share one environment: ask once per table
-            let mut last: Option<(Val, bool)> = None;
-            for i in 0..self.new_fns.len() {
-                let Some(&(f, p)) = self.new_fns.get(i) else { break };
-                let env = if in_place && p != 0 {
-                    Val::Table(access::in_place::env_of(p))
-                } else {
-                    self.push(l, f);
-                    lua::lua_getfenv(l, -1);
-                    let env = read(l, -1);
-                    lua::lua_pop(l, 2);
-                    env
-                };
-                let merged = match last {
-                    Some((e, m)) if e == env => m,
-                    _ => self.is_merged(env),
-                };
-                last = Some((env, merged));
-                if merged {
-                    self.push(l, f);
-                    lua::lua_getfenv(l, -1);
-                    let env = self.capture(l, lua::lua_gettop(l));
-                    self.acts.push(Act::Fenv { f, env });
-                    lua::lua_pop(l, 2);
-                }
-            }
-        }
-    }
-
     /// Keeps the value at `idx` alive until the plan is applied; returns its slot. Objects
     /// get one slot each however often they are anchored.
     unsafe fn anchor(&mut self, l: *mut lua_State, idx: c_int) -> u32 {
@@ -1342,15 +741,15 @@ impl<'o> Planner<'o> {
     }
 
     /// The value at `idx` as an action operand.
-    unsafe fn capture(&mut self, l: *mut lua_State, idx: c_int) -> Pv {
+    unsafe fn capture(&mut self, l: *mut lua_State, idx: c_int) -> Operand {
         // SAFETY: valid index.
         unsafe { self.capture_val(l, idx, read(l, idx)) }
     }
 
     /// `capture` of the value `v` read at `idx`.
-    unsafe fn capture_val(&mut self, l: *mut lua_State, idx: c_int, v: Val) -> Pv {
+    unsafe fn capture_val(&mut self, l: *mut lua_State, idx: c_int, v: Val) -> Operand {
         // SAFETY: valid index.
-        unsafe { inline_operand(v).unwrap_or_else(|| Pv::Slot(self.anchor_val(l, idx, v))) }
+        unsafe { inline_operand(v).unwrap_or_else(|| Operand::Slot(self.anchor_val(l, idx, v))) }
     }
 
     unsafe fn push(&self, l: *mut lua_State, slot: u32) {
@@ -1418,71 +817,14 @@ unsafe fn anchor_new(l: *mut lua_State, anchors: Anchors, n: &mut u32, idx: c_in
     *n
 }
 
-/// A slot `merge_slot` decided: the decision, the base to record for the new value, the
-/// two values it read, and whether they are raw-equal.
-struct Decided<'v> {
-    d: Decision,
-    was: Was<'v>,
-    new: Val<'v>,
-    equal: bool,
-}
-
-impl Decided<'_> {
-    /// Whether the slot is to be written: the new value wins and is not the running one.
-    fn takes_new(&self) -> bool {
-        self.d != Decision::Keep && !self.equal
-    }
-}
-
-/// Whether two values read from the stack are the same value to every observer, so writing
-/// one over the other changes nothing: raw-equal (strings by content, objects by identity)
-/// and, for numbers, of the same subtype with the same bits. `1` and `1.0`, and `0.0` and
-/// `-0.0`, are raw-equal but not identical: rewriting one as the other is an edit (rule 5).
-fn identical(a: Val, b: Val) -> bool {
-    match (a, b) {
-        (Val::Num(x), Val::Num(y)) => x.to_bits() == y.to_bits(),
-        _ => a == b,
-    }
-}
-
-/// Whether the functions at `a` and `b` have the same code, compared without line
-/// information (moved lines alone are not an edit; see `proto::Dump::code_digest`).
-/// Unknown (a C function, a dump that does not parse) counts as different.
-///
-/// # Safety
-/// Valid indices; one free stack slot.
-unsafe fn same_code(l: *mut lua_State, a: c_int, b: c_int) -> bool {
-    // SAFETY: forwarded.
-    let digest = |idx| unsafe {
-        let dump = Dump::parse(&capi::dump(l, idx)?).ok()?;
-        dump.code_digest(dump.root)
-    };
-    matches!((digest(a), digest(b)), (Some(x), Some(y)) if x == y)
-}
-
 /// A value that an operand carries inline (no anchor needed), or `None` for an object.
-fn inline_operand(v: Val) -> Option<Pv> {
+fn inline_operand(v: Val) -> Option<Operand> {
     match v {
-        Val::Nil => Some(Pv::Nil),
-        Val::Bool(b) => Some(Pv::Bool(b)),
-        Val::Int(i) => Some(Pv::Int(i)),
-        Val::Num(n) => Some(Pv::Num(n)),
+        Val::Nil => Some(Operand::Nil),
+        Val::Bool(b) => Some(Operand::Bool(b)),
+        Val::Int(i) => Some(Operand::Int(i)),
+        Val::Num(n) => Some(Operand::Num(n)),
         _ => None,
-    }
-}
-
-/// Pushes a key of the base mirror as a Lua value.
-unsafe fn push_key(l: *mut lua_State, key: KeyRef) {
-    use super::base::Key;
-    // SAFETY: one push each.
-    unsafe {
-        match key {
-            KeyRef::Str(s) => capi::push_bytes(l, s),
-            KeyRef::Other(Key::Bool(b)) => lua::lua_pushboolean(l, c_int::from(b)),
-            KeyRef::Other(Key::Int(i)) => push_int(l, i),
-            KeyRef::Other(Key::Num(bits)) => lua::lua_pushnumber(l, f64::from_bits(bits)),
-            KeyRef::Other(Key::Light(p)) => lua::lua_pushlightuserdata(l, p as *mut _),
-        }
     }
 }
 
@@ -1533,52 +875,4 @@ pub unsafe fn stop_set(l: *mut lua_State) -> PtrSet {
         lua::lua_settop(l, top);
     }
     stop
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use mlua::Lua;
-
-    /// `identical` on values read from the stack agrees with `lua_rawequal` on the values
-    /// themselves, except where numbers differ in subtype or bits (`1` and `1.0`, `0.0` and
-    /// `-0.0`), for every pair of a set that has the corner cases.
-    #[test]
-    fn identical_is_raw_equal_with_the_same_number_subtype_and_bits() {
-        let lua = Lua::new();
-        let values = r#"
-            local long = ("x"):rep(100)
-            local t, f = {}, function() end
-            local maxi, mini = math.maxinteger or 2^53 - 1, math.mininteger or -2^53 + 1
-            return { 1, 1.0, -1, 0, 0.0, -0.0, 0.5, 2^53, 2^53 + 1.0, maxi,
-                     maxi + 0.0, mini, mini + 0.0, 2^63, -2^63,
-                     1/0, -1/0, "1", "a", "a", long, long .. "", ("x"):rep(99) .. "y",
-                     true, false, t, t, {}, f, f, print, string.len }
-        "#;
-        let list: mlua::Table = lua.load(values).eval().unwrap();
-        // SAFETY: the list is pushed once; each pair of its values is pushed and popped.
-        unsafe {
-            capi::testing::assert_raw(&lua, list, |l, failures| {
-                let n = lua::lua_rawlen(l, 1) as lua::lua_Integer;
-                for i in 1..=n {
-                    for j in 1..=n {
-                        lua::lua_rawgeti(l, 1, i);
-                        lua::lua_rawgeti(l, 1, j);
-                        let numbers = lua::lua_type(l, -2) == lua::LUA_TNUMBER
-                            && lua::lua_type(l, -1) == lua::LUA_TNUMBER;
-                        let same_kind = !numbers || {
-                            let int = |idx| read(l, idx) == Val::Int(lua::lua_tointeger(l, idx));
-                            let bits = |idx| lua::lua_tonumber(l, idx).to_bits();
-                            int(-2) == int(-1) && (int(-2) || bits(-2) == bits(-1))
-                        };
-                        let expected = lua::lua_rawequal(l, -2, -1) != 0 && same_kind;
-                        if identical(read(l, -2), read(l, -1)) != expected {
-                            failures.push_str(&format!("items {i} and {j}: expected {expected}\n"));
-                        }
-                        lua::lua_pop(l, 2);
-                    }
-                }
-            });
-        }
-    }
 }

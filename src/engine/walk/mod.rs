@@ -197,7 +197,7 @@ impl<'p> Walker<'p> {
         // SAFETY: plain pushes and reads of anchored functions.
         unsafe {
             let n_plans = plans.len();
-            let pairs = plans.iter().map(|p| p.fpairs.len()).sum();
+            let pairs = plans.iter().map(|p| p.fn_pairs.len()).sum();
             let mut map = PtrMap::with_capacity_and_hasher(pairs, Default::default());
             let mut visited = AddrSet::default();
             for (pi, plan) in plans.iter().enumerate() {
@@ -207,7 +207,7 @@ impl<'p> Walker<'p> {
                 for &p in plan.merged() {
                     visited.insert(p);
                 }
-                for pair in &plan.fpairs {
+                for pair in &plan.fn_pairs {
                     map.insert(pair.at, (pi, pair.new));
                 }
             }
@@ -246,7 +246,7 @@ impl<'p> Walker<'p> {
         self.enclosing.get_or_insert_with(|| unsafe {
             let mut all = Vec::new();
             for (pi, plan) in self.plans.iter().enumerate() {
-                for &FnPair { old, new, .. } in &plan.fpairs {
+                for &FnPair { old, new, .. } in &plan.fn_pairs {
                     plan.push(l, old);
                     let mut ar: lua::lua_Debug = std::mem::zeroed();
                     if lua::lua_getinfo(l, c">S".as_ptr(), &mut ar) == 0 || ar.source.is_null() {
@@ -278,7 +278,7 @@ impl<'p> Walker<'p> {
         let chunks = self.chunks.get_or_insert_with(|| {
             let mut seen = PtrSet::default();
             let mut names = Vec::new();
-            for pair in plans.iter().flat_map(|p| &p.fpairs) {
+            for pair in plans.iter().flat_map(|p| &p.fn_pairs) {
                 let name = pair.source?;
                 if seen.insert(name.id()) {
                     // SAFETY: the old function is anchored, and with it its chunk name.
