@@ -60,6 +60,32 @@ describe("replacing old functions everywhere", function()
     assert.equal("patch", holder.f())
   end)
 
+  -- `M.f = F.wrap(fn)`: the wrapper is a closure of another module's factory; the same
+  -- factory's other closures (other modules') are not the reloaded module's to count
+  it("counts no closure another module's factory made as left on the old code", function()
+    local factory = h.module([[
+      local F = {}
+      function F.wrap(fn) return function(...) return fn(...) end end
+      return F
+    ]])
+    local users = h.module(([[
+      local F = require %q
+      local U = {}
+      for i = 1, 5 do U[i] = F.wrap(function() return i end) end
+      return U
+    ]]):format(factory))
+    local U = require(users)
+    local src = "local F = require %q local M = {} M.f = F.wrap(function() return %q end) return M"
+    local name = h.module(src:format(factory, "v1"))
+    local M = require(name)
+    h.rewrite(name, src:format(factory, "v2"))
+    local _, report = hotreload.reload(name)
+    assert.equal(0, report.closures_left)
+    assert.equal(0, report.functions_added)
+    assert.equal("v2", M.f())
+    assert.equal(3, U[3]())
+  end)
+
   it("updates every key of a table whose border key is in its hash part", function()
     -- t[1] is stored in the hash part: a walk that resumes `next` from key #t skips the
     -- hash entries placed before it

@@ -11,86 +11,140 @@ use super::{Act, Cell, FnPair, Item, Join, Kind, NodeId, Planner, Was, kept_by_s
 use crate::vm::access::Val;
 use crate::vm::access::{self, read};
 use crate::vm::capi::lua_State;
+
+/// The two functions `pair_fns` pairs, on the stack, and their upvalues.
+struct FnPairing {
+    /// anchor slots
+    old: u32,
+    new: u32,
+    old_ups: access::Upvalues,
+    new_ups: access::Upvalues,
+    base: Option<NodeId>,
+    node: NodeId,
+}
+
 impl Planner<'_> {
+    /// Pairs the running function in anchor slot `old` with the new one in `new`: the walk
+    /// will replace the old one, and each upvalue of the new one joins the old cell of the
+    /// same name (rule 3), its value decided like any data slot.
     pub(super) unsafe fn pair_fns(
         &mut self,
         l: *mut lua_State,
-        live: u32,
+        old: u32,
         new: u32,
         base: Option<NodeId>,
         node: NodeId,
     ) {
-        let old = self.old;
-        // SAFETY: both functions are anchored Lua functions, at `fi` and `ni` while their
-        // upvalues are read; `get` stops at the last one; each loop turn restores `top + 2`.
+        // SAFETY: both functions are anchored Lua functions, at `top + 1` and `top + 2` while
+        // their upvalues are read; `get` stops at the last one; each turn restores `top + 2`.
         unsafe {
             let top = lua::lua_gettop(l);
-            self.push(l, live);
+            self.push(l, old);
             self.push(l, new);
-            let (fi, ni) = (top + 1, top + 2);
-            let (old_ups, new_ups) = (access::Upvalues::of(l, fi), access::Upvalues::of(l, ni));
+            let (old_ups, new_ups) =
+                (access::Upvalues::of(l, top + 1), access::Upvalues::of(l, top + 2));
             self.mirror.begin(node, Kind::Func);
-            let at = read(l, fi).object().unwrap_or(0);
-            let source = old_ups.source();
-            self.fn_pairs.push(FnPair { old: live, new, at, source });
-            self.new_fns.push((new, read(l, ni).object().unwrap_or(0))); // (in new_fn_at since paired)
+            let at = read(l, top + 1).object().unwrap_or(0);
+            self.fn_pairs.push(FnPair { old, new, at, source: old_ups.source() });
+            // (in new_fn_at since paired)
+            self.new_fns.push((new, read(l, top + 2).object().unwrap_or(0)));
             self.counts.functions_replaced += 1;
+            let pairing = FnPairing { old, new, old_ups, new_ups, base, node };
             let mut i = 1;
-            while let Some(name) = new_ups.get(l, i) {
-                let value = top + 3;
-                let id = new_ups.id(l, i);
-                let prior = old.upvalue(base, name, i as usize);
-                let mut joined = false;
-                match self.cell(id) {
-                    // a cell shared with a function paired before
-                    Some(Cell::Joined(old_fn, old_n)) => {
-                        self.joins.push(Join { new_fn: new, n: i, old_fn, old_n });
-                    }
-                    Some(_) => {}
-                    None => {
-                        if !name.is_empty()
-                            && let Some(j) = old_ups.find(l, name, i)
-                        {
-                            let old_id = old_ups.id(l, j);
-                            if self.cell(old_id).is_none() {
-                                // Rule 3: the new cell joins the old one; its value is decided
-                                // like any data slot (rule 5), a table merges (rule 4), a
-                                // function is new.
-                                self.claimed_cells.insert(old_id);
-                                self.cells.insert(id, Cell::Joined(live, j));
-                                self.joins.push(Join { new_fn: new, n: i, old_fn: live, old_n: j });
-                                let nv = read(l, value);
-                                if kept_by_source(prior, nv) {
-                                    // the running value stays: not even read
-                                    self.mirror.upvalue(node, name, Was::of(nv));
-                                    self.counts.values_kept += 1;
-                                } else {
-                                    old_ups.push(l, j); // at top + 4
-                                    let m = self.merge_slot(l, top + 4, value, prior);
-                                    self.mirror.upvalue(node, name, m.was);
-                                    self.count_value(&m);
-                                    if m.takes_new() {
-                                        let v = self.capture_val(l, value, m.new);
-                                        self.acts.push(Act::Upvalue { f: live, n: j, v });
-                                    }
-                                }
-                                joined = true;
-                            }
-                        }
-                        if !joined {
-                            self.unjoined.push((new, i, id));
-                            self.adopt.push(Item::Cell { f: new, n: i });
-                        }
-                    }
-                }
-                if !joined {
-                    let was = self.base_of(read(l, value));
-                    self.mirror.upvalue(node, name, was);
-                }
+            while let Some(name) = pairing.new_ups.get(l, i) {
+                self.pair_upvalue(l, &pairing, i, name, top + 3);
                 access::settop_down(l, top + 2);
                 i += 1;
             }
             access::settop_down(l, top);
+        }
+    }
+
+    /// Upvalue `i` (called `name`, its value at `value`) of the new function of `p`: shares
+    /// a cell joined before, or joins the old cell of its name, or waits (a function paired
+    /// later may still join it) and is adopted.
+    ///
+    /// # Safety
+    /// As in `pair_fns`; may push one value above `value`.
+    unsafe fn pair_upvalue(
+        &mut self,
+        l: *mut lua_State,
+        p: &FnPairing,
+        i: c_int,
+        name: &[u8],
+        value: c_int,
+    ) {
+        // SAFETY: as documented.
+        unsafe {
+            let id = p.new_ups.id(l, i);
+            let joined = match self.cell(id) {
+                // a cell shared with a function paired before
+                Some(Cell::Joined(old_fn, old_n)) => {
+                    self.joins.push(Join { new_fn: p.new, n: i, old_fn, old_n });
+                    false
+                }
+                Some(_) => false,
+                None => {
+                    let joined = self.join_upvalue(l, p, i, name, value, id);
+                    if !joined {
+                        self.unjoined.push((p.new, i, id));
+                        self.adopt.push(Item::Cell { f: p.new, n: i });
+                    }
+                    joined
+                }
+            };
+            if !joined {
+                let was = self.base_of(read(l, value));
+                self.mirror.upvalue(p.node, name, was);
+            }
+        }
+    }
+
+    /// Rule 3: the new cell `id` joins the old cell called `name`, if the old function has
+    /// one no other new cell joined; its value is decided like any data slot (rule 5), a
+    /// table merges (rule 4), a function is new. Whether it joined.
+    ///
+    /// # Safety
+    /// As `pair_upvalue`.
+    unsafe fn join_upvalue(
+        &mut self,
+        l: *mut lua_State,
+        p: &FnPairing,
+        i: c_int,
+        name: &[u8],
+        value: c_int,
+        id: usize,
+    ) -> bool {
+        // SAFETY: as documented; the old value is pushed at `value + 1`.
+        unsafe {
+            if name.is_empty() {
+                return false;
+            }
+            let Some(j) = p.old_ups.find(l, name, i) else { return false };
+            let old_id = p.old_ups.id(l, j);
+            if self.cell(old_id).is_some() {
+                return false;
+            }
+            self.claimed_cells.insert(old_id);
+            self.cells.insert(id, Cell::Joined(p.old, j));
+            self.joins.push(Join { new_fn: p.new, n: i, old_fn: p.old, old_n: j });
+            let prior = self.old.upvalue(p.base, name, i as usize);
+            let incoming = read(l, value);
+            if kept_by_source(prior, incoming) {
+                // the running value stays: not even read
+                self.mirror.upvalue(p.node, name, Was::of(incoming));
+                self.counts.values_kept += 1;
+            } else {
+                p.old_ups.push(l, j);
+                let m = self.merge_slot(l, value + 1, value, prior);
+                self.mirror.upvalue(p.node, name, m.was);
+                self.count_value(&m);
+                if m.takes_new() {
+                    let v = self.capture_val(l, value, m.new);
+                    self.acts.push(Act::Upvalue { f: p.old, n: j, v });
+                }
+            }
+            true
         }
     }
 

@@ -17,16 +17,19 @@
 //! reference to a new table that merged into a running one (the new top level's `M`, held
 //! by such a callback) at the running table.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::os::raw::c_int;
 
 use mlua::ffi as lua;
 
-use super::plan::{FnPair, Plan};
-use super::proto::Dump;
-use super::ptrmap::{AddrSet, PtrMap, PtrSet};
+use super::plan::Plan;
+use super::ptrmap::{AddrSet, PtrMap};
+
+mod factory;
+
 use crate::vm::access;
 use crate::vm::capi::{self, lua_State};
+use factory::Factories;
 
 /// Upvalue cells and tables read in place.
 #[cfg(any(feature = "luajit", feature = "lua54"))]
@@ -45,17 +48,6 @@ pub struct Outcome {
 
 /// An anchored value: (plan, anchor slot in that plan).
 type Ref = (usize, u32);
-
-/// An old function of the module that may have made closures (a factory), with its new
-/// version.
-struct Enclosing {
-    plan: usize,
-    old: u32,
-    new: u32,
-    source: usize,
-    line: c_int,
-    last_line: c_int,
-}
 
 /// The plans' answers about objects (new functions, merged copies, new cells) in one index,
 /// for a batch of several plans: asking each plan in turn would cost the walk a look per
@@ -151,14 +143,8 @@ struct Walker<'p> {
     /// table keys to rename once the walk is over: (table, old key, new key) triples
     keys: c_int,
     n_keys: lua::lua_Integer,
-    /// chunk names and the functions of the plans by where they are in them, indexed the
-    /// first time an unpaired closure needs them (most reloads meet none)
-    sources: Vec<Vec<u8>>,
-    enclosing: Option<Vec<Enclosing>>,
-    /// the chunk names of the plans' old functions, when all were read in place (`None`
-    /// inside: some were not, so any chunk may be theirs)
-    chunks: Option<Option<Vec<Vec<u8>>>>,
-    dumps: std::collections::HashMap<Ref, Option<Dump>>,
+    /// what the walk knows to place closures in the plans' old functions
+    factories: Factories,
     current: usize,
     /// per plan
     out: Vec<Outcome>,
@@ -228,66 +214,12 @@ impl<'p> Walker<'p> {
                 top: 0,
                 keys,
                 n_keys: 0,
-                sources: Vec::new(),
-                enclosing: None,
-                chunks: None,
-                dumps: std::collections::HashMap::new(),
+                factories: Factories::new(),
                 current: l as usize,
                 out: vec![Outcome::default(); n_plans],
                 index,
             }
         }
-    }
-
-    /// The old functions of the plans by chunk and lines, innermost first: a closure belongs
-    /// to the smallest function around it.
-    unsafe fn enclosing(&mut self, l: *mut lua_State) -> &[Enclosing] {
-        // SAFETY: anchored functions are pushed one at a time; lua_getinfo(">S") pops each.
-        self.enclosing.get_or_insert_with(|| unsafe {
-            let mut all = Vec::new();
-            for (pi, plan) in self.plans.iter().enumerate() {
-                for &FnPair { old, new, .. } in &plan.fn_pairs {
-                    plan.push(l, old);
-                    let mut ar: lua::lua_Debug = std::mem::zeroed();
-                    if lua::lua_getinfo(l, c">S".as_ptr(), &mut ar) == 0 || ar.source.is_null() {
-                        continue;
-                    }
-                    let source = CStr::from_ptr(ar.source).to_bytes();
-                    let at = match self.sources.iter().position(|s| s == source) {
-                        Some(at) => at,
-                        None => {
-                            self.sources.push(source.to_vec());
-                            self.sources.len() - 1
-                        }
-                    };
-                    let (line, last_line) = (ar.linedefined, ar.lastlinedefined);
-                    all.push(Enclosing { plan: pi, old, new, source: at, line, last_line });
-                }
-            }
-            all.sort_by_key(|e| e.last_line - e.line);
-            all
-        })
-    }
-
-    /// Whether a closure of the chunk `source` may have been made by an old function of the
-    /// plans. The chunk names read in place answer without the index (`enclosing`), which
-    /// asks `lua_getinfo` about every old function: most closures the walk meets outside
-    /// the plans (other modules') are answered this way.
-    fn may_enclose(&mut self, source: &[u8]) -> bool {
-        let plans = &*self.plans;
-        let chunks = self.chunks.get_or_insert_with(|| {
-            let mut seen = PtrSet::default();
-            let mut names = Vec::new();
-            for pair in plans.iter().flat_map(|p| &p.fn_pairs) {
-                let name = pair.source?;
-                if seen.insert(name.id()) {
-                    // SAFETY: the old function is anchored, and with it its chunk name.
-                    names.push(unsafe { name.to_bytes() }.to_vec());
-                }
-            }
-            Some(names)
-        });
-        chunks.as_ref().is_none_or(|names| names.iter().any(|n| n == source))
     }
 
     unsafe fn push_ref(&self, l: *mut lua_State, (pi, slot): Ref) {
@@ -915,185 +847,5 @@ impl<'p> Walker<'p> {
             }
             lua::lua_pop(l, 1);
         }
-    }
-
-    /// For an old closure of the reloaded code that the plan did not pair: a closure of the
-    /// new version of its prototype, joined to its cells, or `None` (then it is counted as
-    /// left unless it is the new version's or its code did not change).
-    unsafe fn factory_closure(&mut self, l: *mut lua_State, c: c_int) -> Option<Ref> {
-        // SAFETY: debug API reads; the loaded closure is popped on every path.
-        unsafe {
-            let mut ar: lua::lua_Debug = std::mem::zeroed();
-            lua::lua_pushvalue(l, c);
-            if lua::lua_getinfo(l, c">S".as_ptr(), &mut ar) == 0 || ar.source.is_null() {
-                return None;
-            }
-            let source = CStr::from_ptr(ar.source).to_bytes();
-            if !self.may_enclose(source) {
-                return None;
-            }
-            let n_enclosing = self.enclosing(l).len();
-            let src = self.sources.iter().position(|s| s == source)?;
-            // a closure on a cell the new version made is the new version's own
-            let mut i = 1;
-            while capi::get_upvalue(l, c, i).is_some() {
-                lua::lua_pop(l, 1);
-                if self.is_new_cell(capi::upvalue_id(l, c, i)) {
-                    return None;
-                }
-                i += 1;
-            }
-            let (line, last) = (ar.linedefined, ar.lastlinedefined);
-            let mut inside = None;
-            for e in 0..n_enclosing {
-                let Some(enc) = self.enclosing.as_ref().and_then(|all| all.get(e)) else { break };
-                let (old, new) = ((enc.plan, enc.old), (enc.plan, enc.new));
-                if enc.source != src || enc.line > line || enc.last_line < last {
-                    continue;
-                }
-                inside = Some(enc.plan);
-                let Some(found) = self.match_prototype(l, old, new, line, last) else { continue };
-                let Some(index) = found else {
-                    return None; // same code in both versions: nothing to update
-                };
-                return self.make_closure(l, c, new, index, source);
-            }
-            // made by a function of the module that changed beyond matching: left on the old
-            // code (a closure outside every such function is the top level's, not a factory's)
-            if let Some(plan) = inside
-                && let Some(out) = self.out.get_mut(plan)
-            {
-                out.closures_left += 1;
-            }
-            None
-        }
-    }
-
-    /// Finds the prototype on lines `line..last` inside old function `old`, and the one at
-    /// the same place inside `new`. `None`: no single match here. `Some(None)`: matched, but
-    /// the code is the same in both versions. `Some(Some(i))`: prototype `i` of `new`'s dump.
-    unsafe fn match_prototype(
-        &mut self,
-        l: *mut lua_State,
-        old: Ref,
-        new: Ref,
-        line: c_int,
-        last: c_int,
-    ) -> Option<Option<usize>> {
-        // SAFETY: dumps are made of anchored Lua functions.
-        unsafe {
-            let (line, last) = (u32::try_from(line).ok()?, u32::try_from(last).ok()?);
-            self.dump(l, old);
-            self.dump(l, new);
-            let od = self.dumps.get(&old).and_then(Option::as_ref)?;
-            let nd = self.dumps.get(&new).and_then(Option::as_ref)?;
-            let paths = od.find_lines(od.root, line, last);
-            let [path] = paths.as_slice() else { return None };
-            let (oi, ni) = (od.follow(path)?, nd.follow(path)?);
-            if od.body(oi) == nd.body(ni) {
-                return Some(None);
-            }
-            Some(Some(ni))
-        }
-    }
-
-    /// Parses (once) the dump of the anchored function `slot`.
-    unsafe fn dump(&mut self, l: *mut lua_State, slot: Ref) {
-        if self.dumps.contains_key(&slot) {
-            return;
-        }
-        // SAFETY: the anchored function is pushed, dumped and popped.
-        unsafe {
-            self.push_ref(l, slot);
-            let parsed = capi::dump(l, -1).and_then(|bytes| Dump::parse(&bytes).ok());
-            lua::lua_pop(l, 1);
-            self.dumps.insert(slot, parsed);
-        }
-    }
-
-    /// Loads prototype `ni` of new function `new`'s dump as a closure and joins its upvalues
-    /// to the cells of the old closure at `c`, by name.
-    unsafe fn make_closure(
-        &mut self,
-        l: *mut lua_State,
-        c: c_int,
-        new: Ref,
-        ni: usize,
-        source: &[u8],
-    ) -> Option<Ref> {
-        let chunk = self.dumps.get(&new).and_then(Option::as_ref)?.extract(ni, source)?;
-        let name = CString::new(source).ok()?;
-        // SAFETY: the chunk is loaded in binary mode; the closure is popped on every path.
-        unsafe {
-            let status = lua::luaL_loadbufferx(
-                l,
-                chunk.as_ptr().cast(),
-                chunk.len(),
-                name.as_ptr(),
-                c"b".as_ptr(),
-            );
-            drop(chunk);
-            drop(name);
-            if status != lua::LUA_OK {
-                lua::lua_pop(l, 1);
-                self.tally(new).closures_left += 1;
-                return None;
-            }
-            let g = lua::lua_gettop(l);
-            let mut i = 1;
-            while let Some(wanted) = capi::get_upvalue(l, g, i) {
-                lua::lua_pop(l, 1);
-                match find_upvalue(l, c, wanted) {
-                    Some(j) => capi::join_upvalue(l, g, i, c, j),
-                    // a new global access: the environment the new enclosing function has
-                    None if wanted == b"_ENV" => {
-                        self.push_ref(l, new);
-                        let f = lua::lua_gettop(l);
-                        match find_upvalue(l, f, b"_ENV") {
-                            Some(j) => capi::join_upvalue(l, g, i, f, j),
-                            None => {
-                                lua::lua_pop(l, 2);
-                                self.tally(new).closures_left += 1;
-                                return None;
-                            }
-                        }
-                        lua::lua_pop(l, 1);
-                    }
-                    // captures a variable the old closure did not have: no state to give it
-                    None => {
-                        lua::lua_pop(l, 1);
-                        self.tally(new).closures_left += 1;
-                        return None;
-                    }
-                }
-                i += 1;
-            }
-            #[cfg(feature = "luajit")]
-            {
-                lua::lua_getfenv(l, c);
-                lua::lua_setfenv(l, g);
-            }
-            let slot = self.plans.get_mut(new.0)?.anchor(l, g);
-            lua::lua_pop(l, 1);
-            self.tally(new).closures_updated += 1;
-            Some((new.0, slot))
-        }
-    }
-}
-
-/// Index of the upvalue called `name` of the Lua function at `f`.
-unsafe fn find_upvalue(l: *mut lua_State, f: c_int, name: &[u8]) -> Option<c_int> {
-    // SAFETY: names are read and their values popped at once.
-    unsafe {
-        let mut j = 1;
-        while let Some(n) = capi::get_upvalue(l, f, j) {
-            let same = n == name;
-            lua::lua_pop(l, 1);
-            if same {
-                return Some(j);
-            }
-            j += 1;
-        }
-        None
     }
 }
