@@ -152,32 +152,10 @@ pub unsafe fn batch(
     push: bool,
 ) -> Result<Outcome, Error> {
     let start = Instant::now();
-    let mut jobs: Vec<Job> = targets.iter().map(|_| Job::default()).collect();
-    {
-        let Ok(mut known) = cell.try_borrow_mut() else {
-            let name = targets.first().map_or(&b""[..], |t| &t.name);
-            return Err(Error::new(ErrorKind::Internal, name, "state in use"));
-        };
-        let mut seen: HashSet<&[u8]> = HashSet::with_capacity(targets.len());
-        for (t, job) in targets.iter().zip(jobs.iter_mut()) {
-            if let Some(phase) = known.busy.get(t.name.as_slice()) {
-                job.error = Some(Error::new(ErrorKind::Busy, &t.name, phase.doing()));
-                continue;
-            }
-            if !seen.insert(&t.name) {
-                job.error = Some(Error::new(ErrorKind::Busy, &t.name, "once more in its batch"));
-                continue;
-            }
-            known.busy.insert(t.name.as_slice().into(), Phase::Loading);
-            job.base = known.snapshots.remove(t.name.as_slice());
-        }
-        // a batch may change any module's value: the next base is taken with a fresh set
-        known.loaded_values = None;
-    }
+    let mut jobs = begin(cell, targets)?;
     // the modules this batch marked busy (not those an outer reload is busy with)
     let owned: Vec<&Target> =
         targets.iter().zip(&jobs).filter(|(_, j)| j.error.is_none()).map(|(t, _)| t).collect();
-
     let mut out = Outcome::default();
     let mut gc: Option<GcPause> = None;
     let mut plans: Vec<Plan> = Vec::new();
@@ -192,10 +170,9 @@ pub unsafe fn batch(
             capi::push_loaded(l);
             let loaded = lua::lua_gettop(l);
             capi::push_globals(l);
-            let globals = loaded + 1;
             lua::lua_createtable(l, c_int::try_from(4 * targets.len()).unwrap_or(0), 0);
-            run.held = globals + 1;
-            run.load_all(l, loaded, globals);
+            run.held = loaded + 2;
+            run.load_all(l, loaded, loaded + 1);
             enter(cell, &owned, Phase::Consenting);
             run.consent_all(l);
             enter(cell, &owned, Phase::Merging);
@@ -211,61 +188,52 @@ pub unsafe fn batch(
             };
             capi::flush_jit(l);
             gc = None;
-            let seconds = start.elapsed().as_secs_f64();
-            let mut walked = walked.into_iter();
-            let mut done = plans.iter_mut();
-            for job in run.jobs.iter_mut() {
-                let plan = if job.error.is_none() { done.next() } else { None };
-                reports.push(plan.map(|plan| Report {
-                    merge: plan.counts,
-                    walk: walked.next().unwrap_or_default(),
-                    seconds,
-                }));
-            }
-            // results only for a batch that succeeded whole (a failed transaction answers with
-            // its message)
+            reports = run.reports(&plans, walked, start.elapsed().as_secs_f64());
             enter(cell, &owned, Phase::Reporting);
-            let push = push && run.jobs.iter().all(|j| j.error.is_none());
-            let tables = push || hooks::has_listeners(l, &AFTER);
-            let lists = lua::lua_gettop(l) + 1;
-            if push {
-                let n = c_int::try_from(targets.len()).unwrap_or(0);
-                lua::lua_createtable(l, n, 0);
-                lua::lua_createtable(l, n, 0);
-            }
-            // (only succeeded targets push anything: a failed one may have left no room)
-            for (i, (t, report)) in targets.iter().zip(&reports).enumerate() {
-                let Some(r) = report else { continue };
-                let (module, table) = (lua::lua_gettop(l) + 1, lua::lua_gettop(l) + 2);
-                capi::push_bytes(l, &t.name);
-                lua::lua_rawget(l, loaded);
-                if tables {
-                    hooks::push_report(l, r);
-                } else {
-                    lua::lua_pushnil(l);
-                }
-                let before = out.listener_errors.len();
-                hooks::after_listeners(l, &t.name, module, table, &mut out.listener_errors);
-                if tables && let Some(errors) = out.listener_errors.get(before..) {
-                    hooks::set_errors(l, table, errors);
-                }
-                if push {
-                    let i = lua::lua_Integer::try_from(i + 1).unwrap_or(0);
-                    lua::lua_rawseti(l, lists + 1, i);
-                    lua::lua_rawseti(l, lists, i);
-                } else {
-                    lua::lua_pop(l, 2);
-                }
-            }
-            if push { 2 } else { 0 }
+            run.report(l, loaded, &reports, push, &mut out.listener_errors)
         })
     };
     drop(gc);
     drop(plans);
+    finish(cell, targets, jobs, reports, outcome.map(|_| out))
+}
 
-    let mut known = cell.try_borrow_mut().ok();
+/// Checks and marks the modules of a batch busy, and takes their bases.
+fn begin(cell: &StateCell, targets: &[Target]) -> Result<Vec<Job>, Error> {
+    let mut jobs: Vec<Job> = targets.iter().map(|_| Job::default()).collect();
+    let Ok(mut known) = cell.try_borrow_mut() else {
+        let name = targets.first().map_or(&b""[..], |t| &t.name);
+        return Err(Error::new(ErrorKind::Internal, name, "state in use"));
+    };
+    let mut seen: HashSet<&[u8]> = HashSet::with_capacity(targets.len());
     for (t, job) in targets.iter().zip(jobs.iter_mut()) {
-        if let Some(known) = known.as_mut() {
+        if let Some(phase) = known.busy.get(t.name.as_slice()) {
+            job.error = Some(Error::new(ErrorKind::Busy, &t.name, phase.doing()));
+            continue;
+        }
+        if !seen.insert(&t.name) {
+            job.error = Some(Error::new(ErrorKind::Busy, &t.name, "once more in its batch"));
+            continue;
+        }
+        known.busy.insert(t.name.as_slice().into(), Phase::Loading);
+        job.base = known.snapshots.remove(t.name.as_slice());
+    }
+    // a batch may change any module's value: the next base is taken with a fresh set
+    known.loaded_values = None;
+    Ok(jobs)
+}
+
+/// Unmarks the batch's modules, keeps each new base (or gives back the old one), and turns
+/// the protected run's outcome into the batch's.
+fn finish(
+    cell: &StateCell,
+    targets: &[Target],
+    mut jobs: Vec<Job>,
+    reports: Vec<Option<Report>>,
+    outcome: Result<Outcome, String>,
+) -> Result<Outcome, Error> {
+    if let Ok(mut known) = cell.try_borrow_mut() {
+        for (t, job) in targets.iter().zip(jobs.iter_mut()) {
             if job.error.as_ref().is_none_or(|e| e.kind != ErrorKind::Busy) {
                 known.busy.remove(t.name.as_slice());
             }
@@ -274,9 +242,8 @@ pub unsafe fn batch(
             }
         }
     }
-    drop(known);
     match outcome {
-        Ok(_) => {
+        Ok(mut out) => {
             let mut reports = reports.into_iter();
             out.results = jobs
                 .into_iter()
@@ -461,8 +428,7 @@ impl Run<'_> {
             }
             // SAFETY: the job's values are pushed, and dropped with what the plan left once
             // its anchors are held.
-            let top = unsafe { lua::lua_gettop(l) };
-            let v = unsafe { self.push_values(l, i) };
+            let (top, v) = unsafe { (lua::lua_gettop(l), self.push_values(l, i)) };
             let Some(job) = self.jobs.get_mut(i) else { break };
             let empty = Snapshot::default();
             let base = job.base.as_ref().unwrap_or(&empty);
@@ -626,6 +592,81 @@ impl Run<'_> {
                     lua::lua_pop(l, 1);
                 }
             }
+        }
+    }
+
+    /// The report of each job that succeeded (`None` for the others), in order.
+    fn reports(
+        &self,
+        plans: &[Plan],
+        walked: Vec<walk::Outcome>,
+        seconds: f64,
+    ) -> Vec<Option<Report>> {
+        let mut walked = walked.into_iter();
+        let mut done = plans.iter();
+        self.jobs
+            .iter()
+            .map(|job| {
+                let plan = if job.error.is_none() { done.next() } else { None };
+                plan.map(|plan| Report {
+                    merge: plan.counts,
+                    walk: walked.next().unwrap_or_default(),
+                    seconds,
+                })
+            })
+            .collect()
+    }
+
+    /// Step 7: the `on_reload` listeners of each module reloaded, and with `push` (for a
+    /// batch that succeeded whole; a failed transaction answers with its message) the list
+    /// of modules and the list of report tables on the stack. Returns how many values it
+    /// pushed.
+    ///
+    /// # Safety
+    /// The stack room `apply_all` reserved.
+    unsafe fn report(
+        &self,
+        l: *mut lua_State,
+        loaded: c_int,
+        reports: &[Option<Report>],
+        push: bool,
+        listener_errors: &mut Vec<String>,
+    ) -> c_int {
+        // SAFETY: as documented; each target pushes its module and report and stores or pops
+        // them.
+        unsafe {
+            let push = push && self.jobs.iter().all(|j| j.error.is_none());
+            let tables = push || hooks::has_listeners(l, &AFTER);
+            let lists = lua::lua_gettop(l) + 1;
+            if push {
+                let n = c_int::try_from(self.targets.len()).unwrap_or(0);
+                lua::lua_createtable(l, n, 0);
+                lua::lua_createtable(l, n, 0);
+            }
+            for (i, (t, report)) in self.targets.iter().zip(reports).enumerate() {
+                let Some(r) = report else { continue };
+                let (module, table) = (lua::lua_gettop(l) + 1, lua::lua_gettop(l) + 2);
+                capi::push_bytes(l, &t.name);
+                lua::lua_rawget(l, loaded);
+                if tables {
+                    hooks::push_report(l, r);
+                } else {
+                    lua::lua_pushnil(l);
+                }
+                let before = listener_errors.len();
+                hooks::after_listeners(l, &t.name, module, table, listener_errors);
+                if tables && let Some(errors) = listener_errors.get(before..) {
+                    hooks::set_errors(l, table, errors);
+                }
+                if push {
+                    let i = lua::lua_Integer::try_from(i + 1).unwrap_or(0);
+                    lua::lua_rawseti(l, lists + 1, i);
+                    lua::lua_rawseti(l, lists, i);
+                } else {
+                    lua::lua_pop(l, 2);
+                }
+            }
+            if push { 2 } else { 0 }
         }
     }
 

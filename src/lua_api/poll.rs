@@ -64,8 +64,8 @@ pub(crate) unsafe fn poll(
             break;
         }
         if path.is_file() {
-            // SAFETY: as above.
             let recorded = recorded_names(cell, path);
+            // SAFETY: as above.
             match unsafe { targets::loaded_modules_of(l, &recorded, path, &templates) } {
                 Ok(names) => {
                     for name in names {

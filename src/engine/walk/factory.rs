@@ -58,18 +58,35 @@ impl Factories {
     }
 }
 
-/// Where a closure's prototype is in an old function, and in its new version.
-enum Placed {
-    /// Not one of the old function's nested prototypes (a sibling closure of another
-    /// module's factory, the function itself): not made by it.
-    NotHere,
-    /// Made by it, but not placed safely (two prototypes on the same lines, no dump, no
-    /// prototype at the same place in the new version).
+/// What a closure a factory of the module made becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Made {
+    /// No single prototype of the new version takes its place (two prototypes on the same
+    /// lines, no dump, none at the same place in the new version): left on the old code.
     Unmatched,
     /// The same code in both versions: nothing to update.
     Same,
-    /// Prototype `.0` of the new version's dump.
-    Changed(usize),
+    /// Prototype `.1` of the dump of new function `.0` (its code digest `.2`).
+    New(Ref, usize, Option<u64>),
+}
+
+impl Made {
+    /// Whether two prototypes the closure may come from would make the same of it.
+    fn agrees(self, other: Made) -> bool {
+        match (self, other) {
+            (Made::New(_, _, a), Made::New(_, _, b)) => a.is_some() && a == b,
+            (a, b) => a == b,
+        }
+    }
+}
+
+/// An old function with prototypes on a closure's lines (the paths to them in its dump),
+/// and its new version.
+struct Maker {
+    plan: usize,
+    old: Ref,
+    new: Ref,
+    paths: Vec<Vec<usize>>,
 }
 
 impl Walker<'_> {
@@ -88,7 +105,7 @@ impl Walker<'_> {
             if !self.may_enclose(source) {
                 return None;
             }
-            let n_enclosing = self.enclosing(l).len();
+            self.enclosing(l);
             let src = self.factories.sources.iter().position(|s| s == source)?;
             // a closure on a cell the new version made is the new version's own
             let mut i = 1;
@@ -100,30 +117,64 @@ impl Walker<'_> {
                 i += 1;
             }
             let (line, last) = (ar.linedefined, ar.lastlinedefined);
-            let mut unmatched_in = None;
-            for e in 0..n_enclosing {
-                let enclosing = self.factories.enclosing.as_ref().and_then(|all| all.get(e));
-                let Some(enc) = enclosing else { break };
-                if enc.source != src || enc.line > line || enc.last_line < last {
-                    continue;
-                }
-                let (plan, old, new) = (enc.plan, (enc.plan, enc.old), (enc.plan, enc.new));
-                match self.place(l, old, new, line, last) {
-                    Placed::NotHere => {}
-                    Placed::Unmatched => unmatched_in = Some(plan),
-                    Placed::Same => return None,
-                    Placed::Changed(index) => return self.make_closure(l, c, new, index, source),
+            let makers = self.makers(l, src, line, last);
+            let Some(plan) = makers.first().map(|m| m.plan) else { return None };
+            let made = match makers.as_slice() {
+                [m] if m.paths.len() == 1 => self.follow(l, m.old, m.new, &m.paths[0]),
+                // several prototypes on these lines (one-line functions side by side): the
+                // closure's own code tells which is its, whatever order they were met in
+                _ => self.pick(l, c, &makers),
+            };
+            match made {
+                Made::Same => None,
+                Made::New(new, index, _) => self.make_closure(l, c, new, index, source),
+                Made::Unmatched => {
+                    if let Some(out) = self.out.get_mut(plan) {
+                        out.closures_left += 1;
+                    }
+                    None
                 }
             }
-            // made by a function of the module that changed beyond matching: left on the old
-            // code (a closure no old function made is the top level's or another module's)
-            if let Some(plan) = unmatched_in
-                && let Some(out) = self.out.get_mut(plan)
-            {
-                out.closures_left += 1;
-            }
-            None
         }
+    }
+
+    /// The innermost old functions with a prototype on lines `line..last` of chunk `src`:
+    /// those made the closure. One whose own lines are the closure's but that has no
+    /// prototype there did not: the closure is another closure of the same prototype (what
+    /// the same factory made for another module), not this module's to update or count.
+    ///
+    /// # Safety
+    /// `enclosing` is built.
+    unsafe fn makers(
+        &mut self,
+        l: *mut lua_State,
+        src: usize,
+        line: c_int,
+        last: c_int,
+    ) -> Vec<Maker> {
+        let mut makers = Vec::new();
+        let mut depth = None;
+        let n = self.factories.enclosing.as_ref().map_or(0, Vec::len);
+        for e in 0..n {
+            let Some(enc) = self.factories.enclosing.as_ref().and_then(|all| all.get(e)) else {
+                break;
+            };
+            if enc.source != src || enc.line > line || enc.last_line < last {
+                continue;
+            }
+            let (plan, span) = (enc.plan, enc.last_line - enc.line);
+            let (old, new) = ((plan, enc.old), (plan, enc.new));
+            if depth.is_some_and(|d| span > d) {
+                break;
+            }
+            // SAFETY: forwarded.
+            let paths = unsafe { self.paths(l, old, line, last) };
+            if !paths.is_empty() {
+                depth = Some(span);
+                makers.push(Maker { plan, old, new, paths });
+            }
+        }
+        makers
     }
 
     /// The old functions of the plans by chunk and lines, innermost first: a closure belongs
@@ -153,7 +204,9 @@ impl Walker<'_> {
                     all.push(Enclosing { plan: pi, old, new, source: at, line, last_line });
                 }
             }
-            all.sort_by_key(|e| e.last_line - e.line);
+            // innermost first; ties in an order of their own, not the order the plan met the
+            // functions in (the hash order of the tables it walked, which differs by run)
+            all.sort_by_key(|e| (e.last_line - e.line, e.plan, e.line));
             all
         })
     }
@@ -185,39 +238,81 @@ impl Walker<'_> {
         }
     }
 
-    /// Where the prototype on lines `line..last` is inside old function `old`, and the one
-    /// at the same place inside `new`.
-    unsafe fn place(
+    /// The paths of the prototypes on lines `line..last` inside old function `old`.
+    ///
+    /// # Safety
+    /// `old` is anchored.
+    unsafe fn paths(
         &mut self,
         l: *mut lua_State,
         old: Ref,
-        new: Ref,
         line: c_int,
         last: c_int,
-    ) -> Placed {
+    ) -> Vec<Vec<usize>> {
         let (Ok(line), Ok(last)) = (u32::try_from(line), u32::try_from(last)) else {
-            return Placed::Unmatched;
+            return Vec::new();
         };
-        // SAFETY: dumps are made of anchored Lua functions.
-        unsafe {
-            self.dump(l, old);
-            self.dump(l, new);
+        // SAFETY: forwarded.
+        unsafe { self.dump(l, old) };
+        match self.factories.dumps.get(&old) {
+            Some(Some(od)) => od.find_lines(od.root, line, last),
+            _ => Vec::new(),
         }
+    }
+
+    /// What the prototype at `path` inside old function `old` becomes: the one at the same
+    /// place inside `new`.
+    ///
+    /// # Safety
+    /// Both are anchored.
+    unsafe fn follow(&mut self, l: *mut lua_State, old: Ref, new: Ref, path: &[usize]) -> Made {
+        // SAFETY: forwarded.
+        unsafe { self.dump(l, new) };
         let dumps = &self.factories.dumps;
         let (Some(Some(od)), Some(Some(nd))) = (dumps.get(&old), dumps.get(&new)) else {
-            return Placed::Unmatched;
+            return Made::Unmatched;
         };
-        let paths = od.find_lines(od.root, line, last);
-        let path = match paths.as_slice() {
-            [] => return Placed::NotHere,
-            [path] => path,
-            _ => return Placed::Unmatched,
+        let (Some(oi), Some(ni)) = (od.follow(path), nd.follow(path)) else {
+            return Made::Unmatched;
         };
-        match (od.follow(path), nd.follow(path)) {
-            (Some(oi), Some(ni)) if od.body(oi) == nd.body(ni) => Placed::Same,
-            (Some(_), Some(ni)) => Placed::Changed(ni),
-            _ => Placed::Unmatched,
+        if od.body(oi) == nd.body(ni) {
+            return Made::Same;
         }
+        Made::New(new, ni, nd.code_digest(ni))
+    }
+
+    /// Of several prototypes on the lines of the closure at `c`, the one with the closure's
+    /// code (compared without line information): what it becomes, if every such prototype
+    /// agrees; `Unmatched` if none has its code or they disagree.
+    ///
+    /// # Safety
+    /// `c` holds a Lua function; the makers' functions are anchored.
+    unsafe fn pick(&mut self, l: *mut lua_State, c: c_int, makers: &[Maker]) -> Made {
+        // SAFETY: as documented.
+        let own = unsafe { capi::dump(l, c) }
+            .and_then(|b| Dump::parse(&b).ok())
+            .and_then(|d| d.code_digest(d.root));
+        let Some(own) = own else { return Made::Unmatched };
+        let mut made: Option<Made> = None;
+        for m in makers {
+            for path in &m.paths {
+                let digest = match self.factories.dumps.get(&m.old) {
+                    Some(Some(od)) => od.follow(path).and_then(|i| od.code_digest(i)),
+                    _ => None,
+                };
+                if digest != Some(own) {
+                    continue;
+                }
+                // SAFETY: as documented.
+                let this = unsafe { self.follow(l, m.old, m.new, path) };
+                match made {
+                    None => made = Some(this),
+                    Some(first) if !first.agrees(this) => return Made::Unmatched,
+                    Some(_) => {}
+                }
+            }
+        }
+        made.unwrap_or(Made::Unmatched)
     }
 
     /// Parses (once) the dump of the anchored function `slot`.
