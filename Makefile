@@ -112,7 +112,10 @@ bench: deps $(MODULES)
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
-	$(CARGO) clippy --locked --no-default-features --features luajit,module --target-dir target/luajit -- -D warnings
+	for f in luajit lua53 lua55; do \
+	  $(CARGO) clippy --locked --no-default-features --features $$f,module --target-dir target/$$f -- -D warnings || exit 1; \
+	done
+	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --locked --no-deps --document-private-items
 	luacheck spec bench lua examples
 
 clean:

@@ -739,21 +739,7 @@ impl Parse55<'_> {
         let (n_code, len) = self.c.count55(inst)?;
         self.c.align55(inst)?;
         let code = self.c.span(len)?;
-        let (n_k, _) = self.c.count55(1)?;
-        let mut k = Vec::with_capacity(n_k.min(1024));
-        for _ in 0..n_k {
-            k.push(match self.c.byte()? {
-                VNIL => K55::Nil,
-                VFALSE => K55::False,
-                VTRUE => K55::True,
-                VNUMFLT => K55::Float(self.c.span(num)?),
-                VNUMINT => K55::Int(self.c.varint55(u64::MAX)?),
-                tag @ (VSHRSTR | VLNGSTR) => {
-                    K55::Str(tag, self.string()?.ok_or("bad constant string")?)
-                }
-                _ => return Err("unknown constant type"),
-            });
-        }
+        let k = self.constants(num)?;
         let (n_up, len) = self.c.count55(3)?;
         let upvalues = self.c.span(len)?;
         let me = self.protos.len();
@@ -779,19 +765,7 @@ impl Parse55<'_> {
             self.c.align55(int)?;
         }
         let abslineinfo = self.c.span(len)?;
-        let (n_loc, _) = self.c.count55(1)?;
-        let mut locvars = Vec::with_capacity(n_loc.min(1024));
-        for _ in 0..n_loc {
-            let name = self.string()?;
-            locvars.push((name, self.c.int55()?, self.c.int55()?));
-        }
-        // any count but 0 means "a name for each upvalue"
-        let (n_names, _) = self.c.count55(1)?;
-        let n_names = if n_names == 0 { 0 } else { n_up };
-        let mut upnames = Vec::with_capacity(n_names.min(1024));
-        for _ in 0..n_names {
-            upnames.push(self.string()?);
-        }
+        let (locvars, upnames) = self.names(n_up)?;
         let rec = Rec55 {
             line,
             last_line,
@@ -814,6 +788,45 @@ impl Parse55<'_> {
         p.digest = digest;
         *self.recs.get_mut(me).ok_or("lost prototype")? = rec;
         Ok(me)
+    }
+
+    /// A record's constants.
+    fn constants(&mut self, num: usize) -> R<Vec<K55>> {
+        let (n_k, _) = self.c.count55(1)?;
+        let mut k = Vec::with_capacity(n_k.min(1024));
+        for _ in 0..n_k {
+            k.push(match self.c.byte()? {
+                VNIL => K55::Nil,
+                VFALSE => K55::False,
+                VTRUE => K55::True,
+                VNUMFLT => K55::Float(self.c.span(num)?),
+                VNUMINT => K55::Int(self.c.varint55(u64::MAX)?),
+                tag @ (VSHRSTR | VLNGSTR) => {
+                    K55::Str(tag, self.string()?.ok_or("bad constant string")?)
+                }
+                _ => return Err("unknown constant type"),
+            });
+        }
+        Ok(k)
+    }
+
+    /// A record's local variables (name, start pc, end pc) and upvalue names.
+    #[allow(clippy::type_complexity)]
+    fn names(&mut self, n_up: usize) -> R<(Vec<(Str, u32, u32)>, Vec<Str>)> {
+        let (n_loc, _) = self.c.count55(1)?;
+        let mut locvars = Vec::with_capacity(n_loc.min(1024));
+        for _ in 0..n_loc {
+            let name = self.string()?;
+            locvars.push((name, self.c.int55()?, self.c.int55()?));
+        }
+        // any count but 0 means "a name for each upvalue"
+        let (n_names, _) = self.c.count55(1)?;
+        let n_names = if n_names == 0 { 0 } else { n_up };
+        let mut upnames = Vec::with_capacity(n_names.min(1024));
+        for _ in 0..n_names {
+            upnames.push(self.string()?);
+        }
+        Ok((locvars, upnames))
     }
 
     /// See `Dump::code_digest`: everything but the lines and the source, strings resolved.
@@ -870,6 +883,66 @@ impl Parse55<'_> {
     }
 }
 
+/// Skips a LuaJIT prototype's constants (`kgc` GC constants, `kn` numbers); returns how
+/// many of the GC constants are child prototypes.
+fn skip_jit_constants(d: &mut Cursor, kgc: u32, kn: u32) -> R<usize> {
+    let mut n_children = 0usize;
+    for _ in 0..kgc {
+        match d.uleb()? {
+            0 => n_children += 1, // child prototype
+            1 => {
+                // template table: array part, then hash part (key and value each)
+                let narray = d.uleb()?;
+                let nhash = d.uleb()?;
+                for _ in 0..(u64::from(narray) + 2 * u64::from(nhash)) {
+                    match d.uleb()? {
+                        0..=2 => {}
+                        3 => {
+                            d.uleb()?;
+                        }
+                        4 => {
+                            d.uleb()?;
+                            d.uleb()?;
+                        }
+                        t => d.skip(t as usize - 5)?,
+                    }
+                }
+            }
+            2 | 3 => {
+                d.uleb()?;
+                d.uleb()?;
+            }
+            4 => {
+                for _ in 0..4 {
+                    d.uleb()?;
+                }
+            }
+            t => d.skip(t as usize - 5)?, // string
+        }
+    }
+    for _ in 0..kn {
+        // an integer, or (low bit of the first byte set) a double's low word, high word
+        if d.b.get(d.at).ok_or("truncated dump")? & 1 != 0 {
+            d.skip_uleb()?;
+        }
+        d.skip_uleb()?;
+    }
+    Ok(n_children)
+}
+
+/// The size of a LuaJIT prototype's lineinfo: one entry per instruction, each as wide as
+/// the line count needs (none in a stripped dump).
+fn jit_lineinfo_size(sizedbg: usize, bc: usize, numline: u32) -> R<usize> {
+    let width = if numline < 256 {
+        1
+    } else if numline < 65536 {
+        2
+    } else {
+        4
+    };
+    if sizedbg == 0 { Ok(0) } else { bc.checked_mul(width).ok_or("bad size") }
+}
+
 fn parse_jit(bytes: &[u8]) -> R<Dump> {
     const FLAG_STRIP: u32 = 2;
     let mut c = Cursor { b: bytes, at: 4 };
@@ -909,61 +982,14 @@ fn parse_jit(bytes: &[u8]) -> R<Dump> {
         let code = d.at;
         d.skip(bc.checked_mul(4).ok_or("bad size")?)?;
         d.skip(upvalues as usize * 2)?;
-        let mut n_children = 0usize;
-        for _ in 0..kgc {
-            match d.uleb()? {
-                0 => n_children += 1, // child prototype
-                1 => {
-                    // template table: array part, then hash part (key and value each)
-                    let narray = d.uleb()?;
-                    let nhash = d.uleb()?;
-                    for _ in 0..(u64::from(narray) + 2 * u64::from(nhash)) {
-                        match d.uleb()? {
-                            0..=2 => {}
-                            3 => {
-                                d.uleb()?;
-                            }
-                            4 => {
-                                d.uleb()?;
-                                d.uleb()?;
-                            }
-                            t => d.skip(t as usize - 5)?,
-                        }
-                    }
-                }
-                2 | 3 => {
-                    d.uleb()?;
-                    d.uleb()?;
-                }
-                4 => {
-                    for _ in 0..4 {
-                        d.uleb()?;
-                    }
-                }
-                t => d.skip(t as usize - 5)?, // string
-            }
-        }
-        for _ in 0..kn {
-            // an integer, or (low bit of the first byte set) a double's low word, high word
-            if d.b.get(d.at).ok_or("truncated dump")? & 1 != 0 {
-                d.skip_uleb()?;
-            }
-            d.skip_uleb()?;
-        }
+        let n_children = skip_jit_constants(&mut d, kgc, kn)?;
         // debug information: lineinfo (one entry per instruction, each as wide as the line
         // count needs), then upvalue names and local variables (which the digest covers)
         let debug = d.at;
         if data.len() - debug != sizedbg {
             return Err("bad prototype length");
         }
-        let width = if numline < 256 {
-            1
-        } else if numline < 65536 {
-            2
-        } else {
-            4
-        };
-        let lineinfo = if sizedbg == 0 { 0 } else { bc.checked_mul(width).ok_or("bad size")? };
+        let lineinfo = jit_lineinfo_size(sizedbg, bc, numline)?;
         let names = data.get(debug.checked_add(lineinfo).ok_or("bad size")?..);
         let mut h = Fnv::new();
         h.block(head);

@@ -361,11 +361,15 @@ pub(crate) mod in_place {
 /// `idx` is a valid index; inside a protected call (the first call probes).
 pub(crate) unsafe fn table_address(l: *mut lua_State, idx: c_int) -> Option<usize> {
     #[cfg(feature = "luajit")]
-    // SAFETY: forwarded.
-    if unsafe { tables::usable(l) }
-        && let Some(Val::Table(table)) = unsafe { raw::read(l, idx) }
     {
-        return Some(table);
+        // SAFETY: inside a protected call, as the caller promises; probes on first use.
+        let usable = unsafe { tables::usable(l) };
+        if usable {
+            // SAFETY: `idx` is valid and the layout was just validated by the probe.
+            if let Some(Val::Table(table)) = unsafe { raw::read(l, idx) } {
+                return Some(table);
+            }
+        }
     }
     let _ = (l, idx);
     None
@@ -379,8 +383,10 @@ pub(crate) unsafe fn table_address(l: *mut lua_State, idx: c_int) -> Option<usiz
 #[inline]
 pub(crate) unsafe fn push_array_slot(l: *mut lua_State, table: usize, n: u32) -> bool {
     #[cfg(feature = "luajit")]
-    // SAFETY: the slot is in the array part, and the stack slot the caller's.
+    // SAFETY: `table` is live (the caller's promise) and was read in place.
     if let Some(slot) = unsafe { tables::array_slot(table, n) } {
+        // SAFETY: `array_slot` returned a slot inside the array part; the caller left one
+        // free stack slot for the push.
         unsafe { raw::push(l, raw::Raw(*slot)) };
         return true;
     }
@@ -398,12 +404,15 @@ pub(crate) unsafe fn push_array_slot(l: *mut lua_State, table: usize, n: u32) ->
 #[inline]
 pub(crate) unsafe fn store_array_slot(l: *mut lua_State, table: usize, n: u32, v: c_int) -> bool {
     #[cfg(feature = "luajit")]
-    // SAFETY: the slot is in the array part; the caller owes no barrier.
-    if let Some(slot) = unsafe { tables::array_slot(table, n) }
-        && let Some(value) = unsafe { raw::raw_at(l, v) }
-    {
-        unsafe { *slot = value.0 };
-        return true;
+    // SAFETY: `table` is live (the caller's promise) and was read in place.
+    if let Some(slot) = unsafe { tables::array_slot(table, n) } {
+        // SAFETY: `v` is a valid index; `raw_at` declines values it cannot copy.
+        if let Some(value) = unsafe { raw::raw_at(l, v) } {
+            // SAFETY: the slot is inside the array part, and the table owes no write
+            // barrier (it was made and is written while the collector is held).
+            unsafe { *slot = value.0 };
+            return true;
+        }
     }
     let _ = (l, table, n, v);
     false

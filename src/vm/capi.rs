@@ -85,6 +85,8 @@ pub unsafe fn host_mismatch(l: *mut lua_State) -> Option<String> {
     #[cfg(any(feature = "lua54", feature = "lua55"))]
     let host = unsafe { lua_version(l) };
     #[cfg(any(feature = "lua52", feature = "lua53"))]
+    // SAFETY: `l` is a valid state; 5.3's `lua_version` returns the address of a static
+    // number, never null.
     let host = unsafe { *lua_version(l) };
     #[cfg(feature = "luajit")]
     let host = {

@@ -118,7 +118,7 @@ impl Walker<'_> {
             }
             let (line, last) = (ar.linedefined, ar.lastlinedefined);
             let makers = self.makers(l, src, line, last);
-            let Some(plan) = makers.first().map(|m| m.plan) else { return None };
+            let plan = makers.first()?.plan;
             let made = match makers.as_slice() {
                 [m] if m.paths.len() == 1 => self.follow(l, m.old, m.new, &m.paths[0]),
                 // several prototypes on these lines (one-line functions side by side): the
