@@ -15,7 +15,7 @@ WALK_SPECS = spec/replace_spec.lua spec/lifecycle_spec.lua spec/fuzz_spec.lua
 FLAVOURS = lua54 luajit lua53
 MODULES  = $(FLAVOURS:%=build/%/hotreload.so)
 
-.PHONY: all deps build bench profile demo demo-luajit fuzz stress test test-rust test-lua54 test-luajit test-lua53 check-specs lint matrix matrix-valgrind clean FORCE
+.PHONY: all deps build bench profile demo demo-luajit fuzz stress test test-rust test-lua54 test-luajit test-lua53 check-specs lint msrv matrix matrix-valgrind clean FORCE
 
 all: build
 
@@ -117,6 +117,16 @@ lint:
 	done
 	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --locked --no-deps --document-private-items
 	luacheck spec bench lua examples
+
+# The minimum Rust version (rust-version in Cargo.toml): every flavour and the tests build
+# with it. Installs that toolchain with rustup (about 70 MB, once).
+MSRV = $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+msrv:
+	rustup toolchain install $(MSRV) --profile minimal >/dev/null
+	for f in lua54 luajit lua53 lua55; do \
+	  $(CARGO) +$(MSRV) check --locked --no-default-features --features $$f,module --target-dir target/msrv || exit 1; \
+	done
+	$(CARGO) +$(MSRV) check --locked --all-targets --target-dir target/msrv
 
 clean:
 	rm -rf build target

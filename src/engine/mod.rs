@@ -21,6 +21,8 @@
 //!
 //! Nothing is written before step 4, and a failure after it is undone before anything else
 //! sees it, so a failed reload leaves the program as it was (rule 10).
+//!
+//! "Rule N" in this crate's comments is rule N of `docs/semantics.md`.
 
 pub(crate) mod apply;
 pub(crate) mod base;

@@ -56,8 +56,8 @@ pub unsafe fn object_at(l: *mut lua_State, idx: c_int) -> (c_int, Option<usize>)
     }
 }
 
-/// Whether `read` decodes stack slots in place (LuaJIT and Lua 5.4, see `jitraw` and
-/// `rawslot`) rather than through the API; the first call checks the layout.
+/// Whether `read` decodes stack slots in place (LuaJIT and Lua 5.4, see `luajit/slots` and
+/// `lua54/slots`) rather than through the API; the first call checks the layout.
 ///
 /// # Safety
 /// Inside a protected call, with 8 free stack slots.
@@ -72,8 +72,8 @@ pub unsafe fn reads_slots_in_place(l: *mut lua_State) -> bool {
     }
 }
 
-/// Whether the walk and the merge read tables in place (LuaJIT and Lua 5.4, see `jittable`
-/// and `rawtable`) rather than by `lua_next`; the first call checks the layout.
+/// Whether the walk and the merge read tables in place (LuaJIT and Lua 5.4, see `luajit/tables`
+/// and `lua54/tables`) rather than by `lua_next`; the first call checks the layout.
 ///
 /// # Safety
 /// Inside a protected call, with 16 free stack slots.
@@ -239,7 +239,8 @@ impl ChunkName {
 }
 
 /// A table's entries as `lua_next` gives them, read in place where the walk reads tables in
-/// place (`jittable`, `rawtable`): the same stack protocol, a key on top before each `next`.
+/// place (`luajit/tables`, `lua54/tables`): the same stack protocol, a key on top before each
+/// `next`.
 pub struct Entries {
     t: c_int,
     #[cfg(any(feature = "luajit", feature = "lua54"))]

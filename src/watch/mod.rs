@@ -1,6 +1,7 @@
 //! Watching directories for saved Lua files: a notify thread per watcher that never touches
-//! Lua (`watcher`) records changed paths in a queue (`queue`); `poll`, on the Lua thread,
-//! takes the ready ones and finds the modules each file is (`modname`, `poll`).
+//! Lua (`watcher`) records changed paths in a queue (`queue`); `hotreload.poll`, on the Lua
+//! thread, takes the ready ones and finds the modules each file is (`targets`, over the
+//! `package.path` templates of `modname`).
 
 pub(crate) mod modname;
 pub(crate) mod queue;

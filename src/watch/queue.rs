@@ -3,6 +3,10 @@
 //! touched it for its settle time (zero where the OS reports close-after-write). Pure: the
 //! clock is passed in, so the rules are tested without sleeping.
 
+// Runs on notify's thread (or is called from it), where a panic would end the watcher
+// silently: no unwrap, expect or panic outside the tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,6 +2,10 @@
 //! thread: it never touches Lua, only classifies events and pushes paths into the state's
 //! queue. Dropping a [`Watch`] drops the notify watcher, which ends its thread.
 
+// Runs on notify's thread (or is called from it), where a panic would end the watcher
+// silently: no unwrap, expect or panic outside the tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};

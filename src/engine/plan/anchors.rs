@@ -23,8 +23,8 @@ pub struct Anchors {
     held: Option<(c_int, lua_Integer)>,
     table: usize,
     /// The collector has not marked the table since it was made: made while the collector is
-    /// held (see [`GcPause`](crate::vm::gc::GcPause)), and the hold not lifted since. Such a table needs no write
-    /// barrier.
+    /// held (see [`GcPause`](crate::vm::gc::GcPause)), and the hold not lifted since. Such a
+    /// table needs no write barrier.
     unmarked: bool,
 }
 

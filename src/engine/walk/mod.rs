@@ -135,7 +135,7 @@ struct Walker<'p> {
     /// objects seen; the merged copies (`copy_of`) are in from the start, so that the many
     /// tables seen for the first time need no look in the plans
     visited: AddrSet,
-    /// tables can be read in place (`jittable`, `rawtable`)
+    /// tables can be read in place (`luajit/tables`, `lua54/tables`)
     in_place: bool,
     /// worklist (a Lua table used as a stack)
     work: c_int,

@@ -1,5 +1,5 @@
-//! A Lua function's upvalue cells read in place, for the VM walk: what LuaJIT (`jitraw`) and
-//! Lua 5.4 (`rawslot`) have in common. Each gives the offsets of its layout ([`Layout`]) and
+//! A Lua function's upvalue cells read in place, for the VM walk: what LuaJIT (`luajit/slots`) and
+//! Lua 5.4 (`lua54/slots`) have in common. Each gives the offsets of its layout ([`Layout`]) and
 //! its value type; both keep, in the function, an upvalue count and an array of pointers to
 //! cells, and in each cell a pointer to the cell's value.
 //!

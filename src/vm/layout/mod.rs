@@ -83,7 +83,7 @@ impl Probed {
 
 #[cfg(any(feature = "luajit", feature = "lua54"))]
 /// How many hash nodes past the one being read the in-place table cursors fetch the key and
-/// value objects of (`jittable`, `rawtable`), when the merge reads every entry.
+/// value objects of (`luajit/tables`, `lua54/tables`), when the merge reads every entry.
 pub const PREFETCH_AHEAD: usize = 4;
 
 /// Asks the CPU to bring the object at `addr` into the cache ahead of its use: a hint, which

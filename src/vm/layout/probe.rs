@@ -1,4 +1,4 @@
-//! The check of an in-place table reader (`rawtable` on Lua 5.4, `jittable` on LuaJIT)
+//! The check of an in-place table reader (`lua54/tables` on Lua 5.4, `luajit/tables` on LuaJIT)
 //! against `lua_next`, run once when a state opens the module: what both probes have in
 //! common. Each VM builds its own array-part table (their array parts differ) and checks its
 //! own structure fields; the hash part, the metatable, the in-place push and the cursor's
@@ -244,7 +244,7 @@ mod tests {
     use crate::vm::layout::tables;
 
     /// The VM's table layout passes its probe, once what it relies on passed its own (on
-    /// LuaJIT, `jitraw`'s stack and values), whatever `HOTRELOAD_PORTABLE_WALK` says.
+    /// LuaJIT, `luajit/slots`'s stack and values), whatever `HOTRELOAD_PORTABLE_WALK` says.
     unsafe fn layout_probed(l: *mut lua_State) -> bool {
         // SAFETY: forwarded; each probe leaves the stack as it found it.
         unsafe {

@@ -1,9 +1,9 @@
 //! Lua 5.4 only: reads a stack slot as plain data in place, instead of through two or three
 //! API calls (`lua_type`, then `lua_isinteger`, `lua_topointer` or `lua_tolstring`) — the
-//! counterpart of `jitraw` for LuaJIT.
+//! counterpart of `luajit/slots` for LuaJIT.
 //!
-//! Why: the merge planner reads every key and value of both versions; those calls were about
-//! a tenth of its instructions.
+//! Why: the merge planner reads every key and value of both versions, and those calls were a
+//! large share of its instructions (`make profile`; figures in `bench/RESULTS.md`).
 //!
 //! What it relies on: the layout of `TValue`, `TString` and the head of `lua_State` and
 //! `CallInfo` (`lobject.h`, `lstate.h`), identical from Lua 5.4.0 to 5.4.9 (5.4.6 made the
@@ -16,13 +16,13 @@
 //! else (userdata, C functions, light userdata) and pseudo-indices go through the API.
 //!
 //! The VM walk also reads a Lua closure's upvalue cells in place (`LClosure`, `UpVal`; see
-//! `cells`). Values, the stack head and in-place pushes are `rawtable`'s.
+//! `cells`). Values, the stack head and in-place pushes are `lua54/tables`'s.
 
 use std::os::raw::{c_char, c_int};
 
 use mlua::ffi as lua;
 
-use super::tables::{self as rawtable, COLLECTABLE, StateHead, TValue, VNUMINT};
+use super::tables::{self, COLLECTABLE, StateHead, TValue, VNUMINT};
 use crate::vm::capi::{self, lua_State};
 use crate::vm::layout;
 use crate::vm::layout::cells::{self, Layout, Probe};
@@ -140,7 +140,7 @@ impl Raw {
     /// A table, a Lua or C closure, a full userdata or a thread: a value the walk must look
     /// at (not a light C function: it has no upvalues).
     pub fn is_object(self) -> bool {
-        rawtable::wanted(self.0.tt)
+        tables::wanted(self.0.tt)
     }
 }
 
@@ -229,8 +229,8 @@ unsafe fn chunk_name(p: usize) -> *const c_char {
 /// # Safety
 /// A free stack slot (reserved with `lua_checkstack`); `v` is still alive.
 pub unsafe fn push(l: *mut lua_State, v: Raw) {
-    // SAFETY: forwarded (the layout of the stack top is `rawtable`'s, probed there too).
-    unsafe { rawtable::push(l, v.0) }
+    // SAFETY: forwarded (the layout of the stack top is `lua54/tables`'s, probed there too).
+    unsafe { tables::push(l, v.0) }
 }
 
 /// A `TValue` as `access::read` gives it, or `None` for the kinds left to the API.

@@ -2,10 +2,10 @@
 //! once per entry, and hands over (pushes) only the entries that hold an object the walk
 //! must see — a table, a function with a body or upvalues, a full userdata or a thread.
 //!
-//! Why: `lua_next` costs ~140 instructions per entry (it finds the key again, copies key and
-//! value to the stack), which made the walk 3.8 times a full collection on Lua 5.4, where
-//! the collector reads each slot in a few. Most slots hold plain data (numbers, strings,
-//! booleans) that the walk never needs on the stack.
+//! Why: `lua_next` finds the key again and copies key and value to the stack for every entry,
+//! where the collector reads each slot in a few instructions; most slots hold plain data
+//! (numbers, strings, booleans) that the walk never needs on the stack. The cost of each way
+//! against a full collection is in `bench/RESULTS.md` (`make profile`).
 //!
 //! What it relies on: the layout of `Table`, `Node`, `TValue` and the `top` of `lua_State`,
 //! identical from Lua 5.4.0 to 5.4.9 (`lobject.h`, `lstate.h`). The layout is not part of
@@ -26,7 +26,7 @@ use mlua::ffi as lua;
 use crate::vm::capi::lua_State;
 use crate::vm::layout;
 use crate::vm::layout::cursor::{self, TableLayout};
-use crate::vm::layout::probe::{self as tableprobe, Reader};
+use crate::vm::layout::probe::{self as checks, Reader};
 
 /// `TValue`: a value and its type tag (`lobject.h`).
 #[repr(C)]
@@ -62,7 +62,7 @@ struct Table {
 }
 
 /// The head of `lua_State` (`lstate.h`), up to the current call (whose `func` is the first
-/// field of a `CallInfo`); this module only uses `top`, `rawslot` both.
+/// field of a `CallInfo`); this module only uses `top`, `lua54/slots` both.
 #[repr(C)]
 pub(crate) struct StateHead {
     _next: *const c_void,
@@ -293,7 +293,7 @@ unsafe fn probe_stack(l: *mut lua_State) -> bool {
     }
 }
 
-/// How the shared checks (`tableprobe`) read tables with this module.
+/// How the shared checks (`probe`) read tables with this module.
 pub(crate) const READER: Reader = Reader {
     slots: cursor_slots,
     parts_ok,
@@ -339,14 +339,14 @@ unsafe fn probe_tables(l: *mut lua_State) -> bool {
         });
         let Some(ras_in) = ras_in else { return false };
         RAS_IN.store(ras_in, Ordering::Relaxed);
-        let ok = tableprobe::agrees(l, lua::lua_gettop(l), 10, &READER)
+        let ok = checks::agrees(l, lua::lua_gettop(l), 10, &READER)
             // 2: a hash part of 8 slots, with a metatable
-            && tableprobe::hash_part(l, &READER, |p, mt| {
+            && checks::hash_part(l, &READER, |p, mt| {
                 let t = &*(p as *const Table);
                 t.tt == VTABLE && t.lsizenode == 3 && t.metatable as usize == mt
             })
             // 3: every array size and limit the shapes below give
-            && tableprobe::shapes(l, &READER);
+            && checks::shapes(l, &READER);
         if !ok {
             RAS_IN.store(0, Ordering::Relaxed);
         }
@@ -365,7 +365,7 @@ unsafe fn parts_ok(p: usize) -> bool {
     (real_asize(t) == 0 || aligned(t.array as usize)) && aligned(t.node as usize)
 }
 
-/// `tableprobe::count_slots` with a cursor of this module over the table at `t`.
+/// `checks::count_slots` with a cursor of this module over the table at `t`.
 ///
 /// # Safety
 /// `t` absolute and a table whose layout the probe checked (or is checking); three free
@@ -374,6 +374,6 @@ unsafe fn cursor_slots(l: *mut lua_State, t: c_int) -> Option<usize> {
     // SAFETY: forwarded; each slot is pushed while the table holds it.
     unsafe {
         let mut cursor = Cursor::new(l, t);
-        tableprobe::count_slots(l, t, |l| cursor.next().map(|s| s.push(l)).is_some())
+        checks::count_slots(l, t, |l| cursor.next().map(|s| s.push(l)).is_some())
     }
 }

@@ -2,7 +2,8 @@
 //! API calls (`lua_type`, then `lua_iscfunction`, `lua_topointer` or `lua_tolstring`).
 //!
 //! Why: the merge planner reads every key and value of both versions, and on LuaJIT, whose
-//! compiler is fast, those calls were a fifth of the planner's instructions.
+//! compiler is fast, those calls were a large share of the planner's instructions
+//! (`make profile`; figures in `bench/RESULTS.md`).
 //!
 //! What it relies on: LuaJIT 2.1's 64-bit object layout (`LJ_GC64`, the default on x64 and
 //! arm64): an 8-byte `TValue` whose top 17 bits tag everything but numbers, the `base` and

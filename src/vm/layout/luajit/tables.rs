@@ -1,17 +1,17 @@
 //! LuaJIT only: the VM walk reads a table's slots in place instead of calling `lua_next`
 //! once per entry, and hands over (pushes) only the entries that hold an object the walk
-//! must see — a table, a function, a full userdata or a thread. The same job as `rawtable`
+//! must see — a table, a function, a full userdata or a thread. The same job as `lua54/tables`
 //! does on Lua 5.4, with LuaJIT's layout.
 //!
 //! Why: `lua_next` finds its key again and copies key and value to the stack for every
 //! entry, and the walk's type checks called the API twice more; most slots hold plain data.
 //!
 //! What it relies on: LuaJIT 2.1's 64-bit layout (`LJ_GC64`) of `GCtab` and `Node`
-//! (`lj_obj.h`), and `jitraw`'s reading of tagged values and of the stack top. `lua_next`
+//! (`lj_obj.h`), and `luajit/slots`'s reading of tagged values and of the stack top. `lua_next`
 //! (`lj_tab_next`) goes through the array part from index 0, then the hash nodes in order,
 //! skipping nil values; a cursor does the same. The layout is checked against the API when a
-//! state opens the module (`tableprobe`, on tables covering each case); if any answer
-//! differs, or `jitraw` reads through the API, the walk keeps to `lua_next`.
+//! state opens the module (`probe`, on tables covering each case); if any answer
+//! differs, or `luajit/slots` reads through the API, the walk keeps to `lua_next`.
 //! `HOTRELOAD_PORTABLE_WALK=1` in the environment forces that too.
 //!
 //! What it may do: read slots between two Lua calls that do not resize the table (the walk
@@ -22,11 +22,11 @@ use std::os::raw::c_int;
 
 use mlua::ffi as lua;
 
-use super::slots::{self as jitraw, GCV_MASK, Raw, TNIL, TTAB, itype};
+use super::slots::{self, GCV_MASK, Raw, TNIL, TTAB, itype};
 use crate::vm::capi::lua_State;
 use crate::vm::layout;
 use crate::vm::layout::cursor::{self, TableLayout};
-use crate::vm::layout::probe::{self as tableprobe, Reader};
+use crate::vm::layout::probe::{self as checks, Reader};
 
 /// `GCtab` (`lj_obj.h`, GC64), up to `hmask`.
 #[repr(C)]
@@ -63,8 +63,8 @@ static LAYOUT: layout::Probed = layout::Probed::new();
 /// # Safety
 /// Inside a protected call (the probe allocates), with 16 free stack slots.
 pub unsafe fn usable(l: *mut lua_State) -> bool {
-    // SAFETY: forwarded; `jitraw::usable` checked (or refused) the stack and values first.
-    LAYOUT.get(|| unsafe { jitraw::usable(l) && probe(l) })
+    // SAFETY: forwarded; `slots::usable` checked (or refused) the stack and values first.
+    LAYOUT.get(|| unsafe { slots::usable(l) && probe(l) })
 }
 
 /// True for a value the walk must see.
@@ -130,7 +130,7 @@ impl TableLayout for LayoutJit {
     #[inline(always)]
     unsafe fn push(l: *mut lua_State, v: u64) {
         // SAFETY: forwarded.
-        unsafe { jitraw::push(l, Raw(v)) }
+        unsafe { slots::push(l, Raw(v)) }
     }
 }
 
@@ -171,7 +171,7 @@ pub unsafe fn has_metatable(table: usize) -> bool {
 /// A free stack slot; `table` is the address of a table reachable from the program.
 pub unsafe fn push_table(l: *mut lua_State, table: usize) {
     // SAFETY: forwarded; a GC64 tagged value is the address under the type's tag.
-    unsafe { jitraw::push(l, Raw(table as u64 | (u64::from(TTAB) << 47))) }
+    unsafe { slots::push(l, Raw(table as u64 | (u64::from(TTAB) << 47))) }
 }
 
 /// `lua_pop`, in place.
@@ -180,10 +180,10 @@ pub unsafe fn push_table(l: *mut lua_State, table: usize) {
 /// The `n` values on top are the caller's own.
 pub unsafe fn pop(l: *mut lua_State, n: usize) {
     // SAFETY: forwarded.
-    unsafe { jitraw::pop(l, n) }
+    unsafe { slots::pop(l, n) }
 }
 
-/// How the shared checks (`tableprobe`) read tables with this module.
+/// How the shared checks (`probe`) read tables with this module.
 pub(crate) const READER: Reader = Reader {
     slots: cursor_slots,
     parts_ok,
@@ -223,14 +223,14 @@ pub(crate) unsafe fn probe(l: *mut lua_State) -> bool {
         let ok = t.gct == GCT_TABLE
             && t.asize == 17
             && t.metatable == 0
-            && tableprobe::agrees(l, lua::lua_gettop(l), 11, &READER)
+            && checks::agrees(l, lua::lua_gettop(l), 11, &READER)
             // 2: a hash part of 8 slots, with a metatable
-            && tableprobe::hash_part(l, &READER, |p, mt| {
+            && checks::hash_part(l, &READER, |p, mt| {
                 let t = &*(p as *const Table);
                 t.gct == GCT_TABLE && t.hmask == 7 && t.metatable == mt
             })
             // 3: every array size and limit the shapes give
-            && tableprobe::shapes(l, &READER);
+            && checks::shapes(l, &READER);
         lua::lua_settop(l, top);
         ok
     }
@@ -247,7 +247,7 @@ unsafe fn parts_ok(p: usize) -> bool {
     (t.asize == 0 || aligned(t.array as usize)) && aligned(t.node as usize)
 }
 
-/// `tableprobe::count_slots` with a cursor of this module over the table at `t`.
+/// `checks::count_slots` with a cursor of this module over the table at `t`.
 ///
 /// # Safety
 /// `t` absolute and a table whose layout the probe checked (or is checking); three free
@@ -256,6 +256,6 @@ unsafe fn cursor_slots(l: *mut lua_State, t: c_int) -> Option<usize> {
     // SAFETY: forwarded; each slot is pushed while the table holds it.
     unsafe {
         let mut cursor = Cursor::new(l, t);
-        tableprobe::count_slots(l, t, |l| cursor.next().map(|s| s.push(l)).is_some())
+        checks::count_slots(l, t, |l| cursor.next().map(|s| s.push(l)).is_some())
     }
 }
