@@ -32,12 +32,13 @@ build/%/hotreload.so: FORCE
 
 test: deps build test-rust check-specs test-lua53 test-lua54 test-luajit
 
-# The unit tests on the vendored Lua 5.4 (both ways) and on a vendored LuaJIT (the in-place
-# readers' probes and cursors against its API).
+# The unit tests on the vendored Lua 5.4 (both ways), on a vendored LuaJIT (the in-place
+# readers' probes and cursors against its API) and on a vendored Lua 5.3 (the C API only).
 test-rust:
 	$(CARGO) test --locked
 	HOTRELOAD_PORTABLE_WALK=1 $(CARGO) test --locked
 	$(CARGO) test --locked --no-default-features --features luajit,vendored --target-dir target/luajit-test
+	$(CARGO) test --locked --no-default-features --features lua53,vendored --target-dir target/lua53-test
 
 test-lua54: build/lua54/hotreload.so
 	prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(SPECS)
@@ -107,13 +108,18 @@ bench: deps $(MODULES)
 	  echo "Command: make bench ($$(date -u +%Y-%m-%d))"; echo; \
 	  echo "| VM | figure | value | baseline | ratio | target |"; echo "|---|---|---|---|---|---|"; \
 	  $(LUA54) -e "package.cpath='build/lua54/?.so;'..package.cpath" bench/run.lua; \
-	  $(LUAJIT) -e "package.cpath='build/luajit/?.so;'..package.cpath" bench/run.lua; } | tee bench/RESULTS.md
+	  $(LUAJIT) -e "package.cpath='build/luajit/?.so;'..package.cpath" bench/run.lua; } \
+	  | tee bench/.table.md
+	@# the new table replaces the old one; the notes below it are kept
+	@{ cat bench/.table.md; echo; sed -n '/^## Notes/,$$p' bench/RESULTS.md; } > bench/.results.md
+	@mv bench/.results.md bench/RESULTS.md && rm -f bench/.table.md
 
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	for f in luajit lua53 lua55; do \
 	  $(CARGO) clippy --locked --no-default-features --features $$f,module --target-dir target/$$f -- -D warnings || exit 1; \
+	  $(CARGO) clippy --locked --all-targets --no-default-features --features $$f,vendored --target-dir target/$$f-test -- -D warnings || exit 1; \
 	done
 	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --locked --no-deps --document-private-items
 	luacheck spec bench lua examples

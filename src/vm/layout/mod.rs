@@ -27,7 +27,7 @@ pub(crate) use lua54::{slots as raw, tables};
 #[cfg(feature = "luajit")]
 pub(crate) use luajit::{slots as raw, tables};
 
-#[cfg(any(feature = "luajit", feature = "lua54"))]
+#[cfg_attr(not(any(feature = "luajit", feature = "lua54")), allow(dead_code))]
 /// Whether `HOTRELOAD_PORTABLE_WALK` (set, and not `0`) keeps the engine to the C API: no
 /// layout-dependent reads.
 pub(crate) fn portable() -> bool {
