@@ -760,6 +760,25 @@ describe("rule 11: old code is collectable", function()
     assert.is_nil(weak[3])
   end)
 
+  it("lets a module the program dropped be collected", function()
+    local name = h.module("local M = {} function M.f() return M end return M")
+    local weak = setmetatable({ require(name).f }, { __mode = "v" })
+    package.loaded[name] = nil
+    -- each reload checks a few of the modules whose base hotreload keeps: within a bounded
+    -- number of them, whatever this process loaded before, the dropped one is forgotten
+    local other = h.module("return { f = function() return 1 end }")
+    require(other)
+    for i = 1, 2000 do
+      reload(other)
+      if i % 50 == 0 then
+        h.collect()
+        if weak[1] == nil then break end
+      end
+    end
+    h.collect()
+    assert.is_nil(weak[1])
+  end)
+
   it("does not grow the heap over 200 reloads", function()
     local v = [[
       local M = { data = {} }

@@ -17,7 +17,7 @@ use std::os::raw::c_int;
 use mlua::ffi as lua;
 
 use super::ptrmap::PtrHasher;
-use crate::vm::access::Val;
+use crate::vm::access::{self, Val};
 use crate::vm::capi;
 use crate::vm::registry::{FUNCTIONS, key};
 
@@ -539,6 +539,79 @@ pub unsafe fn set_functions(l: *mut lua::lua_State, name: &[u8], idx: c_int) {
         lua::lua_rawset(l, -3);
         lua::lua_pop(l, 1);
     }
+}
+
+/// How many modules' base functions each batch checks (`prune_functions`).
+pub const PRUNE_PER_BATCH: usize = 8;
+
+/// Forgets the base functions of modules the program dropped (`package.loaded[name]` is nil
+/// now), so that a dropped module's code is collectable (rule 11) and the heap the collector
+/// and the walk go through holds only live modules. Checks at most `n` modules, resuming
+/// after `cursor` (the name the previous call stopped before; updated), so that a batch
+/// costs the same however many modules are loaded: a dropped module is forgotten within
+/// (number of modules ÷ `n`) batches. Returns the names forgotten.
+///
+/// # Safety
+/// Inside a protected call; `loaded` is `package.loaded` (absolute); four free stack slots.
+pub unsafe fn prune_functions(
+    l: *mut lua::lua_State,
+    loaded: c_int,
+    cursor: &mut Option<Box<[u8]>>,
+    n: usize,
+) -> Vec<Box<[u8]>> {
+    let mut dropped = Vec::new();
+    // SAFETY: raw reads of our own table and of `package.loaded`; `lua_next` resumes from a
+    // key still in the table (nothing is removed before the traversal ends, and the cursor
+    // is a key the traversal did not remove).
+    unsafe {
+        if lua::lua_rawgetp(l, lua::LUA_REGISTRYINDEX, key(&FUNCTIONS)) != lua::LUA_TTABLE {
+            lua::lua_pop(l, 1);
+            *cursor = None;
+            return dropped;
+        }
+        let functions = lua::lua_gettop(l);
+        match cursor.take() {
+            Some(name) => {
+                capi::push_bytes(l, &name);
+                if lua::lua_rawget(l, functions) == lua::LUA_TNIL {
+                    // forgotten since (a re-require replaced it under the same name keeps
+                    // it): start over
+                    lua::lua_pop(l, 1);
+                    lua::lua_pushnil(l);
+                } else {
+                    lua::lua_pop(l, 1);
+                    capi::push_bytes(l, &name);
+                }
+            }
+            None => lua::lua_pushnil(l),
+        }
+        let mut checked = 0;
+        while lua::lua_next(l, functions) != 0 {
+            lua::lua_pop(l, 1);
+            let name = match access::read(l, -1) {
+                Val::Str(name) => name,
+                _ => continue,
+            };
+            if checked == n {
+                *cursor = Some(name.into());
+                lua::lua_pop(l, 1);
+                break;
+            }
+            checked += 1;
+            lua::lua_pushvalue(l, -1);
+            if lua::lua_rawget(l, loaded) == lua::LUA_TNIL {
+                dropped.push(name.into());
+            }
+            lua::lua_pop(l, 1);
+        }
+        for name in &dropped {
+            capi::push_bytes(l, name);
+            lua::lua_pushnil(l);
+            lua::lua_rawset(l, functions);
+        }
+        lua::lua_pop(l, 1);
+    }
+    dropped
 }
 
 #[cfg(test)]

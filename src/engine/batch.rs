@@ -169,6 +169,7 @@ pub unsafe fn batch(
             capture::wrap_searchers(l, 1);
             capi::push_loaded(l);
             let loaded = lua::lua_gettop(l);
+            forget_dropped(l, cell, loaded);
             capi::push_globals(l);
             lua::lua_createtable(l, c_int::try_from(4 * targets.len()).unwrap_or(0), 0);
             run.held = loaded + 2;
@@ -259,6 +260,26 @@ fn finish(
         Err(message) => {
             let name = targets.first().map_or(&b""[..], |t| &t.name);
             Err(Error::new(ErrorKind::Internal, name, message))
+        }
+    }
+}
+
+/// Forgets what is kept of a few modules the program dropped from `package.loaded` since
+/// (see `base::prune_functions`).
+///
+/// # Safety
+/// Inside the protected call; `loaded` is `package.loaded` (absolute).
+unsafe fn forget_dropped(l: *mut lua_State, cell: &StateCell, loaded: c_int) {
+    // the state is not borrowed while Lua runs (a memory error would leave it borrowed)
+    let Ok(mut cursor) = cell.try_borrow_mut().map(|mut k| k.prune_cursor.take()) else {
+        return;
+    };
+    // SAFETY: forwarded.
+    let dropped = unsafe { base::prune_functions(l, loaded, &mut cursor, base::PRUNE_PER_BATCH) };
+    if let Ok(mut known) = cell.try_borrow_mut() {
+        known.prune_cursor = cursor;
+        for name in &dropped {
+            known.snapshots.remove(name);
         }
     }
 }

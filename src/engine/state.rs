@@ -28,6 +28,8 @@ pub(crate) struct State {
     /// reloads these whatever `package.path` would call the file (`require "game/util"`,
     /// an alias, a custom template).
     pub(crate) files: HashMap<PathBuf, Vec<Box<[u8]>>>,
+    /// Where the next batch goes on checking for dropped modules (`base::prune_functions`).
+    pub(crate) prune_cursor: Option<Box<[u8]>>,
 }
 
 impl State {

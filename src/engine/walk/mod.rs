@@ -29,6 +29,7 @@ mod factory;
 
 use crate::vm::access;
 use crate::vm::capi::{self, lua_State};
+use crate::vm::registry::{FUNCTIONS, key};
 use factory::Factories;
 
 /// Upvalue cells and tables read in place.
@@ -198,6 +199,13 @@ impl<'p> Walker<'p> {
                 }
             }
             let index = (n_plans > 1).then(|| Index::of(plans));
+            // the base functions hotreload keeps (`base::push_functions`): the reloaded
+            // modules' are the new versions already, and a function only they hold is not
+            // running code
+            if lua::lua_rawgetp(l, lua::LUA_REGISTRYINDEX, key(&FUNCTIONS)) == lua::LUA_TTABLE {
+                visited.insert(lua::lua_topointer(l, -1) as usize);
+            }
+            lua::lua_pop(l, 1);
             lua::lua_createtable(l, 256, 0);
             let work = lua::lua_gettop(l);
             lua::lua_createtable(l, 0, 0);
