@@ -124,15 +124,9 @@ lint:
 	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --locked --no-deps --document-private-items
 	luacheck spec bench lua examples
 
-# The minimum Rust version (rust-version in Cargo.toml): every flavour and the tests build
-# with it. Installs that toolchain with rustup (about 70 MB, once).
-MSRV = $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+# The minimum Rust version (rust-version in Cargo.toml): see .ci/msrv.
 msrv:
-	rustup toolchain install $(MSRV) --profile minimal >/dev/null
-	for f in lua54 luajit lua53 lua55; do \
-	  $(CARGO) +$(MSRV) check --locked --no-default-features --features $$f,module --target-dir target/msrv || exit 1; \
-	done
-	$(CARGO) +$(MSRV) check --locked --all-targets --target-dir target/msrv
+	@sh .ci/msrv
 
 clean:
 	rm -rf build target
