@@ -238,6 +238,9 @@ fn finish(
             if job.error.as_ref().is_none_or(|e| e.kind != ErrorKind::Busy) {
                 known.busy.remove(t.name.as_slice());
             }
+            if job.error.is_none() {
+                known.contents.remove(t.name.as_slice());
+            }
             if let Some(s) = job.mirror.take().or_else(|| job.base.take()) {
                 known.snapshots.insert(t.name.as_slice().into(), s);
             }

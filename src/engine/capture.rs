@@ -7,6 +7,7 @@
 
 use std::os::raw::c_int;
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use mlua::ffi as lua;
 
@@ -71,6 +72,7 @@ unsafe extern "C-unwind" fn searcher(l: *mut lua_State) -> c_int {
     // SAFETY: errors of the original searcher propagate through this frame, which owns
     // nothing.
     unsafe {
+        let searched = now_secs();
         let n = lua::lua_gettop(l);
         lua::lua_pushvalue(l, lua::lua_upvalueindex(2));
         lua::lua_insert(l, 1);
@@ -80,18 +82,19 @@ unsafe extern "C-unwind" fn searcher(l: *mut lua_State) -> c_int {
             && lua::lua_type(l, 1) == lua::LUA_TFUNCTION
             && lua::lua_iscfunction(l, 1) == 0
         {
-            lua::luaL_checkstack(l, 3, std::ptr::null());
+            lua::luaL_checkstack(l, 4, std::ptr::null());
             lua::lua_pushvalue(l, lua::lua_upvalueindex(1));
             lua::lua_pushvalue(l, 1);
-            lua::lua_pushcclosure(l, loader, 2);
+            lua::lua_pushnumber(l, searched);
+            lua::lua_pushcclosure(l, loader, 3);
             lua::lua_replace(l, 1);
         }
         results
     }
 }
 
-/// Upvalues: state userdata, original loader. Runs it as `require` asked, then records the
-/// base of what it produced.
+/// Upvalues: state userdata, original loader, when the searcher started (seconds since the
+/// epoch). Runs it as `require` asked, then records the base of what it produced.
 unsafe extern "C-unwind" fn loader(l: *mut lua_State) -> c_int {
     // SAFETY: until `record_base` the frame owns nothing, so the loader's errors may unwind
     // through it; `record_base` runs protected and drops what it owns before returning.
@@ -120,12 +123,36 @@ unsafe extern "C-unwind" fn loader(l: *mut lua_State) -> c_int {
     }
 }
 
+/// The time now, in seconds since the epoch.
+fn now_secs() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// How far a file's modification time may lag the clock: a file modified this long before
+/// the search may have been saved while it read (its hash is then not trusted).
+const MTIME_SLACK: f64 = 0.05;
+
+/// The hash of the file at `file`, if it was last modified before the search that loaded it
+/// started (else a save may have raced the load, and the file's bytes are not known to be the
+/// ones that ran).
+fn hash_if_settled(file: &Path, searched: f64) -> Option<u64> {
+    let modified = std::fs::metadata(file).and_then(|m| m.modified()).ok()?;
+    let modified = modified.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    if modified >= searched - MTIME_SLACK {
+        return None;
+    }
+    let bytes = std::fs::read(file).ok()?;
+    Some(state::content_hash(&bytes))
+}
+
 /// Records the file module `name` was loaded from: the loader's second argument where a
 /// file searcher gave one (Lua 5.2+), else the file `package.path` finds for the name as
-/// `require` spelt it (LuaJIT's searchers give none), if it exists.
+/// `require` spelt it (LuaJIT's searchers give none), if it exists; and the hash of its
+/// bytes, where they are surely the ones that ran (`hash_if_settled`).
 ///
 /// # Safety
-/// The loader's `n` arguments at 1..=n; upvalue 1 is the state userdata; one free slot.
+/// The loader's `n` arguments at 1..=n; upvalues 1 and 3 are the state userdata and the
+/// search time; one free slot.
 unsafe fn record_file(l: *mut lua_State, name: &[u8], n: c_int) {
     // SAFETY: raw reads; the strings are copied before anything else runs.
     unsafe {
@@ -141,8 +168,13 @@ unsafe fn record_file(l: *mut lua_State, name: &[u8], n: c_int) {
             modname::search(name, &templates, |p| Path::new(p).is_file())
         });
         let Some(file) = found.and_then(|f| std::fs::canonicalize(f).ok()) else { return };
+        let hash = hash_if_settled(&file, lua::lua_tonumber(l, lua::lua_upvalueindex(3)));
         if let Ok(mut known) = cell.try_borrow_mut() {
             known.loaded_from(file, name);
+            match hash {
+                Some(h) => known.contents.insert(name.into(), h),
+                None => known.contents.remove(name),
+            };
         }
     }
 }

@@ -30,6 +30,18 @@ pub(crate) struct State {
     pub(crate) files: HashMap<PathBuf, Vec<Box<[u8]>>>,
     /// Where the next batch goes on checking for dropped modules (`base::prune_functions`).
     pub(crate) prune_cursor: Option<Box<[u8]>>,
+    /// The hash of the file each module was last loaded from, where it is known for sure
+    /// (`require`, or a reload by `poll`): a save that leaves the bytes as they were does
+    /// not reload it. A reload by `reload` forgets it (the source may not be the file).
+    pub(crate) contents: HashMap<Box<[u8]>, u64>,
+}
+
+/// The hash `State::contents` keeps of a file's bytes.
+pub(crate) fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 impl State {

@@ -8,10 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::engine::state::StateCell;
+use crate::engine::state::{self, StateCell};
 use crate::engine::{self, Mode, Target};
 use crate::vm::capi::lua_State;
-use crate::watch::queue::Queue;
+use crate::watch::modname::Template;
+use crate::watch::queue::{Queue, Ready, Templates};
 use crate::watch::targets;
 
 /// Modules per batch: a batch holds every plan (both versions of each module) until it is
@@ -28,7 +29,9 @@ pub struct Outcome {
 
 /// Applies the pending changes of the state at `state` (an absolute index). With `budget`,
 /// stops starting new reloads once it is spent (at least one file is handled per poll) and
-/// leaves the rest queued for the next one.
+/// leaves the rest queued for the next one. A file whose bytes are those its module was last
+/// loaded from is not reloaded (`touch`, a save without changes, a checkout writing the same
+/// bytes).
 ///
 /// # Safety
 /// `cell` is the engine state of the userdata at `state`; a few free stack slots.
@@ -40,63 +43,151 @@ pub(crate) unsafe fn poll(
     opts: engine::Options,
 ) -> Outcome {
     let start = Instant::now();
-    let (paths, errors) = queue.take_ready(start);
+    let (files, errors) = queue.take_ready(start);
     let mut out = Outcome { reloaded: 0, errors };
-    if paths.is_empty() {
-        return out;
-    }
-    // SAFETY: reading `package.path` and `package.loaded` runs protected.
-    let templates = match unsafe { targets::templates(l) } {
-        Ok(t) => t,
-        Err(e) => {
-            out.errors.push(format!("hotreload: poll: {e}"));
-            queue.put_back(paths, Instant::now()); // tried again at the next poll
-            return out;
-        }
-    };
+    let mut search = SearchPaths::default();
     // Without a budget the ready files go into batches of up to POLL_BATCH modules; with
     // one, each file is a batch and the budget is checked between them.
-    let mut batch: Vec<Target> = Vec::new();
-    let n_paths = paths.len();
-    for (i, path) in paths.iter().enumerate() {
+    let mut batch = Batch::default();
+    for (i, file) in files.iter().enumerate() {
         if budget.is_some_and(|b| start.elapsed() >= b) && i > 0 {
-            queue.put_back(paths.get(i..).unwrap_or_default().to_vec(), Instant::now());
+            queue.put_back(files.get(i..).unwrap_or_default().to_vec(), Instant::now());
             break;
         }
-        if path.is_file() {
-            let recorded = recorded_names(cell, path);
-            // SAFETY: as above.
-            match unsafe { targets::loaded_modules_of(l, &recorded, path, &templates) } {
-                Ok(names) => {
-                    for name in names {
-                        if !batch.iter().any(|t| t.name == name.as_bytes()) {
-                            batch.push(Target { name: name.into_bytes(), source: None });
-                        }
-                    }
+        if file.path.is_file() {
+            // SAFETY: reading `package.path` and `package.loaded` runs protected.
+            match unsafe { changed_modules(l, cell, file, &mut search) } {
+                Ok(changed) => batch.add(changed),
+                Err(e) => {
+                    out.errors.push(format!("hotreload: poll: {e}"));
+                    queue.put_back(files.get(i..).unwrap_or_default().to_vec(), Instant::now());
+                    break;
                 }
-                Err(e) => out.errors.push(format!("hotreload: poll: {e}")),
             }
         } // else deleted since: the module stays as it is
-        let full = batch.len() >= POLL_BATCH;
-        if (budget.is_some() || full || i + 1 == n_paths) && !batch.is_empty() {
+        let full = batch.targets.len() >= POLL_BATCH;
+        if budget.is_some() || full || i + 1 == files.len() {
             // SAFETY: the state userdata is at `state`.
-            let done = unsafe { engine::batch(l, cell, state, &batch, opts, Mode::Lenient, false) };
-            match done {
-                Ok(b) => {
-                    for r in b.results {
-                        match r {
-                            Ok(_) => out.reloaded += 1,
-                            Err(e) => out.errors.push(e.to_string()),
-                        }
-                    }
-                    out.errors.extend(b.listener_errors);
-                }
-                Err(e) => out.errors.push(e.to_string()),
-            }
-            batch.clear();
+            unsafe { batch.run(l, (cell, state), opts, &mut out) };
         }
     }
+    // SAFETY: as above.
+    unsafe { batch.run(l, (cell, state), opts, &mut out) };
     out
+}
+
+/// The modules of one batch, with the hash of the file each is reloaded from.
+#[derive(Default)]
+struct Batch {
+    targets: Vec<Target>,
+    hashes: Vec<Option<u64>>,
+}
+
+impl Batch {
+    fn add(&mut self, changed: Vec<(String, Option<u64>)>) {
+        for (name, hash) in changed {
+            if !self.targets.iter().any(|t| t.name == name.as_bytes()) {
+                self.targets.push(Target { name: name.into_bytes(), source: None });
+                self.hashes.push(hash);
+            }
+        }
+    }
+
+    /// Reloads the batch's modules, each on its own, and empties it.
+    ///
+    /// # Safety
+    /// As `poll`.
+    unsafe fn run(
+        &mut self,
+        l: *mut lua_State,
+        (cell, state): (&StateCell, c_int),
+        opts: engine::Options,
+        out: &mut Outcome,
+    ) {
+        if self.targets.is_empty() {
+            return;
+        }
+        // SAFETY: forwarded.
+        let done =
+            unsafe { engine::batch(l, cell, state, &self.targets, opts, Mode::Lenient, false) };
+        match done {
+            Ok(b) => {
+                let reloaded = b.results.iter().zip(&self.targets).zip(&self.hashes);
+                let mut known = cell.try_borrow_mut().ok();
+                for ((r, t), hash) in reloaded {
+                    match r {
+                        Ok(_) => {
+                            out.reloaded += 1;
+                            if let (Some(known), Some(h)) = (known.as_mut(), hash) {
+                                known.contents.insert(t.name.as_slice().into(), *h);
+                            }
+                        }
+                        Err(e) => out.errors.push(e.to_string()),
+                    }
+                }
+                out.errors.extend(b.listener_errors);
+            }
+            Err(e) => out.errors.push(e.to_string()),
+        }
+        self.targets.clear();
+        self.hashes.clear();
+    }
+}
+
+/// The templates of each search path met in this poll, resolved once.
+#[derive(Default)]
+struct SearchPaths(Vec<(Templates, Vec<Template>)>);
+
+impl SearchPaths {
+    /// The templates of `given`.
+    ///
+    /// # Safety
+    /// Three free stack slots.
+    unsafe fn get(&mut self, l: *mut lua_State, given: &Templates) -> Result<usize, String> {
+        if let Some(i) = self.0.iter().position(|(t, _)| t == given) {
+            return Ok(i);
+        }
+        // SAFETY: forwarded.
+        let templates = unsafe { targets::templates(l, given)? };
+        self.0.push((given.clone(), templates));
+        Ok(self.0.len() - 1)
+    }
+}
+
+/// The loaded modules the changed file is, with the hash of its bytes; without those whose
+/// last load was from these very bytes.
+///
+/// # Safety
+/// Three free stack slots.
+unsafe fn changed_modules(
+    l: *mut lua_State,
+    cell: &StateCell,
+    file: &Ready,
+    search: &mut SearchPaths,
+) -> Result<Vec<(String, Option<u64>)>, String> {
+    let mut which = Vec::with_capacity(file.templates.len());
+    for given in &file.templates {
+        // SAFETY: forwarded.
+        which.push(unsafe { search.get(l, given)? });
+    }
+    let paths: Vec<&[Template]> =
+        which.iter().filter_map(|&i| search.0.get(i)).map(|(_, t)| t.as_slice()).collect();
+    let recorded = recorded_names(cell, &file.path);
+    // SAFETY: forwarded.
+    let names = unsafe { targets::loaded_modules_of(l, &recorded, &file.path, &paths)? };
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let hash = std::fs::read(&file.path).ok().map(|bytes| state::content_hash(&bytes));
+    let known = cell.try_borrow().ok();
+    Ok(names
+        .into_iter()
+        .filter(|name| {
+            let last = known.as_ref().and_then(|k| k.contents.get(name.as_bytes()).copied());
+            hash.is_none() || last != hash
+        })
+        .map(|name| (name, hash))
+        .collect())
 }
 
 /// The names `require` loaded the file at `path` under (see `engine::state`).

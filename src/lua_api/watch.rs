@@ -95,30 +95,16 @@ pub unsafe extern "C-unwind" fn watch(l: *mut lua_State) -> c_int {
             lua::luaL_checktype(l, 2, lua::LUA_TTABLE);
         }
         lua::lua_settop(l, 2);
-        let pattern = opt_field(l, has_opts, c"pattern", lua::LUA_TSTRING); // at 3
-        let settle = opt_field(l, has_opts, c"settle_ms", lua::LUA_TNUMBER); // at 4
         let Some(queue) = session::get(l, lua::lua_upvalueindex(QUEUE_UPVALUE)) else {
             return raise(l, "hotreload: the Lua state is closing");
         };
         capture::wrap_searchers(l, lua::lua_upvalueindex(STATE_UPVALUE));
-        let ud = push_handle(l); // at 5
-        let mut opts = Options::default();
-        if let (true, Val::Str(p)) = (pattern, access::read(l, 3)) {
-            opts.pattern = String::from_utf8_lossy(p).into_owned();
-        }
-        if settle {
-            let ms = lua::lua_tonumber(l, 4);
-            match Duration::try_from_secs_f64(ms.max(0.0) / 1000.0) {
-                Ok(d) => opts.settle = Some(d),
-                Err(_) => {
-                    drop(opts);
-                    return raise(
-                        l,
-                        "bad option 'settle_ms' to 'watch' (a finite number expected)",
-                    );
-                }
-            }
-        }
+        let opts = match watch_options(l, has_opts) {
+            Ok(opts) => opts,
+            Err(message) => return raise(l, message),
+        };
+        let ud = push_handle(l);
+        let handle = lua::lua_gettop(l);
         let dir = match access::read(l, 1) {
             Val::Str(d) => String::from_utf8_lossy(d).into_owned(),
             _ => String::new(),
@@ -130,10 +116,10 @@ pub unsafe extern "C-unwind" fn watch(l: *mut lua_State) -> c_int {
                 drop(opts);
                 // keep it open until closed (see OPEN_WATCHERS)
                 lua::lua_rawgetp(l, lua::LUA_REGISTRYINDEX, key(&OPEN_WATCHERS));
-                lua::lua_pushvalue(l, 5);
+                lua::lua_pushvalue(l, handle);
                 lua::lua_pushboolean(l, 1);
                 lua::lua_rawset(l, -3);
-                lua::lua_settop(l, 5);
+                lua::lua_settop(l, handle);
                 1
             }
             Err(e) => {
@@ -146,6 +132,71 @@ pub unsafe extern "C-unwind" fn watch(l: *mut lua_State) -> c_int {
             }
         }
     }
+}
+
+/// The options of `watch` from the table at 2 (if `has_opts`); `Err`: the message of a bad
+/// option. Every type is checked (raising on misuse) before anything is allocated. Leaves
+/// the five option values on the stack (3 to 7), which the caller drops.
+unsafe fn watch_options(l: *mut lua_State, has_opts: bool) -> Result<Options, &'static str> {
+    // SAFETY: raw reads of the options table; one push per option.
+    unsafe {
+        let pattern = opt_field(l, has_opts, c"pattern", lua::LUA_TSTRING); // at 3
+        let settle = opt_field(l, has_opts, c"settle_ms", lua::LUA_TNUMBER); // at 4
+        let poll = opt_field(l, has_opts, c"poll_ms", lua::LUA_TNUMBER); // at 5
+        let path = opt_field(l, has_opts, c"path", lua::LUA_TSTRING); // at 6
+        let ignore = opt_field(l, has_opts, c"ignore", lua::LUA_TTABLE); // at 7
+        let n_ignored = if ignore { lua::lua_rawlen(l, 7) as lua::lua_Integer } else { 0 };
+        for i in 1..=n_ignored {
+            let t = lua::lua_rawgeti(l, 7, i);
+            lua::lua_pop(l, 1);
+            if t != lua::LUA_TSTRING {
+                lua::luaL_error(
+                    l,
+                    c"bad option 'ignore' to 'watch' (a list of strings expected)".as_ptr(),
+                );
+            }
+        }
+        let mut opts = Options::default();
+        if pattern {
+            opts.pattern = string_at(l, 3);
+        }
+        if settle {
+            let settle = duration_at(l, 4);
+            opts.settle =
+                Some(settle.ok_or("bad option 'settle_ms' to 'watch' (a finite number expected)")?);
+        }
+        if poll {
+            let every = duration_at(l, 5).filter(|d| !d.is_zero());
+            opts.poll =
+                Some(every.ok_or("bad option 'poll_ms' to 'watch' (a positive number expected)")?);
+        }
+        if path {
+            opts.path = Some(string_at(l, 6));
+        }
+        for i in 1..=n_ignored {
+            lua::lua_rawgeti(l, 7, i);
+            opts.ignore.push(string_at(l, -1));
+            lua::lua_pop(l, 1);
+        }
+        Ok(opts)
+    }
+}
+
+/// The string at `idx` (a string), copied.
+unsafe fn string_at(l: *mut lua_State, idx: c_int) -> String {
+    // SAFETY: forwarded; the bytes are copied at once.
+    match unsafe { access::read(l, idx) } {
+        Val::Str(s) => String::from_utf8_lossy(s).into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// The number of milliseconds at `idx` as a duration; `None` if negative-infinite, NaN or
+/// too long.
+unsafe fn duration_at(l: *mut lua_State, idx: c_int) -> Option<Duration> {
+    // SAFETY: forwarded.
+    let ms = unsafe { lua::lua_tonumber(l, idx) };
+    Duration::try_from_secs_f64(ms.max(0.0) / 1000.0).ok()
 }
 
 /// Pushes `opts[name]` (raw) and says whether it is set; raises if it has another type.
@@ -297,6 +348,9 @@ unsafe extern "C-unwind" fn watcher_tostring(l: *mut lua_State) -> c_int {
     unsafe {
         let w = lua::luaL_checkudata(l, 1, WATCHER.as_ptr()).cast::<Option<Watch>>();
         let text = match (*w).as_ref() {
+            Some(w) if w.lost() => {
+                format!("hotreload.watcher ({}, lost: removed or renamed)", w.root().display())
+            }
             Some(w) => format!("hotreload.watcher ({})", w.root().display()),
             None => "hotreload.watcher (closed)".to_owned(),
         };

@@ -1,9 +1,15 @@
-//! Watching directories for saved Lua files: a notify thread per watcher that never touches
-//! Lua (`watcher`) records changed paths in a queue (`queue`); `hotreload.poll`, on the Lua
-//! thread, takes the ready ones and finds the modules each file is (`targets`, over the
-//! `package.path` templates of `modname`).
+//! Watching directories for saved Lua files. One OS watcher serves the whole process
+//! (`hub`): its thread never touches Lua, and pushes changed paths into each state's queue
+//! (`queue`), filtered by each watch's pattern and ignore list (`filter`, `tree`). A watch
+//! (`watcher`) is a subscription to it, or a polling watcher of its own (`polling`).
+//! `hotreload.poll`, on the Lua thread, takes the ready files and finds the modules each one
+//! is (`targets`, over the `package.path` templates of `modname`).
 
+pub(crate) mod filter;
+pub(crate) mod hub;
 pub(crate) mod modname;
+pub(crate) mod polling;
 pub(crate) mod queue;
 pub(crate) mod targets;
+pub(crate) mod tree;
 pub(crate) mod watcher;

@@ -10,8 +10,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+/// The module search path a file is mapped to module names with: `None` for
+/// `package.path`, or the one a watch was given (`watch(dir, {path = ...})`).
+pub type Templates = Option<Arc<str>>;
 
 #[derive(Debug)]
 struct Entry {
@@ -20,6 +24,23 @@ struct Entry {
     settle: Duration,
     /// Arrival order of the first event, so files are applied in the order they changed.
     seq: i64,
+    /// The search paths of the watches that saw it (one, unless watches overlap).
+    templates: Vec<Templates>,
+}
+
+/// A changed file ready for `poll`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ready {
+    pub path: PathBuf,
+    pub templates: Vec<Templates>,
+}
+
+#[cfg(test)]
+impl Ready {
+    /// A file mapped through `package.path` only.
+    pub fn plain(path: PathBuf) -> Ready {
+        Ready { path, templates: vec![None] }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -50,19 +71,22 @@ impl Queue {
         self.len.store(inner.entries.len() + inner.errors.len(), Ordering::Release);
     }
 
-    /// Records an event for `path` at `now`.
-    pub fn push(&self, path: PathBuf, now: Instant, settle: Duration) {
+    /// Records an event for `path` at `now`, seen by a watch mapping files with `templates`.
+    pub fn push(&self, path: PathBuf, now: Instant, settle: Duration, templates: &Templates) {
         let mut inner = self.lock();
         inner.seq += 1;
         let seq = inner.seq;
-        inner
-            .entries
-            .entry(path)
-            .and_modify(|e| {
-                e.last = now;
-                e.settle = e.settle.max(settle);
-            })
-            .or_insert(Entry { last: now, settle, seq });
+        let e = inner.entries.entry(path).or_insert(Entry {
+            last: now,
+            settle,
+            seq,
+            templates: Vec::with_capacity(1),
+        });
+        e.last = now;
+        e.settle = e.settle.max(settle);
+        if !e.templates.contains(templates) {
+            e.templates.push(templates.clone());
+        }
         self.publish(&inner);
     }
 
@@ -86,12 +110,13 @@ impl Queue {
 
     /// Takes the paths that are ready at `now`, in the order they first changed, and the
     /// errors. Paths still settling stay.
-    pub fn take_ready(&self, now: Instant) -> (Vec<PathBuf>, Vec<String>) {
+    pub fn take_ready(&self, now: Instant) -> (Vec<Ready>, Vec<String>) {
         let mut inner = self.lock();
-        let mut ready: Vec<(i64, PathBuf)> = Vec::new();
+        let mut ready: Vec<(i64, Ready)> = Vec::new();
         inner.entries.retain(|path, e| {
             if now.saturating_duration_since(e.last) >= e.settle {
-                ready.push((e.seq, path.clone()));
+                let templates = std::mem::take(&mut e.templates);
+                ready.push((e.seq, Ready { path: path.clone(), templates }));
                 false
             } else {
                 true
@@ -100,7 +125,7 @@ impl Queue {
         ready.sort_unstable_by_key(|(seq, _)| *seq);
         let errors = std::mem::take(&mut inner.errors);
         self.publish(&inner);
-        (ready.into_iter().map(|(_, p)| p).collect(), errors)
+        (ready.into_iter().map(|(_, r)| r).collect(), errors)
     }
 
     /// Drops the waiting paths `keep` rejects (a closed watcher's).
@@ -111,14 +136,24 @@ impl Queue {
     }
 
     /// Gives back paths a time-limited poll did not get to; they come first next time.
-    pub fn put_back(&self, paths: Vec<PathBuf>, now: Instant) {
+    pub fn put_back(&self, files: Vec<Ready>, now: Instant) {
         let mut inner = self.lock();
         // Numbered below everything queued, in their order.
         let lowest = inner.entries.values().map(|e| e.seq).min().unwrap_or(0).min(0);
-        let first = lowest - paths.len() as i64;
-        for (i, path) in paths.into_iter().enumerate() {
+        let first = lowest - files.len() as i64;
+        for (i, Ready { path, templates }) in files.into_iter().enumerate() {
             let seq = first + i as i64;
-            inner.entries.entry(path).or_insert(Entry { last: now, settle: Duration::ZERO, seq });
+            let e = inner.entries.entry(path).or_insert(Entry {
+                last: now,
+                settle: Duration::ZERO,
+                seq,
+                templates: Vec::new(),
+            });
+            for t in templates {
+                if !e.templates.contains(&t) {
+                    e.templates.push(t);
+                }
+            }
         }
         self.publish(&inner);
     }
@@ -132,16 +167,21 @@ mod tests {
         PathBuf::from(s)
     }
 
+    /// The paths `take_ready` gives.
+    fn paths(q: &Queue, now: Instant) -> Vec<PathBuf> {
+        q.take_ready(now).0.into_iter().map(|r| r.path).collect()
+    }
+
     #[test]
     fn a_burst_of_saves_is_one_entry() {
         let q = Queue::default();
         let t0 = Instant::now();
         for i in 0..20 {
-            q.push(p("/s/a.lua"), t0 + Duration::from_millis(i), Duration::ZERO);
+            q.push(p("/s/a.lua"), t0 + Duration::from_millis(i), Duration::ZERO, &None);
         }
         assert_eq!(q.len(), 1);
         let (ready, errors) = q.take_ready(t0 + Duration::from_millis(20));
-        assert_eq!(ready, vec![p("/s/a.lua")]);
+        assert_eq!(ready, vec![Ready::plain(p("/s/a.lua"))]);
         assert!(errors.is_empty());
         assert!(q.is_empty());
     }
@@ -150,10 +190,10 @@ mod tests {
     fn paths_come_out_in_the_order_they_first_changed() {
         let q = Queue::default();
         let t0 = Instant::now();
-        q.push(p("/b.lua"), t0, Duration::ZERO);
-        q.push(p("/a.lua"), t0, Duration::ZERO);
-        q.push(p("/b.lua"), t0, Duration::ZERO);
-        assert_eq!(q.take_ready(t0).0, vec![p("/b.lua"), p("/a.lua")]);
+        q.push(p("/b.lua"), t0, Duration::ZERO, &None);
+        q.push(p("/a.lua"), t0, Duration::ZERO, &None);
+        q.push(p("/b.lua"), t0, Duration::ZERO, &None);
+        assert_eq!(paths(&q, t0), vec![p("/b.lua"), p("/a.lua")]);
     }
 
     #[test]
@@ -161,37 +201,49 @@ mod tests {
         let q = Queue::default();
         let t0 = Instant::now();
         let settle = Duration::from_millis(50);
-        q.push(p("/a.lua"), t0, settle);
-        q.push(p("/a.lua"), t0 + Duration::from_millis(40), settle);
-        assert!(q.take_ready(t0 + Duration::from_millis(60)).0.is_empty(), "40+50 > 60");
+        q.push(p("/a.lua"), t0, settle, &None);
+        q.push(p("/a.lua"), t0 + Duration::from_millis(40), settle, &None);
+        assert!(paths(&q, t0 + Duration::from_millis(60)).is_empty(), "40+50 > 60");
         assert_eq!(q.len(), 1, "still waiting");
-        assert_eq!(q.take_ready(t0 + Duration::from_millis(90)).0, vec![p("/a.lua")]);
+        assert_eq!(paths(&q, t0 + Duration::from_millis(90)), vec![p("/a.lua")]);
     }
 
     #[test]
     fn put_back_goes_first() {
         let q = Queue::default();
         let t0 = Instant::now();
-        q.push(p("/new.lua"), t0, Duration::ZERO);
-        q.push(p("/newer.lua"), t0, Duration::ZERO);
-        q.put_back(vec![p("/left1.lua"), p("/left2.lua")], t0);
+        q.push(p("/new.lua"), t0, Duration::ZERO, &None);
+        q.push(p("/newer.lua"), t0, Duration::ZERO, &None);
+        q.put_back(vec![Ready::plain(p("/left1.lua")), Ready::plain(p("/left2.lua"))], t0);
         let order = vec![p("/left1.lua"), p("/left2.lua"), p("/new.lua"), p("/newer.lua")];
-        assert_eq!(q.take_ready(t0).0, order);
-        q.push(p("/x.lua"), t0, Duration::ZERO);
-        q.put_back(vec![p("/b.lua")], t0);
-        q.put_back(vec![p("/a.lua")], t0);
-        assert_eq!(q.take_ready(t0).0, vec![p("/a.lua"), p("/b.lua"), p("/x.lua")]);
+        assert_eq!(paths(&q, t0), order);
+        q.push(p("/x.lua"), t0, Duration::ZERO, &None);
+        q.put_back(vec![Ready::plain(p("/b.lua"))], t0);
+        q.put_back(vec![Ready::plain(p("/a.lua"))], t0);
+        assert_eq!(paths(&q, t0), vec![p("/a.lua"), p("/b.lua"), p("/x.lua")]);
     }
 
     #[test]
     fn retain_drops_what_a_closed_watcher_queued() {
         let q = Queue::default();
         let t0 = Instant::now();
-        q.push(p("/closed/a.lua"), t0, Duration::ZERO);
-        q.push(p("/open/b.lua"), t0, Duration::ZERO);
+        q.push(p("/closed/a.lua"), t0, Duration::ZERO, &None);
+        q.push(p("/open/b.lua"), t0, Duration::ZERO, &None);
         q.retain(|path| !path.starts_with("/closed"));
         assert_eq!(q.len(), 1);
-        assert_eq!(q.take_ready(t0).0, vec![p("/open/b.lua")]);
+        assert_eq!(paths(&q, t0), vec![p("/open/b.lua")]);
+    }
+
+    #[test]
+    fn a_file_two_watches_saw_keeps_both_search_paths() {
+        let q = Queue::default();
+        let t0 = Instant::now();
+        let fennel: Templates = Some("./?.fnl".into());
+        q.push(p("/a.fnl"), t0, Duration::ZERO, &fennel);
+        q.push(p("/a.fnl"), t0, Duration::ZERO, &None);
+        q.push(p("/a.fnl"), t0, Duration::ZERO, &fennel);
+        let (ready, _) = q.take_ready(t0);
+        assert_eq!(ready, vec![Ready { path: p("/a.fnl"), templates: vec![fennel, None] }]);
     }
 
     #[test]
@@ -215,7 +267,7 @@ mod tests {
                 let q = q.clone();
                 std::thread::spawn(move || {
                     for i in 0..100 {
-                        q.push(PathBuf::from(format!("/{t}/{i}.lua")), t0, Duration::ZERO);
+                        q.push(PathBuf::from(format!("/{t}/{i}.lua")), t0, Duration::ZERO, &None);
                     }
                 })
             })
@@ -223,6 +275,6 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(q.take_ready(t0).0.len(), 400);
+        assert_eq!(paths(&q, t0).len(), 400);
     }
 }

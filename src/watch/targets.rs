@@ -7,6 +7,7 @@ use std::path::Path;
 use mlua::ffi as lua;
 
 use super::modname::{self, Template};
+use super::queue::Templates;
 use crate::vm::capi::{self, lua_State};
 
 /// Canonical form of a template's directory (`./` is the current directory).
@@ -14,12 +15,18 @@ fn resolve_dir(dir: &str) -> Option<String> {
     std::fs::canonicalize(dir).ok()?.into_os_string().into_string().ok()
 }
 
-/// The templates of `package.path` (read raw, under protection), their directories
-/// resolved.
+/// The templates of a watch's search path (`None`: `package.path`, read raw under
+/// protection), their directories resolved.
 ///
 /// # Safety
 /// Three free stack slots.
-pub(crate) unsafe fn templates(l: *mut lua_State) -> Result<Vec<Template>, String> {
+pub(crate) unsafe fn templates(
+    l: *mut lua_State,
+    given: &Templates,
+) -> Result<Vec<Template>, String> {
+    if let Some(path) = given {
+        return Ok(Template::parse(path, resolve_dir));
+    }
     let mut path = String::new();
     // SAFETY: raw reads under protection.
     unsafe {
@@ -32,9 +39,9 @@ pub(crate) unsafe fn templates(l: *mut lua_State) -> Result<Vec<Template>, Strin
 }
 
 /// The loaded modules whose file `path` is: the names `require` loaded it under, and names
-/// some template gives for the path (as reported or canonical) whose `searchpath` file is
-/// this very file (not one shadowing it earlier in `package.path`); of these, those that
-/// `package.loaded` has.
+/// some search path's templates give for the path (as reported or canonical) whose
+/// `searchpath` file in that search path is this very file (not one shadowing it earlier);
+/// of these, those that `package.loaded` has.
 ///
 /// # Safety
 /// Three free stack slots.
@@ -42,17 +49,23 @@ pub(crate) unsafe fn loaded_modules_of(
     l: *mut lua_State,
     recorded: &[Box<[u8]>],
     path: &Path,
-    templates: &[Template],
+    search_paths: &[&[Template]],
 ) -> Result<Vec<String>, String> {
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let spellings: Vec<&str> =
         [path, canonical.as_path()].iter().filter_map(|p| p.to_str()).collect();
     let same_file = |found: String| std::fs::canonicalize(found).is_ok_and(|f| f == canonical);
     let is_file = |p: &str| Path::new(p).is_file();
-    let mut names: Vec<String> = modname::names_for(&spellings, templates)
-        .into_iter()
-        .filter(|name| modname::search(name, templates, is_file).is_some_and(same_file))
-        .collect();
+    let mut names: Vec<String> = Vec::new();
+    for templates in search_paths {
+        for name in modname::names_for(&spellings, templates) {
+            if !names.contains(&name)
+                && modname::search(&name, templates, is_file).is_some_and(same_file)
+            {
+                names.push(name);
+            }
+        }
+    }
     for name in recorded {
         let name = String::from_utf8_lossy(name).into_owned();
         if !names.contains(&name) {

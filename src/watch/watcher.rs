@@ -1,6 +1,7 @@
-//! Watching a directory tree for changed Lua files. The event handler runs on notify's own
-//! thread: it never touches Lua, only classifies events and pushes paths into the state's
-//! queue. Dropping a [`Watch`] drops the notify watcher, which ends its thread.
+//! A watch of one Lua state: a root directory, which files count, and where their changes
+//! go. Most watches are subscriptions to the process's one OS watcher (`hub`); one with
+//! `poll_ms` has a polling watcher of its own (`polling`), for file systems that report no
+//! events. Neither ever touches Lua: changed paths go into the state's queue.
 
 // Runs on notify's thread (or is called from it), where a panic would end the watcher
 // silently: no unwrap, expect or panic outside the tests.
@@ -8,13 +9,16 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
+use notify::EventKind;
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher, WatcherKind};
 
-use super::queue::Queue;
+use super::filter::Filter;
+use super::hub::{self, Sub, Subscription};
+use super::polling::Polled;
+use super::queue::{Queue, Templates};
 
 /// Options of `hotreload.watch`.
 #[derive(Clone, Debug)]
@@ -24,11 +28,23 @@ pub struct Options {
     /// How long a file must be quiet before it is reloaded. Default: zero where the OS
     /// reports close-after-write (Linux), 50 ms elsewhere.
     pub settle: Option<Duration>,
+    /// Globs on directory names left out, on top of `filter::ALWAYS_IGNORED`.
+    pub ignore: Vec<String>,
+    /// Scan the tree this often instead of asking the OS for events.
+    pub poll: Option<Duration>,
+    /// The module search path files map to names with (default `package.path`).
+    pub path: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { pattern: "*.lua".into(), settle: None }
+        Options {
+            pattern: "*.lua".into(),
+            settle: None,
+            ignore: Vec::new(),
+            poll: None,
+            path: None,
+        }
     }
 }
 
@@ -59,16 +75,21 @@ impl fmt::Display for WatchError {
 /// A watched tree; watching stops when it is dropped.
 pub struct Watch {
     root: PathBuf,
-    /// Closed by `drop` before the watcher goes: notify's thread may still deliver events it
-    /// read before it saw the shutdown, and those must not reach the queue.
-    gate: Arc<RwLock<bool>>,
     queue: Arc<Queue>,
-    _watcher: RecommendedWatcher,
+    how: How,
+}
+
+enum How {
+    Events(Subscription),
+    Polling(Polled),
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        *self.gate.write().unwrap_or_else(PoisonError::into_inner) = false;
+        match &self.how {
+            How::Events(s) => hub::unsubscribe(s),
+            How::Polling(p) => p.stop(),
+        }
     }
 }
 
@@ -91,34 +112,34 @@ impl Watch {
         if !root.is_dir() {
             return Err(WatchError::NotADirectory(dir.to_owned()));
         }
-        let close_events = RecommendedWatcher::kind() == WatcherKind::Inotify;
-        let settle = opts.settle.unwrap_or(if close_events {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(50)
-        });
-        let filter = Filter { pattern: opts.pattern.clone() };
-        let gate = Arc::new(RwLock::new(true));
-        let sink = Sink {
+        let events = opts.poll.is_none() && hub::close_events();
+        let settle =
+            opts.settle.unwrap_or(if events { Duration::ZERO } else { Duration::from_millis(50) });
+        let templates: Templates = opts.path.as_deref().map(Arc::from);
+        let sub = Sub {
             queue: queue.clone(),
-            filter,
+            filter: Filter::new(&opts.pattern, &opts.ignore),
             settle,
-            close_events,
-            root: root.clone(),
-            gate: gate.clone(),
-            rescans: Arc::default(),
+            templates,
         };
-        let mut watcher =
-            notify::recommended_watcher(move |res: notify::Result<Event>| sink.handle(res))
-                .map_err(|e| describe(&e, &root))?;
-        watcher.watch(&root, RecursiveMode::Recursive).map_err(|e| describe(&e, &root))?;
-        pin_library();
-        Ok(Watch { root, gate, queue, _watcher: watcher })
+        let how = match opts.poll {
+            Some(every) => How::Polling(Polled::start(&root, sub, every)?),
+            None => How::Events(hub::subscribe(&root, sub)?),
+        };
+        Ok(Watch { root, queue, how })
     }
 
     /// The canonical root directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether the root directory was removed or renamed (and is not back yet).
+    pub fn lost(&self) -> bool {
+        match &self.how {
+            How::Events(s) => s.lost(),
+            How::Polling(_) => !self.root.is_dir(),
+        }
     }
 
     /// Stops watching, and forgets the changes it queued that no watcher in `others` (the
@@ -128,52 +149,6 @@ impl Watch {
         drop(self);
         queue.retain(|p| !p.starts_with(&root) || others.iter().any(|o| p.starts_with(o)));
     }
-}
-
-/// Which file names count.
-#[derive(Clone, Debug)]
-struct Filter {
-    pattern: String,
-}
-
-impl Filter {
-    fn wants(&self, path: &Path) -> bool {
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return false };
-        wanted(name, &self.pattern)
-    }
-}
-
-/// Whether a file name counts: it matches the pattern and is not an editor's lock, backup or
-/// temporary file (`.#x.lua` from Emacs, `x.lua~` backups, `.x.lua.swp`, `x.lua___jb_tmp___`).
-pub fn wanted(name: &str, pattern: &str) -> bool {
-    !name.starts_with(".#") && !name.ends_with('~') && glob(pattern.as_bytes(), name.as_bytes())
-}
-
-/// `*` and `?` glob matching of a whole name.
-fn glob(pattern: &[u8], name: &[u8]) -> bool {
-    let (mut p, mut n) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, n));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || Some(&c) == name.get(n) => {
-                p += 1;
-                n += 1;
-            }
-            _ => match star {
-                Some((sp, sn)) => {
-                    p = sp + 1;
-                    n = sn + 1;
-                    star = Some((sp, sn + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern.get(p..).is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
 }
 
 /// What an event means for the queue.
@@ -203,152 +178,8 @@ pub fn classify(kind: &EventKind, close_events: bool) -> Action {
     }
 }
 
-/// How long after a directory appears it is listed again: notify reports the directory
-/// before it adds the directory's own watch, so a file written in between has no event.
-const RESCAN_DELAY: Duration = Duration::from_millis(50);
-
-/// File times can lag the clock by a timer tick: a file modified this long before the first
-/// listing still counts as written after it (at worst it reloads twice).
-const MTIME_SLACK: Duration = Duration::from_millis(20);
-
-/// The event handler's state: everything it needs, nothing of Lua.
-#[derive(Clone)]
-struct Sink {
-    queue: Arc<Queue>,
-    filter: Filter,
-    settle: Duration,
-    close_events: bool,
-    root: PathBuf,
-    gate: Arc<RwLock<bool>>,
-    rescans: Arc<Mutex<Rescans>>,
-}
-
-impl Sink {
-    fn handle(&self, res: notify::Result<Event>) {
-        // Held while pushing, so that once `Watch::drop` returns nothing more arrives.
-        let open = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-        if !*open {
-            return;
-        }
-        let now = Instant::now();
-        match res {
-            Ok(event) if event.need_rescan() => self.scan(&self.root, now),
-            Ok(event) => match classify(&event.kind, self.close_events) {
-                Action::Changed => {
-                    for path in &event.paths {
-                        if path.is_dir() {
-                            self.scan(path, now); // a directory renamed into the tree
-                            self.rescan_later(path);
-                        } else if self.filter.wants(path) {
-                            self.queue.push(path.clone(), now, self.settle);
-                        }
-                    }
-                }
-                Action::Scan => {
-                    for path in &event.paths {
-                        self.scan(path, now);
-                        self.rescan_later(path);
-                    }
-                }
-                Action::Ignore => {}
-            },
-            Err(e) => {
-                self.queue.push_error(format!("hotreload: watch: {}", describe(&e, &self.root)))
-            }
-        }
-    }
-
-    /// Lists `dir` again after `RESCAN_DELAY`, for the files written in it since `now`. One
-    /// worker thread at a time serves every pending directory (a checkout that creates
-    /// thousands of them starts one thread), and stops once the watch is closed.
-    fn rescan_later(&self, dir: &Path) {
-        let since = SystemTime::now().checked_sub(MTIME_SLACK).unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut pending = self.rescans.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.dirs.push((dir.to_owned(), since));
-        if pending.worker {
-            return;
-        }
-        pending.worker = true;
-        drop(pending);
-        let sink = self.clone();
-        let spawned =
-            std::thread::Builder::new().name("hotreload-rescan".into()).spawn(move || {
-                loop {
-                    std::thread::sleep(RESCAN_DELAY);
-                    let dirs = {
-                        let mut pending =
-                            sink.rescans.lock().unwrap_or_else(PoisonError::into_inner);
-                        if pending.dirs.is_empty() {
-                            pending.worker = false;
-                            return;
-                        }
-                        std::mem::take(&mut pending.dirs)
-                    };
-                    let open = sink.gate.read().unwrap_or_else(PoisonError::into_inner);
-                    if !*open {
-                        continue; // closed: the next turn finds nothing more and stops
-                    }
-                    for (i, (dir, since)) in dirs.iter().enumerate() {
-                        // a directory inside another one of this turn is listed with it
-                        let inside = dirs.iter().enumerate().any(|(j, (other, _))| {
-                            j != i && dir.starts_with(other) && dir != other
-                        });
-                        if !inside {
-                            sink.scan_since(dir, Instant::now(), Some(*since));
-                        }
-                    }
-                }
-            });
-        if spawned.is_err() {
-            // no thread: the first listing stands; let the next directory try again
-            self.rescans.lock().unwrap_or_else(PoisonError::into_inner).worker = false;
-        }
-    }
-
-    /// Queues every wanted file under `dir` (iteratively; symlinked directories are not
-    /// followed, so a link cycle cannot loop).
-    fn scan(&self, dir: &Path, now: Instant) {
-        self.scan_since(dir, now, None);
-    }
-
-    /// `scan`, keeping only files modified at or after `since`. Those a rescan finds wait at
-    /// least `RESCAN_DELAY`, so that the close event of a file still being written merges
-    /// with them instead of leaving a half-written file ready.
-    fn scan_since(&self, dir: &Path, now: Instant, since: Option<SystemTime>) {
-        let settle = if since.is_some() { self.settle.max(RESCAN_DELAY) } else { self.settle };
-        let mut dirs = vec![dir.to_owned()];
-        while let Some(d) = dirs.pop() {
-            let Ok(entries) = std::fs::read_dir(&d) else { continue };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                match entry.file_type() {
-                    Ok(t) if t.is_dir() => dirs.push(path),
-                    Ok(_) if self.filter.wants(&path) => {
-                        let modified = entry.metadata().and_then(|m| m.modified()).ok();
-                        let new_enough = match (since, modified) {
-                            (Some(since), Some(m)) => m >= since,
-                            _ => true,
-                        };
-                        if new_enough {
-                            self.queue.push(path, now, settle);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-}
-
-/// Directories waiting for their second listing, and whether a worker is serving them.
-#[derive(Default)]
-struct Rescans {
-    dirs: Vec<(PathBuf, SystemTime)>,
-    worker: bool,
-}
-
 /// A notify error as a message, naming the OS limit when one was hit.
-fn describe(e: &notify::Error, root: &Path) -> WatchError {
+pub fn describe(e: &notify::Error, root: &Path) -> WatchError {
     let limit = |name: &str, what: &str| {
         let value = std::fs::read_to_string(format!("/proc/sys/fs/inotify/{name}"))
             .map(|v| format!(" = {}", v.trim()))
@@ -373,7 +204,7 @@ fn describe(e: &notify::Error, root: &Path) -> WatchError {
 /// Keeps this shared library mapped until the process ends. notify's threads finish shortly
 /// after a watcher is dropped, which can be after `lua_close` unloaded the module: they must
 /// not find their code gone.
-fn pin_library() {
+pub fn pin_library() {
     #[cfg(any(target_os = "linux", target_os = "macos"))]
     {
         use std::os::raw::{c_char, c_int, c_void};
@@ -418,35 +249,9 @@ fn pin_library() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::queue::Ready;
     use notify::event::{DataChange, RemoveKind};
-
-    #[test]
-    fn a_file_written_after_its_new_directory_was_reported_is_found_by_the_rescan() {
-        let root = std::env::temp_dir().join(format!("hotreload-rescan-{}", std::process::id()));
-        let dir = root.join("pkg");
-        std::fs::create_dir_all(&dir).unwrap();
-        let queue = Arc::new(Queue::default());
-        let sink = Sink {
-            queue: queue.clone(),
-            filter: Filter { pattern: "*.lua".into() },
-            settle: Duration::ZERO,
-            close_events: true,
-            root: root.clone(),
-            gate: Arc::new(RwLock::new(true)),
-            rescans: Arc::default(),
-        };
-        // notify reports the directory (then adds its watch): it is empty at that moment
-        sink.handle(Ok(Event::new(EventKind::Create(CreateKind::Folder)).add_path(dir.clone())));
-        assert_eq!(queue.len(), 0);
-        // a file written before the directory's watch exists has no event of its own
-        std::fs::write(dir.join("init.lua"), "return {}").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while queue.is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(queue.len(), 1, "the delayed rescan did not find the file");
-        std::fs::remove_dir_all(&root).unwrap();
-    }
+    use std::time::Instant;
 
     #[test]
     fn editor_events_on_inotify() {
@@ -476,23 +281,6 @@ mod tests {
         let data = EventKind::Modify(ModifyKind::Data(DataChange::Any));
         assert_eq!(classify(&data, false), Action::Changed);
         assert_eq!(classify(&EventKind::Create(CreateKind::File), false), Action::Changed);
-    }
-
-    #[test]
-    fn file_names() {
-        assert!(wanted("player.lua", "*.lua"));
-        assert!(wanted("init.lua", "*.lua"));
-        assert!(!wanted("player.lua~", "*.lua"), "backup");
-        assert!(!wanted(".#player.lua", "*.lua"), "emacs lock");
-        assert!(!wanted(".player.lua.swp", "*.lua"), "vim swap");
-        assert!(!wanted("player.lua___jb_tmp___", "*.lua"), "jetbrains temp");
-        assert!(!wanted("4913", "*.lua"), "vim's probe file");
-        assert!(!wanted("notes.txt", "*.lua"));
-        assert!(wanted("a.moon", "*.moon"));
-        assert!(wanted("level_1.lua", "level_?.lua"));
-        assert!(wanted("x.lua", "*"));
-        assert!(!wanted("x.luac", "*.lua"));
-        assert!(wanted("a.b.c.lua", "*.*.lua"));
     }
 
     #[test]
@@ -531,15 +319,15 @@ mod tests {
         std::fs::write(dir.join("a.lua"), "return 1").unwrap();
         std::fs::write(dir.join("notes.txt"), "x").unwrap();
         assert!(wait_for(&q, 1, Duration::from_secs(5)));
-        let (paths, errors) = q.take_ready(Instant::now());
+        let (ready, errors) = q.take_ready(Instant::now());
         assert!(errors.is_empty());
-        assert_eq!(paths, vec![w.root().join("a.lua")]);
+        assert_eq!(ready, vec![Ready::plain(w.root().join("a.lua"))]);
 
         // rename save
         std::fs::write(dir.join(".a.lua.tmp"), "return 2").unwrap();
         std::fs::rename(dir.join(".a.lua.tmp"), dir.join("a.lua")).unwrap();
         assert!(wait_for(&q, 1, Duration::from_secs(5)));
-        assert_eq!(q.take_ready(Instant::now()).0, vec![w.root().join("a.lua")]);
+        assert_eq!(q.take_ready(Instant::now()).0, vec![Ready::plain(w.root().join("a.lua"))]);
 
         drop(w);
         std::fs::write(dir.join("a.lua"), "return 3").unwrap();

@@ -1,0 +1,591 @@
+//! The one OS watcher of the process, shared by every Lua state and every watched root.
+//!
+//! - **One OS instance, two threads.** The first `watch` of the process starts notify's
+//!   watcher (its event thread) and one worker thread of ours; both live until the process
+//!   ends (the library is pinned, see `watcher::pin_library`). However many states watch
+//!   however many roots, no other thread or OS instance is taken (the polling watcher of
+//!   `poll_ms` aside, see `polling`).
+//! - **Directories are watched one by one and counted.** Each directory is watched
+//!   (non-recursively) once, and records the roots that cover it; it is unwatched when the
+//!   last of them goes. Overlapping roots therefore share the directories they have in
+//!   common, and a save is one event, queued once per state.
+//! - **Roots are shared.** Every state that watches the same directory with the same ignore
+//!   list subscribes to the same root: 10,000 states watching one tree walk it once.
+//! - **The event thread never touches Lua, and never calls notify.** It classifies events
+//!   and pushes changed files into the subscribers' queues; a directory that appeared or
+//!   went, and the OS dropping events, are handed to the worker, which (un)watches
+//!   directories and lists new ones. A root that is removed or renamed is reported once to
+//!   its subscribers and watched again once it exists again.
+//!
+//! Locks: `tree` (the directories and the OS watcher) is taken before `routes` (the roots
+//! and their subscribers), never the other way; the event thread only reads `routes`, and
+//! no notify call is made while `routes` is written, so notify's event thread, which runs
+//! our handler, is never waited on while it waits on us.
+
+// Runs on notify's thread and on the worker, where a panic would end watching silently.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use notify::event::{ModifyKind, RemoveKind, RenameMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher, WatcherKind};
+
+use super::filter::Filter;
+use super::queue::{Queue, Templates};
+use super::tree::{self, list_dir};
+use super::watcher::{Action, WatchError, classify, describe, pin_library};
+
+/// How long files found by listing a directory (rather than by an event) wait before they
+/// are ready: one still being written then gets its close event, which merges with it.
+pub const RESCAN_DELAY: Duration = Duration::from_millis(50);
+
+/// How often the worker looks for a lost root to come back.
+const LOST_CHECK: Duration = Duration::from_millis(200);
+
+/// One watch of one state: where its changed files go, and which count.
+#[derive(Debug)]
+pub struct Sub {
+    pub queue: Arc<Queue>,
+    pub filter: Filter,
+    pub settle: Duration,
+    pub templates: Templates,
+}
+
+impl Sub {
+    /// Queues `path` if its name counts, waiting at least `at_least`.
+    pub fn push(&self, path: &Path, now: Instant, at_least: Duration) {
+        if self.filter.wants_file(path) {
+            self.queue.push(path.to_owned(), now, self.settle.max(at_least), &self.templates);
+        }
+    }
+}
+
+/// A watched root and the watches subscribed to it.
+struct Root {
+    id: u64,
+    path: PathBuf,
+    /// Which directories the root covers (the ignore globs; its pattern is unused).
+    dirs: Filter,
+    subs: Vec<(u64, Arc<Sub>)>,
+    /// Set while the root directory is gone (removed or renamed), until it exists again.
+    lost: Arc<AtomicBool>,
+}
+
+impl Root {
+    fn covers(&self, path: &Path) -> bool {
+        !self.lost.load(Ordering::Relaxed)
+            && path.starts_with(&self.path)
+            && !self.dirs.ignores_under(&self.path, path)
+    }
+
+    fn report(&self, message: &str) {
+        for (_, sub) in &self.subs {
+            sub.queue.push_error(message.to_owned());
+        }
+    }
+}
+
+#[derive(Default)]
+struct Routes {
+    roots: Vec<Root>,
+}
+
+/// Work for the worker thread, sent by the event thread.
+#[derive(Debug)]
+enum Work {
+    /// A directory appeared (created, or moved into a watched one).
+    NewDir(PathBuf),
+    /// Something was removed or moved away (maybe a watched directory, maybe a root).
+    Gone(PathBuf),
+    /// The OS dropped events: list every root again.
+    Rescan,
+}
+
+/// The OS side: notify's watcher, and the watched directories with the roots covering each.
+struct Tree {
+    watcher: RecommendedWatcher,
+    dirs: HashMap<PathBuf, Vec<u64>>,
+    next_id: u64,
+}
+
+struct Hub {
+    routes: Arc<RwLock<Routes>>,
+    tree: Mutex<Option<Tree>>,
+    /// Whether notify reports close-after-write (inotify), so that a file is complete when
+    /// its event arrives.
+    close_events: bool,
+}
+
+static HUB: OnceLock<Hub> = OnceLock::new();
+
+fn hub() -> &'static Hub {
+    HUB.get_or_init(|| Hub {
+        routes: Arc::default(),
+        tree: Mutex::new(None),
+        close_events: RecommendedWatcher::kind() == WatcherKind::Inotify,
+    })
+}
+
+/// Whether this process's OS watcher reports close-after-write.
+pub fn close_events() -> bool {
+    hub().close_events
+}
+
+fn read(routes: &RwLock<Routes>) -> std::sync::RwLockReadGuard<'_, Routes> {
+    routes.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write(routes: &RwLock<Routes>) -> std::sync::RwLockWriteGuard<'_, Routes> {
+    routes.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A watch's place in the hub; [`unsubscribe`] gives it back.
+#[derive(Debug)]
+pub struct Subscription {
+    root: u64,
+    sub: u64,
+    lost: Arc<AtomicBool>,
+}
+
+impl Subscription {
+    /// Whether the root directory is gone (removed or renamed) and not back yet.
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+}
+
+/// Subscribes `sub` to the root `root` (canonical): shares the root with the watches that
+/// already have it with the same ignore list, else walks it and watches its directories.
+/// Directories that cannot be read are skipped, and reported once through `sub`'s queue.
+pub fn subscribe(root: &Path, sub: Sub) -> Result<Subscription, WatchError> {
+    let hub = hub();
+    let mut guard = lock(&hub.tree);
+    let tree = match &mut *guard {
+        Some(tree) => tree,
+        empty => empty.insert(start(hub).map_err(|e| describe(&e, root))?),
+    };
+    let sub = Arc::new(sub);
+    tree.next_id += 1;
+    let sub_id = tree.next_id;
+    {
+        let mut routes = write(&hub.routes);
+        let shared = routes.roots.iter_mut().find(|r| {
+            r.path == root && r.dirs.ignore == sub.filter.ignore && !r.lost.load(Ordering::Relaxed)
+        });
+        if let Some(r) = shared {
+            r.subs.push((sub_id, sub));
+            return Ok(Subscription { root: r.id, sub: sub_id, lost: r.lost.clone() });
+        }
+    }
+    tree.next_id += 1;
+    let id = tree.next_id;
+    let walked = tree::walk(root, &sub.filter, &list_dir);
+    if let Some((_, e)) = walked.skipped.iter().find(|(d, _)| d == root) {
+        return Err(WatchError::Os(format!("cannot watch '{}': {e}", root.display())));
+    }
+    let mut skipped = walked.skipped;
+    for dir in walked.dirs {
+        if let Err(e) = tree.track(&dir, id) {
+            if dir == root || matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                tree.untrack_root(id);
+                return Err(describe(&e, root));
+            }
+            skipped.push((dir, std::io::Error::other(e.to_string())));
+        }
+    }
+    if let Some(message) = tree::skipped_message(root, &skipped) {
+        sub.queue.push_error(message);
+    }
+    let lost = Arc::new(AtomicBool::new(false));
+    write(&hub.routes).roots.push(Root {
+        id,
+        path: root.to_owned(),
+        dirs: sub.filter.clone(),
+        subs: vec![(sub_id, sub)],
+        lost: lost.clone(),
+    });
+    Ok(Subscription { root: id, sub: sub_id, lost })
+}
+
+/// Ends a subscription: once this returns, nothing more reaches its queue. The root's
+/// directories no other root covers are unwatched (the OS watcher itself stays).
+pub fn unsubscribe(s: &Subscription) {
+    let hub = hub();
+    let mut guard = lock(&hub.tree);
+    let emptied = {
+        let mut routes = write(&hub.routes);
+        let Some(i) = routes.roots.iter().position(|r| r.id == s.root) else { return };
+        let root = &mut routes.roots[i];
+        root.subs.retain(|(id, _)| *id != s.sub);
+        root.subs.is_empty().then(|| routes.roots.swap_remove(i))
+    };
+    if let (Some(root), Some(tree)) = (emptied, &mut *guard) {
+        tree.untrack_root(root.id);
+    }
+}
+
+fn lock(tree: &Mutex<Option<Tree>>) -> MutexGuard<'_, Option<Tree>> {
+    tree.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Starts the OS watcher and the worker.
+fn start(hub: &'static Hub) -> notify::Result<Tree> {
+    let (tx, rx) = mpsc::channel::<Work>();
+    let routes = hub.routes.clone();
+    let close_events = hub.close_events;
+    let watcher = notify::recommended_watcher(move |res| handle(&routes, &tx, close_events, res))?;
+    std::thread::Builder::new()
+        .name("hotreload-watch".into())
+        .spawn(move || work(hub, &rx))
+        .map_err(notify::Error::io)?;
+    pin_library();
+    Ok(Tree { watcher, dirs: HashMap::new(), next_id: 0 })
+}
+
+/// notify's event handler, on its thread.
+fn handle(
+    routes: &RwLock<Routes>,
+    work: &Sender<Work>,
+    close_events: bool,
+    res: notify::Result<Event>,
+) {
+    let event = match res {
+        Ok(event) => event,
+        Err(e) => {
+            let message = format!("hotreload: watch: {e}");
+            for root in &read(routes).roots {
+                root.report(&message);
+            }
+            return;
+        }
+    };
+    if event.need_rescan() {
+        let _ = work.send(Work::Rescan);
+        return;
+    }
+    if let EventKind::Remove(RemoveKind::Folder | RemoveKind::Other | RemoveKind::Any)
+    | EventKind::Modify(ModifyKind::Name(RenameMode::From | RenameMode::Any)) = event.kind
+    {
+        for path in &event.paths {
+            let _ = work.send(Work::Gone(path.clone()));
+        }
+    }
+    match classify(&event.kind, close_events) {
+        Action::Changed => {
+            let now = Instant::now();
+            for path in &event.paths {
+                if path.is_dir() {
+                    let _ = work.send(Work::NewDir(path.clone())); // renamed into the tree
+                } else {
+                    dispatch(&read(routes), path, now, Duration::ZERO);
+                }
+            }
+        }
+        Action::Scan => {
+            for path in &event.paths {
+                let _ = work.send(Work::NewDir(path.clone()));
+            }
+        }
+        Action::Ignore => {}
+    }
+}
+
+/// Queues the changed file `path` for every watch whose root covers it.
+fn dispatch(routes: &Routes, path: &Path, now: Instant, at_least: Duration) {
+    for root in routes.roots.iter().filter(|r| r.covers(path)) {
+        for (_, sub) in &root.subs {
+            sub.push(path, now, at_least);
+        }
+    }
+}
+
+/// The worker: (un)watches directories as they come and go, and watches for lost roots.
+fn work(hub: &'static Hub, rx: &Receiver<Work>) {
+    loop {
+        let any_lost = read(&hub.routes).roots.iter().any(|r| r.lost.load(Ordering::Relaxed));
+        let next = if any_lost {
+            rx.recv_timeout(LOST_CHECK)
+        } else {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        };
+        let mut guard = lock(&hub.tree);
+        let Some(tree) = &mut *guard else { continue };
+        match next {
+            Ok(Work::NewDir(dir)) => tree.add_dir(&hub.routes, &dir),
+            Ok(Work::Gone(path)) => tree.gone(&hub.routes, &path),
+            Ok(Work::Rescan) => tree.rescan(&hub.routes),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if any_lost {
+            tree.find_lost(&hub.routes);
+        }
+    }
+}
+
+impl Tree {
+    /// Records that root `id` covers `dir`, watching it if it is the first.
+    fn track(&mut self, dir: &Path, id: u64) -> notify::Result<()> {
+        if let Some(roots) = self.dirs.get_mut(dir) {
+            if !roots.contains(&id) {
+                roots.push(id);
+            }
+            return Ok(());
+        }
+        self.watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        self.dirs.insert(dir.to_owned(), vec![id]);
+        Ok(())
+    }
+
+    /// Forgets root `id`, unwatching the directories no other root covers.
+    fn untrack_root(&mut self, id: u64) {
+        let mut unwatched = Vec::new();
+        self.dirs.retain(|dir, roots| {
+            roots.retain(|r| *r != id);
+            let keep = !roots.is_empty();
+            if !keep {
+                unwatched.push(dir.clone());
+            }
+            keep
+        });
+        for dir in unwatched {
+            let _ = self.watcher.unwatch(&dir); // gone already: nothing to undo
+        }
+    }
+
+    /// A directory appeared under watched ones: watched for every root that covers it (with
+    /// what is under it), and its files queued, since they may predate its watch.
+    fn add_dir(&mut self, routes: &RwLock<Routes>, dir: &Path) {
+        let covering: Vec<(u64, Filter)> = read(routes)
+            .roots
+            .iter()
+            .filter(|r| r.covers(&dir.join("_")))
+            .map(|r| (r.id, r.dirs.clone()))
+            .collect();
+        let mut files = Vec::new();
+        for (id, filter) in covering {
+            let walked = tree::walk(dir, &filter, &list_dir);
+            for d in &walked.dirs {
+                if let Err(e) = self.track(d, id) {
+                    let message = format!("hotreload: watch: {}", describe(&e, d));
+                    for root in read(routes).roots.iter().filter(|r| r.id == id) {
+                        root.report(&message);
+                    }
+                }
+            }
+            files.extend(walked.files);
+        }
+        let now = Instant::now();
+        let routes = read(routes);
+        for (file, _) in files {
+            dispatch(&routes, &file, now, RESCAN_DELAY);
+        }
+    }
+
+    /// Something at `path` was removed or moved away: if it is a watched directory, it and
+    /// everything under it is forgotten, and a root it held is lost (reported once).
+    fn gone(&mut self, routes: &RwLock<Routes>, path: &Path) {
+        if !self.dirs.contains_key(path) {
+            return;
+        }
+        {
+            let routes = read(routes);
+            for root in routes.roots.iter().filter(|r| r.path.starts_with(path)) {
+                if !root.lost.swap(true, Ordering::Relaxed) {
+                    root.report(&format!(
+                        "hotreload: watch '{}': the directory was removed or renamed; \
+                         its files are watched again once it exists again",
+                        root.path.display()
+                    ));
+                }
+            }
+        }
+        let under: Vec<PathBuf> =
+            self.dirs.keys().filter(|d| d.starts_with(path)).cloned().collect();
+        for dir in under {
+            self.dirs.remove(&dir);
+            let _ = self.watcher.unwatch(&dir);
+        }
+    }
+
+    /// Watches again the lost roots that exist again, and queues their files.
+    fn find_lost(&mut self, routes: &RwLock<Routes>) {
+        let back: Vec<(u64, PathBuf, Filter)> = read(routes)
+            .roots
+            .iter()
+            .filter(|r| r.lost.load(Ordering::Relaxed) && r.path.is_dir())
+            .map(|r| (r.id, r.path.clone(), r.dirs.clone()))
+            .collect();
+        for (id, path, filter) in back {
+            let walked = tree::walk(&path, &filter, &list_dir);
+            for d in &walked.dirs {
+                let _ = self.track(d, id);
+            }
+            let routes = read(routes);
+            let Some(root) = routes.roots.iter().find(|r| r.id == id) else { continue };
+            root.lost.store(false, Ordering::Relaxed);
+            let now = Instant::now();
+            for (file, _) in &walked.files {
+                if !root.dirs.ignores_under(&root.path, file) {
+                    for (_, sub) in &root.subs {
+                        sub.push(file, now, RESCAN_DELAY);
+                    }
+                }
+            }
+        }
+    }
+
+    /// After the OS dropped events: every root listed again, new directories watched, and
+    /// every file queued (a file whose content did not change is not reloaded).
+    fn rescan(&mut self, routes: &RwLock<Routes>) {
+        let roots: Vec<PathBuf> = read(routes)
+            .roots
+            .iter()
+            .filter(|r| !r.lost.load(Ordering::Relaxed))
+            .map(|r| r.path.clone())
+            .collect();
+        for root in roots {
+            self.add_dir(routes, &root);
+        }
+    }
+}
+
+/// For tests: how many directories under `dir` the OS watcher watches (other tests share
+/// the process's watcher, so only one's own tree is counted).
+#[cfg(test)]
+pub fn watched_under(dir: &Path) -> usize {
+    lock(&hub().tree).as_ref().map_or(0, |t| t.dirs.keys().filter(|d| d.starts_with(dir)).count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hotreload-hub-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::canonicalize(dir).unwrap()
+    }
+
+    fn sub(queue: &Arc<Queue>) -> Sub {
+        Sub {
+            queue: queue.clone(),
+            filter: Filter::new("*.lua", &[]),
+            settle: Duration::ZERO,
+            templates: None,
+        }
+    }
+
+    /// Waits until `cond` holds, up to 5 seconds.
+    fn wait(cond: impl Fn() -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    }
+
+    #[test]
+    fn overlapping_roots_share_directories_and_a_save_is_queued_once() {
+        let dir = scratch("overlap");
+        std::fs::create_dir_all(dir.join("a")).unwrap();
+        let q = Arc::new(Queue::default());
+        let outer = subscribe(&dir, sub(&q)).unwrap();
+        assert_eq!(watched_under(&dir), 2);
+        let inner = subscribe(&dir.join("a"), sub(&q)).unwrap();
+        assert_eq!(watched_under(&dir), 2, "the inner root's directory is watched already");
+        std::fs::write(dir.join("a/m.lua"), "return 1").unwrap();
+        assert!(wait(|| q.len() == 1));
+        std::thread::sleep(Duration::from_millis(30));
+        let (ready, _) = q.take_ready(Instant::now());
+        assert_eq!(ready.len(), 1);
+        unsubscribe(&outer);
+        assert_eq!(watched_under(&dir), 1, "the root's own directory is unwatched");
+        std::fs::write(dir.join("a/m.lua"), "return 2").unwrap();
+        assert!(wait(|| q.len() == 1), "the inner root still sees its directory");
+        unsubscribe(&inner);
+        assert_eq!(watched_under(&dir), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_removed_root_is_reported_once_and_watched_again_when_it_comes_back() {
+        let dir = scratch("lost");
+        let q = Arc::new(Queue::default());
+        let s = subscribe(&dir, sub(&q)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(wait(|| s.lost()));
+        let (_, errors) = q.take_ready(Instant::now());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("removed or renamed"), "{errors:?}");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        assert!(wait(|| !s.lost()), "picked up again");
+        std::fs::write(dir.join("sub/m.lua"), "return 1").unwrap();
+        assert!(wait(|| !q.is_empty()), "a save in the recreated root is seen");
+        unsubscribe(&s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_renamed_root_stops_reporting_under_its_old_path() {
+        let dir = scratch("renamed");
+        let moved = dir.with_extension("moved");
+        let _ = std::fs::remove_dir_all(&moved);
+        let q = Arc::new(Queue::default());
+        let s = subscribe(&dir, sub(&q)).unwrap();
+        std::fs::rename(&dir, &moved).unwrap();
+        assert!(wait(|| s.lost()));
+        let _ = q.take_ready(Instant::now());
+        std::fs::write(moved.join("m.lua"), "return 1").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(q.len(), 0, "a file of the moved tree reported under the old path");
+        unsubscribe(&s);
+        std::fs::remove_dir_all(&moved).unwrap();
+    }
+
+    #[test]
+    fn a_directory_created_later_is_watched_and_its_files_found() {
+        let dir = scratch("later");
+        let q = Arc::new(Queue::default());
+        let s = subscribe(&dir, sub(&q)).unwrap();
+        // written at once: the file may predate the new directory's watch
+        std::fs::create_dir_all(dir.join("x/y")).unwrap();
+        std::fs::write(dir.join("x/y/m.lua"), "return 1").unwrap();
+        assert!(wait(|| q.len() == 1));
+        unsubscribe(&s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ignored_directories_are_not_watched() {
+        let dir = scratch("ignored");
+        for d in [".git/objects", "node_modules/x", "build", "src"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let q = Arc::new(Queue::default());
+        let mut s = sub(&q);
+        s.filter = Filter::new("*.lua", &["build".to_owned()]);
+        let s = subscribe(&dir, s).unwrap();
+        assert_eq!(watched_under(&dir), 2, "the root and src");
+        std::fs::write(dir.join("build/m.lua"), "return 1").unwrap();
+        std::fs::write(dir.join("src/m.lua"), "return 1").unwrap();
+        assert!(wait(|| q.len() == 1));
+        std::thread::sleep(Duration::from_millis(30));
+        let (ready, _) = q.take_ready(Instant::now());
+        assert_eq!(
+            ready.iter().map(|r| r.path.clone()).collect::<Vec<_>>(),
+            [dir.join("src/m.lua")]
+        );
+        unsubscribe(&s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
