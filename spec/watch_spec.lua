@@ -198,21 +198,131 @@ describe("watch and poll", function()
     poll_until(function() return M.tag() == "v2" end)
   end)
 
-  it("reloads once when overlapping watches see the same save", function()
+  it("reloads once when overlapping watches see the same save, 50 times in a row", function()
     local ctx = watched()
     assert(lfs.mkdir(ctx.dir .. "/sub"))
     local inner = assert(hotreload.watch(ctx.dir .. "/sub"))
     local again = assert(hotreload.watch(ctx.dir))
     local name = ctx.prefix .. ".sub.shared"
-    write(ctx, "sub/shared.lua", module_source("v1"))
+    write(ctx, "sub/shared.lua", module_source("v0"))
     local M = require(name)
-    local loads = _G.LOADS[name]
-    write(ctx, "sub/shared.lua", module_source("v2"))
-    local n = poll_until(function() return M.tag() == "v2" end)
-    assert.equal(1, n)
-    assert.equal(loads + 1, _G.LOADS[name])
+    for i = 1, 50 do
+      local loads = _G.LOADS[name]
+      local tag = "v" .. i
+      write(ctx, "sub/shared.lua", module_source(tag))
+      local n = poll_until(function() return M.tag() == tag end)
+      -- a late second event for the same save would show up here, or in the next round
+      h.wait_until(function() return hotreload.pending() > 0 end, 0.02)
+      n = n + hotreload.poll()
+      assert.equal(1, n, "save " .. i)
+      assert.equal(loads + 1, _G.LOADS[name], "save " .. i)
+    end
     inner:close()
     again:close()
+  end)
+
+  it("does not reload a save that leaves the bytes as they were", function()
+    local ctx = watched()
+    local source = module_source("same")
+    local file = write(ctx, "same.lua", source)
+    local past = os.time() - 60
+    assert(lfs.touch(file, past, past)) -- written well before it is required
+    local name = ctx.prefix .. ".same"
+    local M = require(name)
+    local heard = 0
+    local stop = hotreload.on_reload(function(n) if n == name then heard = heard + 1 end end)
+    local loads = _G.LOADS[name]
+    write(ctx, "same.lua", source) -- `touch`, a save without changes, a checkout
+    assert(h.wait_until(function() return hotreload.pending() > 0 end))
+    assert.equal(0, (hotreload.poll()))
+    assert.equal(loads, _G.LOADS[name], "its top level ran again")
+    -- an edit reloads, and then the same bytes again do not
+    write(ctx, "same.lua", module_source("edited"))
+    poll_until(function() return M.tag() == "edited" end)
+    write(ctx, "same.lua", module_source("edited"))
+    assert(h.wait_until(function() return hotreload.pending() > 0 end))
+    assert.equal(0, (hotreload.poll()))
+    assert.equal(loads + 1, _G.LOADS[name])
+    assert.equal(1, heard, "listeners heard of a reload that did not happen")
+    -- reload() itself always reloads, and a save after it does too
+    hotreload.reload(name)
+    write(ctx, "same.lua", module_source("edited"))
+    assert.equal(1, (poll_until(function() return _G.LOADS[name] == loads + 3 end)))
+    stop()
+  end)
+
+  it("reports a removed root once, and watches it again when it is back", function()
+    local ctx = watched()
+    write(ctx, "back.lua", module_source("v1"))
+    local M = require(ctx.prefix .. ".back")
+    assert.equal(0, h.sh("rm -rf '" .. ctx.dir .. "'"))
+    local _, errors = poll_until(function() return tostring(ctx.watcher):find("lost") ~= nil end)
+    h.wait_until(function() return hotreload.pending() > 0 end, 0.2)
+    local _, more = hotreload.poll()
+    for _, e in ipairs(more or {}) do errors[#errors + 1] = e end
+    assert.equal(1, #errors, table.concat(errors, "\n"))
+    assert.matches("removed or renamed", errors[1], 1, true)
+    assert(lfs.mkdir(ctx.dir))
+    write(ctx, "back.lua", module_source("v2"))
+    poll_until(function() return M.tag() == "v2" end)
+    assert.not_matches("lost", tostring(ctx.watcher))
+  end)
+
+  it("leaves out .git, node_modules and the ignore globs", function()
+    local ctx = watched()
+    hotreload.unwatch(ctx.dir)
+    for _, d in ipairs({ ".git", "node_modules", "generated", "src" }) do
+      assert(lfs.mkdir(ctx.dir .. "/" .. d))
+    end
+    local w = assert(hotreload.watch(ctx.dir, { ignore = { "gen*" } }))
+    write(ctx, ".git/a.lua", "return 1")
+    write(ctx, "node_modules/a.lua", "return 1")
+    write(ctx, "generated/a.lua", "return 1")
+    write(ctx, "src/a.lua", "return 1")
+    assert(h.wait_until(function() return hotreload.pending() == 1 end))
+    h.wait_until(function() return hotreload.pending() > 1 end, 0.1)
+    assert.equal(1, hotreload.pending())
+    w:close()
+  end)
+
+  it("polls a tree every poll_ms where the OS reports no events", function()
+    local ctx = watched()
+    hotreload.unwatch(ctx.dir)
+    write(ctx, "polled.lua", module_source("v1"))
+    local M = require(ctx.prefix .. ".polled")
+    local w = assert(hotreload.watch(ctx.dir, { poll_ms = 20 }))
+    assert.matches("polled every 20 ms", tostring(w), 1, true)
+    write(ctx, "polled.lua", module_source("v2"))
+    poll_until(function() return M.tag() == "v2" end)
+    w:close()
+  end)
+
+  it("maps files through a given search path for another language's searcher", function()
+    local ctx = watched()
+    hotreload.unwatch(ctx.dir)
+    -- a made-up language: Lua where `fn` spells `function`, found by its own searcher
+    local path = ctx.dir .. "/?.fn;" .. ctx.dir .. "/?/init.fn"
+    local function searcher(name)
+      local file = package.searchpath(name, path)
+      if not file then return "\n\tno file for '" .. name .. "' in " .. path end
+      local f = assert(io.open(file))
+      local text = f:read("*a"):gsub("%f[%w]fn%f[%W]", "function")
+      f:close()
+      -- no file name as a second value (so only the search path maps the file)
+      return (assert(load(text, "@" .. file)))
+    end
+    local searchers = package.searchers or package.loaders
+    table.insert(searchers, searcher)
+    local w = assert(hotreload.watch(ctx.dir, { pattern = "*.fn", path = path }))
+    write(ctx, "lang.fn", "local M = {} fn M.tag() return 'v1' end return M")
+    local M = require("lang")
+    write(ctx, "lang.fn", "local M = {} fn M.tag() return 'v2' end return M")
+    poll_until(function() return M.tag() == "v2" end)
+    w:close()
+    for i, s in ipairs(searchers) do
+      if s == searcher then table.remove(searchers, i) end
+    end
+    package.loaded.lang = nil
   end)
 
   it("keeps watching when the handle is dropped, and stops on close", function()
@@ -264,6 +374,10 @@ describe("watch and poll", function()
     assert.has_error(function() hotreload.watch(42) end)
     assert.has_error(function() hotreload.watch(h.root, 5) end)
     assert.has_error(function() hotreload.watch(h.root, { pattern = 5 }) end)
+    assert.has_error(function() hotreload.watch(h.root, { ignore = "build" }) end)
+    assert.has_error(function() hotreload.watch(h.root, { ignore = { 5 } }) end)
+    assert.has_error(function() hotreload.watch(h.root, { poll_ms = 0 }) end)
+    assert.has_error(function() hotreload.watch(h.root, { path = true }) end)
     assert.has_error(function() hotreload.poll("soon") end)
     assert.has_error(function() hotreload.unwatch() end)
   end)

@@ -56,6 +56,11 @@ pub mod testing {
 
     pub use crate::vm::capi::protect;
 
+    /// How many directories under `dir` the process's OS watcher watches.
+    pub fn watched_dirs_under(dir: &std::path::Path) -> usize {
+        crate::watch::hub::watched_under(dir)
+    }
+
     /// The module table, opened in `lua` (a host uses `luaopen_hotreload`).
     pub fn open(lua: &Lua) -> Result<Table> {
         // SAFETY: `open` only builds a table; exec_raw runs it protected and takes the result.

@@ -115,3 +115,33 @@ fn a_panic_inside_the_engine_becomes_an_error_not_an_unwind_into_lua() {
     let two: i64 = lua.load("return 1 + 1").eval().unwrap();
     assert_eq!(two, 2);
 }
+
+/// The process's inotify instances (file descriptors on an inotify inode).
+fn inotify_instances() -> usize {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return 0 };
+    fds.flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("inotify"))
+        })
+        .count()
+}
+
+#[test]
+fn watching_and_closing_takes_no_more_os_instances() {
+    let dir = scratch("instances");
+    for i in 0..300 {
+        let lua = state(dir.to_str().unwrap());
+        // a watch right after a close (of this state's or another's) always works
+        let ok: bool = lua
+            .load(format!(
+                "local w = assert(hotreload.watch('{0}')) w:close()
+                 W = assert(hotreload.watch('{0}')) return true",
+                dir.display()
+            ))
+            .eval()
+            .unwrap_or_else(|e| panic!("cycle {i}: {e}"));
+        assert!(ok);
+        assert!(inotify_instances() <= 1, "cycle {i}: {} instances", inotify_instances());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

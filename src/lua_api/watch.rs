@@ -351,7 +351,14 @@ unsafe extern "C-unwind" fn watcher_tostring(l: *mut lua_State) -> c_int {
             Some(w) if w.lost() => {
                 format!("hotreload.watcher ({}, lost: removed or renamed)", w.root().display())
             }
-            Some(w) => format!("hotreload.watcher ({})", w.root().display()),
+            Some(w) => match w.polled_every() {
+                Some(every) => format!(
+                    "hotreload.watcher ({}, polled every {} ms)",
+                    w.root().display(),
+                    every.as_millis()
+                ),
+                None => format!("hotreload.watcher ({})", w.root().display()),
+            },
             None => "hotreload.watcher (closed)".to_owned(),
         };
         capi::push_bytes(l, text.as_bytes());

@@ -155,7 +155,8 @@ pub struct Subscription {
 impl Subscription {
     /// Whether the root directory is gone (removed or renamed) and not back yet.
     pub fn lost(&self) -> bool {
-        self.lost.load(Ordering::Relaxed)
+        // pairs with the worker's Release: its report is in the queue before this says so
+        self.lost.load(Ordering::Acquire)
     }
 }
 
@@ -342,6 +343,35 @@ impl Tree {
         Ok(())
     }
 
+    /// Watches the tree under `dir` for root `id`, and lists it once more after its
+    /// directories are all watched: a file written before a directory's watch existed is in
+    /// the last listing, one written after has an event. Returns the last listing, and the
+    /// directories that could not be watched.
+    fn watch_tree(
+        &mut self,
+        dir: &Path,
+        filter: &Filter,
+        id: u64,
+    ) -> (tree::Walked, Vec<WatchError>) {
+        let mut errors = Vec::new();
+        loop {
+            let walked = tree::walk(dir, filter, &list_dir);
+            let mut added = false;
+            for d in &walked.dirs {
+                if self.dirs.get(d).is_some_and(|roots| roots.contains(&id)) {
+                    continue;
+                }
+                match self.track(d, id) {
+                    Ok(()) => added = true,
+                    Err(e) => errors.push(describe(&e, d)),
+                }
+            }
+            if !added {
+                return (walked, errors);
+            }
+        }
+    }
+
     /// Forgets root `id`, unwatching the directories no other root covers.
     fn untrack_root(&mut self, id: u64) {
         let mut unwatched = Vec::new();
@@ -369,13 +399,11 @@ impl Tree {
             .collect();
         let mut files = Vec::new();
         for (id, filter) in covering {
-            let walked = tree::walk(dir, &filter, &list_dir);
-            for d in &walked.dirs {
-                if let Err(e) = self.track(d, id) {
-                    let message = format!("hotreload: watch: {}", describe(&e, d));
-                    for root in read(routes).roots.iter().filter(|r| r.id == id) {
-                        root.report(&message);
-                    }
+            let (walked, errors) = self.watch_tree(dir, &filter, id);
+            for e in errors {
+                let message = format!("hotreload: watch: {e}");
+                for root in read(routes).roots.iter().filter(|r| r.id == id) {
+                    root.report(&message);
                 }
             }
             files.extend(walked.files);
@@ -395,13 +423,15 @@ impl Tree {
         }
         {
             let routes = read(routes);
+            // (only this thread sets `lost`: the report is queued before it shows)
             for root in routes.roots.iter().filter(|r| r.path.starts_with(path)) {
-                if !root.lost.swap(true, Ordering::Relaxed) {
+                if !root.lost.load(Ordering::Relaxed) {
                     root.report(&format!(
                         "hotreload: watch '{}': the directory was removed or renamed; \
                          its files are watched again once it exists again",
                         root.path.display()
                     ));
+                    root.lost.store(true, Ordering::Release);
                 }
             }
         }
@@ -422,10 +452,7 @@ impl Tree {
             .map(|r| (r.id, r.path.clone(), r.dirs.clone()))
             .collect();
         for (id, path, filter) in back {
-            let walked = tree::walk(&path, &filter, &list_dir);
-            for d in &walked.dirs {
-                let _ = self.track(d, id);
-            }
+            let (walked, _) = self.watch_tree(&path, &filter, id);
             let routes = read(routes);
             let Some(root) = routes.roots.iter().find(|r| r.id == id) else { continue };
             root.lost.store(false, Ordering::Relaxed);
@@ -457,7 +484,6 @@ impl Tree {
 
 /// For tests: how many directories under `dir` the OS watcher watches (other tests share
 /// the process's watcher, so only one's own tree is counted).
-#[cfg(test)]
 pub fn watched_under(dir: &Path) -> usize {
     lock(&hub().tree).as_ref().map_or(0, |t| t.dirs.keys().filter(|d| d.starts_with(dir)).count())
 }

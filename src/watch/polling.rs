@@ -1,7 +1,7 @@
 //! `watch(dir, {poll_ms = N})`: notify's polling watcher, for file systems that report no
 //! events (network mounts, some container bind mounts, Windows drives seen from WSL). It
-//! lists the tree every N ms on a thread of its own and compares modification times; a
-//! changed or new file goes into the state's queue like an event would.
+//! lists the tree every N ms on a thread of its own and compares modification times and
+//! contents; a changed or new file goes into the state's queue like an event would.
 
 // Runs on notify's polling thread, where a panic would end the watcher silently.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -17,6 +17,7 @@ use super::watcher::{WatchError, describe, pin_library};
 
 /// A polled tree; stops (at its next turn) when dropped.
 pub struct Polled {
+    pub every: Duration,
     /// Closed by `stop` before the watcher goes: its thread may be in the middle of a scan,
     /// and what it finds then must not reach the queue.
     gate: Arc<RwLock<bool>>,
@@ -35,11 +36,16 @@ impl Polled {
                 take(&root_path, &sub, res);
             }
         };
-        let config = Config::default().with_poll_interval(every).with_follow_symlinks(false);
+        // notify compares modification times in whole seconds: two saves within a second
+        // differ only by their contents, so the contents are compared too
+        let config = Config::default()
+            .with_poll_interval(every)
+            .with_follow_symlinks(false)
+            .with_compare_contents(true);
         let mut watcher = PollWatcher::new(handler, config).map_err(|e| describe(&e, root))?;
         watcher.watch(root, RecursiveMode::Recursive).map_err(|e| describe(&e, root))?;
         pin_library();
-        Ok(Polled { gate, _watcher: watcher })
+        Ok(Polled { every, gate, _watcher: watcher })
     }
 
     /// Once this returns, nothing more reaches the queue.

@@ -134,6 +134,14 @@ impl Watch {
         &self.root
     }
 
+    /// How often the tree is listed, if it is polled (`poll_ms`).
+    pub fn polled_every(&self) -> Option<Duration> {
+        match &self.how {
+            How::Events(_) => None,
+            How::Polling(p) => Some(p.every),
+        }
+    }
+
     /// Whether the root directory was removed or renamed (and is not back yet).
     pub fn lost(&self) -> bool {
         match &self.how {
