@@ -108,7 +108,8 @@ bench: deps $(MODULES)
 	  echo "Command: make bench ($$(date -u +%Y-%m-%d))"; echo; \
 	  echo "| VM | figure | value | baseline | ratio | target |"; echo "|---|---|---|---|---|---|"; \
 	  $(LUA54) -e "package.cpath='build/lua54/?.so;'..package.cpath" bench/run.lua; \
-	  $(LUAJIT) -e "package.cpath='build/luajit/?.so;'..package.cpath" bench/run.lua; } \
+	  $(LUAJIT) -e "package.cpath='build/luajit/?.so;'..package.cpath" bench/run.lua; \
+	  $(CARGO) bench --locked --quiet --bench watch; } \
 	  | tee bench/.table.md
 	@# the new table replaces the old one; the notes below it are kept
 	@{ cat bench/.table.md; echo; sed -n '/^## Notes/,$$p' bench/RESULTS.md; } > bench/.results.md

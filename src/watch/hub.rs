@@ -520,6 +520,18 @@ mod tests {
         false
     }
 
+    /// Waits until every event the OS reported before this call has been dispatched: saves
+    /// a file in a root of its own and waits for it (one thread dispatches events, in order).
+    fn settled(tag: &str) {
+        let dir = scratch(&format!("{tag}-sentinel"));
+        let q = Arc::new(Queue::default());
+        let s = subscribe(&dir, sub(&q)).unwrap();
+        std::fs::write(dir.join("sentinel.lua"), "return 1").unwrap();
+        assert!(wait(|| q.len() == 1), "the sentinel's save was not seen");
+        unsubscribe(&s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn overlapping_roots_share_directories_and_a_save_is_queued_once() {
         let dir = scratch("overlap");
@@ -530,8 +542,7 @@ mod tests {
         let inner = subscribe(&dir.join("a"), sub(&q)).unwrap();
         assert_eq!(watched_under(&dir), 2, "the inner root's directory is watched already");
         std::fs::write(dir.join("a/m.lua"), "return 1").unwrap();
-        assert!(wait(|| q.len() == 1));
-        std::thread::sleep(Duration::from_millis(30));
+        settled("overlap");
         let (ready, _) = q.take_ready(Instant::now());
         assert_eq!(ready.len(), 1);
         unsubscribe(&outer);
@@ -572,7 +583,7 @@ mod tests {
         assert!(wait(|| s.lost()));
         let _ = q.take_ready(Instant::now());
         std::fs::write(moved.join("m.lua"), "return 1").unwrap();
-        std::thread::sleep(Duration::from_millis(100));
+        settled("renamed");
         assert_eq!(q.len(), 0, "a file of the moved tree reported under the old path");
         unsubscribe(&s);
         std::fs::remove_dir_all(&moved).unwrap();
@@ -604,8 +615,7 @@ mod tests {
         assert_eq!(watched_under(&dir), 2, "the root and src");
         std::fs::write(dir.join("build/m.lua"), "return 1").unwrap();
         std::fs::write(dir.join("src/m.lua"), "return 1").unwrap();
-        assert!(wait(|| q.len() == 1));
-        std::thread::sleep(Duration::from_millis(30));
+        settled("ignored");
         let (ready, _) = q.take_ready(Instant::now());
         assert_eq!(
             ready.iter().map(|r| r.path.clone()).collect::<Vec<_>>(),
