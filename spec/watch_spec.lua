@@ -225,8 +225,8 @@ describe("watch and poll", function()
     local ctx = watched()
     local source = module_source("same")
     local file = write(ctx, "same.lua", source)
-    local past = os.time() - 60
-    assert(lfs.touch(file, past, past)) -- written well before it is required
+    -- written well before it is required (touch(1): Lua 5.5's lfs stand-in has no touch)
+    assert.equal(0, h.sh(("touch -d @%d '%s'"):format(os.time() - 60, file)))
     local name = ctx.prefix .. ".same"
     local M = require(name)
     local heard = 0

@@ -547,7 +547,7 @@ pub const PRUNE_PER_BATCH: usize = 8;
 /// Forgets the base functions of modules the program dropped (`package.loaded[name]` is nil
 /// now), so that a dropped module's code is collectable (rule 11) and the heap the collector
 /// and the walk go through holds only live modules. Checks at most `n` modules, resuming
-/// after `cursor` (the name the previous call stopped before; updated), so that a batch
+/// after `cursor` (the last name the previous call checked; updated), so that a batch
 /// costs the same however many modules are loaded: a dropped module is forgotten within
 /// (number of modules ÷ `n`) batches. Returns the names forgotten.
 ///
@@ -586,23 +586,26 @@ pub unsafe fn prune_functions(
             None => lua::lua_pushnil(l),
         }
         let mut checked = 0;
-        while lua::lua_next(l, functions) != 0 {
-            lua::lua_pop(l, 1);
-            let name = match access::read(l, -1) {
-                Val::Str(name) => name,
-                _ => continue,
-            };
+        let mut last: Option<Box<[u8]>> = None;
+        loop {
             if checked == n {
-                *cursor = Some(name.into());
+                // stop after the last key checked; resumed from it, unless it is forgotten
                 lua::lua_pop(l, 1);
+                *cursor = last.filter(|k| !dropped.contains(k));
                 break;
             }
+            if lua::lua_next(l, functions) == 0 {
+                break; // every module checked: the next call starts over
+            }
+            lua::lua_pop(l, 1);
+            let Val::Str(name) = access::read(l, -1) else { continue };
             checked += 1;
             lua::lua_pushvalue(l, -1);
             if lua::lua_rawget(l, loaded) == lua::LUA_TNIL {
                 dropped.push(name.into());
             }
             lua::lua_pop(l, 1);
+            last = Some(name.into());
         }
         for name in &dropped {
             capi::push_bytes(l, name);
@@ -618,6 +621,50 @@ pub unsafe fn prune_functions(
 mod tests {
     use super::*;
     use Decision::*;
+
+    #[test]
+    fn pruning_reaches_every_dropped_module_a_few_at_a_time() {
+        let lua = mlua::Lua::new();
+        // SAFETY: plain table building; every push is popped or stored.
+        unsafe {
+            capi::testing::assert_raw(&lua, (), |l, failures| {
+                // every module but one in five dropped: whatever the hash order, a pass
+                // that skipped some of them would leave dropped ones behind
+                let mut dropped_names: Vec<String> =
+                    (0..20).filter(|i| i % 5 != 0).map(|i| format!("m{i}")).collect();
+                dropped_names.sort();
+                lua::lua_createtable(l, 0, 20);
+                lua::lua_createtable(l, 0, 20); // package.loaded
+                for i in 0..20 {
+                    let name = format!("m{i}");
+                    capi::push_bytes(l, name.as_bytes());
+                    lua::lua_createtable(l, 0, 0);
+                    lua::lua_rawset(l, -4);
+                    if !dropped_names.contains(&name) {
+                        capi::push_bytes(l, name.as_bytes());
+                        lua::lua_pushboolean(l, 1);
+                        lua::lua_rawset(l, -3);
+                    }
+                }
+                let loaded = lua::lua_gettop(l);
+                lua::lua_pushvalue(l, -2);
+                lua::lua_rawsetp(l, lua::LUA_REGISTRYINDEX, key(&FUNCTIONS));
+                let mut cursor = None;
+                let mut forgotten: Vec<String> = Vec::new();
+                for _ in 0..6 {
+                    for name in prune_functions(l, loaded, &mut cursor, 4) {
+                        forgotten.push(String::from_utf8_lossy(&name).into_owned());
+                    }
+                }
+                forgotten.sort();
+                if forgotten != dropped_names {
+                    failures.push_str(&format!("forgot {forgotten:?} in 6 calls of 4\n"));
+                }
+                lua::lua_pushnil(l);
+                lua::lua_rawsetp(l, lua::LUA_REGISTRYINDEX, key(&FUNCTIONS));
+            });
+        }
+    }
 
     #[test]
     fn rule5_three_way_table() {
