@@ -547,8 +547,8 @@ pub const PRUNE_PER_BATCH: usize = 8;
 /// Forgets the base functions of modules the program dropped (`package.loaded[name]` is nil
 /// now), so that a dropped module's code is collectable (rule 11) and the heap the collector
 /// and the walk go through holds only live modules. Checks at most `n` modules, resuming
-/// after `cursor` (the last name the previous call checked; updated), so that a batch
-/// costs the same however many modules are loaded: a dropped module is forgotten within
+/// after `cursor` (the last module the previous call checked and kept; updated), so that a
+/// batch costs the same however many modules are loaded: a dropped module is forgotten within
 /// (number of modules ÷ `n`) batches. Returns the names forgotten.
 ///
 /// # Safety
@@ -570,28 +570,22 @@ pub unsafe fn prune_functions(
             return dropped;
         }
         let functions = lua::lua_gettop(l);
-        match cursor.take() {
-            Some(name) => {
-                capi::push_bytes(l, &name);
-                if lua::lua_rawget(l, functions) == lua::LUA_TNIL {
-                    // forgotten since (a re-require replaced it under the same name keeps
-                    // it): start over
-                    lua::lua_pop(l, 1);
-                    lua::lua_pushnil(l);
-                } else {
-                    lua::lua_pop(l, 1);
-                    capi::push_bytes(l, &name);
-                }
-            }
+        // resumed after the last module kept (a forgotten one's key cannot be resumed from)
+        let mut resume = cursor.take().filter(|name| {
+            capi::push_bytes(l, name);
+            let kept = lua::lua_rawget(l, functions) != lua::LUA_TNIL;
+            lua::lua_pop(l, 1);
+            kept
+        });
+        match &resume {
+            Some(name) => capi::push_bytes(l, name),
             None => lua::lua_pushnil(l),
         }
         let mut checked = 0;
-        let mut last: Option<Box<[u8]>> = None;
         loop {
             if checked == n {
-                // stop after the last key checked; resumed from it, unless it is forgotten
                 lua::lua_pop(l, 1);
-                *cursor = last.filter(|k| !dropped.contains(k));
+                *cursor = resume;
                 break;
             }
             if lua::lua_next(l, functions) == 0 {
@@ -603,9 +597,10 @@ pub unsafe fn prune_functions(
             lua::lua_pushvalue(l, -1);
             if lua::lua_rawget(l, loaded) == lua::LUA_TNIL {
                 dropped.push(name.into());
+            } else {
+                resume = Some(name.into());
             }
             lua::lua_pop(l, 1);
-            last = Some(name.into());
         }
         for name in &dropped {
             capi::push_bytes(l, name);
