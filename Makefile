@@ -6,7 +6,8 @@ LUA54  ?= lua5.4
 LUAJIT ?= luajit
 LUA53  ?= lua5.3
 BUSTED ?= /usr/bin/busted
-SPECS  ?= $(sort $(wildcard spec/*_spec.lua))
+# every spec but the servers one (make test-servers: it needs nginx and HAProxy)
+SPECS  ?= $(sort $(filter-out spec/servers_spec.lua,$(wildcard spec/*_spec.lua)))
 # the walk's specs again with the portable reads (lua_next and API slot reads)
 WALK_SPECS = spec/replace_spec.lua spec/lifecycle_spec.lua spec/fuzz_spec.lua
 
@@ -15,7 +16,7 @@ WALK_SPECS = spec/replace_spec.lua spec/lifecycle_spec.lua spec/fuzz_spec.lua
 FLAVOURS = lua54 luajit lua53
 MODULES  = $(FLAVOURS:%=build/%/hotreload.so)
 
-.PHONY: all deps build bench profile demo demo-luajit fuzz stress test test-rust test-lua54 test-luajit test-lua53 check-specs lint msrv matrix matrix-valgrind clean FORCE
+.PHONY: all deps build bench profile demo demo-luajit fuzz stress test test-rust test-lua54 test-luajit test-lua53 check-specs lint msrv test-servers matrix matrix-valgrind clean FORCE
 
 all: build
 
@@ -50,6 +51,13 @@ test-lua53: build/lua53/hotreload.so
 test-luajit: build/luajit/hotreload.so
 	prove --exec '$(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP' $(SPECS)
 	HOTRELOAD_PORTABLE_WALK=1 prove --exec '$(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP' $(WALK_SPECS)
+
+# nginx (lua-nginx-module) and HAProxy under load while the app is saved (needs
+# nginx-light libnginx-mod-http-lua haproxy apache2-utils curl, see .ci/run), and the
+# LuaJIT specs again, on the LuaJIT those packages bring (OpenResty's luajit2).
+test-servers: build/luajit/hotreload.so build/lua53/hotreload.so
+	prove --exec '$(LUAJIT) $(BUSTED) -o TAP' spec/servers_spec.lua
+	prove --exec '$(LUAJIT) $(BUSTED) --cpath=build/luajit/?.so -o TAP' $(SPECS)
 
 # The rule specs must fail against the seed document's naive reloader.
 check-specs: $(MODULES)
@@ -109,7 +117,10 @@ bench: deps $(MODULES)
 	  echo "| VM | figure | value | baseline | ratio | target |"; echo "|---|---|---|---|---|---|"; \
 	  $(LUA54) -e "package.cpath='build/lua54/?.so;'..package.cpath" bench/run.lua; \
 	  $(LUAJIT) -e "package.cpath='build/luajit/?.so;'..package.cpath" bench/run.lua; \
-	  $(CARGO) bench --locked --quiet --bench watch; } \
+	  $(CARGO) bench --locked --quiet --bench watch; \
+	  if command -v nginx >/dev/null && command -v ab >/dev/null && command -v curl >/dev/null \
+	    && [ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ]; \
+	  then $(LUAJIT) bench/servers.lua; fi; } \
 	  | tee bench/.table.md
 	@# the new table replaces the old one; the notes below it are kept
 	@{ cat bench/.table.md; echo; sed -n '/^## Notes/,$$p' bench/RESULTS.md; } > bench/.results.md

@@ -36,6 +36,8 @@ mkdir -p target/rock && { cp "target/$FEAT/release/libhotreload.so" target/rock/
     lua = {
       ["hotreload.love"] = "lua/hotreload/love.lua",
       ["hotreload.nvim"] = "lua/hotreload/nvim.lua",
+      ["hotreload.nginx"] = "lua/hotreload/nginx.lua",
+      ["hotreload.haproxy"] = "lua/hotreload/haproxy.lua",
     },
   },
 }

@@ -1,0 +1,47 @@
+--- hotreload.haproxy: live reloading for HAProxy's Lua (HAProxy 2.x; Debian 12's embeds
+--- Lua 5.3, so use the lua53 build).
+---
+---   -- in the file `lua-load` (or `lua-load-per-thread`) names:
+---   require("hotreload.haproxy").setup{ dirs = { "/etc/haproxy/lua" } }
+---
+--- Registers a task that polls every `interval` milliseconds; messages go to HAProxy's log
+--- (`core.log`) and name the module. With `lua-load-per-thread`, each thread's Lua state
+--- watches and reloads its own modules; one OS watcher serves them all.
+local M = {}
+
+--- Starts watching `opts.dirs` and registers the polling task: every `opts.interval`
+--- milliseconds (default 20). `opts.verbose`: also log each reload at `info` level, naming
+--- the modules. `opts.watch`: options for `hotreload.watch`. Call it from the file
+--- `lua-load` names (the task is registered there). Returns the module. Raises on misuse.
+function M.setup(opts)
+  opts = opts or {}
+  assert(type(opts) == "table", "setup expects a table")
+  assert(type(opts.dirs or {}) == "table", "dirs: a list of directories expected")
+  local interval = opts.interval or 20
+  assert(type(interval) == "number" and interval > 0, "interval: milliseconds expected")
+  local hotreload = require "hotreload"
+  local reloaded = {}
+  if opts.verbose then
+    hotreload.on_reload(function(name, _, report)
+      reloaded[#reloaded + 1] = ("%s (%.2f ms)"):format(name, report.seconds * 1e3)
+    end)
+  end
+  for _, dir in ipairs(opts.dirs or {}) do
+    local w, err = hotreload.watch(dir, opts.watch)
+    if not w then core.log(core.err, err) end
+  end
+  core.register_task(function()
+    while true do
+      local _, errors = hotreload.poll()
+      for _, e in ipairs(errors or {}) do core.log(core.err, e) end
+      if #reloaded > 0 then
+        core.log(core.info, "hotreload: reloaded " .. table.concat(reloaded, ", "))
+        reloaded = {}
+      end
+      core.msleep(math.max(1, math.floor(interval)))
+    end
+  end)
+  return M
+end
+
+return M
