@@ -29,11 +29,14 @@ pub struct Options {
     pub replace: bool,
     /// Accept precompiled bytecode as source text.
     pub binary: bool,
+    /// Reload the modules that required the ones reloaded too (`graph`), in one
+    /// transaction (the caller makes the batch: see `lua_api`).
+    pub dependents: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { replace: true, binary: false }
+        Options { replace: true, binary: false, dependents: false }
     }
 }
 
@@ -165,7 +168,7 @@ pub unsafe fn batch(
     let outcome = unsafe {
         lua::lua_pushvalue(l, state);
         capi::protect(l, 1, &mut |l| {
-            let mut run = Run { targets, jobs: &mut jobs, mode, opts, held: 0, globals: 0 };
+            let mut run = Run { cell, targets, jobs: &mut jobs, mode, opts, held: 0, globals: 0 };
             capture::wrap_searchers(l, 1);
             capi::push_loaded(l);
             let loaded = lua::lua_gettop(l);
@@ -234,6 +237,7 @@ fn finish(
     outcome: Result<Outcome, String>,
 ) -> Result<Outcome, Error> {
     if let Ok(mut known) = cell.try_borrow_mut() {
+        known.reloading = None; // (if a raise left it set)
         for (t, job) in targets.iter().zip(jobs.iter_mut()) {
             if job.error.as_ref().is_none_or(|e| e.kind != ErrorKind::Busy) {
                 known.busy.remove(t.name.as_slice());
@@ -300,6 +304,7 @@ fn enter(cell: &StateCell, targets: &[&Target], phase: Phase) {
 
 /// The steps of one batch, inside the protected call.
 struct Run<'a> {
+    cell: &'a StateCell,
     targets: &'a [Target],
     jobs: &'a mut [Job],
     mode: Mode,
@@ -390,7 +395,7 @@ impl Run<'_> {
                     Err(load::LoadError::NotFound(m)) => Err(ErrorKind::NotFound.with(t, m)),
                     Err(load::LoadError::Failed(m)) => Err(ErrorKind::Load.with(t, m)),
                     Err(load::LoadError::Native) => Err(ErrorKind::Native.with(t, "")),
-                    Ok(()) => match load::run(l, &t.name, loader) {
+                    Ok(()) => match self.run_top_level(l, loaded, i, loader) {
                         Err(m) => {
                             lua::lua_settop(l, loader - 1);
                             Err(ErrorKind::Load.with(t, m))
@@ -431,6 +436,63 @@ impl Run<'_> {
                     }
                 }
                 Err(e) => self.fail(i, e),
+            }
+        }
+    }
+
+    /// Runs the new top level of job `i` (its loader at `loader`), recording what it
+    /// requires as its own. In a transaction it sees the new versions of the modules loaded
+    /// before it in the batch (`package.loaded` holds them while it runs): a dependent
+    /// reloaded after `conf` captures the new `conf`'s values.
+    ///
+    /// # Safety
+    /// As `load::run`; `loaded` is `package.loaded`.
+    unsafe fn run_top_level(
+        &mut self,
+        l: *mut lua_State,
+        loaded: c_int,
+        i: usize,
+        loader: c_int,
+    ) -> Result<load::Loaded, String> {
+        let Some(t) = self.targets.get(i) else { return Err("no such job".into()) };
+        if let Ok(mut known) = self.cell.try_borrow_mut() {
+            known.graph.top_level_runs(&t.name);
+            known.reloading = Some(t.name.as_slice().into());
+        }
+        let earlier: Vec<usize> = if self.mode == Mode::Atomic {
+            (0..i)
+                .filter(|&j| self.jobs.get(j).is_some_and(|job| job.loaded && job.error.is_none()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // SAFETY: raw writes of `package.loaded`, each undone below; the loader runs under
+        // lua_pcall inside `load::run`.
+        let result = unsafe {
+            self.show_loaded(l, loaded, &earlier, NEW);
+            let result = load::run(l, &t.name, loader);
+            self.show_loaded(l, loaded, &earlier, LIVE);
+            result
+        };
+        if let Ok(mut known) = self.cell.try_borrow_mut() {
+            known.reloading = None;
+        }
+        result
+    }
+
+    /// Sets `package.loaded[name]` of each job in `jobs` to its held value `which` (`NEW` or
+    /// `LIVE`).
+    ///
+    /// # Safety
+    /// `loaded` is `package.loaded`; two free stack slots.
+    unsafe fn show_loaded(&self, l: *mut lua_State, loaded: c_int, jobs: &[usize], which: i64) {
+        for &j in jobs {
+            let Some(t) = self.targets.get(j) else { continue };
+            // SAFETY: a raw read of the held table and a raw write of `package.loaded`.
+            unsafe {
+                capi::push_bytes(l, &t.name);
+                lua::lua_rawgeti(l, self.held, held_key(j, which));
+                lua::lua_rawset(l, loaded);
             }
         }
     }

@@ -12,8 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use mlua::ffi as lua;
 
 use super::base::{self, Snapshot};
+use super::state::StateCell;
 use super::{plan, require, state};
-use crate::vm::access;
+use crate::vm::access::{self, Val};
 use crate::vm::capi::{self, lua_State};
 use crate::watch::modname::{self, Template};
 
@@ -42,8 +43,101 @@ pub unsafe fn wrap_searchers(l: *mut lua_State, state: c_int) {
                 i += 1;
             }
         }
+        wrap_require(l, state);
         lua::lua_settop(l, top);
     }
+}
+
+/// Wraps the global `require` (once) so that it records which module's top level asked
+/// for which (`graph`). A program that kept `require` in a local before hotreload was
+/// required keeps the original: its requires are not recorded.
+///
+/// # Safety
+/// Inside a protected call (allocates); a few free stack slots; `state` absolute.
+unsafe fn wrap_require(l: *mut lua_State, state: c_int) {
+    // SAFETY: raw reads and writes of the global table; stack restored.
+    unsafe {
+        capi::push_globals(l);
+        lua::lua_pushstring(l, c"require".as_ptr());
+        if lua::lua_rawget(l, -2) == lua::LUA_TFUNCTION && !is(l, -1, required) {
+            lua::lua_pushvalue(l, state);
+            lua::lua_insert(l, -2);
+            lua::lua_pushcclosure(l, required, 2);
+            lua::lua_pushstring(l, c"require".as_ptr());
+            lua::lua_insert(l, -2);
+            lua::lua_rawset(l, -3);
+            lua::lua_pop(l, 1);
+        } else {
+            lua::lua_pop(l, 2);
+        }
+    }
+}
+
+/// Upvalues: state userdata, original `require`. Records the edge from the module whose
+/// top level is running to the one asked for, then calls `require` as asked.
+unsafe extern "C-unwind" fn required(l: *mut lua_State) -> c_int {
+    // SAFETY: the recording owns nothing by the time the original runs; its errors unwind
+    // through this frame, which owns nothing either.
+    unsafe {
+        if let (Some(cell), Val::Str(name)) =
+            (state::get(l, lua::lua_upvalueindex(1)), access::read(l, 1))
+        {
+            let parent = requiring(l, cell, 0);
+            if let (Some(parent), Ok(mut known)) = (parent, cell.try_borrow_mut()) {
+                known.graph.record(&parent, name);
+            }
+        }
+        let n = lua::lua_gettop(l);
+        lua::luaL_checkstack(l, 2, std::ptr::null());
+        lua::lua_pushvalue(l, lua::lua_upvalueindex(2));
+        lua::lua_insert(l, 1);
+        lua::lua_call(l, n, lua::LUA_MULTRET);
+        lua::lua_gettop(l)
+    }
+}
+
+/// The module whose top level runs now: the innermost `loader` frame's on this thread (the
+/// first `skip` of them left out), else the module a reload is running. Drops the entries of
+/// loads that raised: those whose frame is gone.
+///
+/// # Safety
+/// A valid state; one free stack slot.
+unsafe fn requiring(l: *mut lua_State, cell: &StateCell, skip: usize) -> Option<Box<[u8]>> {
+    let (stacked, reloading) = match cell.try_borrow() {
+        Ok(known) => (known.requiring.len(), known.reloading.clone()),
+        Err(_) => return None,
+    };
+    if stacked == 0 {
+        return reloading;
+    }
+    // SAFETY: forwarded.
+    let frames = unsafe { loader_frames(l) }.saturating_sub(skip);
+    let mut known = cell.try_borrow_mut().ok()?;
+    known.requiring.truncate(frames);
+    known.requiring.last().cloned().or(reloading)
+}
+
+/// How many `loader` frames are active on this thread's call stack.
+///
+/// # Safety
+/// A valid state; one free stack slot.
+unsafe fn loader_frames(l: *mut lua_State) -> usize {
+    let mut n = 0;
+    // SAFETY: `ar` is filled by lua_getstack before lua_getinfo reads it; one push, popped.
+    unsafe {
+        let mut ar: lua::lua_Debug = std::mem::zeroed();
+        let mut level = 0;
+        while lua::lua_getstack(l, level, &mut ar) != 0 {
+            if lua::lua_getinfo(l, c"f".as_ptr(), &mut ar) != 0 {
+                if is(l, -1, loader) {
+                    n += 1;
+                }
+                lua::lua_pop(l, 1);
+            }
+            level += 1;
+        }
+    }
+    n
 }
 
 /// If the value at `idx` is a loader this module wrapped, replaces it with the original.
@@ -101,6 +195,7 @@ unsafe extern "C-unwind" fn loader(l: *mut lua_State) -> c_int {
     unsafe {
         let n = lua::lua_gettop(l);
         lua::luaL_checkstack(l, n + 8, std::ptr::null());
+        top_level_runs(l, n);
         capi::push_globals(l);
         let globals = n + 1;
         require::copy_table(l, globals);
@@ -109,6 +204,11 @@ unsafe extern "C-unwind" fn loader(l: *mut lua_State) -> c_int {
             lua::lua_pushvalue(l, i);
         }
         lua::lua_call(l, n, 1);
+        if let Some(cell) = state::get(l, lua::lua_upvalueindex(1))
+            && let Ok(mut known) = cell.try_borrow_mut()
+        {
+            known.requiring.pop();
+        }
         let value = n + 3;
         let delta = require::global_delta(l, globals, n + 2, false);
         if lua::lua_type(l, 1) == lua::LUA_TSTRING {
@@ -120,6 +220,27 @@ unsafe extern "C-unwind" fn loader(l: *mut lua_State) -> c_int {
         }
         lua::lua_pushvalue(l, value);
         1
+    }
+}
+
+/// The module `require` loads (the loader's first argument) starts its top level: what it
+/// required before is forgotten, and the requires it makes now are its own.
+///
+/// # Safety
+/// Inside a `loader` frame with its `n` arguments at 1..=n; a free stack slot.
+unsafe fn top_level_runs(l: *mut lua_State, n: c_int) {
+    // SAFETY: raw reads of the arguments and the upvalue.
+    unsafe {
+        let Some(cell) = state::get(l, lua::lua_upvalueindex(1)) else { return };
+        let Val::Str(name) = (if n >= 1 { access::read(l, 1) } else { Val::Nil }) else {
+            return;
+        };
+        // this frame is a loader frame: the ones below it are the valid entries
+        let _ = requiring(l, cell, 1);
+        if let Ok(mut known) = cell.try_borrow_mut() {
+            known.graph.top_level_runs(name);
+            known.requiring.push(name.into());
+        }
     }
 }
 

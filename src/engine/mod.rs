@@ -29,6 +29,7 @@ pub(crate) mod base;
 mod batch;
 pub(crate) mod capture;
 pub(crate) mod error;
+pub(crate) mod graph;
 pub(crate) mod hooks;
 pub(crate) mod load;
 pub(crate) mod plan;

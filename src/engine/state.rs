@@ -9,6 +9,7 @@ use std::os::raw::c_int;
 use std::path::PathBuf;
 
 use crate::engine::base::Snapshot;
+use crate::engine::graph::Graph;
 use crate::engine::ptrmap::PtrSet;
 use crate::vm::capi::{self, lua_State};
 
@@ -34,6 +35,13 @@ pub(crate) struct State {
     /// (`require`, or a reload by `poll`): a save that leaves the bytes as they were does
     /// not reload it. A reload by `reload` forgets it (the source may not be the file).
     pub(crate) contents: HashMap<Box<[u8]>, u64>,
+    /// Which module's top level required which (`graph`).
+    pub(crate) graph: Graph,
+    /// The modules whose top level runs under `require` right now, outermost first (the
+    /// loader wrappers of `capture`); entries of loads that raised are dropped lazily.
+    pub(crate) requiring: Vec<Box<[u8]>>,
+    /// The module whose new top level a reload runs right now, if any.
+    pub(crate) reloading: Option<Box<[u8]>>,
 }
 
 /// The hash `State::contents` keeps of a file's bytes.

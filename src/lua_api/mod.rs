@@ -12,6 +12,7 @@ use crate::vm::access;
 use crate::vm::capi::{self, lua_CFunction, lua_State};
 use crate::vm::registry::{DEFAULTS, MAIN_THREAD, OPEN_WATCHERS, QUEUE, STATE, key};
 
+mod dependents;
 mod poll;
 mod reload;
 mod session;
@@ -27,6 +28,7 @@ const EXPORTS: &[(&CStr, lua_CFunction)] = &[
     (c"on_reload", reload::on_reload),
     (c"before_reload", reload::before_reload),
     (c"pin", reload::pin),
+    (c"dependents", dependents::dependents),
 ];
 
 /// The upvalues every export has: the engine's state userdata and the queue userdata.
@@ -104,7 +106,11 @@ unsafe fn options(l: *mut lua_State, opts: c_int) -> engine::Options {
             if table == 0 || lua::lua_type(l, table) != lua::LUA_TTABLE {
                 continue;
             }
-            for (name, flag) in [(c"replace", &mut o.replace), (c"binary", &mut o.binary)] {
+            for (name, flag) in [
+                (c"replace", &mut o.replace),
+                (c"binary", &mut o.binary),
+                (c"dependents", &mut o.dependents),
+            ] {
                 lua::lua_pushstring(l, name.as_ptr());
                 match lua::lua_rawget(l, table) {
                     lua::LUA_TNIL => {}

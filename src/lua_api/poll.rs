@@ -8,6 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::dependents;
+use crate::engine::error::ErrorKind;
 use crate::engine::state::{self, StateCell};
 use crate::engine::{self, Mode, Target};
 use crate::vm::capi::lua_State;
@@ -107,6 +109,11 @@ impl Batch {
         if self.targets.is_empty() {
             return;
         }
+        if opts.dependents {
+            // SAFETY: forwarded.
+            unsafe { self.run_chains(l, (cell, state), opts, out) };
+            return;
+        }
         // SAFETY: forwarded.
         let done =
             unsafe { engine::batch(l, cell, state, &self.targets, opts, Mode::Lenient, false) };
@@ -128,6 +135,60 @@ impl Batch {
                 out.errors.extend(b.listener_errors);
             }
             Err(e) => out.errors.push(e.to_string()),
+        }
+        self.targets.clear();
+        self.hashes.clear();
+    }
+}
+
+impl Batch {
+    /// `dependents = true`: each changed module with the modules that required it, as one
+    /// transaction (chains that share a module as one); a chain that fails changes nothing,
+    /// and the others go on.
+    ///
+    /// # Safety
+    /// As `poll`.
+    unsafe fn run_chains(
+        &mut self,
+        l: *mut lua_State,
+        (cell, state): (&StateCell, c_int),
+        opts: engine::Options,
+        out: &mut Outcome,
+    ) {
+        let roots: Vec<Box<[u8]>> = self.targets.iter().map(|t| t.name.as_slice().into()).collect();
+        // SAFETY: forwarded.
+        let chains = unsafe { dependents::chains(l, cell, &roots) };
+        for chain in chains {
+            let targets: Vec<Target> =
+                chain.iter().map(|n| Target { name: n.to_vec(), source: None }).collect();
+            // SAFETY: forwarded.
+            let done =
+                unsafe { engine::batch(l, cell, state, &targets, opts, Mode::Atomic, false) };
+            match done {
+                Ok(b) => {
+                    let failed = b.results.iter().filter_map(|r| r.as_ref().err());
+                    let cause = failed.clone().find(|e| e.kind != ErrorKind::Aborted);
+                    match cause.or(failed.clone().next()) {
+                        Some(e) => out.errors.push(format!(
+                            "{e} (with the modules that required it: none was reloaded)"
+                        )),
+                        None => {
+                            out.reloaded += u32::try_from(targets.len()).unwrap_or(u32::MAX);
+                            let mut known = cell.try_borrow_mut().ok();
+                            let roots = self.targets.iter().zip(&self.hashes);
+                            for (t, h) in
+                                roots.filter(|(t, _)| chain.iter().any(|c| **c == *t.name))
+                            {
+                                if let (Some(known), Some(h)) = (known.as_mut(), h) {
+                                    known.contents.insert(t.name.as_slice().into(), *h);
+                                }
+                            }
+                        }
+                    }
+                    out.errors.extend(b.listener_errors);
+                }
+                Err(e) => out.errors.push(e.to_string()),
+            }
         }
         self.targets.clear();
         self.hashes.clear();

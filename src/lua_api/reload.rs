@@ -5,7 +5,7 @@ use std::os::raw::c_int;
 
 use mlua::ffi as lua;
 
-use super::{STATE_UPVALUE, note_main_thread, options};
+use super::{STATE_UPVALUE, dependents, note_main_thread, options};
 use crate::engine::error::{Error, ErrorKind};
 use crate::engine::{self, hooks, state};
 use crate::vm::access::{self, Val};
@@ -65,8 +65,15 @@ pub unsafe extern "C-unwind" fn reload(l: *mut lua_State) -> c_int {
             per_module_field(l, has_opts, list, field, n);
             debug_assert_eq!(lua::lua_gettop(l), at);
         }
-        let (targets, order) = targets(l, n);
+        let (mut targets, mut order) = targets(l, n);
+        if opts.dependents {
+            with_dependents(l, &mut targets, &mut order);
+        }
         let outcome = run_reload(l, &targets, &order, opts, list);
+        let outcome = match outcome {
+            Ok(n) if opts.dependents => name_dependents(l, &targets, &order, list).map(|()| n),
+            other => other,
+        };
         drop((targets, order));
         finish(l, outcome)
     }
@@ -171,6 +178,81 @@ unsafe fn per_module_text(l: *mut lua_State, at: c_int) -> Option<Vec<u8>> {
             }
             _ => None,
         }
+    }
+}
+
+/// Adds the loaded dependents of the targets (`dependents = true`) and puts them all in
+/// dependency order, one transaction; `order` follows the targets it points at.
+unsafe fn with_dependents(
+    l: *mut lua_State,
+    targets: &mut Vec<engine::Target>,
+    order: &mut [usize],
+) {
+    // SAFETY: the state userdata is upvalue 1; reads of `package.loaded` run protected.
+    unsafe {
+        let Some(cell) = state::get(l, lua::lua_upvalueindex(STATE_UPVALUE)) else { return };
+        let roots: Vec<Box<[u8]>> = targets.iter().map(|t| t.name.as_slice().into()).collect();
+        let all: Vec<Box<[u8]>> =
+            dependents::chains(l, cell, &roots).into_iter().flatten().collect();
+        let sorted = cell.try_borrow().map(|k| k.graph.order(&all)).unwrap_or(all);
+        let mut given: Vec<Option<engine::Target>> =
+            std::mem::take(targets).into_iter().map(Some).collect();
+        let mut moved = vec![0; given.len()];
+        for name in sorted {
+            match roots.iter().position(|r| *r == name) {
+                Some(i) => {
+                    moved[i] = targets.len();
+                    if let Some(t) = given.get_mut(i).and_then(Option::take) {
+                        targets.push(t);
+                    }
+                }
+                None => targets.push(engine::Target { name: name.into_vec(), source: None }),
+            }
+        }
+        for at in order.iter_mut() {
+            *at = moved.get(*at).copied().unwrap_or(0);
+        }
+    }
+}
+
+/// Sets `report.dependents` of each named module's report (on top of the stack: one report,
+/// or a list by name) to the dependents of it the transaction reloaded.
+unsafe fn name_dependents(
+    l: *mut lua_State,
+    targets: &[engine::Target],
+    order: &[usize],
+    list: bool,
+) -> Result<(), Error> {
+    // SAFETY: raw reads of the report(s) just pushed, and raw writes of fresh lists.
+    unsafe {
+        let Some(cell) = state::get(l, lua::lua_upvalueindex(STATE_UPVALUE)) else { return Ok(()) };
+        let reports = lua::lua_gettop(l);
+        capi::check_stack(l, 4);
+        for (i, &at) in order.iter().enumerate() {
+            let Some(t) = targets.get(at) else { continue };
+            let mine = cell.try_borrow().map(|k| k.graph.dependents(&t.name)).unwrap_or_default();
+            let reloaded: Vec<&[u8]> = targets
+                .iter()
+                .map(|t| t.name.as_slice())
+                .filter(|n| mine.iter().any(|m| **m == **n))
+                .collect();
+            if list {
+                lua::lua_rawgeti(l, reports, lua::lua_Integer::try_from(i + 1).unwrap_or(0));
+            } else {
+                lua::lua_pushvalue(l, reports);
+            }
+            lua::lua_createtable(l, c_int::try_from(reloaded.len()).unwrap_or(0), 0);
+            for (k, name) in reloaded.iter().enumerate() {
+                capi::push_bytes(l, name);
+                lua::lua_rawseti(l, -2, lua::lua_Integer::try_from(k + 1).unwrap_or(0));
+            }
+            lua::lua_setfield(l, -2, c"dependents".as_ptr());
+            lua::lua_pop(l, 1);
+            if !list {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
