@@ -118,6 +118,51 @@ describe("dependents", function()
     assert.equal(12, P.step())
   end)
 
+  it("names what a reload changed, with changes = true", function()
+    local m = h.module([[
+local M = { speed = 5, legacy = 1, list = { 1, 2 } }
+function M.update() return 1 end
+function M.draw() return 1 end
+M.Player = { draw = function() return 1 end, hp = 3 }
+return M
+]])
+    require(m)
+    h.rewrite(m, [[
+local M = { speed = 7, list = { 1, 5 } }
+
+function M.update() return 2 end
+function M.draw() return 1 end
+M.Player = { draw = function() return 2 end, hp = 3 }
+M.added = true
+return M
+]])
+    local _, report = assert(hotreload.reload(m, { changes = true }))
+    assert.same({ "-legacy", "Player.draw", "added", "list[2]", "speed", "update" }, report.changed)
+    -- a neutral edit that moves every line changes nothing
+    h.rewrite(m, "\n\n" .. [[
+local M = { speed = 7, list = { 1, 5 } }
+function M.update() return 2 end
+function M.draw() return 1 end
+M.Player = { draw = function() return 2 end, hp = 3 }
+M.added = true
+return M
+]])
+    _, report = assert(hotreload.reload(m, { changes = true }))
+    assert.same({}, report.changed)
+    _, report = assert(hotreload.reload(m))
+    assert.is_nil(report.changed, "only when asked for")
+  end)
+
+  it("names a captured local whose value changed", function()
+    local conf = h.module(conf_source(5))
+    local player = h.module(player_source(conf))
+    require(player)
+    h.rewrite(conf, conf_source(6))
+    local _, report = assert(hotreload.reload(conf, { dependents = true, changes = true }))
+    assert.same({ "speed" }, report.changed)
+    assert.same({ player }, report.dependents)
+  end)
+
   it("lists dependents nearest first, through modules in between", function()
     local base = h.module("return {}")
     local mid = h.module(("require(%q) return {}"):format(base))

@@ -75,9 +75,10 @@ describe("Neovim", function()
         assert(plug.count() == 2, "state lost")
         assert(vim.wait(1000, function()
           for _, note in ipairs(notes) do
-            if note == "reloaded myplug" then return true end
+            if note == "reloaded myplug: greet" then return true end
           end
-        end, 10), "the verbose notice does not name the module: " .. table.concat(notes, " | "))
+        end, 10), "the verbose notice does not name the module and its change: "
+          .. table.concat(notes, " | "))
         write(plug_dir .. "/lua/myplug/init.lua", "return {")
         assert(vim.wait(5000, function()
           return notes[#notes] and notes[#notes]:find("cannot reload 'myplug'", 1, true)

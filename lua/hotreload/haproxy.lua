@@ -22,8 +22,11 @@ function M.setup(opts)
   local hotreload = require "hotreload"
   local reloaded = {}
   if opts.verbose then
+    hotreload.defaults.changes = true -- name what each reload changed
     hotreload.on_reload(function(name, _, report)
-      reloaded[#reloaded + 1] = ("%s (%.2f ms)"):format(name, report.seconds * 1e3)
+      local changed = report.changed and #report.changed > 0
+        and ": " .. table.concat(report.changed, ", ") or ""
+      reloaded[#reloaded + 1] = ("%s (%.2f ms)%s"):format(name, report.seconds * 1e3, changed)
     end)
   end
   for _, dir in ipairs(opts.dirs or {}) do
@@ -35,7 +38,7 @@ function M.setup(opts)
       local _, errors = hotreload.poll()
       for _, e in ipairs(errors or {}) do core.log(core.err, e) end
       if #reloaded > 0 then
-        core.log(core.info, "hotreload: reloaded " .. table.concat(reloaded, ", "))
+        core.log(core.info, "hotreload: reloaded " .. table.concat(reloaded, "; "))
         reloaded = {}
       end
       core.msleep(math.max(1, math.floor(interval)))

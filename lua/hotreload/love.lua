@@ -167,7 +167,9 @@ for _, name in ipairs({ "main", "conf" }) do
 end
 
 --- Starts watching. `opts.dirs`: folders to watch, relative to the game's folder (default:
---- the game's folder). `opts.protect` (default true): catch errors of callbacks. Calling it
+--- the game's folder). `opts.protect` (default true): catch errors of callbacks.
+--- `opts.verbose`: print each reload and what it changed (`reloaded game: update, draw`,
+--- with `hotreload.defaults.changes` on). Calling it
 --- again does nothing. Raises on misuse; a folder that cannot be watched is shown like a
 --- reload error.
 function M.setup(opts)
@@ -186,9 +188,14 @@ function M.setup(opts)
     local w, err = hotreload.watch(path)
     if w then M.watchers[#M.watchers + 1] = w else report(path, err) end
   end
-  hotreload.on_reload(function(name)
+  if opts.verbose then hotreload.defaults.changes = true end
+  hotreload.on_reload(function(name, _, r)
     clear(name)
     clear_callbacks() -- new code: let the callbacks run again
+    if opts.verbose then
+      local changed = r.changed and #r.changed > 0 and ": " .. table.concat(r.changed, ", ") or ""
+      print("hotreload: reloaded " .. name .. changed)
+    end
   end)
   local run = love.run
   love.run = function()

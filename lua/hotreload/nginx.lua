@@ -83,8 +83,11 @@ function M.setup(opts)
     dict = assert(ngx.shared[opts.patches], "no lua_shared_dict " .. tostring(opts.patches))
   end
   if opts.verbose then
+    hotreload.defaults.changes = true -- name what each reload changed
     hotreload.on_reload(function(name, _, report)
-      reloaded[#reloaded + 1] = ("%s (%.2f ms)"):format(name, report.seconds * 1e3)
+      local changed = report.changed and #report.changed > 0
+        and ": " .. table.concat(report.changed, ", ") or ""
+      reloaded[#reloaded + 1] = ("%s (%.2f ms)%s"):format(name, report.seconds * 1e3, changed)
     end)
   end
   for _, dir in ipairs(opts.dirs or {}) do
@@ -98,7 +101,7 @@ function M.setup(opts)
     local _, errors = hotreload.poll()
     for _, e in ipairs(errors or {}) do ngx.log(ngx.ERR, e) end
     if #reloaded > 0 then
-      ngx.log(ngx.NOTICE, "hotreload: reloaded ", table.concat(reloaded, ", "))
+      ngx.log(ngx.NOTICE, "hotreload: reloaded ", table.concat(reloaded, "; "))
       reloaded = {}
     end
   end)

@@ -39,7 +39,7 @@ end
 function M.poll()
   local n, errors = hotreload.poll()
   if #reloaded > 0 then
-    notify("reloaded " .. table.concat(reloaded, ", "))
+    notify("reloaded " .. table.concat(reloaded, "; "))
     reloaded = {}
   end
   for _, e in ipairs(errors or {}) do notify(readable(e), vim.log.levels.ERROR) end
@@ -77,7 +77,11 @@ function M.setup(opts)
   M.stop()
   M.verbose = opts.verbose
   if M.verbose then
-    stop_listening = hotreload.on_reload(function(name) reloaded[#reloaded + 1] = name end)
+    hotreload.defaults.changes = true -- name what each reload changed
+    stop_listening = hotreload.on_reload(function(name, _, report)
+      local changed = report.changed and #report.changed > 0 and table.concat(report.changed, ", ")
+      reloaded[#reloaded + 1] = changed and name .. ": " .. changed or name
+    end)
   end
   for _, dir in ipairs(opts.dirs) do
     local path = vim.fn.fnamemodify(vim.fn.expand(dir), ":p"):gsub("/$", "")

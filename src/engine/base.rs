@@ -283,6 +283,39 @@ impl Snapshot {
         self.entries.get(n.start as usize..n.end as usize).unwrap_or_default()
     }
 
+    /// The key path of each table and function reachable from the module's value through
+    /// fields (`"Player.draw"`, `"list[3]"`; the module itself is `""`), for naming what a
+    /// reload changed. Metatables and upvalues are not followed.
+    pub fn paths(&self) -> HashMap<NodeId, String> {
+        let mut paths: HashMap<NodeId, String> = HashMap::new();
+        let Stored::Node(root) = self.root else { return paths };
+        paths.insert(root, String::new());
+        let mut queue = std::collections::VecDeque::from([root]);
+        while let Some(id) = queue.pop_front() {
+            let Some(rec) = self.nodes.get(id as usize) else { continue };
+            let parent = paths.get(&id).cloned().unwrap_or_default();
+            for e in self.range(rec) {
+                let Stored::Node(child) = e.base else { continue };
+                if paths.contains_key(&child) {
+                    continue;
+                }
+                let Some(key) = self.key_text(e.key) else { continue };
+                paths.insert(child, join_path(&parent, &key));
+                queue.push_back(child);
+            }
+        }
+        paths
+    }
+
+    /// A field key as a path step: a name, or `[n]`; `None` for metatables and upvalues.
+    fn key_text(&self, key: EKey) -> Option<String> {
+        match key {
+            EKey::Str(s) => Some(String::from_utf8_lossy(self.bytes(s)).into_owned()),
+            EKey::Other(k) => Some(key_step(KeyRef::Other(k))),
+            EKey::Meta | EKey::Up(_) => None,
+        }
+    }
+
     /// The base of the module value itself.
     pub fn root(&self) -> Prior<'_> {
         Prior::Was(self.view(self.root))
@@ -492,6 +525,26 @@ impl Builder {
     pub fn finish(mut self, globals: Option<NodeId>) -> Snapshot {
         self.s.globals = globals;
         self.s
+    }
+}
+
+/// A key as a path step: a string as it is, anything else in brackets (`[3]`, `[true]`).
+pub fn key_step(key: KeyRef) -> String {
+    match key {
+        KeyRef::Str(s) => String::from_utf8_lossy(s).into_owned(),
+        KeyRef::Other(Key::Int(i)) => format!("[{i}]"),
+        KeyRef::Other(Key::Num(n)) => format!("[{}]", f64::from_bits(n)),
+        KeyRef::Other(Key::Bool(b)) => format!("[{b}]"),
+        KeyRef::Other(Key::Light(p)) => format!("[{p:#x}]"),
+    }
+}
+
+/// `parent.step` (`parent[3]` for a bracketed step; the step alone at the root).
+pub fn join_path(parent: &str, step: &str) -> String {
+    match (parent.is_empty(), step.starts_with('[')) {
+        (true, _) => step.to_owned(),
+        (false, true) => format!("{parent}{step}"),
+        (false, false) => format!("{parent}.{step}"),
     }
 }
 

@@ -32,11 +32,14 @@ pub struct Options {
     /// Reload the modules that required the ones reloaded too (`graph`), in one
     /// transaction (the caller makes the batch: see `lua_api`).
     pub dependents: bool,
+    /// Name what each reload changed, by key path (`Report::changed`). Off by default: it
+    /// dumps the code of every function the module keeps, to compare it.
+    pub changes: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { replace: true, binary: false, dependents: false }
+        Options { replace: true, binary: false, dependents: false, changes: false }
     }
 }
 
@@ -62,6 +65,8 @@ pub struct Report {
     pub walk: walk::Outcome,
     /// Time the whole batch took.
     pub seconds: f64,
+    /// What it changed, by key path (with `changes`).
+    pub changed: Option<Vec<String>>,
 }
 
 /// What a batch did.
@@ -528,6 +533,9 @@ impl Run<'_> {
                     0
                 };
                 let mut planner = Planner::new(l, base, base_fns, &stop, own, Some(gc));
+                if self.opts.changes {
+                    planner.record_changes();
+                }
                 match planner.root(l, v.live, v.new) {
                     Ok(()) => {
                         planner.globals(l, Some(globals), v.delta);
@@ -698,6 +706,7 @@ impl Run<'_> {
                     merge: plan.counts,
                     walk: walked.next().unwrap_or_default(),
                     seconds,
+                    changed: plan.changed.clone(),
                 })
             })
             .collect()

@@ -252,6 +252,14 @@ pub unsafe fn push_report(l: *mut lua_State, r: &Report) {
         }
         lua::lua_pushnumber(l, r.seconds);
         lua::lua_setfield(l, -2, c"seconds".as_ptr());
+        if let Some(changed) = &r.changed {
+            lua::lua_createtable(l, c_int::try_from(changed.len()).unwrap_or(0), 0);
+            for (i, path) in changed.iter().enumerate() {
+                capi::push_bytes(l, path.as_bytes());
+                lua::lua_rawseti(l, -2, lua::lua_Integer::try_from(i + 1).unwrap_or(0));
+            }
+            lua::lua_setfield(l, -2, c"changed".as_ptr());
+        }
     }
 }
 

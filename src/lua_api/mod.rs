@@ -110,6 +110,7 @@ unsafe fn options(l: *mut lua_State, opts: c_int) -> engine::Options {
                 (c"replace", &mut o.replace),
                 (c"binary", &mut o.binary),
                 (c"dependents", &mut o.dependents),
+                (c"changes", &mut o.changes),
             ] {
                 lua::lua_pushstring(l, name.as_ptr());
                 match lua::lua_rawget(l, table) {

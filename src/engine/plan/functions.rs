@@ -139,6 +139,9 @@ impl Planner<'_> {
                 let m = self.merge_slot(l, value + 1, value, prior);
                 self.mirror.upvalue(p.node, name, m.was);
                 self.count_value(&m);
+                if let Some(changes) = self.changes.as_mut() {
+                    changes.local(name, &m);
+                }
                 if m.takes_new() {
                     let v = self.capture_val(l, value, m.new);
                     self.acts.push(Act::Upvalue { f: p.old, n: j, v });

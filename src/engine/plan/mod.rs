@@ -13,11 +13,13 @@ use std::os::raw::c_int;
 use mlua::ffi as lua;
 
 mod anchors;
+mod changes;
 mod functions;
 mod slot;
 mod tables;
 
 use anchors::Anchors;
+use changes::Changes;
 
 use super::base::{
     Builder, Decision, KeyRef, Kind, NodeId, Prior, Snapshot, Was, decide, kept_by_source,
@@ -157,6 +159,8 @@ pub struct Plan {
     pub mirror: Snapshot,
     /// Anchor slot of the new version's functions by mirror node (`base::set_functions`).
     pub functions: u32,
+    /// What the reload changed, by key path (`changes = true` only).
+    pub changed: Option<Vec<String>>,
 }
 
 impl Plan {
@@ -355,12 +359,19 @@ pub struct Planner<'o> {
     fn_pairs: Vec<FnPair>,
     acts: Vec<Act>,
     counts: Counts,
+    /// what the reload changed, by path, when asked for (`changes = true`)
+    changes: Option<Changes>,
 }
 
 /// Stack slots a planning step uses at most.
 pub const STACK_NEEDED: c_int = 24;
 
 impl<'o> Planner<'o> {
+    /// Records what the reload changes, by key path (`Plan::changed`).
+    pub fn record_changes(&mut self) {
+        self.changes = Some(Changes::default());
+    }
+
     /// Pushes the anchor table. `stop` holds objects that belong to others (`_G`, other
     /// modules, see [`stop_set`]): the merge never walks into them, except the module's own
     /// running value `own` (0: none), which another name may hold too. `base_fns` is the
@@ -419,6 +430,7 @@ impl<'o> Planner<'o> {
             fn_pairs: Vec::with_capacity(nodes / 2),
             acts: Vec::with_capacity(nodes / 2),
             counts: Counts::default(),
+            changes: None,
         };
         if base_fns != 0 {
             // SAFETY: `base_fns` is the top but one (under the anchor table), which moves
@@ -526,6 +538,8 @@ impl<'o> Planner<'o> {
             #[cfg(feature = "luajit")]
             self.plan_fenvs(l);
             let functions = self.anchor_functions(l);
+            let mirror = self.mirror.finish(self.globals_node);
+            let changed = self.changes.take().map(|c| c.named(&mirror, self.old));
             Plan {
                 // hooks may run the collector before anything else is anchored
                 tab: self.tab.sealed(),
@@ -539,8 +553,9 @@ impl<'o> Planner<'o> {
                 fn_pairs: self.fn_pairs,
                 root: self.root.unwrap_or(Operand::Nil),
                 counts: self.counts,
-                mirror: self.mirror.finish(self.globals_node),
+                mirror,
                 functions,
+                changed,
             }
         }
     }

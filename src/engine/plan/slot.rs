@@ -185,7 +185,12 @@ impl Planner<'_> {
         // SAFETY: as documented; the base functions' table is at `base_fns`.
         unsafe {
             match self.push_base_fn(l, prior) {
-                Some(b) if lua::lua_rawequal(l, b, live) != 0 => (Some(live), Decision::TakeNew),
+                Some(b) if lua::lua_rawequal(l, b, live) != 0 => {
+                    if let Some(changes) = self.changes.as_mut() {
+                        changes.code_changed = Some(!same_code(l, b, new));
+                    }
+                    (Some(live), Decision::TakeNew)
+                }
                 Some(b) => {
                     if same_code(l, b, new) {
                         self.counts.functions_kept += 1;

@@ -52,6 +52,9 @@ impl Planner<'_> {
                         } else {
                             let m = self.merge_entry(l, (live, ti), k, v, prior);
                             self.mirror.field(node, key, m.was);
+                            if let Some(changes) = self.changes.as_mut() {
+                                changes.field(node, key, &m, prior);
+                            }
                         }
                     }
                     None if kv.object().is_some() => {
@@ -151,6 +154,9 @@ impl Planner<'_> {
                         let k = self.capture(l, top + 1);
                         self.acts.push(Act::Set { t: live, k, v: Operand::Nil });
                         self.counts.keys_removed += 1;
+                        if let Some(changes) = self.changes.as_mut() {
+                            changes.removed(base, key);
+                        }
                     }
                 }
                 access::settop_down(l, top);
