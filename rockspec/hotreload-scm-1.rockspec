@@ -38,6 +38,7 @@ mkdir -p target/rock && { cp "target/$FEAT/release/libhotreload.so" target/rock/
       ["hotreload.nvim"] = "lua/hotreload/nvim.lua",
       ["hotreload.nginx"] = "lua/hotreload/nginx.lua",
       ["hotreload.haproxy"] = "lua/hotreload/haproxy.lua",
+      ["hotreload.helper"] = "lua/hotreload/helper.lua",
     },
   },
 }

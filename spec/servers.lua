@@ -172,7 +172,9 @@ core.register_service("app", "http", function(applet) require("app").serve(apple
 function servers.start(kind, so_dir, lua_dir)
   local dir = scratch(kind)
   copy(so_dir .. "/hotreload.so", dir .. "/lib/hotreload.so")
-  copy(lua_dir .. "/hotreload/" .. kind .. ".lua", dir .. "/lua/hotreload/" .. kind .. ".lua")
+  for _, helper in ipairs({ kind, "helper" }) do
+    copy(("%s/hotreload/%s.lua"):format(lua_dir, helper), ("%s/lua/hotreload/%s.lua"):format(dir, helper))
+  end
   write(dir .. "/lua/app.lua", servers.app(1, kind))
   for _ = 1, 5 do
     local server = { kind = kind, dir = dir, port = free_port(), log = dir .. "/logs/error.log" }

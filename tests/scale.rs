@@ -5,6 +5,9 @@
 //!
 //! Alone in its test binary: it counts the process's threads and allocations.
 
+mod common;
+use common::inotify_instances;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -46,16 +49,6 @@ const STATES: usize = 10_000;
 
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
-}
-
-/// The process's inotify instances (file descriptors on an inotify inode).
-fn inotify_instances() -> usize {
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return 0 };
-    fds.flatten()
-        .filter(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("inotify"))
-        })
-        .count()
 }
 
 /// A small state with `package` (for `require`) and hotreload in it.

@@ -1,6 +1,9 @@
 //! Several Lua states in one process: each has its own watchers and queue, and closing one
 //! with live watchers (and pending changes) neither crashes nor hangs.
 
+mod common;
+use common::inotify_instances;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -114,16 +117,6 @@ fn a_panic_inside_the_engine_becomes_an_error_not_an_unwind_into_lua() {
     // the state is still usable
     let two: i64 = lua.load("return 1 + 1").eval().unwrap();
     assert_eq!(two, 2);
-}
-
-/// The process's inotify instances (file descriptors on an inotify inode).
-fn inotify_instances() -> usize {
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return 0 };
-    fds.flatten()
-        .filter(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("inotify"))
-        })
-        .count()
 }
 
 #[test]

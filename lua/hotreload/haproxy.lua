@@ -20,19 +20,10 @@ function M.setup(opts)
   local interval = opts.interval or 20
   assert(type(interval) == "number" and interval > 0, "interval: milliseconds expected")
   local hotreload = require "hotreload"
+  local helper = require "hotreload.helper"
   local reloaded = {}
-  if opts.verbose then
-    hotreload.defaults.changes = true -- name what each reload changed
-    hotreload.on_reload(function(name, _, report)
-      local changed = report.changed and #report.changed > 0
-        and ": " .. table.concat(report.changed, ", ") or ""
-      reloaded[#reloaded + 1] = ("%s (%.2f ms)%s"):format(name, report.seconds * 1e3, changed)
-    end)
-  end
-  for _, dir in ipairs(opts.dirs or {}) do
-    local w, err = hotreload.watch(dir, opts.watch)
-    if not w then core.log(core.err, err) end
-  end
+  if opts.verbose then helper.listen(hotreload, reloaded, true) end
+  helper.watch_all(hotreload, opts.dirs, opts.watch, function(e) core.log(core.err, e) end)
   core.register_task(function()
     while true do
       local _, errors = hotreload.poll()

@@ -192,10 +192,7 @@ function M.setup(opts)
   hotreload.on_reload(function(name, _, r)
     clear(name)
     clear_callbacks() -- new code: let the callbacks run again
-    if opts.verbose then
-      local changed = r.changed and #r.changed > 0 and ": " .. table.concat(r.changed, ", ") or ""
-      print("hotreload: reloaded " .. name .. changed)
-    end
+    if opts.verbose then print("hotreload: reloaded " .. require("hotreload.helper").describe(name, r)) end
   end)
   local run = love.run
   love.run = function()

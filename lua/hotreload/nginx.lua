@@ -82,18 +82,9 @@ function M.setup(opts)
   if opts.patches then
     dict = assert(ngx.shared[opts.patches], "no lua_shared_dict " .. tostring(opts.patches))
   end
-  if opts.verbose then
-    hotreload.defaults.changes = true -- name what each reload changed
-    hotreload.on_reload(function(name, _, report)
-      local changed = report.changed and #report.changed > 0
-        and ": " .. table.concat(report.changed, ", ") or ""
-      reloaded[#reloaded + 1] = ("%s (%.2f ms)%s"):format(name, report.seconds * 1e3, changed)
-    end)
-  end
-  for _, dir in ipairs(opts.dirs or {}) do
-    local w, err = hotreload.watch(dir, opts.watch)
-    if not w then ngx.log(ngx.ERR, err) end
-  end
+  local helper = require "hotreload.helper"
+  if opts.verbose then helper.listen(hotreload, reloaded, true) end
+  helper.watch_all(hotreload, opts.dirs, opts.watch, function(e) ngx.log(ngx.ERR, e) end)
   local patches = { applied = 0 }
   local ok, err = ngx.timer.every(interval / 1000, function(premature)
     if premature then return end

@@ -76,13 +76,7 @@ function M.setup(opts)
       "a number of milliseconds, at least 1" } })
   M.stop()
   M.verbose = opts.verbose
-  if M.verbose then
-    hotreload.defaults.changes = true -- name what each reload changed
-    stop_listening = hotreload.on_reload(function(name, _, report)
-      local changed = report.changed and #report.changed > 0 and table.concat(report.changed, ", ")
-      reloaded[#reloaded + 1] = changed and name .. ": " .. changed or name
-    end)
-  end
+  if M.verbose then stop_listening = require("hotreload.helper").listen(hotreload, reloaded) end
   for _, dir in ipairs(opts.dirs) do
     local path = vim.fn.fnamemodify(vim.fn.expand(dir), ":p"):gsub("/$", "")
     add_to_path(path)
