@@ -163,6 +163,37 @@ return M
     assert.same({ player }, report.dependents)
   end)
 
+  it("keeps what a dependent required when its own reload fails", function()
+    local conf = h.module(conf_source(5))
+    local player = h.module(player_source(conf))
+    require(player)
+    h.rewrite(player, "error('mid-edit')")
+    assert.is_nil(hotreload.reload(player))
+    assert.same({ player }, hotreload.dependents(conf), "the running player still requires conf")
+  end)
+
+  it("credits a reload run inside another module's top level to the module reloaded", function()
+    local conf = h.module(conf_source(5))
+    local player = h.module(player_source(conf))
+    require(player)
+    local boot = h.module(("assert(require('hotreload').reload(%q)) return {}"):format(player))
+    require(boot)
+    assert.same({ player }, hotreload.dependents(conf))
+  end)
+
+  it("credits requires made on a coroutine to the top level that runs it", function()
+    local a = h.module("return {}")
+    local b = h.module("return {}")
+    local top = h.module(([[
+coroutine.wrap(function() require(%q) end)()
+require(%q)
+return {}
+]]):format(a, b))
+    require(top)
+    assert.same({ top }, hotreload.dependents(a))
+    assert.same({ top }, hotreload.dependents(b))
+  end)
+
   it("lists dependents nearest first, through modules in between", function()
     local base = h.module("return {}")
     local mid = h.module(("require(%q) return {}"):format(base))

@@ -15,7 +15,7 @@ use super::hooks::{self, Verdict};
 use super::load::{self, Source};
 pub(crate) use super::plan::Counts;
 use super::plan::{self, Plan, Planner};
-use super::state::{Phase, StateCell};
+use super::state::{Phase, Reloading, StateCell};
 use super::walk;
 use crate::vm::access;
 use crate::vm::capi::{self, lua_State};
@@ -141,6 +141,8 @@ struct Job {
     /// the new version's mirror once the reload is done
     mirror: Option<Snapshot>,
     error: Option<Error>,
+    /// what the running version's top level required (`graph`), put back if this job fails
+    required: Option<Vec<Box<[u8]>>>,
 }
 
 /// Reloads (or first loads) the modules of `targets` as one batch. With `push`, and if every
@@ -242,8 +244,14 @@ fn finish(
     outcome: Result<Outcome, String>,
 ) -> Result<Outcome, Error> {
     if let Ok(mut known) = cell.try_borrow_mut() {
-        known.reloading = None; // (if a raise left it set)
+        if outcome.is_err() {
+            known.reloading = None; // a raise skipped putting it back
+        }
         for (t, job) in targets.iter().zip(jobs.iter_mut()) {
+            // the running version stays: so does what its top level required
+            if let (Some(_), Some(required)) = (&job.error, &job.required) {
+                known.graph.restore(&t.name, required);
+            }
             if job.error.as_ref().is_none_or(|e| e.kind != ErrorKind::Busy) {
                 known.busy.remove(t.name.as_slice());
             }
@@ -460,9 +468,16 @@ impl Run<'_> {
         loader: c_int,
     ) -> Result<load::Loaded, String> {
         let Some(t) = self.targets.get(i) else { return Err("no such job".into()) };
+        // SAFETY: a walk of this thread's frames, one push at a time.
+        let depth = unsafe { capture::loader_frames(l) };
+        let mut outer = None;
         if let Ok(mut known) = self.cell.try_borrow_mut() {
-            known.graph.top_level_runs(&t.name);
-            known.reloading = Some(t.name.as_slice().into());
+            let required = known.graph.top_level_runs(&t.name);
+            if let Some(job) = self.jobs.get_mut(i) {
+                job.required = Some(required);
+            }
+            let name = t.name.as_slice().into();
+            outer = known.reloading.replace(Reloading { name, thread: l as usize, depth });
         }
         let earlier: Vec<usize> = if self.mode == Mode::Atomic {
             (0..i)
@@ -480,7 +495,7 @@ impl Run<'_> {
             result
         };
         if let Ok(mut known) = self.cell.try_borrow_mut() {
-            known.reloading = None;
+            known.reloading = outer;
         }
         result
     }

@@ -96,32 +96,45 @@ unsafe extern "C-unwind" fn required(l: *mut lua_State) -> c_int {
     }
 }
 
-/// The module whose top level runs now: the innermost `loader` frame's on this thread (the
-/// first `skip` of them left out), else the module a reload is running. Drops the entries of
-/// loads that raised: those whose frame is gone.
+/// The module whose top level runs now on this thread: the innermost `loader` frame's (the
+/// first `skip` of them left out), or the module a reload runs if its top level is the
+/// innermost; on a coroutine a top level started, that top level's module. Drops the entries
+/// of loads that raised: those whose frame is gone.
 ///
 /// # Safety
 /// A valid state; one free stack slot.
 unsafe fn requiring(l: *mut lua_State, cell: &StateCell, skip: usize) -> Option<Box<[u8]>> {
-    let (stacked, reloading) = match cell.try_borrow() {
-        Ok(known) => (known.requiring.len(), known.reloading.clone()),
+    match cell.try_borrow() {
+        Ok(known) if known.requiring.is_empty() && known.reloading.is_none() => return None,
+        Ok(_) => {}
         Err(_) => return None,
-    };
-    if stacked == 0 {
-        return reloading;
     }
+    let thread = l as usize;
     // SAFETY: forwarded.
     let frames = unsafe { loader_frames(l) }.saturating_sub(skip);
     let mut known = cell.try_borrow_mut().ok()?;
-    known.requiring.truncate(frames);
-    known.requiring.last().cloned().or(reloading)
+    let mut here = 0;
+    known.requiring.retain(|(t, _)| {
+        here += usize::from(*t == thread);
+        *t != thread || here <= frames
+    });
+    let reloading = known.reloading.as_ref();
+    if let Some(r) = reloading.filter(|r| r.thread == thread && frames <= r.depth) {
+        return Some(r.name.clone());
+    }
+    let on_this = known.requiring.iter().rev().find(|(t, _)| *t == thread);
+    on_this
+        .or(known.requiring.last())
+        .map(|(_, name)| name.clone())
+        .or_else(|| reloading.map(|r| r.name.clone()))
 }
 
-/// How many `loader` frames are active on this thread's call stack.
+/// How many `loader` frames are active on this thread's call stack: the `require` top
+/// levels running on it.
 ///
 /// # Safety
 /// A valid state; one free stack slot.
-unsafe fn loader_frames(l: *mut lua_State) -> usize {
+pub(crate) unsafe fn loader_frames(l: *mut lua_State) -> usize {
     let mut n = 0;
     // SAFETY: `ar` is filled by lua_getstack before lua_getinfo reads it; one push, popped.
     unsafe {
@@ -206,8 +219,9 @@ unsafe extern "C-unwind" fn loader(l: *mut lua_State) -> c_int {
         lua::lua_call(l, n, 1);
         if let Some(cell) = state::get(l, lua::lua_upvalueindex(1))
             && let Ok(mut known) = cell.try_borrow_mut()
+            && let Some(at) = known.requiring.iter().rposition(|(t, _)| *t == l as usize)
         {
-            known.requiring.pop();
+            known.requiring.remove(at);
         }
         let value = n + 3;
         let delta = require::global_delta(l, globals, n + 2, false);
@@ -239,7 +253,7 @@ unsafe fn top_level_runs(l: *mut lua_State, n: c_int) {
         let _ = requiring(l, cell, 1);
         if let Ok(mut known) = cell.try_borrow_mut() {
             known.graph.top_level_runs(name);
-            known.requiring.push(name.into());
+            known.requiring.push((l as usize, name.into()));
         }
     }
 }
@@ -258,8 +272,10 @@ const MTIME_SLACK: f64 = 0.05;
 /// ones that ran).
 fn hash_if_settled(file: &Path, searched: f64) -> Option<u64> {
     let modified = std::fs::metadata(file).and_then(|m| m.modified()).ok()?;
-    let modified = modified.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
-    if modified >= searched - MTIME_SLACK {
+    let modified = modified.duration_since(UNIX_EPOCH).ok()?;
+    // whole seconds: a file system with coarse times (FAT, some network mounts), where a
+    // save in the second of the load looks older than it
+    if modified.subsec_nanos() == 0 || modified.as_secs_f64() >= searched - MTIME_SLACK {
         return None;
     }
     let bytes = std::fs::read(file).ok()?;

@@ -4,7 +4,8 @@
 //! that required a module, directly or not, and `order` puts a set of modules in an order
 //! where each comes after the modules it required. Pure.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 type Name = Box<[u8]>;
 
@@ -34,14 +35,26 @@ impl Graph {
     }
 
     /// Forgets what `parent`'s top level required: it is running again, and records anew.
-    pub(crate) fn top_level_runs(&mut self, parent: &[u8]) {
-        for child in self.requires.remove(parent).unwrap_or_default() {
-            if let Some(parents) = self.requirers.get_mut(&child) {
+    /// Returns what it had required, for `restore` if that run fails.
+    pub(crate) fn top_level_runs(&mut self, parent: &[u8]) -> Vec<Name> {
+        let children = self.requires.remove(parent).unwrap_or_default();
+        for child in &children {
+            if let Some(parents) = self.requirers.get_mut(child) {
                 parents.retain(|p| **p != *parent);
                 if parents.is_empty() {
-                    self.requirers.remove(&child);
+                    self.requirers.remove(child);
                 }
             }
+        }
+        children
+    }
+
+    /// `parent`'s new top level failed: the running version is the one that required
+    /// `children`, whatever the failed run recorded.
+    pub(crate) fn restore(&mut self, parent: &[u8], children: &[Name]) {
+        self.top_level_runs(parent);
+        for child in children {
+            self.record(parent, child);
         }
     }
 
@@ -68,38 +81,45 @@ impl Graph {
     }
 
     /// `names` in an order where each module comes after the modules of `names` it required
-    /// (directly or through modules outside `names`). Modules in a cycle keep their order in
-    /// `names` among themselves, and come after what the whole cycle required.
+    /// (directly or through modules outside `names`). Modules in a cycle come together, in
+    /// their order in `names`, after what the whole cycle required; otherwise, of the modules
+    /// that could come next, the first in `names` does. Linear in the edges met.
     pub(crate) fn order(&self, names: &[Name]) -> Vec<Name> {
         let n = names.len();
         let index: HashMap<&[u8], usize> =
             names.iter().enumerate().map(|(i, m)| (&**m, i)).collect();
-        // first[i][j]: i must come before j (j required i, through any path)
-        let mut first = vec![vec![false; n]; n];
-        for (i, m) in names.iter().enumerate() {
-            for j in self.requirers_in(m, &index) {
-                first[i][j] = true;
-            }
+        // before[i]: the modules that must come after i (they required it)
+        let before: Vec<Vec<usize>> = names.iter().map(|m| self.requirers_in(m, &index)).collect();
+        let (component, count) = components(&before);
+        // the cycles as single nodes, and the order between them
+        let mut members: Vec<Vec<usize>> = vec![Vec::new(); count];
+        for (i, &c) in component.iter().enumerate() {
+            members[c].push(i);
         }
-        for k in 0..n {
-            let through = first[k].clone();
-            for row in first.iter_mut() {
-                if row[k] {
-                    for (cell, &via) in row.iter_mut().zip(&through) {
-                        *cell |= via;
-                    }
+        let mut after: Vec<Vec<usize>> = vec![Vec::new(); count];
+        let mut blockers = vec![0usize; count];
+        for (i, later) in before.iter().enumerate() {
+            for &j in later {
+                let (ci, cj) = (component[i], component[j]);
+                if ci != cj && !after[ci].contains(&cj) {
+                    after[ci].push(cj);
+                    blockers[cj] += 1;
                 }
             }
         }
-        // strictly first: not the other way round too (a cycle)
-        let strictly = |i: usize, j: usize| first[i][j] && !first[j][i];
-        let mut done = vec![false; n];
+        // ready components by their first member's place in `names`
+        let first = |c: usize| members[c].first().copied().unwrap_or(usize::MAX);
+        let mut ready: BinaryHeap<Reverse<(usize, usize)>> =
+            (0..count).filter(|&c| blockers[c] == 0).map(|c| Reverse((first(c), c))).collect();
         let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            let next = (0..n).find(|&i| !done[i] && !(0..n).any(|k| !done[k] && strictly(k, i)));
-            let Some(i) = next else { break };
-            done[i] = true;
-            out.push(names[i].clone());
+        while let Some(Reverse((_, c))) = ready.pop() {
+            out.extend(members[c].iter().map(|&i| names[i].clone()));
+            for &d in &after[c] {
+                blockers[d] -= 1;
+                if blockers[d] == 0 {
+                    ready.push(Reverse((first(d), d)));
+                }
+            }
         }
         out
     }
@@ -145,6 +165,59 @@ impl Graph {
         }
         found
     }
+}
+
+/// The strongly connected components of the graph `edges` (node -> successors): each
+/// node's component, and how many there are (Kosaraju's algorithm, without recursion).
+fn components(edges: &[Vec<usize>]) -> (Vec<usize>, usize) {
+    let n = edges.len();
+    let mut reverse: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, succ) in edges.iter().enumerate() {
+        for &j in succ {
+            reverse[j].push(i);
+        }
+    }
+    // nodes by the time their depth-first search finished
+    let mut finished = Vec::with_capacity(n);
+    let mut seen = vec![false; n];
+    for start in 0..n {
+        if seen[start] {
+            continue;
+        }
+        seen[start] = true;
+        let mut stack = vec![(start, 0usize)];
+        while let Some((node, next)) = stack.pop() {
+            match edges[node].get(next) {
+                Some(&succ) => {
+                    stack.push((node, next + 1));
+                    if !seen[succ] {
+                        seen[succ] = true;
+                        stack.push((succ, 0));
+                    }
+                }
+                None => finished.push(node),
+            }
+        }
+    }
+    let mut component = vec![usize::MAX; n];
+    let mut count = 0;
+    for &start in finished.iter().rev() {
+        if component[start] != usize::MAX {
+            continue;
+        }
+        component[start] = count;
+        let mut stack = vec![start];
+        while let Some(node) = stack.pop() {
+            for &pred in &reverse[node] {
+                if component[pred] == usize::MAX {
+                    component[pred] = count;
+                    stack.push(pred);
+                }
+            }
+        }
+        count += 1;
+    }
+    (component, count)
 }
 
 #[cfg(test)]
@@ -227,10 +300,34 @@ mod tests {
     }
 
     #[test]
+    fn a_thousand_dependents_order_quickly() {
+        let mut g = Graph::default();
+        let mut all = vec![Name::from(&b"core"[..])];
+        for i in 0..1000 {
+            let m = format!("m{i}");
+            g.record(m.as_bytes(), b"core");
+            if i > 0 {
+                g.record(m.as_bytes(), format!("m{}", i - 1).as_bytes());
+            }
+            all.push(m.as_bytes().into());
+        }
+        all.reverse();
+        let order = g.order(&all);
+        assert_eq!(order.len(), 1001);
+        assert_eq!(&*order[0], b"core");
+        assert_eq!(&*order[1000], b"m999");
+    }
+
+    #[test]
     fn a_top_level_that_runs_again_records_anew() {
         let mut g = game();
-        g.top_level_runs(b"player");
+        let before = g.top_level_runs(b"player");
         assert_eq!(names(&g.dependents(b"conf")), ["main"], "player no longer requires conf");
+        g.record(b"player", b"other");
+        g.restore(b"player", &before);
+        assert_eq!(names(&g.dependents(b"conf")), ["main", "player", "game"], "restored");
+        assert!(g.dependents(b"other").is_empty(), "the failed run's edges are gone");
+        g.top_level_runs(b"player");
         g.record(b"player", b"conf");
         assert_eq!(names(&g.dependents(b"conf")), ["main", "player", "game"]);
         g.record(b"x", b"x");

@@ -37,11 +37,21 @@ pub(crate) struct State {
     pub(crate) contents: HashMap<Box<[u8]>, u64>,
     /// Which module's top level required which (`graph`).
     pub(crate) graph: Graph,
-    /// The modules whose top level runs under `require` right now, outermost first (the
-    /// loader wrappers of `capture`); entries of loads that raised are dropped lazily.
-    pub(crate) requiring: Vec<Box<[u8]>>,
+    /// The modules whose top level runs under `require` right now, outermost first, with
+    /// the thread each runs on (the loader wrappers of `capture`); entries of loads that
+    /// raised are dropped lazily.
+    pub(crate) requiring: Vec<(usize, Box<[u8]>)>,
     /// The module whose new top level a reload runs right now, if any.
-    pub(crate) reloading: Option<Box<[u8]>>,
+    pub(crate) reloading: Option<Reloading>,
+}
+
+/// A reload running a module's new top level: on which thread, and how many `require`
+/// top levels were running there when it started (requires above those are their own).
+#[derive(Clone, Debug)]
+pub(crate) struct Reloading {
+    pub(crate) name: Box<[u8]>,
+    pub(crate) thread: usize,
+    pub(crate) depth: usize,
 }
 
 /// The hash `State::contents` keeps of a file's bytes.

@@ -241,12 +241,13 @@ unsafe fn name_dependents(
             } else {
                 lua::lua_pushvalue(l, reports);
             }
+            capi::push_bytes(l, b"dependents");
             lua::lua_createtable(l, c_int::try_from(reloaded.len()).unwrap_or(0), 0);
             for (k, name) in reloaded.iter().enumerate() {
                 capi::push_bytes(l, name);
                 lua::lua_rawseti(l, -2, lua::lua_Integer::try_from(k + 1).unwrap_or(0));
             }
-            lua::lua_setfield(l, -2, c"dependents".as_ptr());
+            lua::lua_rawset(l, -3);
             lua::lua_pop(l, 1);
             if !list {
                 break;

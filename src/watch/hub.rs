@@ -185,20 +185,21 @@ pub fn subscribe(root: &Path, sub: Sub) -> Result<Subscription, WatchError> {
     }
     tree.next_id += 1;
     let id = tree.next_id;
-    let walked = tree::walk(root, &sub.filter, &list_dir);
+    // watched, then listed again until no directory appeared in between
+    let (walked, failed) = tree.watch_tree(root, &sub.filter, id);
     if let Some((_, e)) = walked.skipped.iter().find(|(d, _)| d == root) {
+        tree.untrack_root(id);
         return Err(WatchError::Os(format!("cannot watch '{}': {e}", root.display())));
     }
-    let mut skipped = walked.skipped;
-    for dir in walked.dirs {
-        if let Err(e) = tree.track(&dir, id) {
-            if dir == root || matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
-                tree.untrack_root(id);
-                return Err(describe(&e, root));
-            }
-            skipped.push((dir, std::io::Error::other(e.to_string())));
-        }
+    let unwatchable = |(d, e): &(PathBuf, notify::Error)| {
+        d == root || matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
+    };
+    if let Some((_, e)) = failed.iter().find(|f| unwatchable(f)) {
+        tree.untrack_root(id);
+        return Err(describe(e, root));
     }
+    let mut skipped = walked.skipped;
+    skipped.extend(failed.into_iter().map(|(d, e)| (d, std::io::Error::other(e.to_string()))));
     if let Some(message) = tree::skipped_message(root, &skipped) {
         sub.queue.push_error(message);
     }
@@ -352,7 +353,7 @@ impl Tree {
         dir: &Path,
         filter: &Filter,
         id: u64,
-    ) -> (tree::Walked, Vec<WatchError>) {
+    ) -> (tree::Walked, Vec<(PathBuf, notify::Error)>) {
         let mut errors = Vec::new();
         loop {
             let walked = tree::walk(dir, filter, &list_dir);
@@ -363,7 +364,8 @@ impl Tree {
                 }
                 match self.track(d, id) {
                     Ok(()) => added = true,
-                    Err(e) => errors.push(describe(&e, d)),
+                    Err(e) if errors.iter().any(|(f, _)| f == d) => drop(e),
+                    Err(e) => errors.push((d.clone(), e)),
                 }
             }
             if !added {
@@ -400,8 +402,8 @@ impl Tree {
         let mut files = Vec::new();
         for (id, filter) in covering {
             let (walked, errors) = self.watch_tree(dir, &filter, id);
-            for e in errors {
-                let message = format!("hotreload: watch: {e}");
+            for (d, e) in errors {
+                let message = format!("hotreload: watch: {}", describe(&e, &d));
                 for root in read(routes).roots.iter().filter(|r| r.id == id) {
                     root.report(&message);
                 }
@@ -452,10 +454,17 @@ impl Tree {
             .map(|r| (r.id, r.path.clone(), r.dirs.clone()))
             .collect();
         for (id, path, filter) in back {
+            // back before the last listing, so that a save after it has its event taken
+            if let Some(root) = read(routes).roots.iter().find(|r| r.id == id) {
+                root.lost.store(false, Ordering::Release);
+            }
             let (walked, _) = self.watch_tree(&path, &filter, id);
             let routes = read(routes);
             let Some(root) = routes.roots.iter().find(|r| r.id == id) else { continue };
-            root.lost.store(false, Ordering::Relaxed);
+            if !self.dirs.get(&path).is_some_and(|r| r.contains(&id)) {
+                root.lost.store(true, Ordering::Release); // not watchable yet: try again
+                continue;
+            }
             let now = Instant::now();
             for (file, _) in &walked.files {
                 if !root.dirs.ignores_under(&root.path, file) {
@@ -470,6 +479,12 @@ impl Tree {
     /// After the OS dropped events: every root listed again, new directories watched, and
     /// every file queued (a file whose content did not change is not reloaded).
     fn rescan(&mut self, routes: &RwLock<Routes>) {
+        // directories gone while events were lost: forgotten, so a new one there is watched
+        let gone: Vec<PathBuf> = self.dirs.keys().filter(|d| !d.is_dir()).cloned().collect();
+        for dir in gone {
+            self.dirs.remove(&dir);
+            let _ = self.watcher.unwatch(&dir);
+        }
         let roots: Vec<PathBuf> = read(routes)
             .roots
             .iter()

@@ -182,6 +182,9 @@ impl Planner<'_> {
         lv: Val,
         prior: Prior,
     ) -> (Option<c_int>, Decision) {
+        if let Some(changes) = self.changes.as_mut() {
+            changes.code_changed = None; // unknown unless a base function says
+        }
         // SAFETY: as documented; the base functions' table is at `base_fns`.
         unsafe {
             match self.push_base_fn(l, prior) {
@@ -192,7 +195,11 @@ impl Planner<'_> {
                     (Some(live), Decision::TakeNew)
                 }
                 Some(b) => {
-                    if same_code(l, b, new) {
+                    let same = same_code(l, b, new);
+                    if let Some(changes) = self.changes.as_mut() {
+                        changes.code_changed = Some(!same);
+                    }
+                    if same {
                         self.counts.functions_kept += 1;
                         (Some(b), Decision::Keep)
                     } else {
