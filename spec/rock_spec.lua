@@ -39,7 +39,7 @@ describe("luarocks", function()
       local where = package.searchpath("hotreload", package.cpath)
       assert(where:find(%q, 1, true) == 1, "loaded from " .. where)
       for _, helper in ipairs({ "hotreload.love", "hotreload.nvim", "hotreload.nginx",
-        "hotreload.haproxy" }) do
+        "hotreload.haproxy", "hotreload.helper" }) do
         local path = package.searchpath(helper, package.path)
         assert(path and path:find(%q, 1, true) == 1, helper .. " not installed in the tree")
       end

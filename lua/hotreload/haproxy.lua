@@ -14,13 +14,10 @@ local M = {}
 --- the modules. `opts.watch`: options for `hotreload.watch`. Call it from the file
 --- `lua-load` names (the task is registered there). Returns the module. Raises on misuse.
 function M.setup(opts)
-  opts = opts or {}
-  assert(type(opts) == "table", "setup expects a table")
-  assert(type(opts.dirs or {}) == "table", "dirs: a list of directories expected")
-  local interval = opts.interval or 20
-  assert(type(interval) == "number" and interval > 0, "interval: milliseconds expected")
-  local hotreload = require "hotreload"
   local helper = require "hotreload.helper"
+  local interval
+  opts, interval = helper.server_options(opts)
+  local hotreload = require "hotreload"
   local reloaded = {}
   if opts.verbose then helper.listen(hotreload, reloaded, true) end
   helper.watch_all(hotreload, opts.dirs, opts.watch, function(e) core.log(core.err, e) end)

@@ -21,6 +21,17 @@ function M.listen(hotreload, list, timed)
   end)
 end
 
+--- Checks a server helper's `setup` options (a table; `dirs` a list; `interval` positive
+--- milliseconds, default 20): returns them and the interval, or raises.
+function M.server_options(opts)
+  opts = opts or {}
+  assert(type(opts) == "table", "setup expects a table")
+  assert(type(opts.dirs or {}) == "table", "dirs: a list of directories expected")
+  local interval = opts.interval or 20
+  assert(type(interval) == "number" and interval > 0, "interval: milliseconds expected")
+  return opts, interval
+end
+
 --- Watches each directory of `dirs` with `opts`; a failure goes to `fail(message)`.
 --- Returns the watchers.
 function M.watch_all(hotreload, dirs, opts, fail)

@@ -68,11 +68,9 @@ end
 --- Does nothing in processes that run no requests (cache manager and loader). Returns the
 --- module. Raises on misuse.
 function M.setup(opts)
-  opts = opts or {}
-  assert(type(opts) == "table", "setup expects a table")
-  assert(type(opts.dirs or {}) == "table", "dirs: a list of directories expected")
-  local interval = opts.interval or 20
-  assert(type(interval) == "number" and interval > 0, "interval: milliseconds expected")
+  local helper = require "hotreload.helper"
+  local interval
+  opts, interval = helper.server_options(opts)
   if ngx.get_phase() == "init" then
     error("hotreload.nginx: call setup from init_worker_by_lua*, not init_by_lua*", 2)
   end
@@ -82,7 +80,6 @@ function M.setup(opts)
   if opts.patches then
     dict = assert(ngx.shared[opts.patches], "no lua_shared_dict " .. tostring(opts.patches))
   end
-  local helper = require "hotreload.helper"
   if opts.verbose then helper.listen(hotreload, reloaded, true) end
   helper.watch_all(hotreload, opts.dirs, opts.watch, function(e) ngx.log(ngx.ERR, e) end)
   local patches = { applied = 0 }
