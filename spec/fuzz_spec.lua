@@ -31,4 +31,42 @@ describe("differential fuzzing", function()
     assert(#failures == 0, table.concat(failures, "\n\n")
       .. "\nreplay one: HOTRELOAD_FUZZ_SEED=<seed> HOTRELOAD_FUZZ_CASES=1 make test")
   end)
+
+  -- The same cases again, saved in a watched directory and reloaded by `poll` from the chunk
+  -- compiled ahead (`compile_ahead`): the oracle holds either way.
+  local polled = math.max(1, math.floor(cases / 3))
+  it(("%d of them again, reloaded by poll from files compiled ahead"):format(polled), function()
+    local failures = {}
+    local before = hotreload.stats().compiled_ahead
+    for seed = first, first + polled - 1 do
+      local dir = "fz" .. seed
+      local watcher
+      local function save(name, source)
+        -- v1 before the watch (it is required at once), v2 under it
+        if package.loaded[name] then watcher = assert(hotreload.watch(h.root .. "/" .. dir)) end
+        write(dir .. "/" .. name:match("[^.]+$"), source)
+      end
+      local function reload(name)
+        local n, errors = 0, {}
+        h.wait_until(function()
+          local k, errs = hotreload.poll()
+          n = n + k
+          for _, e in ipairs(errs or {}) do errors[#errors + 1] = e end
+          return n > 0 or #errors > 0
+        end)
+        watcher:close()
+        if n == 0 then return nil, table.concat(errors, "\n") end
+        return package.loaded[name]
+      end
+      local name = dir .. ".m"
+      local ok, message = fuzz.run(seed, name, save, reload)
+      package.loaded[name] = nil
+      if not ok then
+        failures[#failures + 1] = message
+        if #failures == 3 then break end
+      end
+    end
+    assert(#failures == 0, table.concat(failures, "\n\n"))
+    assert.equal(polled, hotreload.stats().compiled_ahead - before, "every reload compiled ahead")
+  end)
 end)

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::os::raw::c_int;
+use std::sync::Arc;
 use std::time::Instant;
 
 use mlua::ffi as lua;
@@ -21,6 +22,7 @@ use crate::vm::access;
 use crate::vm::capi::{self, lua_State};
 use crate::vm::gc::GcPause;
 use crate::vm::registry::AFTER;
+use crate::vm::scratch::Compiled;
 
 /// How to reload (`hotreload.reload(name, opts)`, `hotreload.defaults`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +49,16 @@ impl Default for Options {
 pub struct Target {
     pub name: Vec<u8>,
     pub source: Option<Source>,
+    /// Its file, compiled ahead (`poll`): used where the standard file searcher would load
+    /// that file (`load::find_loader`).
+    pub ahead: Option<Arc<Compiled>>,
+}
+
+impl Target {
+    /// The module `name`, from wherever `require` finds it.
+    pub fn named(name: Vec<u8>) -> Target {
+        Target { name, source: None, ahead: None }
+    }
 }
 
 /// How a failure in one module affects the others of its batch.
@@ -402,11 +414,21 @@ impl Run<'_> {
                 let loader = lua::lua_gettop(l) + 1;
                 let found = match &t.source {
                     Some(src) => load::load_source(l, &t.name, src, self.opts.binary),
-                    None => load::find_loader(l, &t.name),
+                    None => {
+                        let found = load::find_loader(l, &t.name, t.ahead.as_deref());
+                        let ahead =
+                            matches!(found, Ok(true) | Err(load::LoadError::FailedAhead(_)));
+                        if ahead && let Ok(mut known) = self.cell.try_borrow_mut() {
+                            known.compiled_ahead += 1;
+                        }
+                        found.map(drop)
+                    }
                 };
                 match found {
                     Err(load::LoadError::NotFound(m)) => Err(ErrorKind::NotFound.with(t, m)),
-                    Err(load::LoadError::Failed(m)) => Err(ErrorKind::Load.with(t, m)),
+                    Err(load::LoadError::Failed(m) | load::LoadError::FailedAhead(m)) => {
+                        Err(ErrorKind::Load.with(t, m))
+                    }
                     Err(load::LoadError::Native) => Err(ErrorKind::Native.with(t, "")),
                     Ok(()) => match self.run_top_level(l, loaded, i, loader) {
                         Err(m) => {

@@ -16,6 +16,7 @@ use super::state::StateCell;
 use super::{plan, require, state};
 use crate::vm::access::{self, Val};
 use crate::vm::capi::{self, lua_State};
+use crate::watch::compile;
 use crate::watch::modname::{self, Template};
 
 /// Wraps every searcher not wrapped yet (searchers added after `require "hotreload"` are
@@ -167,6 +168,20 @@ pub unsafe fn unwrap_loader(l: *mut lua_State, idx: c_int) {
     }
 }
 
+/// If the value at `idx` is a searcher this module wrapped, replaces it with the original.
+///
+/// # Safety
+/// `idx` valid; one free stack slot.
+pub unsafe fn unwrap_searcher(l: *mut lua_State, idx: c_int) {
+    // SAFETY: a `searcher` closure always has the original searcher as upvalue 2.
+    unsafe {
+        let idx = lua::lua_absindex(l, idx);
+        if is(l, idx, searcher) && !lua::lua_getupvalue(l, idx, 2).is_null() {
+            lua::lua_replace(l, idx);
+        }
+    }
+}
+
 /// Whether the value at `idx` is a closure of our C function `f`. Both wrappers are plain,
 /// non-generic functions of this crate, so each has one address.
 unsafe fn is(l: *mut lua_State, idx: c_int, f: lua::lua_CFunction) -> bool {
@@ -304,7 +319,10 @@ unsafe fn record_file(l: *mut lua_State, name: &[u8], n: c_int) {
             let templates = Template::parse(&path, |_| None);
             modname::search(name, &templates, |p| Path::new(p).is_file())
         });
-        let Some(file) = found.and_then(|f| std::fs::canonicalize(f).ok()) else { return };
+        let Some(found) = found else { return };
+        let Ok(file) = std::fs::canonicalize(&found) else { return };
+        // the chunk name the standard searcher gave it: the next compile ahead uses it
+        compile::hint(file.clone(), &[b"@".as_slice(), found.as_bytes()].concat());
         let hash = hash_if_settled(&file, lua::lua_tonumber(l, lua::lua_upvalueindex(3)));
         if let Ok(mut known) = cell.try_borrow_mut() {
             known.loaded_from(file, name);

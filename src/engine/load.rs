@@ -9,13 +9,17 @@ use mlua::ffi as lua;
 
 use super::capture;
 use super::require::{copy_table, global_delta, push_searchers};
+use crate::vm::access::{self, Val};
 use crate::vm::capi::{self, lua_State};
+use crate::vm::scratch::{self, Compiled};
 
 /// Why no new version could be produced.
 pub enum LoadError {
     NotFound(String),
     /// A searcher or the chunk raised (syntax or runtime error): Lua's own message.
     Failed(String),
+    /// The file compiled ahead has a syntax error: the message its searcher would raise.
+    FailedAhead(String),
     /// Native modules have no Lua code to merge.
     Native,
 }
@@ -29,11 +33,17 @@ pub struct Loaded {
 }
 
 /// Pushes the loader and its extra value (the file name on 5.4) for `name`, unwrapping the
-/// loader `capture` put around it.
+/// loader `capture` put around it. With `ahead`, the file compiled off the Lua thread stands
+/// for what the standard file searcher would load, where it would load that very file
+/// (`ahead_loader`). `Ok(true)`: `ahead` was used.
 ///
 /// # Safety
 /// Inside `protect`; a few free stack slots. Runs searchers (user code) under protection.
-pub unsafe fn find_loader(l: *mut lua_State, name: &[u8]) -> Result<(), LoadError> {
+pub unsafe fn find_loader(
+    l: *mut lua_State,
+    name: &[u8],
+    ahead: Option<&Compiled>,
+) -> Result<bool, LoadError> {
     // SAFETY: plain stack work; searchers run under lua_pcall.
     unsafe {
         let top = lua::lua_gettop(l);
@@ -47,6 +57,20 @@ pub unsafe fn find_loader(l: *mut lua_State, name: &[u8]) -> Result<(), LoadErro
         loop {
             if lua::lua_rawgeti(l, searchers, i) == lua::LUA_TNIL {
                 break;
+            }
+            if let Some(ahead) = ahead {
+                match ahead_loader(l, name, ahead) {
+                    Some(Ok(())) => {
+                        lua::lua_remove(l, searchers);
+                        lua::lua_remove(l, searchers); // and the searcher
+                        return Ok(true);
+                    }
+                    Some(Err(message)) => {
+                        lua::lua_settop(l, top);
+                        return Err(LoadError::FailedAhead(message));
+                    }
+                    None => {}
+                }
             }
             capi::push_bytes(l, name);
             if lua::lua_pcall(l, 1, 2, 0) != lua::LUA_OK {
@@ -63,7 +87,7 @@ pub unsafe fn find_loader(l: *mut lua_State, name: &[u8]) -> Result<(), LoadErro
                     }
                     // keep loader and extra, drop the searchers table
                     lua::lua_remove(l, searchers);
-                    return Ok(());
+                    return Ok(false);
                 }
                 lua::LUA_TSTRING => {
                     let message = capi::describe(l, -2);
@@ -84,6 +108,108 @@ pub unsafe fn find_loader(l: *mut lua_State, name: &[u8]) -> Result<(), LoadErro
             tried
         )))
     }
+}
+
+/// If the searcher on top is the standard file searcher and would load `ahead`'s file under
+/// `ahead`'s chunk name, pushes what it would have returned, from the chunk compiled ahead
+/// (`Some(Ok)`), or gives the error it would have raised (`Some(Err)`): the same loader, file
+/// name and message. `None` (nothing pushed): the searcher is to run as it is.
+///
+/// # Safety
+/// The searcher on top; a few free stack slots.
+unsafe fn ahead_loader(
+    l: *mut lua_State,
+    name: &[u8],
+    ahead: &Compiled,
+) -> Option<Result<(), String>> {
+    // SAFETY: raw reads of the searcher's package table; the chunk is loaded as binary, by
+    // the same library that dumped it.
+    unsafe {
+        let searcher = lua::lua_gettop(l);
+        lua::lua_pushvalue(l, searcher);
+        capture::unwrap_searcher(l, -1);
+        let std = scratch::std_file_searcher()?;
+        let is_std = lua::lua_tocfunction(l, -1).is_some_and(|f| f as usize == std);
+        let path = is_std.then(|| searcher_path(l)).flatten();
+        lua::lua_settop(l, searcher);
+        let file = search_path(name, &path?)?;
+        let chunkname = [b"@".as_slice(), file.as_bytes()].concat();
+        if *chunkname != *ahead.chunkname
+            || std::fs::canonicalize(&file).ok().as_deref() != Some(&ahead.file)
+        {
+            return None;
+        }
+        let chunk = match &ahead.chunk {
+            Ok(chunk) => chunk,
+            Err(message) => {
+                return Some(Err(format!(
+                    "error loading module '{}' from file '{file}':\n\t{message}",
+                    String::from_utf8_lossy(name)
+                )));
+            }
+        };
+        let c_name = std::ffi::CString::new(chunkname).ok()?;
+        let status = lua::luaL_loadbufferx(
+            l,
+            chunk.as_ptr().cast(),
+            chunk.len(),
+            c_name.as_ptr(),
+            c"b".as_ptr(),
+        );
+        if status != lua::LUA_OK {
+            lua::lua_pop(l, 1);
+            return None;
+        }
+        // the standard searcher's second result: the file name (Lua 5.2+), none on LuaJIT
+        if cfg!(feature = "luajit") {
+            lua::lua_pushnil(l);
+        } else {
+            capi::push_bytes(l, file.as_bytes());
+        }
+        Some(Ok(()))
+    }
+}
+
+/// The search path the standard file searcher on top would read: `path` of its package table
+/// (its first upvalue; its environment on LuaJIT), if that is a string read without a
+/// metamethod. Pushes one value.
+///
+/// # Safety
+/// The searcher, a C function, on top; two free stack slots.
+unsafe fn searcher_path(l: *mut lua_State) -> Option<String> {
+    // SAFETY: raw reads; the string is copied before the stack is changed again.
+    unsafe {
+        #[cfg(feature = "luajit")]
+        lua::lua_getfenv(l, -1);
+        #[cfg(not(feature = "luajit"))]
+        if lua::lua_getupvalue(l, -1, 1).is_null() {
+            lua::lua_pushnil(l);
+        }
+        if lua::lua_type(l, -1) != lua::LUA_TTABLE || lua::lua_getmetatable(l, -1) != 0 {
+            return None;
+        }
+        capi::push_bytes(l, b"path");
+        capi::rawget(l, -2);
+        match access::read(l, -1) {
+            Val::Str(path) => std::str::from_utf8(path).ok().map(str::to_owned),
+            _ => None,
+        }
+    }
+}
+
+/// The file `package.searchpath` finds for `name` in `path`: `?` replaced by the name with
+/// its dots turned into directory separators, the first template whose file opens. `None`
+/// for a name whose separators would split differently across Lua versions.
+fn search_path(name: &[u8], path: &str) -> Option<String> {
+    let name = std::str::from_utf8(name).ok()?;
+    if name.contains([';', '?', '\0']) {
+        return None;
+    }
+    let name = name.replace('.', std::path::MAIN_SEPARATOR_STR);
+    path.split(';')
+        .filter(|t| !t.is_empty())
+        .map(|t| t.replace('?', &name))
+        .find(|f| std::fs::File::open(f).is_ok())
 }
 
 /// Source text to reload a module from instead of its file (online patching).

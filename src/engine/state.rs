@@ -43,6 +43,8 @@ pub(crate) struct State {
     pub(crate) requiring: Vec<(usize, Box<[u8]>)>,
     /// The module whose new top level a reload runs right now, if any.
     pub(crate) reloading: Option<Reloading>,
+    /// How many reloads loaded a chunk compiled ahead (`hotreload.stats`).
+    pub(crate) compiled_ahead: u64,
 }
 
 /// A reload running a module's new top level: on which thread, and how many `require`
@@ -55,12 +57,7 @@ pub(crate) struct Reloading {
 }
 
 /// The hash `State::contents` keeps of a file's bytes.
-pub(crate) fn content_hash(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
-}
+pub(crate) use crate::watch::compile::content_hash;
 
 impl State {
     /// Records that module `name` was loaded from `file` (canonical).

@@ -25,6 +25,7 @@ const EXPORTS: &[(&CStr, lua_CFunction)] = &[
     (c"unwatch", watch::unwatch),
     (c"poll", watch::poll),
     (c"pending", watch::pending),
+    (c"stats", watch::stats),
     (c"on_reload", reload::on_reload),
     (c"before_reload", reload::before_reload),
     (c"pin", reload::pin),

@@ -13,6 +13,8 @@ use crate::engine::error::ErrorKind;
 use crate::engine::state::{self, StateCell};
 use crate::engine::{self, Mode, Target};
 use crate::vm::capi::lua_State;
+use crate::vm::scratch::Compiled;
+use crate::watch::compile;
 use crate::watch::modname::Template;
 use crate::watch::queue::{Queue, Ready, Templates};
 use crate::watch::targets;
@@ -86,11 +88,13 @@ struct Batch {
 }
 
 impl Batch {
-    fn add(&mut self, changed: Vec<(String, Option<u64>)>) {
-        for (name, hash) in changed {
+    fn add(&mut self, changed: Changed) {
+        for name in changed.names {
             if !self.targets.iter().any(|t| t.name == name.as_bytes()) {
-                self.targets.push(Target { name: name.into_bytes(), source: None });
-                self.hashes.push(hash);
+                let mut target = Target::named(name.into_bytes());
+                target.ahead = changed.ahead.clone();
+                self.targets.push(target);
+                self.hashes.push(changed.hash);
             }
         }
     }
@@ -159,8 +163,16 @@ impl Batch {
         // SAFETY: forwarded.
         let chains = unsafe { dependents::chains(l, cell, &roots) };
         for chain in chains {
-            let targets: Vec<Target> =
-                chain.iter().map(|n| Target { name: n.to_vec(), source: None }).collect();
+            let targets: Vec<Target> = chain
+                .iter()
+                .map(|n| {
+                    let mut target = Target::named(n.to_vec());
+                    // the changed module's file, compiled ahead; its dependents are not
+                    target.ahead =
+                        self.targets.iter().find(|t| *t.name == **n).and_then(|t| t.ahead.clone());
+                    target
+                })
+                .collect();
             // SAFETY: forwarded.
             let done =
                 unsafe { engine::batch(l, cell, state, &targets, opts, Mode::Atomic, false) };
@@ -215,8 +227,17 @@ impl SearchPaths {
     }
 }
 
-/// The loaded modules the changed file is, with the hash of its bytes; without those whose
-/// last load was from these very bytes.
+/// The loaded modules a changed file is (without those whose last load was from these very
+/// bytes), the hash of its bytes, and its chunk compiled ahead if that was compiled from
+/// these bytes.
+#[derive(Default)]
+struct Changed {
+    names: Vec<String>,
+    hash: Option<u64>,
+    ahead: Option<Arc<Compiled>>,
+}
+
+/// What the changed file is (`Changed`).
 ///
 /// # Safety
 /// Three free stack slots.
@@ -225,7 +246,7 @@ unsafe fn changed_modules(
     cell: &StateCell,
     file: &Ready,
     search: &mut SearchPaths,
-) -> Result<Vec<(String, Option<u64>)>, String> {
+) -> Result<Changed, String> {
     let mut which = Vec::with_capacity(file.templates.len());
     for given in &file.templates {
         // SAFETY: forwarded.
@@ -237,18 +258,19 @@ unsafe fn changed_modules(
     // SAFETY: forwarded.
     let names = unsafe { targets::loaded_modules_of(l, &recorded, &file.path, &paths)? };
     if names.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Changed::default());
     }
     let hash = std::fs::read(&file.path).ok().map(|bytes| state::content_hash(&bytes));
     let known = cell.try_borrow().ok();
-    Ok(names
+    let names = names
         .into_iter()
         .filter(|name| {
             let last = known.as_ref().and_then(|k| k.contents.get(name.as_bytes()).copied());
             hash.is_none() || last != hash
         })
-        .map(|name| (name, hash))
-        .collect())
+        .collect();
+    let ahead = compile::lookup(&file.path).filter(|c| Some(c.hash) == hash);
+    Ok(Changed { names, hash, ahead })
 }
 
 /// The names `require` loaded the file at `path` under (see `engine::state`).

@@ -149,7 +149,7 @@ unsafe fn targets(l: *mut lua_State, n: i64) -> (Vec<engine::Target>, Vec<usize>
                 None => {
                     at_of.insert(name.clone(), targets.len());
                     order.push(targets.len());
-                    targets.push(engine::Target { name, source });
+                    targets.push(engine::Target { name, source, ahead: None });
                 }
             }
         }
@@ -206,7 +206,7 @@ unsafe fn with_dependents(
                         targets.push(t);
                     }
                 }
-                None => targets.push(engine::Target { name: name.into_vec(), source: None }),
+                None => targets.push(engine::Target::named(name.into_vec())),
             }
         }
         for at in order.iter_mut() {

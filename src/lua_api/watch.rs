@@ -12,6 +12,7 @@ use crate::engine::{capture, state};
 use crate::vm::access::{self, Val};
 use crate::vm::capi::{self, lua_State};
 use crate::vm::registry::{OPEN_WATCHERS, key};
+use crate::watch::compile;
 use crate::watch::watcher::{Options, Watch};
 
 /// Metatable name of watcher handles.
@@ -81,6 +82,29 @@ pub unsafe extern "C-unwind" fn pending(l: *mut lua_State) -> c_int {
     }
 }
 
+/// `hotreload.stats()` -> `{ compiled_ahead = n, files_compiled_ahead = m }`: how many
+/// reloads of this state loaded a file compiled off the Lua thread (`watch`'s
+/// `compile_ahead`), and how many saved files the process compiled that way.
+///
+/// # Safety
+/// Called by Lua as a closure made by `open`.
+pub unsafe extern "C-unwind" fn stats(l: *mut lua_State) -> c_int {
+    // SAFETY: a copy of the counter, then plain pushes.
+    unsafe {
+        let ahead = state::get(l, lua::lua_upvalueindex(STATE_UPVALUE))
+            .and_then(|cell| cell.try_borrow().ok().map(|k| k.compiled_ahead))
+            .unwrap_or(0);
+        lua::lua_createtable(l, 0, 2);
+        for (field, n) in
+            [(c"compiled_ahead", ahead), (c"files_compiled_ahead", compile::compiled())]
+        {
+            lua::lua_pushinteger(l, lua::lua_Integer::try_from(n).unwrap_or(lua::lua_Integer::MAX));
+            lua::lua_setfield(l, -2, field.as_ptr());
+        }
+        1
+    }
+}
+
 /// `hotreload.watch(dir [, opts])` -> watcher | nil, message
 ///
 /// # Safety
@@ -136,7 +160,7 @@ pub unsafe extern "C-unwind" fn watch(l: *mut lua_State) -> c_int {
 
 /// The options of `watch` from the table at 2 (if `has_opts`); `Err`: the message of a bad
 /// option. Every type is checked (raising on misuse) before anything is allocated. Leaves
-/// the five option values on the stack (3 to 7), which the caller drops.
+/// the six option values on the stack (3 to 8), which the caller drops.
 unsafe fn watch_options(l: *mut lua_State, has_opts: bool) -> Result<Options, &'static str> {
     // SAFETY: raw reads of the options table; one push per option.
     unsafe {
@@ -145,6 +169,7 @@ unsafe fn watch_options(l: *mut lua_State, has_opts: bool) -> Result<Options, &'
         let poll = opt_field(l, has_opts, c"poll_ms", lua::LUA_TNUMBER); // at 5
         let path = opt_field(l, has_opts, c"path", lua::LUA_TSTRING); // at 6
         let ignore = opt_field(l, has_opts, c"ignore", lua::LUA_TTABLE); // at 7
+        let compile = opt_field(l, has_opts, c"compile_ahead", lua::LUA_TBOOLEAN); // at 8
         let n_ignored = if ignore { lua::lua_rawlen(l, 7) as lua::lua_Integer } else { 0 };
         for i in 1..=n_ignored {
             let t = lua::lua_rawgeti(l, 7, i);
@@ -172,6 +197,9 @@ unsafe fn watch_options(l: *mut lua_State, has_opts: bool) -> Result<Options, &'
         }
         if path {
             opts.path = Some(string_at(l, 6));
+        }
+        if compile {
+            opts.compile_ahead = lua::lua_toboolean(l, 8) != 0;
         }
         for i in 1..=n_ignored {
             lua::lua_rawgeti(l, 7, i);

@@ -8,4 +8,5 @@ pub(crate) mod capi;
 pub(crate) mod gc;
 pub(crate) mod layout;
 pub(crate) mod registry;
+pub(crate) mod scratch;
 pub(crate) mod value;

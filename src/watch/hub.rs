@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use notify::event::{ModifyKind, RemoveKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher, WatcherKind};
 
+use super::compile::Request;
 use super::filter::Filter;
 use super::queue::{Queue, Templates};
 use super::tree::{self, list_dir};
@@ -54,13 +55,18 @@ pub struct Sub {
     pub filter: Filter,
     pub settle: Duration,
     pub templates: Templates,
+    /// Whether its files are compiled ahead (`compile_ahead`).
+    pub compile: bool,
 }
 
 impl Sub {
-    /// Queues `path` if its name counts, waiting at least `at_least`.
-    pub fn push(&self, path: &Path, now: Instant, at_least: Duration) {
+    /// Queues `path` if its name counts, waiting at least `at_least` (and for the compile
+    /// worker to answer `request`, if this watch compiles ahead).
+    pub fn push(&self, path: &Path, now: Instant, at_least: Duration, request: &mut Request) {
         if self.filter.wants_file(path) {
-            self.queue.push(path.to_owned(), now, self.settle.max(at_least), &self.templates);
+            let seq = if self.compile { request.seq() } else { None };
+            let settle = self.settle.max(at_least);
+            self.queue.push_compiled(path.to_owned(), now, settle, &self.templates, seq);
         }
     }
 }
@@ -299,9 +305,10 @@ fn handle(
 
 /// Queues the changed file `path` for every watch whose root covers it.
 fn dispatch(routes: &Routes, path: &Path, now: Instant, at_least: Duration) {
+    let mut request = Request::new(path);
     for root in routes.roots.iter().filter(|r| r.covers(path)) {
         for (_, sub) in &root.subs {
-            sub.push(path, now, at_least);
+            sub.push(path, now, at_least, &mut request);
         }
     }
 }
@@ -468,8 +475,9 @@ impl Tree {
             let now = Instant::now();
             for (file, _) in &walked.files {
                 if !root.dirs.ignores_under(&root.path, file) {
+                    let mut request = Request::new(file);
                     for (_, sub) in &root.subs {
-                        sub.push(file, now, RESCAN_DELAY);
+                        sub.push(file, now, RESCAN_DELAY, &mut request);
                     }
                 }
             }
@@ -520,6 +528,7 @@ mod tests {
             filter: Filter::new("*.lua", &[]),
             settle: Duration::ZERO,
             templates: None,
+            compile: false,
         }
     }
 

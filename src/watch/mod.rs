@@ -5,6 +5,7 @@
 //! `hotreload.poll`, on the Lua thread, takes the ready files and finds the modules each one
 //! is (`targets`, over the `package.path` templates of `modname`).
 
+pub(crate) mod compile;
 pub(crate) mod filter;
 pub(crate) mod hub;
 pub(crate) mod modname;

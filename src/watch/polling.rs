@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use notify::{Config, Event, EventKind, PollWatcher, RecursiveMode, Watcher};
 
+use super::compile::Request;
 use super::hub::Sub;
 use super::watcher::{WatchError, describe, pin_library};
 
@@ -62,7 +63,7 @@ fn take(root: &Path, sub: &Sub, res: notify::Result<Event>) {
             let now = Instant::now();
             for path in &event.paths {
                 if path.is_file() && !sub.filter.ignores_under(root, path) {
-                    sub.push(path, now, Duration::ZERO);
+                    sub.push(path, now, Duration::ZERO, &mut Request::new(path));
                 }
             }
         }

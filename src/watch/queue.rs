@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::compile;
+
 /// The module search path a file is mapped to module names with: `None` for
 /// `package.path`, or the one a watch was given (`watch(dir, {path = ...})`).
 pub type Templates = Option<Arc<str>>;
@@ -26,6 +28,8 @@ struct Entry {
     seq: i64,
     /// The search paths of the watches that saw it (one, unless watches overlap).
     templates: Vec<Templates>,
+    /// The latest compile request for it (`compile`): not ready before it is answered.
+    compile: Option<u64>,
 }
 
 /// A changed file ready for `poll`.
@@ -72,7 +76,21 @@ impl Queue {
     }
 
     /// Records an event for `path` at `now`, seen by a watch mapping files with `templates`.
+    #[cfg(test)]
     pub fn push(&self, path: PathBuf, now: Instant, settle: Duration, templates: &Templates) {
+        self.push_compiled(path, now, settle, templates, None);
+    }
+
+    /// Records an event for `path` at `now`, seen by a watch mapping files with `templates`,
+    /// for which the compile worker was asked with request `compile`.
+    pub fn push_compiled(
+        &self,
+        path: PathBuf,
+        now: Instant,
+        settle: Duration,
+        templates: &Templates,
+        compile: Option<u64>,
+    ) {
         let mut inner = self.lock();
         inner.seq += 1;
         let seq = inner.seq;
@@ -81,9 +99,11 @@ impl Queue {
             settle,
             seq,
             templates: Vec::with_capacity(1),
+            compile: None,
         });
         e.last = now;
         e.settle = e.settle.max(settle);
+        e.compile = e.compile.max(compile);
         if !e.templates.contains(templates) {
             e.templates.push(templates.clone());
         }
@@ -109,12 +129,16 @@ impl Queue {
     }
 
     /// Takes the paths that are ready at `now`, in the order they first changed, and the
-    /// errors. Paths still settling stay.
+    /// errors. Paths still settling stay, and so do those the compile worker has not
+    /// answered yet, for up to `compile::WAIT`.
     pub fn take_ready(&self, now: Instant) -> (Vec<Ready>, Vec<String>) {
         let mut inner = self.lock();
         let mut ready: Vec<(i64, Ready)> = Vec::new();
         inner.entries.retain(|path, e| {
-            if now.saturating_duration_since(e.last) >= e.settle {
+            let quiet = now.saturating_duration_since(e.last);
+            let compiled =
+                e.compile.is_none_or(|seq| quiet >= compile::WAIT || compile::done(path, seq));
+            if quiet >= e.settle && compiled {
                 let templates = std::mem::take(&mut e.templates);
                 ready.push((e.seq, Ready { path: path.clone(), templates }));
                 false
@@ -148,6 +172,7 @@ impl Queue {
                 settle: Duration::ZERO,
                 seq,
                 templates: Vec::new(),
+                compile: None,
             });
             for t in templates {
                 if !e.templates.contains(&t) {

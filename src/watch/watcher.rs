@@ -15,6 +15,7 @@ use std::time::Duration;
 use notify::EventKind;
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 
+use super::compile::Ticket;
 use super::filter::Filter;
 use super::hub::{self, Sub, Subscription};
 use super::polling::Polled;
@@ -34,6 +35,8 @@ pub struct Options {
     pub poll: Option<Duration>,
     /// The module search path files map to names with (default `package.path`).
     pub path: Option<String>,
+    /// Compile saved files off the Lua thread (`compile`). Default on.
+    pub compile_ahead: bool,
 }
 
 impl Default for Options {
@@ -44,6 +47,7 @@ impl Default for Options {
             ignore: Vec::new(),
             poll: None,
             path: None,
+            compile_ahead: true,
         }
     }
 }
@@ -77,6 +81,8 @@ pub struct Watch {
     root: PathBuf,
     queue: Arc<Queue>,
     how: How,
+    /// Keeps the compile worker running (dropped after `how` is stopped).
+    _compile: Option<Ticket>,
 }
 
 enum How {
@@ -116,17 +122,19 @@ impl Watch {
         let settle =
             opts.settle.unwrap_or(if events { Duration::ZERO } else { Duration::from_millis(50) });
         let templates: Templates = opts.path.as_deref().map(Arc::from);
+        let compile = opts.compile_ahead.then(Ticket::take);
         let sub = Sub {
             queue: queue.clone(),
             filter: Filter::new(&opts.pattern, &opts.ignore),
             settle,
             templates,
+            compile: compile.is_some(),
         };
         let how = match opts.poll {
             Some(every) => How::Polling(Polled::start(&root, sub, every)?),
             None => How::Events(hub::subscribe(&root, sub)?),
         };
-        Ok(Watch { root, queue, how })
+        Ok(Watch { root, queue, how, _compile: compile })
     }
 
     /// The canonical root directory.
@@ -257,6 +265,7 @@ pub fn pin_library() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::compile;
     use crate::watch::queue::Ready;
     use notify::event::{DataChange, RemoveKind};
     use std::time::Instant;
@@ -306,16 +315,18 @@ mod tests {
         ));
     }
 
-    /// Waits up to `deadline` for the queue to hold `n` paths.
-    fn wait_for(q: &Queue, n: usize, deadline: Duration) -> bool {
+    /// Takes the ready paths as `poll` would, waiting up to `deadline` for some.
+    fn take_within(q: &Queue, deadline: Duration) -> Vec<Ready> {
         let end = Instant::now() + deadline;
         while Instant::now() < end {
-            if q.len() >= n {
-                return true;
+            let (ready, errors) = q.take_ready(Instant::now());
+            assert!(errors.is_empty(), "{errors:?}");
+            if !ready.is_empty() {
+                return ready;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        false
+        Vec::new()
     }
 
     #[test]
@@ -326,16 +337,17 @@ mod tests {
         let w = Watch::start(&dir, &Options::default(), q.clone()).unwrap();
         std::fs::write(dir.join("a.lua"), "return 1").unwrap();
         std::fs::write(dir.join("notes.txt"), "x").unwrap();
-        assert!(wait_for(&q, 1, Duration::from_secs(5)));
-        let (ready, errors) = q.take_ready(Instant::now());
-        assert!(errors.is_empty());
+        // ready once compiled ahead (on by default)
+        let ready = take_within(&q, Duration::from_secs(5));
         assert_eq!(ready, vec![Ready::plain(w.root().join("a.lua"))]);
+        let compiled = compile::lookup(&w.root().join("a.lua")).expect("compiled ahead");
+        assert_eq!(compiled.hash, compile::content_hash(b"return 1"));
 
         // rename save
         std::fs::write(dir.join(".a.lua.tmp"), "return 2").unwrap();
         std::fs::rename(dir.join(".a.lua.tmp"), dir.join("a.lua")).unwrap();
-        assert!(wait_for(&q, 1, Duration::from_secs(5)));
-        assert_eq!(q.take_ready(Instant::now()).0, vec![Ready::plain(w.root().join("a.lua"))]);
+        let ready = take_within(&q, Duration::from_secs(5));
+        assert_eq!(ready, vec![Ready::plain(w.root().join("a.lua"))]);
 
         drop(w);
         std::fs::write(dir.join("a.lua"), "return 3").unwrap();

@@ -1,0 +1,239 @@
+//! Compiling saved files ahead, off the Lua thread: one worker per process, running while
+//! at least one watch wants it (`compile_ahead`, on by default).
+//!
+//! - The event thread asks for a file once per event, however many watches see it
+//!   (`Request`), and tags the queue entries with the request's number.
+//! - The worker reads the file, compiles it in a private state of the host's library
+//!   (`vm::scratch`) under the chunk name `require` used for it (`hint`), and keeps the
+//!   dump (or the compiler's message) with the hash of the bytes it read. A queued file is
+//!   not ready until the worker answered its latest request (`done`), or `WAIT` passed.
+//! - `poll` takes the result (`lookup`) only if the file's bytes on disk hash the same, and
+//!   the loader only if the standard file searcher would load that very file under that very
+//!   name (`engine::load`); otherwise it compiles on the Lua thread as without this.
+//! - The worker stops, and its results are dropped, when the last watch that wants it goes
+//!   (`Ticket`): closing a state with a compile in flight waits for that compile, so no
+//!   thread runs in the Lua library once the host might unload it.
+//!
+//! Locks: `WORKER` and `RESULTS` are never held together; a queue's lock may be held while
+//! `RESULTS` is taken (`done`), never the other way.
+
+// Runs on notify's thread and on the worker, where a panic would end watching silently.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::vm::scratch::{self, Compiled};
+
+/// How long a queued file waits for the worker before `poll` compiles it itself (the worker
+/// is behind, say, a checkout of thousands of files).
+pub const WAIT: Duration = Duration::from_secs(2);
+
+/// Results kept: the newest ones, for the states that have not polled yet.
+const KEEP_RESULTS: usize = 512;
+const KEEP_BYTES: usize = 64 << 20;
+
+struct Job {
+    path: PathBuf,
+    seq: u64,
+}
+
+struct Worker {
+    jobs: Sender<Job>,
+    thread: JoinHandle<()>,
+}
+
+/// The worker and how many tickets hold it.
+static WORKER: Mutex<(usize, Option<Worker>)> = Mutex::new((0, None));
+static RUNNING: AtomicBool = AtomicBool::new(false);
+static SEQ: AtomicU64 = AtomicU64::new(0);
+/// Files the worker compiled, in the life of the process (`hotreload.stats`).
+static COMPILED: AtomicU64 = AtomicU64::new(0);
+
+/// How many files the worker compiled since the process started.
+pub fn compiled() -> u64 {
+    COMPILED.load(Ordering::Acquire)
+}
+
+#[derive(Default)]
+struct Results {
+    /// By watched path: the latest request answered, and its result (`None`: nothing to
+    /// use, the Lua thread compiles it).
+    by_path: HashMap<PathBuf, (u64, Option<Arc<Compiled>>)>,
+    /// Paths with a result, oldest first, and the bytes they hold.
+    order: VecDeque<PathBuf>,
+    bytes: usize,
+}
+
+static RESULTS: Mutex<Option<Results>> = Mutex::new(None);
+
+/// The chunk name `require` gave each file (canonical) it loaded.
+static HINTS: Mutex<Option<HashMap<PathBuf, Box<[u8]>>>> = Mutex::new(None);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // nothing here is left half-updated by a panic that matters more than going on
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Keeps the worker running while it lives; the last one dropped stops it.
+#[derive(Debug)]
+pub struct Ticket(());
+
+impl Ticket {
+    pub fn take() -> Ticket {
+        let mut w = lock(&WORKER);
+        w.0 += 1;
+        if w.1.is_none() {
+            let (jobs, rx) = mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("hotreload-compile".into())
+                .spawn(move || work(&rx));
+            if let Ok(thread) = spawned {
+                w.1 = Some(Worker { jobs, thread });
+                RUNNING.store(true, Ordering::Release);
+            }
+        }
+        Ticket(())
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let stopped = {
+            let mut w = lock(&WORKER);
+            w.0 = w.0.saturating_sub(1);
+            if w.0 == 0 {
+                RUNNING.store(false, Ordering::Release);
+                w.1.take()
+            } else {
+                None
+            }
+        };
+        if let Some(Worker { jobs, thread }) = stopped {
+            drop(jobs); // the worker ends after the job in hand
+            let _ = thread.join();
+            *lock(&RESULTS) = None;
+        }
+    }
+}
+
+/// One changed file's compile request, made at most once however many watches see it.
+pub struct Request<'a> {
+    path: &'a Path,
+    seq: Option<Option<u64>>,
+}
+
+impl<'a> Request<'a> {
+    pub fn new(path: &'a Path) -> Request<'a> {
+        Request { path, seq: None }
+    }
+
+    /// The request's number, asking the worker the first time; `None` if it is not running.
+    pub fn seq(&mut self) -> Option<u64> {
+        *self.seq.get_or_insert_with(|| {
+            let w = lock(&WORKER);
+            let worker = w.1.as_ref()?;
+            let seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
+            worker.jobs.send(Job { path: self.path.to_owned(), seq }).ok()?;
+            Some(seq)
+        })
+    }
+}
+
+/// Whether the worker answered request `seq` for `path` (or is not running to answer it).
+pub fn done(path: &Path, seq: u64) -> bool {
+    if !RUNNING.load(Ordering::Acquire) {
+        return true;
+    }
+    lock(&RESULTS)
+        .as_ref()
+        .and_then(|r| r.by_path.get(path))
+        .is_some_and(|(answered, _)| *answered >= seq)
+}
+
+/// The latest result for `path`, if there is one to use.
+pub fn lookup(path: &Path) -> Option<Arc<Compiled>> {
+    lock(&RESULTS).as_ref()?.by_path.get(path)?.1.clone()
+}
+
+/// Records that `require` loaded `file` (canonical) under `chunkname`: the name its next
+/// compile uses.
+pub fn hint(file: PathBuf, chunkname: &[u8]) {
+    let mut hints = lock(&HINTS);
+    let hints = hints.get_or_insert_with(HashMap::new);
+    if hints.get(&file).is_none_or(|c| **c != *chunkname) {
+        hints.insert(file, chunkname.into());
+    }
+}
+
+/// The worker: answers the requests, the latest of each path once.
+fn work(rx: &Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut latest: Vec<Job> = vec![first];
+        for job in rx.try_iter() {
+            match latest.iter_mut().find(|j| j.path == job.path) {
+                Some(j) => j.seq = j.seq.max(job.seq),
+                None => latest.push(job),
+            }
+        }
+        for job in latest {
+            let result = compile_file(&job.path).map(Arc::new);
+            store(job, result);
+            COMPILED.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// Reads and compiles the file at `path`; `None` if the Lua thread is to do it.
+fn compile_file(path: &Path) -> Option<Compiled> {
+    let bytes = std::fs::read(path).ok()?;
+    let hash = content_hash(&bytes);
+    let text = scratch::file_text(&bytes)?;
+    let file = std::fs::canonicalize(path).ok()?;
+    let hinted = lock(&HINTS).as_ref().and_then(|h| h.get(&file).cloned());
+    let chunkname = hinted.unwrap_or_else(|| {
+        let mut name = b"@".to_vec();
+        name.extend_from_slice(path.as_os_str().as_encoded_bytes());
+        name.into()
+    });
+    let chunk = scratch::compile(&text, &chunkname)?;
+    Some(Compiled { file, chunkname, hash, chunk })
+}
+
+fn size(c: &Option<Arc<Compiled>>) -> usize {
+    c.as_ref().map_or(0, |c| c.chunk.as_ref().map_or_else(String::len, Vec::len))
+}
+
+fn store(job: Job, result: Option<Arc<Compiled>>) {
+    let mut guard = lock(&RESULTS);
+    let r = guard.get_or_insert_with(Results::default);
+    r.bytes += size(&result);
+    let had = result.is_some();
+    match r.by_path.insert(job.path.clone(), (job.seq, result)) {
+        Some((_, Some(old))) => r.bytes -= size(&Some(old)).min(r.bytes),
+        _ if had => r.order.push_back(job.path),
+        _ => {}
+    }
+    // the oldest results go; what was answered is kept, so their files are not held back
+    while r.order.len() > KEEP_RESULTS || r.bytes > KEEP_BYTES {
+        let Some(oldest) = r.order.pop_front() else { break };
+        if let Some((_, old)) = r.by_path.get_mut(&oldest) {
+            r.bytes -= size(old).min(r.bytes);
+            *old = None;
+        }
+    }
+}
+
+/// The hash `poll` and `require` compare a file's bytes by (`State::contents`), and the
+/// worker's results with the file on disk.
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
