@@ -87,7 +87,7 @@ fuzz: deps $(MODULES)
 # and memcheck over the engine specs on Lua 5.4.
 STRESS_SPECS   = spec/reloads_stress.lua spec/writer_stress.lua
 VALGRIND_SPECS = spec/reload_spec.lua spec/replace_spec.lua spec/lifecycle_spec.lua \
-                 spec/badinput_spec.lua spec/watch_spec.lua spec/fuzz_spec.lua
+                 spec/badinput_spec.lua spec/watch_spec.lua spec/fuzz_spec.lua spec/compile_spec.lua
 stress: deps $(MODULES)
 	HOTRELOAD_GC_STRESS=1 prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(SPECS)
 	HOTRELOAD_GC_STRESS=generational prove --exec '$(LUA54) $(BUSTED) --cpath=build/lua54/?.so -o TAP' $(SPECS)

@@ -6,7 +6,7 @@
 package.path = "./?.lua;" .. package.path
 local lib = require "bench.lib"
 
-local ALL = { "idle", "latency", "reload", "memory", "scaling", "batch" }
+local ALL = { "idle", "latency", "reload", "ahead", "memory", "scaling", "batch" }
 local names = #arg > 0 and arg or ALL
 
 local function fmt(x)

@@ -28,6 +28,17 @@ fn pending(lua: &Lua) -> i64 {
     lua.load("return hotreload.pending()").eval().unwrap()
 }
 
+/// Polls until nothing is pending; the number of modules reloaded in all (a saved file waits
+/// for the compile worker before a poll takes it).
+fn poll_all(lua: &Lua) -> i64 {
+    let mut n = 0;
+    assert!(wait(|| {
+        n += lua.load("return hotreload.poll()").eval::<i64>().unwrap();
+        pending(lua) == 0
+    }));
+    n
+}
+
 fn wait(mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
@@ -54,10 +65,9 @@ fn two_states_never_see_each_others_changes() {
     std::fs::write(da.join("m.lua"), "return { v = 2 }").unwrap();
     assert!(wait(|| pending(&a) == 1));
     assert_eq!(pending(&b), 0, "b watches another directory");
-    let (n, v): (i64, i64) = a.load("return hotreload.poll(), M.v").eval().unwrap();
-    assert_eq!((n, v), (1, 2));
-    let n: i64 = b.load("return hotreload.poll()").eval().unwrap();
-    assert_eq!(n, 0);
+    assert_eq!(poll_all(&a), 1);
+    assert_eq!(a.load("return M.v").eval::<i64>().unwrap(), 2);
+    assert_eq!(poll_all(&b), 0);
 }
 
 #[test]
@@ -76,12 +86,71 @@ fn the_same_directory_in_two_states_reloads_each_states_own_modules() {
     }
     std::fs::write(dir.join("only_a.lua"), "return { v = 2 }").unwrap();
     assert!(wait(|| pending(&a) == 1 && pending(&b) == 1));
-    let n: i64 = b.load("return hotreload.poll()").eval().unwrap();
-    assert_eq!(n, 0, "b never required only_a");
+    assert_eq!(poll_all(&b), 0, "b never required only_a");
     let loaded: Table = b.load("return package.loaded").eval().unwrap();
     assert!(!loaded.contains_key("only_a").unwrap());
-    let (n, v): (i64, i64) = a.load("return hotreload.poll(), M.v").eval().unwrap();
-    assert_eq!((n, v), (1, 2));
+    assert_eq!(poll_all(&a), 1);
+    assert_eq!(a.load("return M.v").eval::<i64>().unwrap(), 2);
+}
+
+/// A module of `n` functions, every body tagged with `tag` (big enough that compiling it
+/// takes the worker a while).
+fn big_module(n: usize, tag: &str) -> String {
+    let mut s = String::from("local M = {}\n");
+    for i in 0..n {
+        s += &format!("function M.f{i}(x) return x + {i}, '{tag}' end\n");
+    }
+    s + "return M\n"
+}
+
+#[test]
+fn closing_a_state_while_its_file_is_being_compiled_ahead() {
+    let dir = scratch("inflight");
+    std::fs::write(dir.join("big.lua"), big_module(20_000, "v0")).unwrap();
+    for round in 1..=5 {
+        let lua = state(dir.to_str().unwrap());
+        lua.load("M = require 'big'").exec().unwrap();
+        lua.load(format!("W = assert(hotreload.watch('{}'))", dir.display())).exec().unwrap();
+        std::fs::write(dir.join("big.lua"), big_module(20_000, &format!("v{round}"))).unwrap();
+        assert!(wait(|| pending(&lua) >= 1));
+        drop(lua); // lua_close with the compile in flight: waits for it, then stops the worker
+    }
+    // and the worker starts again for the next watch
+    let lua = state(dir.to_str().unwrap());
+    lua.load("M = require 'big'").exec().unwrap();
+    lua.load(format!("W = assert(hotreload.watch('{}'))", dir.display())).exec().unwrap();
+    std::fs::write(dir.join("big.lua"), big_module(10, "last")).unwrap();
+    assert_eq!(poll_all(&lua), 1);
+    let ahead: i64 = lua.load("return hotreload.stats().compiled_ahead").eval().unwrap();
+    assert_eq!(ahead, 1);
+}
+
+#[test]
+fn states_watching_one_tree_share_the_compile_worker() {
+    const STATES: usize = 40;
+    let dir = scratch("sharedworker");
+    std::fs::write(dir.join("s.lua"), "return { v = function() return 1 end }").unwrap();
+    let states: Vec<Lua> = (0..STATES)
+        .map(|_| {
+            let lua = state(dir.to_str().unwrap());
+            lua.load("M = require 's'").exec().unwrap();
+            lua.load(format!("W = assert(hotreload.watch('{}'))", dir.display())).exec().unwrap();
+            lua
+        })
+        .collect();
+    let stats = |lua: &Lua, field: &str| -> i64 {
+        lua.load(format!("return hotreload.stats().{field}")).eval().unwrap()
+    };
+    let before = stats(&states[0], "files_compiled_ahead");
+    std::fs::write(dir.join("s.lua"), "return { v = function() return 2 end }").unwrap();
+    for lua in &states {
+        assert_eq!(poll_all(lua), 1);
+        assert_eq!(lua.load("return M.v()").eval::<i64>().unwrap(), 2);
+        assert_eq!(stats(lua, "compiled_ahead"), 1, "each state used the one compile");
+    }
+    // other tests of this binary compile too, in parallel: far fewer than one per state
+    let compiled = stats(&states[0], "files_compiled_ahead") - before;
+    assert!((1..STATES as i64 / 2).contains(&compiled), "{compiled} compiles");
 }
 
 #[test]

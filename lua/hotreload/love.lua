@@ -185,7 +185,9 @@ function M.setup(opts)
   local source = love.filesystem.getSource()
   for _, dir in ipairs(dirs) do
     local path = dir:sub(1, 1) == "/" and dir or source .. "/" .. dir
-    local w, err = hotreload.watch(path)
+    -- LÖVE's own searcher, before the standard one, loads the game's files: a file compiled
+    -- ahead would never be used (docs/api.md, Compiling ahead)
+    local w, err = hotreload.watch(path, { compile_ahead = false })
     if w then M.watchers[#M.watchers + 1] = w else report(path, err) end
   end
   if opts.verbose then hotreload.defaults.changes = true end

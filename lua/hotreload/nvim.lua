@@ -80,7 +80,9 @@ function M.setup(opts)
   for _, dir in ipairs(opts.dirs) do
     local path = vim.fn.fnamemodify(vim.fn.expand(dir), ":p"):gsub("/$", "")
     add_to_path(path)
-    local w, err = hotreload.watch(path)
+    -- Neovim's loader, before the standard searcher, loads runtimepath modules: a file compiled
+    -- ahead would never be used (docs/api.md, Compiling ahead)
+    local w, err = hotreload.watch(path, { compile_ahead = false })
     if w then M.watchers[#M.watchers + 1] = w else notify(err, vim.log.levels.ERROR) end
   end
   local interval = opts.interval or 100

@@ -4,7 +4,7 @@
 //!   watcher (its event thread) and one worker thread of ours; both live until the process
 //!   ends (the library is pinned, see `watcher::pin_library`). However many states watch
 //!   however many roots, no other thread or OS instance is taken (the polling watcher of
-//!   `poll_ms` aside, see `polling`).
+//!   `poll_ms` and the compile worker aside, see `polling` and `compile`).
 //! - **Directories are watched one by one and counted.** Each directory is watched
 //!   (non-recursively) once, and records the roots that cover it; it is unwatched when the
 //!   last of them goes. Overlapping roots therefore share the directories they have in

@@ -3,7 +3,8 @@
 //! (`queue`), filtered by each watch's pattern and ignore list (`filter`, `tree`). A watch
 //! (`watcher`) is a subscription to it, or a polling watcher of its own (`polling`).
 //! `hotreload.poll`, on the Lua thread, takes the ready files and finds the modules each one
-//! is (`targets`, over the `package.path` templates of `modname`).
+//! is (`targets`, over the `package.path` templates of `modname`). Saved files are compiled
+//! ahead, off the Lua thread, by one worker per process (`compile`).
 
 pub(crate) mod compile;
 pub(crate) mod filter;
