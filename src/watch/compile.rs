@@ -14,8 +14,8 @@
 //!   (`Ticket`): closing a state with a compile in flight waits for that compile, so no
 //!   thread runs in the Lua library once the host might unload it.
 //!
-//! Locks: `WORKER` and `RESULTS` are never held together; a queue's lock may be held while
-//! `RESULTS` is taken (`done`), never the other way.
+//! Locks: `WORKER` may be held while `RESULTS` is taken, and a queue's lock too (`done`),
+//! never the other way round.
 
 // Runs on notify's thread and on the worker, where a panic would end watching silently.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -46,6 +46,8 @@ struct Job {
 struct Worker {
     jobs: Sender<Job>,
     thread: JoinHandle<()>,
+    /// Set to stop after the job in hand, leaving the rest.
+    stop: Arc<AtomicBool>,
 }
 
 /// The worker and how many tickets hold it.
@@ -90,11 +92,13 @@ impl Ticket {
         w.0 += 1;
         if w.1.is_none() {
             let (jobs, rx) = mpsc::channel();
+            let stop = Arc::new(AtomicBool::new(false));
+            let stopped = stop.clone();
             let spawned = std::thread::Builder::new()
                 .name("hotreload-compile".into())
-                .spawn(move || work(&rx));
+                .spawn(move || work(&rx, &stopped));
             if let Ok(thread) = spawned {
-                w.1 = Some(Worker { jobs, thread });
+                w.1 = Some(Worker { jobs, thread, stop });
                 RUNNING.store(true, Ordering::Release);
             }
         }
@@ -114,10 +118,15 @@ impl Drop for Ticket {
                 None
             }
         };
-        if let Some(Worker { jobs, thread }) = stopped {
+        if let Some(Worker { jobs, thread, stop }) = stopped {
+            stop.store(true, Ordering::Release);
             drop(jobs); // the worker ends after the job in hand
             let _ = thread.join();
-            *lock(&RESULTS) = None;
+            // unless a watch started another worker meanwhile, whose results these are now
+            let w = lock(&WORKER);
+            if w.1.is_none() {
+                *lock(&RESULTS) = None;
+            }
         }
     }
 }
@@ -171,8 +180,8 @@ pub fn hint(file: PathBuf, chunkname: &[u8]) {
     }
 }
 
-/// The worker: answers the requests, the latest of each path once.
-fn work(rx: &Receiver<Job>) {
+/// The worker: answers the requests, the latest of each path once, until `stop`.
+fn work(rx: &Receiver<Job>, stop: &AtomicBool) {
     while let Ok(first) = rx.recv() {
         let mut latest: Vec<Job> = vec![first];
         for job in rx.try_iter() {
@@ -182,6 +191,9 @@ fn work(rx: &Receiver<Job>) {
             }
         }
         for job in latest {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
             let result = compile_file(&job.path).map(Arc::new);
             store(job, result);
             COMPILED.fetch_add(1, Ordering::Release);
@@ -212,6 +224,10 @@ fn size(c: &Option<Arc<Compiled>>) -> usize {
 fn store(job: Job, result: Option<Arc<Compiled>>) {
     let mut guard = lock(&RESULTS);
     let r = guard.get_or_insert_with(Results::default);
+    // a worker being stopped may finish a job after a new one answered a later request
+    if r.by_path.get(&job.path).is_some_and(|(answered, _)| *answered > job.seq) {
+        return;
+    }
     r.bytes += size(&result);
     let had = result.is_some();
     match r.by_path.insert(job.path.clone(), (job.seq, result)) {
