@@ -88,6 +88,21 @@ pub unsafe fn reads_tables_in_place(l: *mut lua_State) -> bool {
     }
 }
 
+/// Asks the CPU to fetch what the merge reads of the Lua function at `p` once it has its
+/// header (its prototype, its cells), where slots are read in place; nothing otherwise.
+///
+/// # Safety
+/// `p` is a live Lua function's address, as [`read`] gave it (`Val::LuaFn`).
+pub unsafe fn prefetch_function(p: usize) {
+    #[cfg(any(feature = "luajit", feature = "lua54"))]
+    // SAFETY: forwarded.
+    unsafe {
+        raw::prefetch_function(p)
+    };
+    #[cfg(not(any(feature = "luajit", feature = "lua54")))]
+    let _ = p;
+}
+
 /// A Lua function's upvalues as the merge reads them: names, cells and values read in place
 /// where the VM's layout was probed (`cells`), else through `lua_getupvalue` and
 /// `lua_upvalueid` ([`get_upvalue`], [`upvalue_id`]).

@@ -513,12 +513,7 @@ impl<'o> Planner<'o> {
         unsafe {
             loop {
                 if let Some(item) = self.paired.pop() {
-                    // the next pair's two objects are fetched while this one is planned
-                    if let Some(Item::Tables { at, .. } | Item::Fns { at, .. }) = self.paired.last()
-                    {
-                        access::prefetch(at.old);
-                        access::prefetch(at.new);
-                    }
+                    self.prefetch_next();
                     self.process(l, item);
                 } else if let Some(d) = self.deferred.pop() {
                     self.deferred_entry(l, d);
@@ -557,6 +552,39 @@ impl<'o> Planner<'o> {
                 functions,
                 changed,
             }
+        }
+    }
+
+    /// While one pair is planned, the CPU fetches the two objects of the pair after the next
+    /// one, and what the next pair of functions reads past their headers (fetched one pair
+    /// before): a pair reads objects the program has not touched since they were made, so
+    /// most of its reads would otherwise wait for memory one after the other.
+    fn prefetch_next(&self) {
+        let at = |back: usize| match self.paired.len().checked_sub(back) {
+            Some(i) => match self.paired.get(i) {
+                Some(Item::Tables { at, .. }) => Some((*at, false)),
+                Some(Item::Fns { at, .. }) => Some((*at, true)),
+                _ => None,
+            },
+            None => None,
+        };
+        if let Some((at, _)) = at(2) {
+            access::prefetch(at.old);
+            access::prefetch(at.new);
+        }
+        match at(1) {
+            // SAFETY: both functions of a pair are live Lua functions (`decide_lua_function`
+            // pairs a new Lua function with the base's function or a running one of the same
+            // chunk), anchored until the plan is dropped.
+            Some((at, true)) => unsafe {
+                access::prefetch_function(at.old);
+                access::prefetch_function(at.new);
+            },
+            Some((at, false)) => {
+                access::prefetch(at.old);
+                access::prefetch(at.new);
+            }
+            None => {}
         }
     }
 

@@ -24,7 +24,8 @@ use crate::vm::value::{self, Val};
 /// Lua function at an address is found in its prototype, as `capi::get_upvalue` gives it
 /// (`""` where the function was stripped of its names; it lives as long as the prototype);
 /// and where the name of its chunk is, the very characters `lua_getinfo` gives as `source`
-/// (null where the prototype has none: `lua_getinfo` then says `"=?"`).
+/// (null where the prototype has none: `lua_getinfo` then says `"=?"`); and where its
+/// prototype starts, the header `name` and `source` read from.
 pub struct Layout {
     pub count: usize,
     pub cells: usize,
@@ -32,6 +33,7 @@ pub struct Layout {
     pub proto_ok: unsafe fn(usize, c_int) -> bool,
     pub name: unsafe fn(usize, c_int) -> &'static [u8],
     pub source: unsafe fn(usize) -> *const c_char,
+    pub proto: unsafe fn(usize) -> usize,
 }
 
 /// The upvalue cells of a Lua function, read in place; `R` is the VM's value, read as is.
@@ -42,6 +44,7 @@ pub struct Upvalues<R> {
     value: usize,
     name: unsafe fn(usize, c_int) -> &'static [u8],
     source: unsafe fn(usize) -> *const c_char,
+    proto: unsafe fn(usize) -> usize,
     _value: PhantomData<R>,
 }
 
@@ -60,6 +63,7 @@ impl<R: Copy> Upvalues<R> {
             value: layout.value,
             name: layout.name,
             source: layout.source,
+            proto: layout.proto,
             _value: PhantomData,
         }
     }
@@ -94,6 +98,25 @@ impl<R: Copy> Upvalues<R> {
     pub unsafe fn source(&self) -> *const c_char {
         // SAFETY: as documented.
         unsafe { (self.source)(self.func) }
+    }
+
+    /// Asks the CPU to fetch what pairing this function with another reads of it after its
+    /// header: its prototype's header (upvalue names, chunk name) and each of its cells (a
+    /// closed cell holds its value). The function's header is read now; the rest is a hint.
+    ///
+    /// # Safety
+    /// The function is still alive, and the layout was checked.
+    pub unsafe fn prefetch(&self) {
+        // SAFETY: the prototype pointer and the cell array are in the function, as the layout
+        // says; what they point to is only prefetched, which never faults.
+        unsafe {
+            let proto = (self.proto)(self.func);
+            super::prefetch(proto);
+            super::prefetch(proto + 64);
+            for n in 1..=self.n {
+                super::prefetch(self.cell(n));
+            }
+        }
     }
 
     /// Upvalue `n` (from 1): the address of its cell (`lua_upvalueid`), and its value.

@@ -39,8 +39,15 @@ const VTABLE: u8 = 0x05 | COLLECTABLE;
 const VLCL: u8 = 0x06 | COLLECTABLE;
 const VTHREAD: u8 = 0x08 | COLLECTABLE;
 /// `LClosure`: its upvalue count and cells (`upvals`); `UpVal.v`: where the cell's value is.
-const CELLS: Layout =
-    Layout { count: 10, cells: 32, value: 16, proto_ok, name: upvalue_name, source: chunk_name };
+const CELLS: Layout = Layout {
+    count: 10,
+    cells: 32,
+    value: 16,
+    proto_ok,
+    name: upvalue_name,
+    source: chunk_name,
+    proto: proto_of,
+};
 /// `LClosure.p`: its prototype; `Proto.upvalues`: the upvalue descriptions (16 bytes each,
 /// the name first).
 const FN_PROTO_OFFSET: usize = 24;
@@ -156,6 +163,27 @@ pub unsafe fn upvalues(l: *mut lua_State, idx: c_int) -> Option<Upvalues> {
     unsafe {
         let Some(Val::LuaFn(p)) = read(l, idx) else { return None };
         Some(Upvalues::of(p, &CELLS))
+    }
+}
+
+/// The address of the prototype of the Lua closure at `p`.
+///
+/// # Safety
+/// `p` is a live Lua closure; the layout was probed.
+unsafe fn proto_of(p: usize) -> usize {
+    // SAFETY: as documented.
+    unsafe { *((p + FN_PROTO_OFFSET) as *const usize) }
+}
+
+/// Asks the CPU to fetch what the merge reads of the Lua closure at `p` after its header (see
+/// `cells::Upvalues::prefetch`), where the layout was probed; nothing otherwise.
+///
+/// # Safety
+/// `p` is a live Lua closure (a `Val::LuaFn` address `read` gave).
+pub unsafe fn prefetch_function(p: usize) {
+    if LAYOUT.found() {
+        // SAFETY: as documented; the layout was probed.
+        unsafe { Upvalues::of(p, &CELLS).prefetch() }
     }
 }
 

@@ -76,8 +76,15 @@ const STR_LEN_OFFSETS: [usize; 2] = [20, 16];
 const FN_ENV_OFFSET: usize = 16;
 /// `GCfuncL`: its upvalue count and cells (`uvptr`); `GCupval.v`: where the cell's value is
 /// (in the cell once closed, on a stack while open).
-const CELLS: Layout =
-    Layout { count: 11, cells: 40, value: 32, proto_ok, name: upvalue_name, source: chunk_name };
+const CELLS: Layout = Layout {
+    count: 11,
+    cells: 40,
+    value: 32,
+    proto_ok,
+    name: upvalue_name,
+    source: chunk_name,
+    proto: proto_of,
+};
 /// `GCfuncL.pc`: the bytecode, which follows the function's `GCproto` (104 bytes in GC64).
 const FN_PC_OFFSET: usize = 32;
 const PROTO_SIZE: usize = 104;
@@ -174,6 +181,27 @@ pub unsafe fn upvalues(l: *mut lua_State, idx: c_int) -> Option<Upvalues> {
     unsafe {
         let Some(Val::LuaFn(p)) = read(l, idx) else { return None };
         Some(Upvalues::of(p, &CELLS))
+    }
+}
+
+/// The address of the prototype of the Lua function at `p` (its bytecode follows it).
+///
+/// # Safety
+/// `p` is a live Lua function; the layout was probed.
+unsafe fn proto_of(p: usize) -> usize {
+    // SAFETY: as documented.
+    unsafe { (*((p + FN_PC_OFFSET) as *const usize)).wrapping_sub(PROTO_SIZE) }
+}
+
+/// Asks the CPU to fetch what the merge reads of the Lua function at `p` after its header (see
+/// `cells::Upvalues::prefetch`), where the layout was probed; nothing otherwise.
+///
+/// # Safety
+/// `p` is a live Lua function (a `Val::LuaFn` address `read` gave).
+pub unsafe fn prefetch_function(p: usize) {
+    if LAYOUT.found() {
+        // SAFETY: as documented; the layout was probed.
+        unsafe { Upvalues::of(p, &CELLS).prefetch() }
     }
 }
 
