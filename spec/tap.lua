@@ -42,6 +42,9 @@ function fallback.lfs()
   end
   function lfs.mkdir(path) return run("mkdir", path) end
   function lfs.rmdir(path) return run("rmdir", path) end
+  function lfs.link(old, new, symlink)
+    return run("ln " .. (symlink and "-s " or "") .. sh_quote(old), new)
+  end
   local kinds = { ["directory"] = "directory", ["regular file"] = "file",
     ["regular empty file"] = "file", ["symbolic link"] = "link" }
   local function mode(stat, path, request)
