@@ -13,7 +13,7 @@ local dirs = 0
 -- `files` (name -> source) written and required; then watched with `opts`.
 local function watched(files, opts)
   dirs = dirs + 1
-  local prefix = "c" .. dirs
+  local prefix = ("c%03d"):format(dirs) -- one length: messages cut long paths alike
   local dir = h.root .. "/" .. prefix
   assert(lfs.mkdir(dir))
   local ctx = { prefix = prefix, dir = dir, modules = {} }
@@ -176,7 +176,7 @@ describe("compile ahead", function()
 
   it("leaves a module a custom searcher loads to that searcher", function()
     dirs = dirs + 1
-    local prefix = "c" .. dirs
+    local prefix = ("c%03d"):format(dirs) -- one length: messages cut long paths alike
     local path = h.write(prefix .. "/custom.lua", "return { v = function() return 1 end }\n")
     local searchers = package.searchers or package.loaders
     local calls = 0
