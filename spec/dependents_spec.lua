@@ -107,7 +107,8 @@ describe("dependents", function()
     local P = require("depwatch.player")
     assert.equal(5, P.step())
     assert(h.wait_until(function() return hotreload.pending() == 2 end))
-    hotreload.poll() -- the events of the first writes
+    -- the events of the first writes (each ready once compiled ahead)
+    assert(h.wait_until(function() hotreload.poll() return hotreload.pending() == 0 end))
     h.write("depwatch/conf.lua", conf_source(7))
     local n = 0
     assert(h.wait_until(function()
