@@ -15,30 +15,37 @@ local function write(name, source)
   h.write(name .. ".lua", source)
 end
 
+-- Runs `count` cases from the first seed; `case(seed)` gives the module name and the `write`
+-- and `reload` functions `fuzz.run` takes. Stops at the third failure and reports them.
+local function run_cases(count, case)
+  local failures = {}
+  for seed = first, first + count - 1 do
+    local name, save, reload = case(seed)
+    local ok, message = fuzz.run(seed, name, save, reload)
+    package.loaded[name] = nil
+    if not ok then
+      failures[#failures + 1] = message
+      if #failures == 3 then break end
+    end
+  end
+  assert(#failures == 0, table.concat(failures, "\n\n")
+    .. "\nreplay one: HOTRELOAD_FUZZ_SEED=<seed> HOTRELOAD_FUZZ_CASES=1 make test")
+end
+
 describe("differential fuzzing", function()
   it(("%d random module pairs follow the merge rules (seeds %d..%d)"):format(
     cases, first, first + cases - 1), function()
-    local failures = {}
-    for seed = first, first + cases - 1 do
-      local name = "fuzz_" .. seed
-      local ok, message = fuzz.run(seed, name, write, hotreload.reload)
-      package.loaded[name] = nil
-      if not ok then
-        failures[#failures + 1] = message
-        if #failures == 3 then break end
-      end
-    end
-    assert(#failures == 0, table.concat(failures, "\n\n")
-      .. "\nreplay one: HOTRELOAD_FUZZ_SEED=<seed> HOTRELOAD_FUZZ_CASES=1 make test")
+    run_cases(cases, function(seed)
+      return "fuzz_" .. seed, write, hotreload.reload
+    end)
   end)
 
   -- The same cases again, saved in a watched directory and reloaded by `poll` from the chunk
   -- compiled ahead (`compile_ahead`): the oracle holds either way.
   local polled = math.max(1, math.floor(cases / 3))
   it(("%d of them again, reloaded by poll from files compiled ahead"):format(polled), function()
-    local failures = {}
     local before = hotreload.stats().compiled_ahead
-    for seed = first, first + polled - 1 do
+    run_cases(polled, function(seed)
       local dir = "fz" .. seed
       local watcher
       local function save(name, source)
@@ -58,15 +65,8 @@ describe("differential fuzzing", function()
         if n == 0 then return nil, table.concat(errors, "\n") end
         return package.loaded[name]
       end
-      local name = dir .. ".m"
-      local ok, message = fuzz.run(seed, name, save, reload)
-      package.loaded[name] = nil
-      if not ok then
-        failures[#failures + 1] = message
-        if #failures == 3 then break end
-      end
-    end
-    assert(#failures == 0, table.concat(failures, "\n\n"))
+      return dir .. ".m", save, reload
+    end)
     assert.equal(polled, hotreload.stats().compiled_ahead - before, "every reload compiled ahead")
   end)
 end)
