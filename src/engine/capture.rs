@@ -16,8 +16,8 @@ use super::state::StateCell;
 use super::{plan, require, state};
 use crate::vm::access::{self, Val};
 use crate::vm::capi::{self, lua_State};
-use crate::watch::compile;
 use crate::watch::modname::{self, Template};
+use crate::watch::{compile, source};
 
 /// Wraps every searcher not wrapped yet (searchers added after `require "hotreload"` are
 /// picked up the next time this runs). `state` is the state userdata's index.
@@ -293,7 +293,7 @@ fn hash_if_settled(file: &Path, searched: f64) -> Option<u64> {
     if modified.subsec_nanos() == 0 || modified.as_secs_f64() >= searched - MTIME_SLACK {
         return None;
     }
-    let bytes = std::fs::read(file).ok()?;
+    let bytes = source::read(file, u64::MAX)?;
     Some(state::content_hash(&bytes))
 }
 

@@ -57,7 +57,7 @@ pub(crate) struct Reloading {
 }
 
 /// The hash `State::contents` keeps of a file's bytes.
-pub(crate) use crate::watch::compile::content_hash;
+pub(crate) use crate::watch::source::content_hash;
 
 impl State {
     /// Records that module `name` was loaded from `file` (canonical).

@@ -14,10 +14,10 @@ use crate::engine::state::{self, StateCell};
 use crate::engine::{self, Mode, Target};
 use crate::vm::capi::lua_State;
 use crate::vm::scratch::Compiled;
-use crate::watch::compile;
 use crate::watch::modname::Template;
 use crate::watch::queue::{Queue, Ready, Templates};
 use crate::watch::targets;
+use crate::watch::{compile, source};
 
 /// Modules per batch: a batch holds every plan (both versions of each module) until it is
 /// applied, so a checkout that changes thousands of files at once is applied in batches of
@@ -260,7 +260,7 @@ unsafe fn changed_modules(
     if names.is_empty() {
         return Ok(Changed::default());
     }
-    let hash = std::fs::read(&file.path).ok().map(|bytes| state::content_hash(&bytes));
+    let hash = source::read(&file.path, u64::MAX).map(|bytes| state::content_hash(&bytes));
     let known = cell.try_borrow().ok();
     let names = names
         .into_iter()

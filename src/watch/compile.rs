@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::source::{self, content_hash};
 use crate::vm::scratch::{self, Compiled};
 
 /// How long a queued file waits for the worker before `poll` compiles it itself (the worker
@@ -37,6 +38,8 @@ pub const WAIT: Duration = Duration::from_secs(2);
 /// Results kept: the newest ones, for the states that have not polled yet.
 const KEEP_RESULTS: usize = 512;
 const KEEP_BYTES: usize = 64 << 20;
+/// A bigger file is left to the Lua thread: its result would crowd out the others'.
+const MAX_FILE: u64 = KEEP_BYTES as u64 / 4;
 
 struct Job {
     path: PathBuf,
@@ -203,7 +206,7 @@ fn work(rx: &Receiver<Job>, stop: &AtomicBool) {
 
 /// Reads and compiles the file at `path`; `None` if the Lua thread is to do it.
 fn compile_file(path: &Path) -> Option<Compiled> {
-    let bytes = std::fs::read(path).ok()?;
+    let bytes = source::read(path, MAX_FILE)?;
     let hash = content_hash(&bytes);
     let text = scratch::file_text(&bytes)?;
     let file = std::fs::canonicalize(path).ok()?;
@@ -243,13 +246,4 @@ fn store(job: Job, result: Option<Arc<Compiled>>) {
             *old = None;
         }
     }
-}
-
-/// The hash `poll` and `require` compare a file's bytes by (`State::contents`), and the
-/// worker's results with the file on disk.
-pub fn content_hash(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
 }

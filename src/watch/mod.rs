@@ -4,7 +4,8 @@
 //! (`watcher`) is a subscription to it, or a polling watcher of its own (`polling`).
 //! `hotreload.poll`, on the Lua thread, takes the ready files and finds the modules each one
 //! is (`targets`, over the `package.path` templates of `modname`). Saved files are compiled
-//! ahead, off the Lua thread, by one worker per process (`compile`).
+//! ahead, off the Lua thread, by one worker per process (`compile`). Files are read only if
+//! regular, without blocking (`source`).
 
 pub(crate) mod compile;
 pub(crate) mod filter;
@@ -12,6 +13,7 @@ pub(crate) mod hub;
 pub(crate) mod modname;
 pub(crate) mod polling;
 pub(crate) mod queue;
+pub(crate) mod source;
 pub(crate) mod targets;
 pub(crate) mod tree;
 pub(crate) mod watcher;

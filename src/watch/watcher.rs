@@ -341,7 +341,7 @@ mod tests {
         let ready = take_within(&q, Duration::from_secs(5));
         assert_eq!(ready, vec![Ready::plain(w.root().join("a.lua"))]);
         let compiled = compile::lookup(&w.root().join("a.lua")).expect("compiled ahead");
-        assert_eq!(compiled.hash, compile::content_hash(b"return 1"));
+        assert_eq!(compiled.hash, crate::watch::source::content_hash(b"return 1"));
 
         // rename save
         std::fs::write(dir.join(".a.lua.tmp"), "return 2").unwrap();
