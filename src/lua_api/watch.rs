@@ -376,6 +376,10 @@ unsafe extern "C-unwind" fn watcher_tostring(l: *mut lua_State) -> c_int {
     unsafe {
         let w = lua::luaL_checkudata(l, 1, WATCHER.as_ptr()).cast::<Option<Watch>>();
         let text = match (*w).as_ref() {
+            Some(w) if w.inherited() => format!(
+                "hotreload.watcher ({}, started before this process was forked: not watching here)",
+                w.root().display()
+            ),
             Some(w) if w.lost() => {
                 format!("hotreload.watcher ({}, lost: removed or renamed)", w.root().display())
             }

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::process::Owner;
 use super::source::{self, content_hash};
 use crate::vm::scratch::{self, Compiled};
 
@@ -47,6 +48,8 @@ struct Job {
 }
 
 struct Worker {
+    /// The process the thread runs in (`process`).
+    owner: Owner,
     jobs: Sender<Job>,
     thread: JoinHandle<()>,
     /// Set to stop after the job in hand, leaving the rest.
@@ -93,6 +96,11 @@ impl Ticket {
     pub fn take() -> Ticket {
         let mut w = lock(&WORKER);
         w.0 += 1;
+        if let Some(inherited) = w.1.take_if(|w| !w.owner.is_here()) {
+            // forked: the parent's thread is not here to stop or join
+            std::mem::forget(inherited);
+            *lock(&RESULTS) = None;
+        }
         if w.1.is_none() {
             let (jobs, rx) = mpsc::channel();
             let stop = Arc::new(AtomicBool::new(false));
@@ -101,7 +109,7 @@ impl Ticket {
                 .name("hotreload-compile".into())
                 .spawn(move || work(&rx, &stopped));
             if let Ok(thread) = spawned {
-                w.1 = Some(Worker { jobs, thread, stop });
+                w.1 = Some(Worker { owner: Owner::here(), jobs, thread, stop });
                 RUNNING.store(true, Ordering::Release);
             }
         }
@@ -111,7 +119,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let stopped = {
+        let mut stopped = {
             let mut w = lock(&WORKER);
             w.0 = w.0.saturating_sub(1);
             if w.0 == 0 {
@@ -121,7 +129,11 @@ impl Drop for Ticket {
                 None
             }
         };
-        if let Some(Worker { jobs, thread, stop }) = stopped {
+        if let Some(worker) = stopped.take_if(|w| !w.owner.is_here()) {
+            // forked: the parent's thread is not here to stop or join
+            std::mem::forget(worker);
+        }
+        if let Some(Worker { jobs, thread, stop, .. }) = stopped {
             stop.store(true, Ordering::Release);
             drop(jobs); // the worker ends after the job in hand
             let _ = thread.join();
@@ -149,7 +161,7 @@ impl<'a> Request<'a> {
     pub fn seq(&mut self) -> Option<u64> {
         *self.seq.get_or_insert_with(|| {
             let w = lock(&WORKER);
-            let worker = w.1.as_ref()?;
+            let worker = w.1.as_ref().filter(|w| w.owner.is_here())?;
             let seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
             worker.jobs.send(Job { path: self.path.to_owned(), seq }).ok()?;
             Some(seq)

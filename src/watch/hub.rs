@@ -37,6 +37,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher, Watch
 
 use super::compile::Request;
 use super::filter::Filter;
+use super::process::Owner;
 use super::queue::{Queue, Templates};
 use super::tree::{self, list_dir};
 use super::watcher::{Action, WatchError, classify, describe, pin_library};
@@ -114,6 +115,8 @@ enum Work {
 
 /// The OS side: notify's watcher, and the watched directories with the roots covering each.
 struct Tree {
+    /// The process whose threads serve `watcher` (`process`).
+    owner: Owner,
     watcher: RecommendedWatcher,
     dirs: HashMap<PathBuf, Vec<u64>>,
     next_id: u64,
@@ -172,9 +175,21 @@ impl Subscription {
 pub fn subscribe(root: &Path, sub: Sub) -> Result<Subscription, WatchError> {
     let hub = hub();
     let mut guard = lock(&hub.tree);
+    let mut next_id = 0;
+    if let Some(inherited) = guard.take_if(|tree| !tree.owner.is_here()) {
+        // forked: the parent's watches stay where they are, deaf here; their OS watcher is
+        // left alone (dropping it would talk to a thread this process does not have)
+        next_id = inherited.next_id;
+        std::mem::forget(inherited);
+        write(&hub.routes).roots.clear();
+    }
     let tree = match &mut *guard {
         Some(tree) => tree,
-        empty => empty.insert(start(hub).map_err(|e| describe(&e, root))?),
+        empty => {
+            let mut tree = start(hub).map_err(|e| describe(&e, root))?;
+            tree.next_id = next_id; // the inherited subscriptions keep their ids
+            empty.insert(tree)
+        }
     };
     let sub = Arc::new(sub);
     tree.next_id += 1;
@@ -232,7 +247,9 @@ pub fn unsubscribe(s: &Subscription) {
         root.subs.retain(|(id, _)| *id != s.sub);
         root.subs.is_empty().then(|| routes.roots.swap_remove(i))
     };
-    if let (Some(root), Some(tree)) = (emptied, &mut *guard) {
+    if let (Some(root), Some(tree)) = (emptied, &mut *guard)
+        && tree.owner.is_here()
+    {
         tree.untrack_root(root.id);
     }
 }
@@ -252,7 +269,7 @@ fn start(hub: &'static Hub) -> notify::Result<Tree> {
         .spawn(move || work(hub, &rx))
         .map_err(notify::Error::io)?;
     pin_library();
-    Ok(Tree { watcher, dirs: HashMap::new(), next_id: 0 })
+    Ok(Tree { owner: Owner::here(), watcher, dirs: HashMap::new(), next_id: 0 })
 }
 
 /// notify's event handler, on its thread.

@@ -5,13 +5,15 @@
 //! `hotreload.poll`, on the Lua thread, takes the ready files and finds the modules each one
 //! is (`targets`, over the `package.path` templates of `modname`). Saved files are compiled
 //! ahead, off the Lua thread, by one worker per process (`compile`). Files are read only if
-//! regular, without blocking (`source`).
+//! regular, without blocking (`source`). A process forked from a watching one has none of
+//! these threads: closing what it inherited waits on none of them (`process`).
 
 pub(crate) mod compile;
 pub(crate) mod filter;
 pub(crate) mod hub;
 pub(crate) mod modname;
 pub(crate) mod polling;
+pub(crate) mod process;
 pub(crate) mod queue;
 pub(crate) mod source;
 pub(crate) mod targets;

@@ -19,6 +19,7 @@ use super::compile::Ticket;
 use super::filter::Filter;
 use super::hub::{self, Sub, Subscription};
 use super::polling::Polled;
+use super::process::Owner;
 use super::queue::{Queue, Templates};
 
 /// Options of `hotreload.watch`.
@@ -81,6 +82,8 @@ pub struct Watch {
     root: PathBuf,
     queue: Arc<Queue>,
     how: How,
+    /// The process whose threads serve it (`process`).
+    owner: Owner,
     /// Keeps the compile worker running (dropped after `how` is stopped).
     _compile: Option<Ticket>,
 }
@@ -134,7 +137,7 @@ impl Watch {
             Some(every) => How::Polling(Polled::start(&root, sub, every)?),
             None => How::Events(hub::subscribe(&root, sub)?),
         };
-        Ok(Watch { root, queue, how, _compile: compile })
+        Ok(Watch { root, queue, how, owner: Owner::here(), _compile: compile })
     }
 
     /// The canonical root directory.
@@ -148,6 +151,12 @@ impl Watch {
             How::Events(_) => None,
             How::Polling(p) => Some(p.every),
         }
+    }
+
+    /// Whether the watch was started in the process this one was forked from: it sees no
+    /// change here.
+    pub fn inherited(&self) -> bool {
+        !self.owner.is_here()
     }
 
     /// Whether the root directory was removed or renamed (and is not back yet).
