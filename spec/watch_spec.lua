@@ -263,6 +263,24 @@ describe("watch and poll", function()
     stop()
   end)
 
+  it("fails to reload a module whose file became a sparse terabyte, and goes on", function()
+    local ctx = watched()
+    local path = write(ctx, "sparse.lua", module_source("v1"))
+    local M = require(ctx.prefix .. ".sparse")
+    assert.equal(0, h.sh("truncate -s 1T '" .. path .. "'"))
+    local errors = {}
+    assert(h.wait_until(function()
+      local _, errs = hotreload.poll()
+      for _, e in ipairs(errs or {}) do errors[#errors + 1] = e end
+      return #errors > 0
+    end))
+    assert.equal(1, #errors, table.concat(errors, "\n"))
+    assert.matches("sparse.lua", errors[1], 1, true)
+    assert.equal("v1", M.tag())
+    write(ctx, "sparse.lua", module_source("v2"))
+    poll_until(function() return M.tag() == "v2" end)
+  end)
+
   it("reports a removed root once, and watches it again when it is back", function()
     local ctx = watched()
     write(ctx, "back.lua", module_source("v1"))

@@ -260,7 +260,8 @@ unsafe fn changed_modules(
     if names.is_empty() {
         return Ok(Changed::default());
     }
-    let hash = source::read(&file.path, u64::MAX).map(|bytes| state::content_hash(&bytes));
+    let hash =
+        source::read(&file.path, source::MAX_HASHED).map(|bytes| state::content_hash(&bytes));
     let known = cell.try_borrow().ok();
     let names = names
         .into_iter()

@@ -36,8 +36,8 @@ use crate::vm::scratch::{self, Compiled};
 /// is behind, say, a checkout of thousands of files).
 pub const WAIT: Duration = Duration::from_secs(2);
 
-/// Results kept: the newest ones, for the states that have not polled yet.
-const KEEP_RESULTS: usize = 512;
+/// Answers kept: the newest ones, for the states that have not polled yet.
+const KEEP_ANSWERS: usize = 4096;
 const KEEP_BYTES: usize = 64 << 20;
 /// A bigger file is left to the Lua thread: its result would crowd out the others'.
 const MAX_FILE: u64 = KEEP_BYTES as u64 / 4;
@@ -73,9 +73,47 @@ struct Results {
     /// By watched path: the latest request answered, and its result (`None`: nothing to
     /// use, the Lua thread compiles it).
     by_path: HashMap<PathBuf, (u64, Option<Arc<Compiled>>)>,
-    /// Paths with a result, oldest first, and the bytes they hold.
-    order: VecDeque<PathBuf>,
+    /// The answers in the order given, oldest first, as (path, request). One whose request
+    /// is no longer its path's latest answer is stale, and skipped.
+    order: VecDeque<(PathBuf, u64)>,
+    /// The bytes the results hold.
     bytes: usize,
+    /// The latest request among the answers forgotten: requests up to it count as answered
+    /// (a file whose answer went is compiled on the Lua thread, not held back).
+    forgotten: u64,
+}
+
+impl Results {
+    /// Keeps `result` as the answer to request `seq` for `path`, unless a later request was
+    /// answered already (by a worker started after this one was told to stop); then forgets
+    /// the oldest answers past `KEEP_ANSWERS` or `KEEP_BYTES`.
+    fn store(&mut self, path: PathBuf, seq: u64, result: Option<Arc<Compiled>>) {
+        if self.by_path.get(&path).is_some_and(|(answered, _)| *answered > seq) {
+            return;
+        }
+        self.bytes += size(&result);
+        if let Some((_, old)) = self.by_path.insert(path.clone(), (seq, result)) {
+            self.bytes -= size(&old).min(self.bytes);
+        }
+        self.order.push_back((path, seq));
+        while self.by_path.len() > KEEP_ANSWERS
+            || self.bytes > KEEP_BYTES
+            || self.order.len() > 2 * KEEP_ANSWERS
+        {
+            let Some((path, seq)) = self.order.pop_front() else { break };
+            if self.by_path.get(&path).is_some_and(|(answered, _)| *answered == seq) {
+                if let Some((_, old)) = self.by_path.remove(&path) {
+                    self.bytes -= size(&old).min(self.bytes);
+                }
+                self.forgotten = self.forgotten.max(seq);
+            }
+        }
+    }
+
+    /// Whether request `seq` for `path` was answered (or forgotten).
+    fn answered(&self, path: &Path, seq: u64) -> bool {
+        seq <= self.forgotten || self.by_path.get(path).is_some_and(|(a, _)| *a >= seq)
+    }
 }
 
 static RESULTS: Mutex<Option<Results>> = Mutex::new(None);
@@ -174,10 +212,7 @@ pub fn done(path: &Path, seq: u64) -> bool {
     if !RUNNING.load(Ordering::Acquire) {
         return true;
     }
-    lock(&RESULTS)
-        .as_ref()
-        .and_then(|r| r.by_path.get(path))
-        .is_some_and(|(answered, _)| *answered >= seq)
+    lock(&RESULTS).as_ref().is_some_and(|r| r.answered(path, seq))
 }
 
 /// The latest result for `path`, if there is one to use.
@@ -198,13 +233,23 @@ pub fn hint(file: PathBuf, chunkname: &[u8]) {
 /// The worker: answers the requests, the latest of each path once, until `stop`.
 fn work(rx: &Receiver<Job>, stop: &AtomicBool) {
     while let Ok(first) = rx.recv() {
+        // in the order the paths were first asked for
         let mut latest: Vec<Job> = vec![first];
+        let mut at: HashMap<PathBuf, usize> = HashMap::new();
+        at.insert(latest[0].path.clone(), 0);
         for job in rx.try_iter() {
-            match latest.iter_mut().find(|j| j.path == job.path) {
-                Some(j) => j.seq = j.seq.max(job.seq),
-                None => latest.push(job),
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            match at.get(&job.path) {
+                Some(&i) => latest[i].seq = latest[i].seq.max(job.seq),
+                None => {
+                    at.insert(job.path.clone(), latest.len());
+                    latest.push(job);
+                }
             }
         }
+        drop(at);
         for job in latest {
             if stop.load(Ordering::Acquire) {
                 return;
@@ -237,25 +282,79 @@ fn size(c: &Option<Arc<Compiled>>) -> usize {
 }
 
 fn store(job: Job, result: Option<Arc<Compiled>>) {
-    let mut guard = lock(&RESULTS);
-    let r = guard.get_or_insert_with(Results::default);
-    // a worker being stopped may finish a job after a new one answered a later request
-    if r.by_path.get(&job.path).is_some_and(|(answered, _)| *answered > job.seq) {
-        return;
+    lock(&RESULTS).get_or_insert_with(Results::default).store(job.path, job.seq, result);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(path: &Path, bytes: usize) -> Option<Arc<Compiled>> {
+        Some(Arc::new(Compiled {
+            file: path.to_owned(),
+            chunkname: b"@x".as_slice().into(),
+            hash: 0,
+            chunk: Ok(vec![0; bytes]),
+        }))
     }
-    r.bytes += size(&result);
-    let had = result.is_some();
-    match r.by_path.insert(job.path.clone(), (job.seq, result)) {
-        Some((_, Some(old))) => r.bytes -= size(&Some(old)).min(r.bytes),
-        _ if had => r.order.push_back(job.path),
-        _ => {}
-    }
-    // the oldest results go; what was answered is kept, so their files are not held back
-    while r.order.len() > KEEP_RESULTS || r.bytes > KEEP_BYTES {
-        let Some(oldest) = r.order.pop_front() else { break };
-        if let Some((_, old)) = r.by_path.get_mut(&oldest) {
-            r.bytes -= size(old).min(r.bytes);
-            *old = None;
+
+    #[test]
+    fn answers_are_bounded_and_forgotten_ones_count_as_answered() {
+        let mut r = Results::default();
+        let n = 3 * KEEP_ANSWERS as u64;
+        for seq in 1..=n {
+            let path = PathBuf::from(format!("/t/{seq}.lua"));
+            let result = if seq % 2 == 0 { chunk(&path, 10) } else { None };
+            r.store(path, seq, result);
         }
+        assert_eq!(r.by_path.len(), KEEP_ANSWERS);
+        assert!(r.order.len() <= 2 * KEEP_ANSWERS);
+        assert!(r.answered(Path::new("/t/1.lua"), 1), "forgotten, so not waited for");
+        assert!(r.answered(Path::new(&format!("/t/{n}.lua")), n));
+        assert!(r.by_path[Path::new(&format!("/t/{n}.lua"))].1.is_some(), "the newest kept");
+        assert!(!r.answered(Path::new("/t/new.lua"), n + 1));
+        assert_eq!(r.bytes, KEEP_ANSWERS / 2 * 10);
+    }
+
+    #[test]
+    fn a_file_saved_over_and_over_keeps_one_answer_and_its_latest_result() {
+        let mut r = Results::default();
+        let path = PathBuf::from("/t/busy.lua");
+        for seq in 1..=(5 * KEEP_ANSWERS as u64) {
+            // a source save, then a bytecode save (nothing to use), in turn
+            let result = if seq % 2 == 1 { chunk(&path, 100) } else { None };
+            r.store(path.clone(), seq, result);
+            r.store(PathBuf::from(format!("/t/other{}.lua", seq % 8)), seq, None);
+        }
+        r.store(path.clone(), u64::MAX - 1, chunk(&path, 100));
+        assert_eq!(r.by_path.len(), 9);
+        assert!(r.order.len() <= 2 * KEEP_ANSWERS);
+        assert!(r.by_path[&path].1.is_some(), "a stale entry in the order did not evict it");
+        assert_eq!(r.bytes, 100);
+    }
+
+    #[test]
+    fn a_late_answer_to_an_older_request_is_dropped() {
+        let mut r = Results::default();
+        let path = PathBuf::from("/t/a.lua");
+        r.store(path.clone(), 5, chunk(&path, 7));
+        r.store(path.clone(), 3, None);
+        assert_eq!(r.by_path[&path].0, 5);
+        assert!(r.by_path[&path].1.is_some());
+        assert_eq!(r.bytes, 7);
+    }
+
+    #[test]
+    fn results_past_the_byte_cap_are_forgotten_oldest_first() {
+        let mut r = Results::default();
+        let big = KEEP_BYTES / 4 + 1;
+        for seq in 1..=4 {
+            let path = PathBuf::from(format!("/t/{seq}.lua"));
+            r.store(path.clone(), seq, chunk(&path, big));
+        }
+        assert!(r.bytes <= KEEP_BYTES);
+        assert!(!r.by_path.contains_key(Path::new("/t/1.lua")));
+        assert!(r.answered(Path::new("/t/1.lua"), 1));
+        assert!(r.by_path.contains_key(Path::new("/t/4.lua")));
     }
 }

@@ -21,6 +21,8 @@ pub type Templates = Option<Arc<str>>;
 
 #[derive(Debug)]
 struct Entry {
+    /// Time of the first event for this path since it was last taken.
+    first: Instant,
     /// Time of the last event for this path.
     last: Instant,
     settle: Duration,
@@ -95,6 +97,7 @@ impl Queue {
         inner.seq += 1;
         let seq = inner.seq;
         let e = inner.entries.entry(path).or_insert(Entry {
+            first: now,
             last: now,
             settle,
             seq,
@@ -130,14 +133,24 @@ impl Queue {
 
     /// Takes the paths that are ready at `now`, in the order they first changed, and the
     /// errors. Paths still settling stay, and so do those the compile worker has not
-    /// answered yet, for up to `compile::WAIT`.
+    /// answered yet (`compile::done`), for up to `compile::WAIT` after their first event: a
+    /// file saved faster than the worker compiles it is not held back for longer.
     pub fn take_ready(&self, now: Instant) -> (Vec<Ready>, Vec<String>) {
+        self.take_ready_answered(now, compile::done)
+    }
+
+    fn take_ready_answered(
+        &self,
+        now: Instant,
+        answered: impl Fn(&std::path::Path, u64) -> bool,
+    ) -> (Vec<Ready>, Vec<String>) {
         let mut inner = self.lock();
         let mut ready: Vec<(i64, Ready)> = Vec::new();
         inner.entries.retain(|path, e| {
             let quiet = now.saturating_duration_since(e.last);
+            let waited = now.saturating_duration_since(e.first);
             let compiled =
-                e.compile.is_none_or(|seq| quiet >= compile::WAIT || compile::done(path, seq));
+                e.compile.is_none_or(|seq| waited >= compile::WAIT || answered(path, seq));
             if quiet >= e.settle && compiled {
                 let templates = std::mem::take(&mut e.templates);
                 ready.push((e.seq, Ready { path: path.clone(), templates }));
@@ -168,6 +181,7 @@ impl Queue {
         for (i, Ready { path, templates }) in files.into_iter().enumerate() {
             let seq = first + i as i64;
             let e = inner.entries.entry(path).or_insert(Entry {
+                first: now,
                 last: now,
                 settle: Duration::ZERO,
                 seq,
@@ -209,6 +223,30 @@ mod tests {
         assert_eq!(ready, vec![Ready::plain(p("/s/a.lua"))]);
         assert!(errors.is_empty());
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_file_waits_for_its_compile_at_most_wait_after_its_first_save() {
+        let q = Queue::default();
+        let t0 = Instant::now();
+        let never = |_: &std::path::Path, _: u64| false;
+        let ms = Duration::from_millis;
+        // saved every 100 ms, each save a new request the worker never gets to answer
+        let mut seq = 0;
+        let mut t = t0;
+        while t < t0 + compile::WAIT {
+            seq += 1;
+            q.push_compiled(p("/big.lua"), t, Duration::ZERO, &None, Some(seq));
+            assert!(q.take_ready_answered(t, never).0.is_empty(), "waits for the worker");
+            t += ms(100);
+        }
+        q.push_compiled(p("/big.lua"), t, Duration::ZERO, &None, Some(seq + 1));
+        let ready = q.take_ready_answered(t, never).0;
+        assert_eq!(ready, vec![Ready::plain(p("/big.lua"))], "not held back by later saves");
+        // answered: ready at once
+        q.push_compiled(p("/big.lua"), t, Duration::ZERO, &None, Some(seq + 2));
+        let answered = |_: &std::path::Path, s: u64| s <= seq + 2;
+        assert_eq!(q.take_ready_answered(t, answered).0.len(), 1);
     }
 
     #[test]

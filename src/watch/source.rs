@@ -13,6 +13,10 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::Path;
 
+/// The largest file whose bytes `poll` and `require` hash, to tell a save that changed
+/// nothing: a bigger one (a sparse file claiming a terabyte, say) is taken as changed.
+pub const MAX_HASHED: u64 = 256 << 20;
+
 /// The bytes of the regular file at `path` (links followed), if it is one and holds at most
 /// `limit` bytes; `None` for anything else: a FIFO, a device, a directory, a missing or
 /// unreadable file, a bigger one.
@@ -22,7 +26,9 @@ pub fn read(path: &Path, limit: u64) -> Option<Vec<u8>> {
     if !meta.is_file() || meta.len() > limit {
         return None;
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).ok()?);
+    let mut bytes = Vec::new();
+    // a sparse file may claim more than the memory there is: fail rather than abort
+    bytes.try_reserve_exact(usize::try_from(meta.len()).ok()?).ok()?;
     // the file may grow while it is read
     file.take(limit.saturating_add(1)).read_to_end(&mut bytes).ok()?;
     (bytes.len() as u64 <= limit).then_some(bytes)
@@ -82,6 +88,9 @@ mod tests {
         assert_eq!(read(&file, 7), None, "one byte over the limit");
         assert_eq!(read(&dir.join("missing.lua"), 100), None);
         assert_eq!(read(&dir, 1 << 20), None, "a directory");
+        let sparse = std::fs::File::create(dir.join("sparse.lua")).unwrap();
+        sparse.set_len(1 << 40).unwrap();
+        assert_eq!(read(&dir.join("sparse.lua"), MAX_HASHED), None, "a terabyte, sparse");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
