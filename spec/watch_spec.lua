@@ -299,6 +299,37 @@ describe("watch and poll", function()
     poll_until(function() return not tostring(ctx.watcher):find("lost") end)
   end)
 
+  it("keeps watching a directory a link to it was moved in and out of the tree", function()
+    -- the release pattern `ln -sfn v2 current`: GNU ln renames a new link over `current`
+    local ctx = watched()
+    assert(lfs.mkdir(ctx.dir .. "/v1"))
+    assert(lfs.mkdir(ctx.dir .. "/v2"))
+    write(ctx, "v2/swapped.lua", module_source("a"))
+    local M = require(ctx.prefix .. ".v2.swapped")
+    local cd = "cd '" .. ctx.dir .. "' && "
+    assert.equal(0, h.sh(cd .. "ln -s v1 current && ln -sfn v2 current && ln -sfn v1 current"))
+    h.wait_until(function() hotreload.poll() return false end, 0.3) -- the links' events
+    write(ctx, "v2/swapped.lua", module_source("b"))
+    poll_until(function() return M.tag() == "b" end)
+  end)
+
+  it("returns from watch while directories keep appearing in the tree", function()
+    local ctx = watched()
+    hotreload.unwatch(ctx.dir)
+    assert.equal(0, h.sh(("cd '%s' && mkdir cache && seq 1 300 | sed 's|^|d/|' | xargs mkdir -p")
+      :format(ctx.dir)))
+    -- a build making a directory as fast as a shell can, for at most 20 s
+    local running = ctx.dir .. "/running"
+    h.write(ctx.prefix .. "/running", "")
+    assert.equal(0, h.sh(("(i=0; while [ -e '%s' ] && [ $i -lt 20000 ]; do i=$((i+1)); "
+      .. "mkdir '%s/cache/c'$i; done; rm -f '%s') >/dev/null 2>&1 &"):format(running, ctx.dir, running)))
+    local w = assert(hotreload.watch(ctx.dir))
+    local busy = lfs.attributes(running) ~= nil
+    os.remove(running)
+    w:close()
+    assert.is_true(busy, "watch returned only once the tree stopped changing")
+  end)
+
   it("leaves out .git, node_modules and the ignore globs", function()
     local ctx = watched()
     hotreload.unwatch(ctx.dir)

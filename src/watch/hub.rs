@@ -25,7 +25,8 @@
 // Runs on notify's thread and on the worker, where a panic would end watching silently.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -118,7 +119,8 @@ struct Tree {
     /// The process whose threads serve `watcher` (`process`).
     owner: Owner,
     watcher: RecommendedWatcher,
-    dirs: HashMap<PathBuf, Vec<u64>>,
+    /// In path order, so that what is under a directory comes right after it.
+    dirs: BTreeMap<PathBuf, Vec<u64>>,
     next_id: u64,
 }
 
@@ -269,7 +271,7 @@ fn start(hub: &'static Hub) -> notify::Result<Tree> {
         .spawn(move || work(hub, &rx))
         .map_err(notify::Error::io)?;
     pin_library();
-    Ok(Tree { owner: Owner::here(), watcher, dirs: HashMap::new(), next_id: 0 })
+    Ok(Tree { owner: Owner::here(), watcher, dirs: BTreeMap::new(), next_id: 0 })
 }
 
 /// notify's event handler, on its thread.
@@ -304,7 +306,7 @@ fn handle(
         Action::Changed => {
             let now = Instant::now();
             for path in &event.paths {
-                if path.is_dir() {
+                if tree::is_dir_itself(path) {
                     let _ = work.send(Work::NewDir(path.clone())); // renamed into the tree
                 } else {
                     dispatch(&read(routes), path, now, Duration::ZERO);
@@ -318,6 +320,16 @@ fn handle(
         }
         Action::Ignore => {}
     }
+}
+
+/// `dir` and the watched directories under it: in path order they come right after it (a
+/// look per directory, not a pass over them all, when a large tree is removed).
+fn under(dirs: &BTreeMap<PathBuf, Vec<u64>>, dir: &Path) -> Vec<PathBuf> {
+    dirs.range::<Path, _>((Bound::Included(dir), Bound::Unbounded))
+        .map(|(d, _)| d)
+        .take_while(|d| d.starts_with(dir))
+        .cloned()
+        .collect()
 }
 
 /// Queues the changed file `path` for every watch whose root covers it.
@@ -368,10 +380,12 @@ impl Tree {
         Ok(())
     }
 
-    /// Watches the tree under `dir` for root `id`, and lists it once more after its
-    /// directories are all watched: a file written before a directory's watch existed is in
-    /// the last listing, one written after has an event. Returns the last listing, and the
-    /// directories that could not be watched.
+    /// Watches the tree under `dir` for root `id`, then lists again each directory it began
+    /// to watch: what was made there before its watch existed is in that listing, what was
+    /// made after has an event. A directory found only then is walked and watched the same
+    /// way, so the rounds end once the directories just watched hold no new one, however busy
+    /// the rest of the tree is. Returns the listings, and the directories that could not be
+    /// watched.
     fn watch_tree(
         &mut self,
         dir: &Path,
@@ -379,23 +393,35 @@ impl Tree {
         id: u64,
     ) -> (tree::Walked, Vec<(PathBuf, notify::Error)>) {
         let mut errors = Vec::new();
-        loop {
-            let walked = tree::walk(dir, filter, &list_dir);
-            let mut added = false;
-            for d in &walked.dirs {
-                if self.dirs.get(d).is_some_and(|roots| roots.contains(&id)) {
-                    continue;
+        let mut out = tree::Walked::default();
+        let mut tops = vec![dir.to_owned()];
+        while !tops.is_empty() {
+            let mut added = Vec::new();
+            for top in std::mem::take(&mut tops) {
+                let walked = tree::walk(&top, filter, &list_dir);
+                for d in &walked.dirs {
+                    if self.dirs.get(d).is_some_and(|roots| roots.contains(&id)) {
+                        continue;
+                    }
+                    match self.track(d, id) {
+                        Ok(()) => added.push(d.clone()),
+                        Err(e) if errors.iter().any(|(f, _)| f == d) => drop(e),
+                        Err(e) => errors.push((d.clone(), e)),
+                    }
                 }
-                match self.track(d, id) {
-                    Ok(()) => added = true,
-                    Err(e) if errors.iter().any(|(f, _)| f == d) => drop(e),
-                    Err(e) => errors.push((d.clone(), e)),
-                }
+                out.dirs.extend(walked.dirs);
+                out.skipped.extend(walked.skipped);
+                out.files.extend(walked.files);
             }
-            if !added {
-                return (walked, errors);
+            for d in added {
+                let Ok(entries) = list_dir(&d) else { continue }; // gone: its event says so
+                let mut subdirs = Vec::new();
+                tree::sort(entries, filter, &mut subdirs, &mut out.files);
+                let new = |s: &PathBuf| !self.dirs.get(s).is_some_and(|roots| roots.contains(&id));
+                tops.extend(subdirs.into_iter().filter(new));
             }
         }
+        (out, errors)
     }
 
     /// Forgets root `id`, unwatching the directories no other root covers.
@@ -417,6 +443,9 @@ impl Tree {
     /// A directory appeared under watched ones: watched for every root that covers it (with
     /// what is under it), and its files queued, since they may predate its watch.
     fn add_dir(&mut self, routes: &RwLock<Routes>, dir: &Path) {
+        if !tree::is_dir_itself(dir) {
+            return; // gone again, or a link moved in: links are not followed (`tree`)
+        }
         let covering: Vec<(u64, Filter)> = read(routes)
             .roots
             .iter()
@@ -461,8 +490,7 @@ impl Tree {
                 }
             }
         }
-        let under: Vec<PathBuf> =
-            self.dirs.keys().filter(|d| d.starts_with(path)).cloned().collect();
+        let under = under(&self.dirs, path);
         for dir in under {
             self.dirs.remove(&dir);
             let _ = self.watcher.unwatch(&dir);
@@ -531,6 +559,21 @@ pub fn watched_under(dir: &Path) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn under_a_directory_are_its_descendants_only() {
+        let dirs: BTreeMap<PathBuf, Vec<u64>> =
+            ["/a", "/a/b", "/a/b/c", "/a/b/c/d", "/a/b.x", "/a/b-y/z", "/a/bb", "/a/b/e", "/b"]
+                .iter()
+                .map(|d| (PathBuf::from(d), vec![1]))
+                .collect();
+        let found = under(&dirs, Path::new("/a/b"));
+        let want: Vec<PathBuf> =
+            ["/a/b", "/a/b/c", "/a/b/c/d", "/a/b/e"].iter().map(PathBuf::from).collect();
+        assert_eq!(found, want);
+        assert_eq!(under(&dirs, Path::new("/a/b/c/d")), vec![PathBuf::from("/a/b/c/d")]);
+        assert!(under(&dirs, Path::new("/c")).is_empty());
+    }
 
     fn scratch(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("hotreload-hub-{tag}-{}", std::process::id()));

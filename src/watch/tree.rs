@@ -51,6 +51,13 @@ pub fn list_dir(dir: &Path) -> io::Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// Whether `path` is a directory itself, not a link to one: links are not followed, so a
+/// directory is watched under its own path only, and a link moved in or out of the tree
+/// never stands for the directory it points to.
+pub fn is_dir_itself(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
 /// A walk's result.
 #[derive(Debug, Default)]
 pub struct Walked {
@@ -75,21 +82,32 @@ pub fn walk(root: &Path, filter: &Filter, list: Lister) -> Walked {
                 continue;
             }
         };
-        for e in entries {
-            match e.kind {
-                Kind::Dir => {
-                    let name = e.path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                    if !filter.ignores_dir(name) {
-                        pending.push(e.path);
-                    }
-                }
-                Kind::File if filter.wants_file(&e.path) => out.files.push((e.path, e.modified)),
-                _ => {}
-            }
-        }
+        sort(entries, filter, &mut pending, &mut out.files);
         out.dirs.push(dir);
     }
     out
+}
+
+/// Sorts a directory's listing into the subdirectories the filter does not leave out and
+/// the wanted files.
+pub fn sort(
+    entries: Vec<Entry>,
+    filter: &Filter,
+    dirs: &mut Vec<PathBuf>,
+    files: &mut Vec<(PathBuf, Option<SystemTime>)>,
+) {
+    for e in entries {
+        match e.kind {
+            Kind::Dir => {
+                let name = e.path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if !filter.ignores_dir(name) {
+                    dirs.push(e.path);
+                }
+            }
+            Kind::File if filter.wants_file(&e.path) => files.push((e.path, e.modified)),
+            _ => {}
+        }
+    }
 }
 
 /// One message for the directories a walk of `root` could not read: how many, and the
