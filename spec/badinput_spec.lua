@@ -190,6 +190,15 @@ describe("bad watch targets", function()
     assert.matches("no such directory", err, 1, true)
   end)
 
+  it("a directory whose path is not UTF-8: nil and a message saying so", function()
+    local dir = h.root .. "/caf\233"
+    assert(lfs.mkdir(dir))
+    local w, err = hotreload.watch(dir)
+    assert.is_nil(w)
+    assert.matches("is not UTF-8", err, 1, true)
+    assert.equal(0, hotreload.unwatch(dir))
+  end)
+
   it("a directory without permission: nil and the OS error (not testable as root)", function()
     local dir = h.root .. "/locked"
     assert(lfs.mkdir(dir))

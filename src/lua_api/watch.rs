@@ -2,7 +2,7 @@
 
 use std::ffi::CStr;
 use std::os::raw::c_int;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use mlua::ffi as lua;
@@ -130,10 +130,10 @@ pub unsafe extern "C-unwind" fn watch(l: *mut lua_State) -> c_int {
         let ud = push_handle(l);
         let handle = lua::lua_gettop(l);
         let dir = match access::read(l, 1) {
-            Val::Str(d) => String::from_utf8_lossy(d).into_owned(),
-            _ => String::new(),
+            Val::Str(d) => path_of(d),
+            _ => PathBuf::new(),
         };
-        match Watch::start(Path::new(&dir), &opts, queue.clone()) {
+        match Watch::start(&dir, &opts, queue.clone()) {
             Ok(w) => {
                 *ud = Some(w);
                 drop(dir);
@@ -210,6 +210,20 @@ unsafe fn watch_options(l: *mut lua_State, has_opts: bool) -> Result<Options, &'
     }
 }
 
+/// A directory name as Lua gave it: its bytes, UTF-8 or not, where the OS takes bytes (so
+/// that `watch` can say the path is not UTF-8 rather than that it does not exist).
+fn path_of(bytes: &[u8]) -> PathBuf {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+    }
+    #[cfg(not(unix))]
+    {
+        PathBuf::from(String::from_utf8_lossy(bytes).into_owned())
+    }
+}
+
 /// The string at `idx` (a string), copied.
 unsafe fn string_at(l: *mut lua_State, idx: c_int) -> String {
     // SAFETY: forwarded; the bytes are copied at once.
@@ -260,7 +274,7 @@ pub unsafe extern "C-unwind" fn unwatch(l: *mut lua_State) -> c_int {
     unsafe {
         lua::luaL_checktype(l, 1, lua::LUA_TSTRING);
         let target = match access::read(l, 1) {
-            Val::Str(d) => std::fs::canonicalize(String::from_utf8_lossy(d).as_ref()).ok(),
+            Val::Str(d) => std::fs::canonicalize(path_of(d)).ok(),
             _ => None,
         };
         let mut closed = 0;

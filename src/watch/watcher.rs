@@ -58,6 +58,8 @@ impl Default for Options {
 pub enum WatchError {
     NotFound(PathBuf),
     NotADirectory(PathBuf),
+    /// Files are mapped to module names as UTF-8 paths.
+    NotUtf8(PathBuf),
     /// The OS limit on watches or watcher instances; says which and how to raise it.
     Limit(String),
     Os(String),
@@ -72,6 +74,11 @@ impl fmt::Display for WatchError {
             WatchError::NotADirectory(p) => {
                 write!(f, "cannot watch '{}': not a directory", p.display())
             }
+            WatchError::NotUtf8(p) => write!(
+                f,
+                "cannot watch '{}': the path is not UTF-8 (files map to modules by UTF-8 paths)",
+                p.display()
+            ),
             WatchError::Limit(m) | WatchError::Os(m) => f.write_str(m),
         }
     }
@@ -120,6 +127,9 @@ impl Watch {
         };
         if !root.is_dir() {
             return Err(WatchError::NotADirectory(dir.to_owned()));
+        }
+        if root.to_str().is_none() {
+            return Err(WatchError::NotUtf8(root));
         }
         let events = opts.poll.is_none() && hub::close_events();
         let settle =
