@@ -82,6 +82,12 @@ impl Polled {
     }
 }
 
+impl Drop for Polled {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn files(walked: tree::Walked) -> Vec<PathBuf> {
     walked.files.into_iter().map(|(path, _)| path).collect()
 }
