@@ -64,6 +64,50 @@ second:close()
 print("parent ok")
 ]=]
 
+-- A fork while the hub's worker is busy watching a large tree just moved in (it holds the
+-- lock on the watched directories while it walks): the child must still close its inherited
+-- watch. The child gets 20 s; the parent kills it after that.
+local busy_script = [=[
+local dir, big = arg[1], arg[2]
+local ffi = require "ffi"
+ffi.cdef [[int fork(void); int waitpid(int pid, int *status, int options);
+  int usleep(unsigned usec); void _exit(int status); int kill(int pid, int sig);]]
+local hotreload = require "hotreload"
+local w = assert(hotreload.watch(dir, { compile_ahead = false }))
+assert(os.rename(big, dir .. "/big"))
+ffi.C.usleep(20000)
+local pid = ffi.C.fork()
+if pid == 0 then
+  w:close()
+  ffi.C._exit(0)
+end
+local status = ffi.new("int[1]")
+for _ = 1, 400 do
+  if ffi.C.waitpid(pid, status, 1) == pid then
+    print(status[0] == 0 and "child ok" or "child status " .. status[0])
+    w:close()
+    return
+  end
+  ffi.C.usleep(50000)
+end
+ffi.C.kill(pid, 9)
+ffi.C.waitpid(pid, status, 0)
+print("child hung closing its inherited watch")
+]=]
+
+--- Runs `source` in a child interpreter with the spec's paths and `...` as arguments; returns
+--- what it printed.
+local function run(source, ...)
+  dirs = dirs + 1
+  local file = h.write("fork-script" .. dirs .. ".lua", source)
+  local prelude = ("package.path = %q; package.cpath = %q"):format(package.path, package.cpath)
+  local p = assert(io.popen(("timeout 60 %s -e %q %s %s 2>&1"):format(
+    h.interpreter, prelude, file, table.concat({ ... }, " "))))
+  local out = p:read("*a")
+  p:close()
+  return out
+end
+
 describe("a forked process", function()
   for _, ahead in ipairs({ true, false }) do
     it(("closes inherited watches and watches anew (compile_ahead = %s)"):format(tostring(ahead)),
@@ -75,14 +119,23 @@ describe("a forked process", function()
         dirs = dirs + 1
         local dir = h.root .. "/fork" .. dirs
         assert(lfs.mkdir(dir))
-        local file = h.write("fork" .. dirs .. ".lua", script)
-        local prelude = ("package.path = %q; package.cpath = %q"):format(package.path, package.cpath)
-        local p = assert(io.popen(("timeout 60 %s -e %q %s %s %s 2>&1"):format(
-          h.interpreter, prelude, file, dir, tostring(ahead))))
-        local out = p:read("*a")
-        p:close()
+        local out = run(script, dir, tostring(ahead))
         assert.truthy(out:find("child ok", 1, true), out)
         assert.truthy(out:find("parent ok", 1, true), out)
       end)
   end
+
+  it("closes an inherited watch forked while the watcher was busy", function()
+    if not h.jit then
+      pending("forks through LuaJIT's ffi")
+      return
+    end
+    dirs = dirs + 1
+    local dir, big = h.root .. "/fork" .. dirs, h.root .. "/big" .. dirs
+    assert(lfs.mkdir(dir))
+    assert.equal(0, h.sh(("mkdir '%s' && cd '%s' && seq 1 4000 | sed 's|^|d/|' | xargs mkdir -p")
+      :format(big, big)))
+    local out = run(busy_script, dir, big)
+    assert.truthy(out:find("child ok", 1, true), out)
+  end)
 end)

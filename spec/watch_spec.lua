@@ -369,6 +369,24 @@ describe("watch and poll", function()
     w:close()
   end)
 
+  it("reports a polled root that was removed, once", function()
+    local ctx = watched()
+    hotreload.unwatch(ctx.dir)
+    local w = assert(hotreload.watch(ctx.dir, { poll_ms = 20 }))
+    assert.equal(0, h.sh("rm -rf '" .. ctx.dir .. "'"))
+    local errors = {}
+    local function take()
+      local _, errs = hotreload.poll()
+      for _, e in ipairs(errs or {}) do errors[#errors + 1] = e end
+      return #errors > 0
+    end
+    assert(h.wait_until(take))
+    h.wait_until(function() take() return false end, 0.2) -- a few more listings
+    assert.equal(1, #errors, table.concat(errors, "\n"))
+    assert.matches("removed or renamed", errors[1], 1, true)
+    w:close()
+  end)
+
   it("maps files through a given search path for another language's searcher", function()
     local ctx = watched()
     hotreload.unwatch(ctx.dir)

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::process::Owner;
+use super::process::{self, Owner};
 use super::source::{self, content_hash};
 use crate::vm::scratch::{self, Compiled};
 
@@ -121,6 +121,13 @@ static RESULTS: Mutex<Option<Results>> = Mutex::new(None);
 /// The chunk name `require` gave each file (canonical) it loaded.
 static HINTS: Mutex<Option<HashMap<PathBuf, Box<[u8]>>>> = Mutex::new(None);
 
+/// Holds the worker's locks across a `fork` (`process::guard_forks`), in their order.
+pub fn hold_for_fork(held: &mut Vec<Box<dyn std::any::Any>>) {
+    held.push(Box::new(lock(&WORKER)));
+    held.push(Box::new(lock(&RESULTS)));
+    held.push(Box::new(lock(&HINTS)));
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // nothing here is left half-updated by a panic that matters more than going on
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -140,6 +147,7 @@ impl Ticket {
             *lock(&RESULTS) = None;
         }
         if w.1.is_none() {
+            process::guard_forks();
             let (jobs, rx) = mpsc::channel();
             let stop = Arc::new(AtomicBool::new(false));
             let stopped = stop.clone();
@@ -233,7 +241,7 @@ pub fn hint(file: PathBuf, chunkname: &[u8]) {
 /// The worker: answers the requests, the latest of each path once, until `stop`.
 fn work(rx: &Receiver<Job>, stop: &AtomicBool) {
     while let Ok(first) = rx.recv() {
-        // in the order the paths were first asked for
+        // the latest request of each path
         let mut latest: Vec<Job> = vec![first];
         let mut at: HashMap<PathBuf, usize> = HashMap::new();
         at.insert(latest[0].path.clone(), 0);
@@ -250,6 +258,9 @@ fn work(rx: &Receiver<Job>, stop: &AtomicBool) {
             }
         }
         drop(at);
+        // by request, so that the answers are stored in the order of their requests and
+        // forgetting the oldest forgets only requests below every one still waiting
+        latest.sort_unstable_by_key(|j| j.seq);
         for job in latest {
             if stop.load(Ordering::Acquire) {
                 return;

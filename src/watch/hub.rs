@@ -38,7 +38,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher, Watch
 
 use super::compile::Request;
 use super::filter::Filter;
-use super::process::Owner;
+use super::process::{self, Owner};
 use super::queue::{Queue, Templates};
 use super::tree::{self, list_dir};
 use super::watcher::{Action, WatchError, classify, describe, pin_library};
@@ -133,6 +133,15 @@ struct Hub {
 }
 
 static HUB: OnceLock<Hub> = OnceLock::new();
+
+/// Holds the hub's locks across a `fork` (`process::guard_forks`): the directories, then
+/// the roots, in their order.
+pub fn hold_for_fork(held: &mut Vec<Box<dyn std::any::Any>>) {
+    if let Some(hub) = HUB.get() {
+        held.push(Box::new(lock(&hub.tree)));
+        held.push(Box::new(write(&hub.routes)));
+    }
+}
 
 fn hub() -> &'static Hub {
     HUB.get_or_init(|| Hub {
@@ -262,6 +271,7 @@ fn lock(tree: &Mutex<Option<Tree>>) -> MutexGuard<'_, Option<Tree>> {
 
 /// Starts the OS watcher and the worker.
 fn start(hub: &'static Hub) -> notify::Result<Tree> {
+    process::guard_forks();
     let (tx, rx) = mpsc::channel::<Work>();
     let routes = hub.routes.clone();
     let close_events = hub.close_events;
@@ -417,10 +427,16 @@ impl Tree {
                 let Ok(entries) = list_dir(&d) else { continue }; // gone: its event says so
                 let mut subdirs = Vec::new();
                 tree::sort(entries, filter, &mut subdirs, &mut out.files);
-                let new = |s: &PathBuf| !self.dirs.get(s).is_some_and(|roots| roots.contains(&id));
+                let new = |s: &PathBuf| {
+                    !self.dirs.get(s).is_some_and(|roots| roots.contains(&id))
+                        && !out.skipped.iter().any(|(d, _)| d == s)
+                };
                 tops.extend(subdirs.into_iter().filter(new));
             }
         }
+        // a directory listed twice (walked, then listed again once watched) gives its files once
+        out.files.sort_by(|a, b| a.0.cmp(&b.0));
+        out.files.dedup_by(|a, b| a.0 == b.0);
         (out, errors)
     }
 
@@ -481,11 +497,7 @@ impl Tree {
             // (only this thread sets `lost`: the report is queued before it shows)
             for root in routes.roots.iter().filter(|r| r.path.starts_with(path)) {
                 if !root.lost.load(Ordering::Relaxed) {
-                    root.report(&format!(
-                        "hotreload: watch '{}': the directory was removed or renamed; \
-                         its files are watched again once it exists again",
-                        root.path.display()
-                    ));
+                    root.report(&tree::lost_message(&root.path));
                     root.lost.store(true, Ordering::Release);
                 }
             }
@@ -533,7 +545,8 @@ impl Tree {
     /// every file queued (a file whose content did not change is not reloaded).
     fn rescan(&mut self, routes: &RwLock<Routes>) {
         // directories gone while events were lost: forgotten, so a new one there is watched
-        let gone: Vec<PathBuf> = self.dirs.keys().filter(|d| !d.is_dir()).cloned().collect();
+        let gone: Vec<PathBuf> =
+            self.dirs.keys().filter(|d| !tree::is_dir_itself(d)).cloned().collect();
         for dir in gone {
             self.dirs.remove(&dir);
             let _ = self.watcher.unwatch(&dir);

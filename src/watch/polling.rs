@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::compile::Request;
 use super::hub::Sub;
+use super::process;
 use super::source::{self, content_hash};
 use super::tree::{self, list_dir};
 use super::watcher::{WatchError, pin_library};
@@ -24,6 +25,15 @@ use super::watcher::{WatchError, pin_library};
 /// How recent a modification time must be for a save within the same tick of the file
 /// system's clock to be possible (FAT's clock ticks every 2 s).
 const COARSE: Duration = Duration::from_secs(2);
+
+/// Held (read) by a polling thread while it pushes into a queue, and (write) across a `fork`
+/// (`process::guard_forks`): no queue lock is then held by a polling thread.
+static PUSHING: RwLock<()> = RwLock::new(());
+
+/// Holds the polling threads' pushes across a `fork`.
+pub fn hold_for_fork(held: &mut Vec<Box<dyn std::any::Any>>) {
+    held.push(Box::new(PUSHING.write().unwrap_or_else(PoisonError::into_inner)));
+}
 
 /// A polled tree; its thread ends when it is stopped.
 pub struct Polled {
@@ -43,8 +53,9 @@ impl Polled {
         if let Some((_, e)) = first.skipped.iter().find(|(d, _)| d == root) {
             return Err(WatchError::Os(format!("cannot watch '{}': {e}", root.display())));
         }
-        if let Some(message) = tree::skipped_message(root, &first.skipped) {
-            sub.queue.push_error(message);
+        let mut reported = tree::skipped_message(root, &first.skipped);
+        if let Some(message) = &reported {
+            sub.queue.push_error(message.clone());
         }
         let mut seen = Seen::default();
         seen.update(files(first), SystemTime::now(), &stat, &hash);
@@ -52,13 +63,27 @@ impl Polled {
         let open = gate.clone();
         let (wake, sleep) = mpsc::channel::<()>();
         let root_path = root.to_owned();
+        process::guard_forks();
         let thread = move || {
             while let Err(RecvTimeoutError::Timeout) = sleep.recv_timeout(every) {
-                let listed = files(tree::walk(&root_path, &sub.filter, &list_dir));
-                let changed = seen.update(listed, SystemTime::now(), &stat, &hash);
+                let walked = tree::walk(&root_path, &sub.filter, &list_dir);
+                // the root gone, or directories that cannot be read: said once, until it changes
+                let report = if walked.skipped.iter().any(|(d, _)| *d == root_path) {
+                    Some(tree::lost_message(&root_path))
+                } else {
+                    tree::skipped_message(&root_path, &walked.skipped)
+                };
+                let changed = seen.update(files(walked), SystemTime::now(), &stat, &hash);
+                let _pushing = PUSHING.read().unwrap_or_else(PoisonError::into_inner);
                 let open = open.read().unwrap_or_else(PoisonError::into_inner);
                 if !*open {
                     return;
+                }
+                if report != reported {
+                    if let Some(message) = &report {
+                        sub.queue.push_error(message.clone());
+                    }
+                    reported = report;
                 }
                 let now = Instant::now();
                 for path in changed {
@@ -139,8 +164,11 @@ impl Seen {
                 let whole = m.duration_since(UNIX_EPOCH).map_or(true, |d| d.subsec_nanos() == 0);
                 whole || now.duration_since(m).map_or(true, |age| age < COARSE)
             });
-            let hash = if coarse { hash(&path) } else { None };
             let old = self.files.get(&path);
+            // read while the time is coarse, and once more after: a second save in the same
+            // tick, listed only after the tick passed, shows then
+            let read = coarse || old.is_some_and(|o| o.hash.is_some());
+            let hash = if read { hash(&path) } else { None };
             let same = old.is_some_and(|o| {
                 o.len == len
                     && o.modified == modified
@@ -149,6 +177,7 @@ impl Seen {
             if !same && (old.is_some() || self.primed) {
                 changed.push(path.clone());
             }
+            let hash = if coarse { hash } else { None };
             next.insert(path, Stamp { len, modified, hash });
         }
         self.files = next;
@@ -229,8 +258,20 @@ mod tests {
         let changed = fs.update(&mut seen, at(2000, 1));
         assert_eq!(changed, ["/t/recent.lua", "/t/whole.lua"].map(PathBuf::from));
         assert_eq!(fs.hashed.get(), 4);
-        // once the time is old enough, the file is no longer read
+        // once the time is old enough, the file is read once more, then no longer
         assert!(fs.update(&mut seen, at(2010, 0)).is_empty());
-        assert_eq!(fs.hashed.get(), 5, "only the whole-second file");
+        assert_eq!(fs.hashed.get(), 6, "the recent file once more, the whole-second one");
+        assert!(fs.update(&mut seen, at(2011, 0)).is_empty());
+        assert_eq!(fs.hashed.get(), 7, "only the whole-second file");
+    }
+
+    #[test]
+    fn a_second_save_in_the_same_tick_shows_even_if_listed_after_the_tick() {
+        let fs = Fake::new();
+        let mut seen = Seen::default();
+        fs.set("/t/a.lua", 10, at(1000, 5), 1);
+        assert!(fs.update(&mut seen, at(1000, 6)).is_empty(), "the baseline, while recent");
+        fs.set("/t/a.lua", 10, at(1000, 5), 2); // same size and time: the same tick
+        assert_eq!(fs.update(&mut seen, at(1005, 0)), [PathBuf::from("/t/a.lua")]);
     }
 }

@@ -21,6 +21,10 @@ pub const MAX_HASHED: u64 = 256 << 20;
 /// `limit` bytes; `None` for anything else: a FIFO, a device, a directory, a missing or
 /// unreadable file, a bigger one.
 pub fn read(path: &Path, limit: u64) -> Option<Vec<u8>> {
+    // not even opened unless it looks regular: opening a FIFO or a device can act on it
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
     let file = open(path)?;
     let meta = file.metadata().ok()?;
     if !meta.is_file() || meta.len() > limit {
@@ -34,11 +38,14 @@ pub fn read(path: &Path, limit: u64) -> Option<Vec<u8>> {
     (bytes.len() as u64 <= limit).then_some(bytes)
 }
 
-/// Opens for reading without waiting for a FIFO's writer (a regular file reads as usual).
+/// Opens for reading without waiting for a FIFO's writer and without taking a terminal as
+/// the process's own, should the path have become one since it was looked at (a regular file
+/// reads as usual).
 #[cfg(unix)]
 fn open(path: &Path) -> Option<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).ok()
+    let flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+    OpenOptions::new().read(true).custom_flags(flags).open(path).ok()
 }
 
 #[cfg(not(unix))]

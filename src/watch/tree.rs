@@ -110,6 +110,15 @@ pub fn sort(
     }
 }
 
+/// The message for a watched root that was removed or renamed.
+pub fn lost_message(root: &Path) -> String {
+    format!(
+        "hotreload: watch '{}': the directory was removed or renamed; its files are watched \
+         again once it exists again",
+        root.display()
+    )
+}
+
 /// One message for the directories a walk of `root` could not read: how many, and the
 /// first few, so that `watch("/")` reports `/proc` in a line, not in thousands.
 pub fn skipped_message(root: &Path, skipped: &[(PathBuf, io::Error)]) -> Option<String> {
