@@ -35,10 +35,11 @@ thread_local! {
 pub fn guard_forks() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        super::watcher::pin_library();
         #[cfg(unix)]
         // SAFETY: the handlers are plain functions that live as long as the process (the
-        // library is pinned once a thread starts, see `watcher::pin_library`), and they only
-        // take and release this crate's locks.
+        // library was just pinned, see `watcher::pin_library`), and they only take and
+        // release this crate's locks.
         unsafe {
             libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork));
         }
