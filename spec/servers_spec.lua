@@ -41,6 +41,9 @@ local function under_load(kind)
   for _, w in pairs(seen) do counted = counted + w.hits end
   assert.equal(ab.complete + server.answered, counted, "hits were lost: a reload reset the state")
   assert.is_true((servers.logged(server, "app.lua:")), "the error does not name file:line")
+  -- verbose: every reload is logged, not only each worker's first
+  local _, logged = servers.logged(server, "reloaded app", 1)
+  assert.is_true(logged >= 2 * WORKERS, ("%d reloads logged"):format(logged))
   assert.is_false((servers.logged(server, "exited on signal")))
   return server, seen
 end

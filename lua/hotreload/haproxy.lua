@@ -25,10 +25,8 @@ function M.setup(opts)
     while true do
       local _, errors = hotreload.poll()
       for _, e in ipairs(errors or {}) do core.log(core.err, e) end
-      if #reloaded > 0 then
-        core.log(core.info, "hotreload: reloaded " .. table.concat(reloaded, "; "))
-        reloaded = {}
-      end
+      local text = helper.take(reloaded)
+      if text then core.log(core.info, "hotreload: reloaded " .. text) end
       core.msleep(math.max(1, math.floor(interval)))
     end
   end)

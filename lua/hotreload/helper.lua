@@ -21,6 +21,15 @@ function M.listen(hotreload, list, timed)
   end)
 end
 
+--- The descriptions `listen` gathered in `list`, joined with "; ", and `list` emptied in place
+--- (the listener keeps filling that very table); nil if there were none.
+function M.take(list)
+  if #list == 0 then return nil end
+  local text = table.concat(list, "; ")
+  for i = #list, 1, -1 do list[i] = nil end
+  return text
+end
+
 --- Checks a server helper's `setup` options (a table; `dirs` a list; `interval` positive
 --- milliseconds, default 20): returns them and the interval, or raises.
 function M.server_options(opts)

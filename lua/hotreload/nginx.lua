@@ -88,10 +88,8 @@ function M.setup(opts)
     if dict then apply_patches(dict, patches, opts.verbose) end
     local _, errors = hotreload.poll()
     for _, e in ipairs(errors or {}) do ngx.log(ngx.ERR, e) end
-    if #reloaded > 0 then
-      ngx.log(ngx.NOTICE, "hotreload: reloaded ", table.concat(reloaded, "; "))
-      reloaded = {}
-    end
+    local text = helper.take(reloaded)
+    if text then ngx.log(ngx.NOTICE, "hotreload: reloaded ", text) end
   end)
   if not ok then ngx.log(ngx.ERR, "hotreload: cannot start the poll timer: ", err) end
   return M

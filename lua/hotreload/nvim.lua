@@ -38,10 +38,8 @@ end
 --- Applies saved files now; notifies what happened. Returns `poll`'s results.
 function M.poll()
   local n, errors = hotreload.poll()
-  if #reloaded > 0 then
-    notify("reloaded " .. table.concat(reloaded, "; "))
-    reloaded = {}
-  end
+  local text = require("hotreload.helper").take(reloaded)
+  if text then notify("reloaded " .. text) end
   for _, e in ipairs(errors or {}) do notify(readable(e), vim.log.levels.ERROR) end
   return n, errors
 end
