@@ -293,8 +293,7 @@ fn hash_if_settled(file: &Path, searched: f64) -> Option<u64> {
     if modified.subsec_nanos() == 0 || modified.as_secs_f64() >= searched - MTIME_SLACK {
         return None;
     }
-    let bytes = source::read(file, source::MAX_HASHED)?;
-    Some(state::content_hash(&bytes))
+    source::hash_file(file)
 }
 
 /// Records the file module `name` was loaded from: the loader's second argument where a

@@ -56,9 +56,6 @@ pub(crate) struct Reloading {
     pub(crate) depth: usize,
 }
 
-/// The hash `State::contents` keeps of a file's bytes.
-pub(crate) use crate::watch::source::content_hash;
-
 impl State {
     /// Records that module `name` was loaded from `file` (canonical).
     pub(crate) fn loaded_from(&mut self, file: PathBuf, name: &[u8]) {

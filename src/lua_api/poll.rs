@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::dependents;
 use crate::engine::error::ErrorKind;
-use crate::engine::state::{self, StateCell};
+use crate::engine::state::StateCell;
 use crate::engine::{self, Mode, Target};
 use crate::vm::capi::lua_State;
 use crate::vm::scratch::Compiled;
@@ -260,8 +260,7 @@ unsafe fn changed_modules(
     if names.is_empty() {
         return Ok(Changed::default());
     }
-    let hash =
-        source::read(&file.path, source::MAX_HASHED).map(|bytes| state::content_hash(&bytes));
+    let hash = source::hash_file(&file.path);
     let known = cell.try_borrow().ok();
     let names = names
         .into_iter()

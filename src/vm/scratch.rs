@@ -21,7 +21,7 @@ pub(crate) struct Compiled {
     /// `@` and the file name `require`'s searcher spelt it with (`record_file`'s hint), or
     /// the watched path.
     pub(crate) chunkname: Box<[u8]>,
-    /// `state::content_hash` of the bytes compiled.
+    /// `watch::source::content_hash` of the bytes compiled.
     pub(crate) hash: u64,
     /// `string.dump` of the chunk with its debug information, or the compiler's message.
     pub(crate) chunk: Result<Vec<u8>, String>,

@@ -435,8 +435,8 @@ impl Tree {
             }
         }
         // a directory listed twice (walked, then listed again once watched) gives its files once
-        out.files.sort_by(|a, b| a.0.cmp(&b.0));
-        out.files.dedup_by(|a, b| a.0 == b.0);
+        out.files.sort_unstable();
+        out.files.dedup();
         (out, errors)
     }
 
@@ -481,7 +481,7 @@ impl Tree {
         }
         let now = Instant::now();
         let routes = read(routes);
-        for (file, _) in files {
+        for file in files {
             dispatch(&routes, &file, now, RESCAN_DELAY);
         }
     }
@@ -530,7 +530,7 @@ impl Tree {
                 continue;
             }
             let now = Instant::now();
-            for (file, _) in &walked.files {
+            for file in &walked.files {
                 if !root.dirs.ignores_under(&root.path, file) {
                     let mut request = Request::new(file);
                     for (_, sub) in &root.subs {

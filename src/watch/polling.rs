@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::compile::Request;
 use super::hub::Sub;
 use super::process;
-use super::source::{self, content_hash};
+use super::source;
 use super::tree::{self, list_dir};
 use super::watcher::{WatchError, pin_library};
 
@@ -58,7 +58,7 @@ impl Polled {
             sub.queue.push_error(message.clone());
         }
         let mut seen = Seen::default();
-        seen.update(files(first), SystemTime::now(), &stat, &hash);
+        seen.update(first.files, SystemTime::now(), &stat, &source::hash_file);
         let gate = Arc::new(RwLock::new(true));
         let open = gate.clone();
         let (wake, sleep) = mpsc::channel::<()>();
@@ -73,7 +73,8 @@ impl Polled {
                 } else {
                     tree::skipped_message(&root_path, &walked.skipped)
                 };
-                let changed = seen.update(files(walked), SystemTime::now(), &stat, &hash);
+                let changed =
+                    seen.update(walked.files, SystemTime::now(), &stat, &source::hash_file);
                 let _pushing = PUSHING.read().unwrap_or_else(PoisonError::into_inner);
                 let open = open.read().unwrap_or_else(PoisonError::into_inner);
                 if !*open {
@@ -113,20 +114,12 @@ impl Drop for Polled {
     }
 }
 
-fn files(walked: tree::Walked) -> Vec<PathBuf> {
-    walked.files.into_iter().map(|(path, _)| path).collect()
-}
-
 /// A file's size and modification time (`None`: not a regular file now).
 type Stat<'a> = dyn Fn(&Path) -> Option<(u64, Option<SystemTime>)> + 'a;
 
 fn stat(path: &Path) -> Option<(u64, Option<SystemTime>)> {
     let meta = std::fs::metadata(path).ok()?;
     meta.is_file().then(|| (meta.len(), meta.modified().ok()))
-}
-
-fn hash(path: &Path) -> Option<u64> {
-    source::read(path, source::MAX_HASHED).map(|bytes| content_hash(&bytes))
 }
 
 /// What a listing found of a file.

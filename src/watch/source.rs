@@ -53,6 +53,11 @@ fn open(path: &Path) -> Option<File> {
     OpenOptions::new().read(true).open(path).ok()
 }
 
+/// The `content_hash` of the regular file at `path`, if it holds at most `MAX_HASHED` bytes.
+pub fn hash_file(path: &Path) -> Option<u64> {
+    read(path, MAX_HASHED).map(|bytes| content_hash(&bytes))
+}
+
 /// The hash `poll` and `require` compare a file's bytes by (`State::contents`), and the
 /// worker's results with the file on disk.
 pub fn content_hash(bytes: &[u8]) -> u64 {

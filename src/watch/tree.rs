@@ -8,7 +8,6 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use super::filter::Filter;
 
@@ -17,8 +16,6 @@ use super::filter::Filter;
 pub struct Entry {
     pub path: PathBuf,
     pub kind: Kind,
-    /// Last modification, for files (`None`: unknown).
-    pub modified: Option<SystemTime>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,11 +39,7 @@ pub fn list_dir(dir: &Path) -> io::Result<Vec<Entry>> {
             Ok(t) if t.is_file() => Kind::File,
             _ => Kind::Other,
         };
-        let modified = match kind {
-            Kind::File => entry.metadata().and_then(|m| m.modified()).ok(),
-            _ => None,
-        };
-        out.push(Entry { path: entry.path(), kind, modified });
+        out.push(Entry { path: entry.path(), kind });
     }
     Ok(out)
 }
@@ -65,8 +58,8 @@ pub struct Walked {
     pub dirs: Vec<PathBuf>,
     /// Directories that could not be listed, and why.
     pub skipped: Vec<(PathBuf, io::Error)>,
-    /// The wanted files met, with their modification times.
-    pub files: Vec<(PathBuf, Option<SystemTime>)>,
+    /// The wanted files met.
+    pub files: Vec<PathBuf>,
 }
 
 /// Walks the tree under `root` (itself included, never ignored): every directory the filter
@@ -94,7 +87,7 @@ pub fn sort(
     entries: Vec<Entry>,
     filter: &Filter,
     dirs: &mut Vec<PathBuf>,
-    files: &mut Vec<(PathBuf, Option<SystemTime>)>,
+    files: &mut Vec<PathBuf>,
 ) {
     for e in entries {
         match e.kind {
@@ -104,7 +97,7 @@ pub fn sort(
                     dirs.push(e.path);
                 }
             }
-            Kind::File if filter.wants_file(&e.path) => files.push((e.path, e.modified)),
+            Kind::File if filter.wants_file(&e.path) => files.push(e.path),
             _ => {}
         }
     }
@@ -166,10 +159,9 @@ mod tests {
             })
             .collect();
         move |dir: &Path| match map.get(dir) {
-            Some(Some(es)) => Ok(es
-                .iter()
-                .map(|(p, k)| Entry { path: p.clone(), kind: *k, modified: None })
-                .collect()),
+            Some(Some(es)) => {
+                Ok(es.iter().map(|(p, k)| Entry { path: p.clone(), kind: *k }).collect())
+            }
             Some(None) => Err(io::Error::from(io::ErrorKind::PermissionDenied)),
             None => Err(io::Error::from(io::ErrorKind::NotFound)),
         }
@@ -191,7 +183,7 @@ mod tests {
         assert_eq!(w.dirs[0], PathBuf::from("/r"), "the root first");
         assert_eq!(w.skipped.len(), 1);
         assert_eq!(w.skipped[0].0, PathBuf::from("/r/secret"));
-        let mut files: Vec<_> = w.files.iter().map(|(p, _)| p.clone()).collect();
+        let mut files = w.files.clone();
         files.sort();
         assert_eq!(files, ["/r/a.lua", "/r/src/b.lua", "/r/src/deep/c.lua"].map(PathBuf::from));
         let m = skipped_message(Path::new("/r"), &w.skipped).unwrap();
